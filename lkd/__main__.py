@@ -1,0 +1,3 @@
+from lkd.cli import main
+
+main()

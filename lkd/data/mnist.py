@@ -1,0 +1,239 @@
+"""MNIST as a LightningDataModule, read through the shared hub-id resolver."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from einops import rearrange
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset, Sampler
+from typing_extensions import override
+
+from lkd.data.resolve import load_hub_dataset
+from lkd.data.transforms import normalize_uint8, random_shift
+
+
+class TensorBatches(Dataset):
+    """In-memory (images, labels) tensors fetched a whole batch at a time (``__getitems__``)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.labels[idx]
+
+
+def _identity(batch):
+    return batch
+
+
+class SeededRandomSampler(Sampler[int]):
+    """A fresh permutation every epoch, seeded by ``seed + epoch``.
+
+    Lightning calls ``set_epoch`` at each epoch start (as for ``DistributedSampler``), so the order of an
+    epoch does not depend on how much randomness earlier epochs used: a run resumed from a checkpoint
+    sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST (hub id ``ylecun/mnist``) split into train / val / test, optionally restricted to some classes.
+
+    Train and val come from the hub's train split: a seeded permutation, the first ``train_size`` indices
+    train, the next ``val_size`` validate. Test is the hub's test split. With ``classes`` the split is made
+    first and then filtered, so val images are the same whatever subset is chosen.
+
+    Label mapping with ``classes``: the digit ``classes[i]`` gets label ``i`` (order as given), so a model
+    has ``len(classes)`` outputs. Without ``classes`` labels are the digits.
+
+    Batches are ``(images, labels)``: images normalised float (B, 1, 28, 28), labels long (B,). Training
+    batches are augmented on the device (random shifts of up to ``max_shift`` pixels) after transfer, so
+    a teacher and a student see the same augmented batch.
+
+    Args:
+        hub_id: hub id or local folder in hub layout (resolved to ``$LKD_DATA_DIR`` mirrors).
+        config: ``datasets`` config name.
+        train_size: images for training, from the hub train split.
+        val_size: images for validation, from the rest of the hub train split.
+        seed: seed of the train / val permutation.
+        classes: digits to keep (None keeps all).
+        batch_size: training batch size.
+        eval_batch_size: batch size for val / test / predict.
+        max_shift: random translation in pixels for training batches (0 = no augmentation).
+        num_workers: DataLoader workers (the data is in memory, 0 is usually fastest).
+    """
+
+    def __init__(
+        self,
+        hub_id: str = "ylecun/mnist",
+        config: str | None = "mnist",
+        *,
+        train_size: int = 55_000,
+        val_size: int = 5_000,
+        seed: int = 42,
+        classes: Sequence[int] | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        max_shift: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        problems = []
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("train_size", train_size)):
+            if value <= 0:
+                problems.append(f"{name} must be > 0, got {value}")
+        if val_size < 0:
+            problems.append(f"val_size must be >= 0, got {val_size}")
+        if val_size > train_size:
+            problems.append(f"val_size ({val_size}) must not be larger than train_size ({train_size})")
+        if max_shift < 0:
+            problems.append(f"max_shift must be >= 0 pixels, got {max_shift}")
+        if classes is not None:
+            if len(classes) == 0:
+                problems.append("classes must name at least one class, got an empty list")
+            if len(set(classes)) != len(classes):
+                problems.append(f"classes must not repeat a class, got {list(classes)}")
+        if problems:
+            raise ValueError("MNISTDataModule: " + "; ".join(problems))
+        self.hub_id, self.config = hub_id, config
+        self.train_size, self.val_size, self.seed = train_size, val_size, seed
+        self.classes = list(classes) if classes is not None else None
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.max_shift, self.num_workers = max_shift, num_workers
+        self.class_names: list[str] = []
+        self.datasets: dict[str, TensorBatches] = {}
+        self.augmented_batches = 0  # drives the augmentation seed; saved in checkpoints for exact resume
+        self.save_hyperparameters()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes is not None else 10
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (1, 28, 28)
+
+    @override
+    def prepare_data(self) -> None:
+        load_hub_dataset(self.hub_id, self.config)  # fills the datasets cache once, fails early if missing
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.datasets:
+            return
+        hub = load_hub_dataset(self.hub_id, self.config)
+        for split in ("train", "test"):
+            if split not in hub:
+                raise ValueError(f"{self.hub_id} has no '{split}' split; it has {list(hub)}")
+        self.class_names = list(hub["train"].features["label"].names)
+        self._check_classes(len(self.class_names))
+        train_images, train_labels = self._to_tensors(hub["train"])
+        test_images, test_labels = self._to_tensors(hub["test"])
+        if self.train_size + self.val_size > len(train_labels):
+            raise ValueError(
+                f"train_size + val_size = {self.train_size} + {self.val_size} exceeds the {len(train_labels)} "
+                f"images of {self.hub_id}'s train split; lower one of them"
+            )
+        perm = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.seed))
+        parts = {
+            "train": perm[: self.train_size],
+            "val": perm[self.train_size : self.train_size + self.val_size],
+        }
+        for name, idx in parts.items():
+            self.datasets[name] = self._subset(train_images[idx], train_labels[idx], name)
+        self.datasets["test"] = self._subset(test_images, test_labels, "test")
+        counts = {name: dict(sorted(Counter(ds.labels.tolist()).items())) for name, ds in self.datasets.items()}
+        rank_zero_info(f"MNISTDataModule per-class counts (label: count): {counts}")
+
+    def _check_classes(self, available: int) -> None:
+        if self.classes is None:
+            return
+        unknown = [c for c in self.classes if not 0 <= c < available]
+        if unknown:
+            raise ValueError(f"classes {unknown} are not in {self.hub_id}; available classes are 0..{available - 1}")
+
+    @staticmethod
+    def _to_tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
+        arrays = split.with_format("numpy")[:]
+        return torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["label"]).long()
+
+    def _subset(self, images: torch.Tensor, labels: torch.Tensor, name: str) -> TensorBatches:
+        if self.classes is not None:
+            keep = torch.isin(labels, torch.tensor(self.classes))
+            images, labels = images[keep], labels[keep]
+            remap = torch.full((len(self.class_names),), -1, dtype=torch.long)
+            remap[torch.tensor(self.classes)] = torch.arange(len(self.classes))
+            labels = remap[labels]
+        if len(labels) == 0 and (name != "val" or self.val_size > 0):
+            raise ValueError(f"the {name} split of {self.hub_id} has no images of classes {self.classes}")
+        return TensorBatches(images, labels)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("MNISTDataModule.setup() must run before asking for a DataLoader")
+        dataset = self.datasets[name]
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if name == "train" else self.eval_batch_size,
+            sampler=SeededRandomSampler(len(dataset), self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    @override
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch  # (B, 28, 28) uint8, (B,)
+        images = rearrange(images, "b h w -> b 1 h w")
+        if self.trainer is not None and self.trainer.training and self.max_shift > 0:
+            generator = torch.Generator(images.device).manual_seed(self.seed * 1_000_003 + self.augmented_batches)
+            images = random_shift(images, self.max_shift, generator)  # on raw pixels: the fill is background
+            self.augmented_batches += 1
+        return normalize_uint8(images), labels
+
+    @override
+    def state_dict(self) -> dict:
+        return {"augmented_batches": self.augmented_batches}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.augmented_batches = state_dict.get("augmented_batches", 0)

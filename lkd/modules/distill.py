@@ -1,0 +1,93 @@
+"""Response-based knowledge distillation of a student from a frozen teacher (Hinton et al. 2015)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from typing_extensions import override
+
+from lkd.checkpoint import load_network_weights
+from lkd.losses import hinton_kd_loss
+from lkd.modules.base import ClassificationModuleBase, ModelFactory
+
+
+class DistillModule(ClassificationModuleBase):
+    """Trains ``student`` on ``alpha · T² · KL(teacher ‖ student) + (1 − alpha) · CE``.
+
+    The teacher is built from its YAML factory, loaded from ``teacher_ckpt`` (a ClassifierModule or
+    DistillModule checkpoint; ``weights_only``), then frozen: ``requires_grad_(False)`` and eval mode for the
+    whole run (``train()`` never switches it back), so dropout and batch-norm statistics stay fixed.
+    Validation and test report the student; ``val/teacher_acc`` is logged once per epoch for reference.
+
+    Args:
+        student: student network factory.
+        teacher: teacher network factory (the architecture of ``teacher_ckpt``).
+        teacher_ckpt: checkpoint with the teacher's weights; None keeps the freshly built teacher (tests only).
+        num_classes: linked from the data module; teacher and student are built with it.
+        temperature: softmax temperature T > 0.
+        alpha: weight of the soft (KL) term in [0, 1]; 1 − alpha weights the cross-entropy.
+        optimizer: optimiser factory for the student.
+        lr_schedule: see :class:`ClassificationModuleBase`.
+    """
+
+    def __init__(
+        self,
+        student: ModelFactory,
+        teacher: ModelFactory,
+        teacher_ckpt: str | None = None,
+        num_classes: int = 10,
+        temperature: float = 4.0,
+        alpha: float = 0.9,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_schedule: Literal["onecycle", "cosine", "constant"] = "onecycle",
+    ):
+        super().__init__(num_classes, optimizer, lr_schedule)
+        problems = []
+        if not temperature > 0:
+            problems.append(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= alpha <= 1.0:
+            problems.append(f"alpha must be in [0, 1], got {alpha}")
+        if problems:
+            raise ValueError("DistillModule: " + "; ".join(problems))
+        self.save_hyperparameters(ignore=["student", "teacher", "optimizer"])
+        self.temperature, self.alpha = temperature, alpha
+        self.student = student(num_classes)
+        self.teacher = teacher(num_classes)
+        if teacher_ckpt is not None:
+            load_network_weights(self.teacher, teacher_ckpt, what="teacher", num_classes=num_classes)
+        self.teacher.eval().requires_grad_(False)
+        self.teacher_val_acc = self.val_acc.clone()
+
+    @override
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen teacher: never back to train mode (dropout, batch-norm statistics)
+        return self
+
+    @override
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student(images)
+
+    @override
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        return self.student(images)
+
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher(images)
+
+    @override
+    def compute_loss(self, images, labels, stage):
+        student_logits = self.student(images)
+        teacher_logits = self.teacher_logits(images)
+        loss, terms = hinton_kd_loss(student_logits, teacher_logits, labels, temperature=self.temperature, alpha=self.alpha)
+        if stage == "val":
+            self.teacher_val_acc(teacher_logits, labels)
+            self.log("val/teacher_acc", self.teacher_val_acc, on_step=False, on_epoch=True)
+        return student_logits, loss, terms
+
+    @override
+    def trainable_parameters(self):
+        return self.student.parameters()

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from lkd.data import MNISTDataModule
+from lkd.data.transforms import random_shift
+from tests.conftest import SHARED_DATA
+
+
+def test_split_sizes_and_batches(tiny_mnist):
+    dm = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=64)
+    dm.setup("fit")
+    assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (500, 100, 200)
+    # train and val are disjoint parts of the hub train split
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (64, 28, 28) and images.dtype == torch.uint8 and labels.shape == (64,)
+    images, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert images.shape == (64, 1, 28, 28) and images.dtype == torch.float32
+
+
+def test_class_subset_and_label_mapping(tiny_mnist):
+    dm = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, classes=[7, 3])
+    dm.setup("fit")
+    assert dm.num_classes == 2
+    full = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100)
+    full.setup("fit")
+    # digit 7 -> label 0, digit 3 -> label 1, same images as the full split filtered
+    digits = full.datasets["train"].labels
+    keep = (digits == 7) | (digits == 3)
+    assert torch.equal(dm.datasets["train"].images, full.datasets["train"].images[keep])
+    assert torch.equal(dm.datasets["train"].labels, (digits[keep] == 3).long())
+    assert set(dm.datasets["test"].labels.tolist()) == {0, 1}
+
+
+def test_seeded_split_is_reproducible(tiny_mnist):
+    a = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, seed=1)
+    b = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, seed=1)
+    c = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, seed=2)
+    for dm in (a, b, c):
+        dm.setup("fit")
+    assert torch.equal(a.datasets["val"].images, b.datasets["val"].images)
+    assert not torch.equal(a.datasets["val"].images, c.datasets["val"].images)
+
+
+def test_sampler_order_depends_only_on_epoch(tiny_mnist):
+    dm = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100)
+    dm.setup("fit")
+    sampler = dm.train_dataloader().sampler
+    sampler.set_epoch(3)
+    first = list(sampler)
+    torch.rand(100)  # consuming global randomness must not change the order
+    assert list(sampler) == first and sorted(first) == list(range(500))
+    sampler.set_epoch(4)
+    assert list(sampler) != first
+
+
+def test_random_shift_moves_pixels_within_bounds():
+    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    image[0, 0, 4, 4] = 255
+    seen = set()
+    for seed in range(40):
+        out = random_shift(image, 2, torch.Generator().manual_seed(seed))
+        (r, c), = (out[0, 0] == 255).nonzero().tolist()
+        seen.add((r - 4, c - 4))
+        assert out.sum() == 255  # one pixel, moved not copied
+    assert seen <= {(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3)} and len(seen) > 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "batch_size must be > 0, got 0"),
+        ({"train_size": 100, "val_size": 200}, r"val_size \(200\) must not be larger than train_size \(100\)"),
+        ({"classes": []}, "at least one class"),
+        ({"classes": [1, 1]}, "must not repeat"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MNISTDataModule("ylecun/mnist", **kwargs)
+
+
+def test_unknown_class_is_named(tiny_mnist):
+    dm = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, classes=[3, 12])
+    with pytest.raises(ValueError, match=r"classes \[12\] are not in .*available classes are 0..9"):
+        dm.setup("fit")
+
+
+def test_sizes_over_the_split_are_named(tiny_mnist):
+    dm = MNISTDataModule(str(tiny_mnist), train_size=550, val_size=100)
+    with pytest.raises(ValueError, match=r"550 \+ 100 exceeds the 600 images"):
+        dm.setup("fit")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="no offline MNIST mirror")
+def test_real_mirror_split_sizes_and_subset(monkeypatch):
+    monkeypatch.delenv("LKD_DATA_DIR", raising=False)
+    dm = MNISTDataModule(classes=[0, 1])
+    dm.setup("fit")
+    full_train_01 = 5923 + 6742
+    n_train, n_val = len(dm.datasets["train"]), len(dm.datasets["val"])
+    assert n_train + n_val == full_train_01 and 0.08 < n_val / full_train_01 < 0.09
+    assert len(dm.datasets["test"]) == 980 + 1135
+    assert dm.class_names == [str(i) for i in range(10)]
