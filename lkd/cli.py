@@ -4,8 +4,9 @@
     lkd test --config configs/mnist/teacher.yaml --ckpt_path checkpoints/mnist/teacher.ckpt
 
 Model and data are chosen by ``class_path`` (subclass mode). ``data.num_classes`` is linked into the
-model, so it is written once. Every run gets a ``ModelCheckpoint`` (``checkpoint.*``: best on ``val/acc``
-plus ``last.ckpt``) and, with ``best_checkpoint.path``, a copy of its best checkpoint at a stable path.
+model, so it is written once. Every run gets a ``ModelCheckpoint`` (``checkpoint.*``: best on ``val/acc``),
+a ``latest.ckpt`` rewritten every epoch (to resume a crashed run from) and, with ``best_checkpoint.path``,
+a copy of its best checkpoint at a stable path.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ class LKDCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "ep{epoch}-acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
@@ -49,7 +49,10 @@ class LKDCLI(LightningCLI):
 
 
 def default_trainer_settings() -> dict:
-    callbacks = [LearningRateMonitor(logging_interval="step")]
+    # Lightning 2.6's save_last only writes when a top-k checkpoint was written in the same step, so
+    # "the latest state" is a second ModelCheckpoint that keeps one file and rewrites it every epoch.
+    latest = ModelCheckpoint(filename="latest", save_top_k=1, enable_version_counter=False)
+    callbacks = [LearningRateMonitor(logging_interval="step"), latest]
     if sys.stdout.isatty() or os.environ.get("LKD_RICH", "0") == "1":
         callbacks.append(RichProgressBar())
     return {"callbacks": callbacks, "default_root_dir": "runs"}

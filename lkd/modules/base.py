@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Literal
 
@@ -114,8 +115,7 @@ class ClassificationModuleBase(pl.LightningModule):
     def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         if torch.isfinite(loss):
             return
-        ckpt = self.trainer.checkpoint_callback if self._trainer is not None else None
-        last_good = (getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "")) if ckpt else ""
+        last_good = self._newest_checkpoint()
         parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
         raise NonFiniteLossError(
             f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
@@ -123,6 +123,18 @@ class ClassificationModuleBase(pl.LightningModule):
             f"{last_good or 'not written yet'}. HINT: lower the learning rate, check the inputs, or use "
             "gradient clipping (trainer.gradient_clip_val)."
         )
+
+    def _newest_checkpoint(self) -> str:
+        """The most recently written checkpoint of this run, if any."""
+        if self._trainer is None:
+            return ""
+        paths = {
+            p
+            for cb in self.trainer.checkpoint_callbacks
+            for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+            if p and os.path.isfile(p)
+        }
+        return max(paths, key=os.path.getmtime, default="")
 
     # ---- optimisation -------------------------------------------------------------------------------
     @override

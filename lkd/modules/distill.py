@@ -17,7 +17,7 @@ class DistillModule(ClassificationModuleBase):
     """Trains ``student`` on ``alpha · T² · KL(teacher ‖ student) + (1 − alpha) · CE``.
 
     The teacher is built from its YAML factory, loaded from ``teacher_ckpt`` (a ClassifierModule or
-    DistillModule checkpoint; ``weights_only``), then frozen: ``requires_grad_(False)`` and eval mode for the
+    DistillModule checkpoint; ``weights_only``) in ``setup``, and frozen: ``requires_grad_(False)`` and eval mode for the
     whole run (``train()`` never switches it back), so dropout and batch-norm statistics stay fixed.
     Validation and test report the student; ``val/teacher_acc`` is logged once per epoch for reference.
 
@@ -55,10 +55,16 @@ class DistillModule(ClassificationModuleBase):
         self.temperature, self.alpha = temperature, alpha
         self.student = student(num_classes)
         self.teacher = teacher(num_classes)
-        if teacher_ckpt is not None:
-            load_network_weights(self.teacher, teacher_ckpt, what="teacher", num_classes=num_classes)
+        self.teacher_ckpt = teacher_ckpt
         self.teacher.eval().requires_grad_(False)
         self.teacher_val_acc = self.val_acc.clone()
+
+    @override
+    def setup(self, stage: str) -> None:
+        # Before any step, so a missing or mismatched teacher fails before training. A resumed run then
+        # restores the (identical) teacher weights from its own checkpoint.
+        if self.teacher_ckpt is not None:
+            load_network_weights(self.teacher, self.teacher_ckpt, what="teacher", num_classes=self.num_classes)
 
     @override
     def train(self, mode: bool = True):

@@ -1,0 +1,62 @@
+"""Every YAML under configs/ is parsed by the CLI and run with fast_dev_run on tiny data."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lkd.cli import LKDCLI
+from tests.conftest import CONFIGS
+
+ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+
+
+def run_cli(*args: str) -> LKDCLI:
+    return LKDCLI(args=list(args))
+
+
+def needs_teacher(config: Path) -> str | None:
+    """The teacher checkpoint a config reads, if any."""
+    init = yaml.safe_load(config.read_text())["model"]["init_args"]
+    return init.get("teacher_ckpt")
+
+
+def test_there_are_configs():
+    names = {p.relative_to(CONFIGS).as_posix() for p in ALL_CONFIGS}
+    assert {"mnist/teacher.yaml", "mnist/student_scratch.yaml", "mnist/student_kd.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_config_fast_dev_run(config, tmp_path, monkeypatch, tiny_data_args):
+    monkeypatch.chdir(tmp_path)  # runs/ and checkpoints/ land in tmp
+    if teacher_path := needs_teacher(config):
+        teacher_config = CONFIGS / "mnist" / "teacher.yaml"
+        run_cli("fit", "-c", str(teacher_config), *tiny_data_args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                "--trainer.limit_val_batches=1", f"--best_checkpoint.path={teacher_path}")
+        assert Path(teacher_path).is_file()
+    cli = run_cli("fit", "-c", str(config), *tiny_data_args, "--trainer.fast_dev_run=true")
+    assert cli.trainer.state.finished
+    assert cli.model.num_classes == cli.datamodule.num_classes == 10  # linked, not repeated
+    assert cli.trainer.callback_metrics["train/loss_step"].isfinite()
+
+
+def test_print_config_shows_linked_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", str(CONFIGS / "mnist" / "student_scratch.yaml"), "--print_config")
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] == "lkd.modules.ClassifierModule"
+    assert printed["checkpoint"]["monitor"] == "val/acc"
+
+
+def test_unknown_config_key_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("fit", "-c", str(CONFIGS / "mnist" / "student_kd.yaml"), "--model.init_args.temprature=2")
+    assert exit_info.value.code != 0
+    assert "temprature" in capsys.readouterr().err
+
+
+def test_missing_teacher_checkpoint_fails_before_training(tmp_path, monkeypatch, tiny_data_args):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: checkpoints/mnist/teacher\.ckpt"):
+        run_cli("fit", "-c", str(CONFIGS / "mnist" / "student_kd.yaml"), *tiny_data_args, "--trainer.fast_dev_run=true")

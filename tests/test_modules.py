@@ -1,0 +1,140 @@
+from functools import partial
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from lkd.checkpoint import CheckpointMismatchError
+from lkd.data import MNISTDataModule
+from lkd.models import MLP
+from lkd.modules import ClassifierModule, DistillModule, NonFiniteLossError
+from tests.helpers import tiny_cnn, tiny_mlp, tiny_trainer
+
+teacher_mlp = partial(MLP, hidden=(32,), dropout=0.5)
+
+
+@pytest.fixture()
+def data(tiny_mnist):
+    return MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=50, eval_batch_size=100)
+
+
+@pytest.fixture()
+def teacher_ckpt(tmp_path, data):
+    """A trained tiny-MLP teacher checkpoint."""
+    pl.seed_everything(0)
+    module = ClassifierModule(teacher_mlp, optimizer=partial(torch.optim.Adam, lr=3e-3))
+    trainer = tiny_trainer(tmp_path / "teacher", max_epochs=3)
+    trainer.fit(module, datamodule=data)
+    path = tmp_path / "teacher.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_classifier_learns_tiny_digits(tmp_path, data):
+    pl.seed_everything(0)
+    module = ClassifierModule(tiny_cnn, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    trainer = tiny_trainer(tmp_path, max_epochs=4)
+    trainer.fit(module, datamodule=data)
+    (result,) = trainer.test(module, datamodule=data, verbose=False)
+    assert result["test/acc"] > 0.9
+
+
+class TeacherWatch(Callback):
+    """Records the teacher's mode and gradient flags during every training and validation batch."""
+
+    def __init__(self):
+        self.modes, self.grads = [], []
+
+    def _record(self, pl_module):
+        self.modes.append(pl_module.teacher.training)
+        self.grads.append(any(p.requires_grad or p.grad is not None for p in pl_module.teacher.parameters()))
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self._record(pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, *args):
+        self._record(pl_module)
+
+
+def test_teacher_stays_frozen_and_in_eval_mode(tmp_path, data, teacher_ckpt):
+    pl.seed_everything(0)
+    module = DistillModule(tiny_cnn, teacher_mlp, teacher_ckpt=str(teacher_ckpt))
+    module.setup("fit")
+    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    trained = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, trained[f"model.{k}"]) for k, v in before.items())  # loaded from the checkpoint
+    watch = TeacherWatch()
+    trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=[watch])
+    trainer.fit(module, datamodule=data)
+    # 2 epochs x 10 train batches + 1 sanity-check and 2 validation batches
+    assert len(watch.modes) == 2 * 10 + 1 + 2 and not any(watch.modes) and not any(watch.grads)
+    for k, v in module.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), f"teacher tensor {k} changed"
+    # the teacher's own predictions are logged for reference and it learned the tiny digits
+    assert trainer.callback_metrics["val/teacher_acc"] > 0.9
+
+
+def test_distilled_student_learns_from_teacher(tmp_path, data, teacher_ckpt):
+    pl.seed_everything(0)
+    module = DistillModule(
+        tiny_cnn, teacher_mlp, teacher_ckpt=str(teacher_ckpt), alpha=1.0, temperature=2.0,
+        optimizer=partial(torch.optim.Adam, lr=1e-2),
+    )
+    trainer = tiny_trainer(tmp_path, max_epochs=4)
+    trainer.fit(module, datamodule=data)
+    assert {"train/kd_epoch", "train/ce_epoch", "val/kd", "val/ce", "val/teacher_acc"} <= set(trainer.callback_metrics)
+    (result,) = trainer.test(module, datamodule=data, verbose=False)
+    assert result["test/acc"] > 0.9  # alpha = 1: no labels used, only the teacher's soft targets
+
+
+def test_missing_teacher_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nope\.ckpt.*HINT"):
+        DistillModule(tiny_cnn, tiny_mlp, teacher_ckpt=str(tmp_path / "nope.ckpt")).setup("fit")
+
+
+def test_teacher_checkpoint_of_another_architecture(teacher_ckpt):
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)does not fit the teacher.*net\.0\.weight: checkpoint \(32, 784\) vs teacher \(64, 784\)"):
+        DistillModule(tiny_cnn, partial(MLP, hidden=(64,), dropout=0.5), teacher_ckpt=str(teacher_ckpt)).setup("fit")
+
+
+def test_teacher_checkpoint_with_other_class_count(teacher_ckpt):
+    with pytest.raises(CheckpointMismatchError, match=r"the checkpoint predicts \[10\] classes, this run has 8"):
+        DistillModule(tiny_cnn, teacher_mlp, teacher_ckpt=str(teacher_ckpt), num_classes=8).setup("fit")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"temperature": 0.0}, "temperature must be > 0, got 0.0"), ({"alpha": 1.2}, r"alpha must be in \[0, 1\], got 1.2")],
+)
+def test_bad_distillation_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DistillModule(tiny_cnn, tiny_mlp, **kwargs)
+
+
+def test_labels_out_of_range_are_named(tmp_path, tiny_mnist):
+    data = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=50)
+    module = ClassifierModule(tiny_mlp, num_classes=5)
+    with pytest.raises(ValueError, match=r"labels \[.*\] are out of range for num_classes=5"):
+        tiny_trainer(tmp_path).fit(module, datamodule=data)
+
+
+class PoisonAtStep(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.model.parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, data):
+    module = ClassifierModule(tiny_mlp)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1, save_last=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[ckpt, PoisonAtStep(12)])
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at global step 12 \(epoch 1\).*last good checkpoint is .*last\.ckpt"):
+        trainer.fit(module, datamodule=data)
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 10
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
