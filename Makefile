@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine:  make demo  /  make test
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Offline by default: data comes from ../shared/data (or $LKD_DATA_DIR); a hub lookup would only time out.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test benchmarks clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt setup.cfg
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m lkd.pipelines.mnist_kd
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/mnist_kd.py
+
+clean:
+	rm -rf runs checkpoints .pytest_cache

@@ -1,0 +1,1 @@
+"""End-to-end recipes that chain several CLI runs (used by `make demo`, benchmarks and the notebook)."""
