@@ -1,5 +1,6 @@
 """Small, resumable callbacks for behaviour that changes during training."""
 
 from lkd.callbacks.best_checkpoint import PublishBestCheckpoint
+from lkd.callbacks.continual import ContinualEvaluation
 
-__all__ = ["PublishBestCheckpoint"]
+__all__ = ["ContinualEvaluation", "PublishBestCheckpoint"]

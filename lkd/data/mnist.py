@@ -191,10 +191,10 @@ class MNISTDataModule(pl.LightningDataModule):
             raise ValueError(f"the {name} split of {self.hub_id} has no images of classes {self.classes}")
         return TensorBatches(images, labels)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool, dataset: TensorBatches | None = None) -> DataLoader:
         if not self.datasets:
             raise RuntimeError("MNISTDataModule.setup() must run before asking for a DataLoader")
-        dataset = self.datasets[name]
+        dataset = dataset if dataset is not None else self.datasets[name]
         return DataLoader(
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,

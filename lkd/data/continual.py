@@ -1,0 +1,124 @@
+"""Non-stationary MNIST: class groups presented one after another inside one ``Trainer.fit``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from lkd.data.mnist import MNISTDataModule, TensorBatches
+from lkd.data.transforms import normalize_uint8
+
+
+class NonStationaryMNISTDataModule(MNISTDataModule):
+    """MNIST whose training data switches from one class group to the next every ``epochs_per_stage``.
+
+    Stage ``i`` (epochs ``i*E .. (i+1)*E - 1``) trains only on ``stages[i]``. The model has one output head
+    over all classes of all stages (class-incremental): digit ``classes[k]`` gets label ``k`` where
+    ``classes`` is the stages flattened in order (default digits 0..7 -> labels 0..7). Validation covers all
+    stage classes every epoch; :class:`lkd.callbacks.ContinualEvaluation` measures every group after each
+    stage. The switch happens inside one fit: ``setup`` sets the trainer's
+    ``reload_dataloaders_every_n_epochs = 1`` and ``train_dataloader`` reads the stage from the epoch, so
+    a resumed run continues in the right stage.
+
+    Args:
+        stages: class groups in training order, e.g. ``[[0, 1], [2, 3], [4, 5], [6, 7]]``.
+        epochs_per_stage: epochs of each stage; ``trainer.max_epochs`` must be ``len(stages) * epochs_per_stage``.
+        **kwargs: the arguments of :class:`MNISTDataModule` (except ``classes``, which the stages define).
+    """
+
+    def __init__(
+        self,
+        hub_id: str = "ylecun/mnist",
+        config: str | None = "mnist",
+        *,
+        stages: Sequence[Sequence[int]] = ((0, 1), (2, 3), (4, 5), (6, 7)),
+        epochs_per_stage: int = 3,
+        train_size: int = 55_000,
+        val_size: int = 5_000,
+        seed: int = 42,
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        max_shift: int = 0,
+        num_workers: int = 0,
+    ):
+        stages = [list(group) for group in stages]
+        problems = []
+        if not stages:
+            problems.append("stages must hold at least one class group")
+        problems += [f"stage {i} is an empty class group" for i, g in enumerate(stages) if not g]
+        seen: dict[int, int] = {}
+        for i, group in enumerate(stages):
+            for c in group:
+                if c in seen:
+                    problems.append(f"class {c} is in stage {seen[c]} and stage {i}; each class belongs to one stage")
+                seen.setdefault(c, i)
+        if epochs_per_stage <= 0:
+            problems.append(f"epochs_per_stage must be > 0, got {epochs_per_stage}")
+        if problems:
+            raise ValueError("NonStationaryMNISTDataModule: " + "; ".join(problems))
+        super().__init__(
+            hub_id, config, train_size=train_size, val_size=val_size, seed=seed, classes=[c for g in stages for c in g],
+            batch_size=batch_size, eval_batch_size=eval_batch_size, max_shift=max_shift, num_workers=num_workers,
+        )
+        self.stages, self.epochs_per_stage = stages, epochs_per_stage
+        self._stage_train: dict[int, TensorBatches] = {}
+        self.save_hyperparameters()
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.num_stages * self.epochs_per_stage
+
+    def stage_at_epoch(self, epoch: int) -> int:
+        return min(epoch // self.epochs_per_stage, self.num_stages - 1)
+
+    def is_stage_end(self, epoch: int) -> bool:
+        return (epoch + 1) % self.epochs_per_stage == 0
+
+    def group_labels(self, group: int) -> torch.Tensor:
+        """Model labels of the classes of ``stages[group]``."""
+        start = sum(len(g) for g in self.stages[:group])
+        return torch.arange(start, start + len(self.stages[group]))
+
+    def group_tensors(self, split: str, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images (N, 1, 28, 28) and labels (N,) of one group in ``split`` ('val' or 'test')."""
+        ds = self.datasets[split]
+        keep = torch.isin(ds.labels, self.group_labels(group))
+        return normalize_uint8(ds.images[keep]), ds.labels[keep]
+
+    @override
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        trainer = self.trainer
+        if trainer is None or stage != "fit":
+            return
+        if trainer.max_epochs not in (None, -1) and trainer.max_epochs != self.total_epochs and not trainer.fast_dev_run:
+            raise ValueError(
+                f"trainer.max_epochs is {trainer.max_epochs}, but {self.num_stages} stages x {self.epochs_per_stage} "
+                f"epochs_per_stage need {self.total_epochs}; set trainer.max_epochs: {self.total_epochs}"
+            )
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            trainer.reload_dataloaders_every_n_epochs = 1  # the stage switch needs a fresh loader every epoch
+            rank_zero_info("NonStationaryMNISTDataModule: reload_dataloaders_every_n_epochs set to 1 for stage switching")
+
+    def stage_dataset(self, stage: int) -> TensorBatches:
+        if stage not in self._stage_train:
+            ds = self.datasets["train"]
+            keep = torch.isin(ds.labels, self.group_labels(stage))
+            self._stage_train[stage] = TensorBatches(ds.images[keep], ds.labels[keep])
+        return self._stage_train[stage]
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        stage = self.stage_at_epoch(epoch)
+        loader = self._loader("train", shuffle=True, dataset=self.stage_dataset(stage))
+        rank_zero_info(f"epoch {epoch}: training stage {stage} on classes {self.stages[stage]}")
+        return loader

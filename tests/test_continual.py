@@ -1,0 +1,105 @@
+from functools import partial
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lkd.callbacks import ContinualEvaluation
+from lkd.callbacks.continual import accuracy_heatmap
+from lkd.data import NonStationaryMNISTDataModule
+from lkd.metrics import ContinualAccuracyMatrix, average_accuracy, forgetting
+from lkd.modules import ClassifierModule
+from tests.helpers import tiny_mlp, tiny_trainer
+
+
+def test_accuracy_matrix_and_forgetting_on_a_hand_example():
+    metric = ContinualAccuracyMatrix(3)
+    # after stage 0: group 0 at 1.0; after stage 1: groups 0, 1 at 0.5, 1.0; after stage 2: 0.25, 0.5, 1.0
+    rows = [[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.25, 0.5, 1.0]]
+    for i, row in enumerate(rows):
+        for j, acc in enumerate(row):
+            target = torch.zeros(4, dtype=torch.long)
+            preds = torch.tensor([0] * int(4 * acc) + [1] * (4 - int(4 * acc)))
+            metric.update(i, j, preds, target)
+    matrix = metric.compute()
+    torch.testing.assert_close(matrix, torch.tensor(rows))
+    torch.testing.assert_close(average_accuracy(matrix), torch.tensor([1.0, 0.75, 1.75 / 3]))
+    # group 0: best 1.0 before the end, final 0.25 -> 0.75; group 1: best 1.0, final 0.5 -> 0.5
+    torch.testing.assert_close(forgetting(matrix), torch.tensor([0.75, 0.5]))
+
+
+def test_unmeasured_entries_are_nan():
+    metric = ContinualAccuracyMatrix(2)
+    metric.update(0, 0, torch.tensor([1]), torch.tensor([1]))
+    matrix = metric.compute()
+    assert matrix[0, 0] == 1.0 and torch.isnan(matrix[1]).all()
+
+
+@pytest.mark.parametrize(
+    "stages, message",
+    [([[0, 1], []], "stage 1 is an empty class group"), ([[0, 1], [1, 2]], "class 1 is in stage 0 and stage 1")],
+)
+def test_bad_stages_are_named(stages, message):
+    with pytest.raises(ValueError, match=message):
+        NonStationaryMNISTDataModule(stages=stages)
+
+
+def test_class_outside_the_data(tiny_mnist):
+    dm = NonStationaryMNISTDataModule(str(tiny_mnist), stages=[[0, 11]], train_size=500, val_size=100)
+    with pytest.raises(ValueError, match=r"classes \[11\] are not in"):
+        dm.setup("fit")
+
+
+class RecordLabels(Callback):
+    def __init__(self):
+        self.labels = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.labels.setdefault(trainer.current_epoch, set()).update(batch[1].tolist())
+
+
+def continual_run(tmp_path, tiny_mnist, **trainer_kwargs):
+    torch.manual_seed(0)
+    data = NonStationaryMNISTDataModule(
+        str(tiny_mnist), stages=[[3, 4], [5, 6], [7, 8]], epochs_per_stage=2, train_size=500, val_size=100, batch_size=10
+    )
+    module = ClassifierModule(tiny_mlp, num_classes=data.num_classes, optimizer=partial(torch.optim.Adam, lr=1e-2),
+                              lr_schedule="constant")
+    evaluation, record = ContinualEvaluation(split="test"), RecordLabels()
+    trainer = tiny_trainer(tmp_path, max_epochs=6, callbacks=[evaluation, record], **trainer_kwargs)
+    return trainer, module, data, evaluation, record
+
+
+def test_stages_switch_inside_one_fit_and_fill_the_matrix(tmp_path, tiny_mnist):
+    trainer, module, data, evaluation, record = continual_run(tmp_path, tiny_mnist)
+    trainer.fit(module, datamodule=data)
+    # stage i trains only on its two classes (labels 2i, 2i+1), two epochs each
+    assert record.labels == {0: {0, 1}, 1: {0, 1}, 2: {2, 3}, 3: {2, 3}, 4: {4, 5}, 5: {4, 5}}
+    matrix = evaluation.matrix.compute()
+    assert matrix.shape == (3, 3) and not torch.isnan(matrix).any()
+    assert (matrix.diagonal() > 0.9).all()  # each group is learned in its stage
+    assert (matrix[0, 1:] == 0).all()  # class-incremental: classes not trained yet are never predicted
+    assert matrix[2, 0] < 0.5  # an MLP with one head forgets the first pair
+
+
+def test_task_incremental_evaluation_masks_to_the_group(tmp_path, tiny_mnist):
+    trainer, module, data, _, _ = continual_run(tmp_path, tiny_mnist)
+    trainer.fit(module, datamodule=data)
+    task = ContinualEvaluation(split="test", incremental="task")
+    task.setup(trainer, module, "fit")
+    row = task.evaluate(module, data, stage=2)
+    assert row[0] > 0.5  # with the task given, old pairs are still separable
+
+
+def test_wrong_epoch_count_is_named(tmp_path, tiny_mnist):
+    trainer, module, data, _, _ = continual_run(tmp_path, tiny_mnist)
+    trainer.fit_loop.max_epochs = 5
+    with pytest.raises(ValueError, match=r"trainer.max_epochs is 5, but 3 stages x 2 epochs_per_stage need 6"):
+        trainer.fit(module, datamodule=data)
+
+
+def test_heatmap_figure():
+    fig = accuracy_heatmap(torch.tensor([[1.0, float("nan")], [0.5, 0.9]]), [[0, 1], [2, 3]])
+    fig.canvas.draw()
+    width, height = fig.canvas.get_width_height()
+    assert width > 100 and height > 100 and len(fig.axes[0].texts) == 3
