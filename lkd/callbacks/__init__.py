@@ -1,6 +1,7 @@
 """Small, resumable callbacks for behaviour that changes during training."""
 
 from lkd.callbacks.best_checkpoint import PublishBestCheckpoint
+from lkd.callbacks.key_phases import EMAKeyUpdate
 from lkd.callbacks.continual import ContinualEvaluation
 
-__all__ = ["ContinualEvaluation", "PublishBestCheckpoint"]
+__all__ = ["ContinualEvaluation", "EMAKeyUpdate", "PublishBestCheckpoint"]

@@ -1,6 +1,8 @@
 """Plain nn.Modules (no Lightning imports)."""
 
 from lkd.models.cnn import ConvNet
+from lkd.models.dkvb import DiscreteKeyValueBottleneck, DKVBOutput
+from lkd.models.key_init import discrete_key_init
 from lkd.models.mlp import MLP
 
 
@@ -9,4 +11,4 @@ def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["MLP", "ConvNet", "count_parameters"]
+__all__ = ["MLP", "ConvNet", "DiscreteKeyValueBottleneck", "DKVBOutput", "count_parameters", "discrete_key_init"]
