@@ -15,11 +15,11 @@ import os
 import sys
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-from lkd.callbacks import PublishBestCheckpoint
+from lkd.callbacks import LearningRateLogger, PublishBestCheckpoint
 
 
 class LKDCLI(LightningCLI):
@@ -52,7 +52,7 @@ def default_trainer_settings() -> dict:
     # Lightning 2.6's save_last only writes when a top-k checkpoint was written in the same step, so
     # "the latest state" is a second ModelCheckpoint that keeps one file and rewrites it every epoch.
     latest = ModelCheckpoint(filename="latest", save_top_k=1, enable_version_counter=False)
-    callbacks = [LearningRateMonitor(logging_interval="step"), latest]
+    callbacks = [LearningRateLogger(logging_interval="step"), latest]
     if sys.stdout.isatty() or os.environ.get("LKD_RICH", "0") == "1":
         callbacks.append(RichProgressBar())
     return {"callbacks": callbacks, "default_root_dir": "runs"}

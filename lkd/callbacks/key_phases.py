@@ -53,6 +53,12 @@ class EMAKeyUpdate(Callback):
         module_attr: dotted name of the DKVB inside the LightningModule (e.g. ``"model"``, ``"student"``);
             default: the first submodule that is a :class:`DiscreteKeyValueBottleneck`.
         log_every_n_steps: optimizer steps between two code-usage logs.
+        init_data: which images the keys are initialised on. ``"batches"``: the training batches of the
+            init phase (in a non-stationary run: the first stage's classes only). ``"all_train_images"``:
+            before the first step, ``init_epochs`` (at least 1) train-mode passes of the DKVB over every
+            image of the data module's train split, all digits, labels unused
+            (``datamodule.unlabelled_train_images()``); no optimizer step is taken, then the run starts in
+            the phase after initialisation. ``init_steps`` must be 0 with this choice.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class EMAKeyUpdate(Callback):
         decay_after_init: float | None = None,
         module_attr: str | None = None,
         log_every_n_steps: int = 50,
+        init_data: Literal["batches", "all_train_images"] = "batches",
     ):
         problems = []
         if init_steps < 0 or init_epochs < 0:
@@ -75,6 +82,10 @@ class EMAKeyUpdate(Callback):
             problems.append(f"decay_after_init must be in (0, 1), got {decay_after_init}")
         if decay_after_init is not None and after_init != "ema":
             problems.append(f"decay_after_init={decay_after_init} needs after_init='ema' (frozen keys have no decay)")
+        if init_data not in ("batches", "all_train_images"):
+            problems.append(f"init_data must be 'batches' or 'all_train_images', got {init_data!r}")
+        if init_data == "all_train_images" and init_steps:
+            problems.append(f"init_data='all_train_images' counts passes over the data in init_epochs; got init_steps={init_steps}")
         if log_every_n_steps < 1:
             problems.append(f"log_every_n_steps must be >= 1, got {log_every_n_steps}")
         if problems:
@@ -82,7 +93,8 @@ class EMAKeyUpdate(Callback):
         self.init_steps, self.init_epochs = init_steps, init_epochs
         self.after_init, self.decay_after_init = after_init, decay_after_init
         self.module_attr, self.log_every_n_steps = module_attr, log_every_n_steps
-        self.phase: str = "init" if init_steps or init_epochs else "after"
+        self.init_data = init_data
+        self.phase: str = "init" if init_steps or init_epochs or init_data == "all_train_images" else "after"
         self.init_steps_done = 0
         self._dkvb: DiscreteKeyValueBottleneck | None = None
         self._hook = None
@@ -137,7 +149,7 @@ class EMAKeyUpdate(Callback):
             raise ValueError(
                 f"init_steps ({self.init_steps}) is longer than the training, trainer.max_steps ({trainer.max_steps})"
             )
-        if trainer.max_epochs not in (None, -1) and self.init_epochs > trainer.max_epochs:
+        if self.init_data == "batches" and trainer.max_epochs not in (None, -1) and self.init_epochs > trainer.max_epochs:
             raise ValueError(
                 f"init_epochs ({self.init_epochs}) is longer than the training, trainer.max_epochs ({trainer.max_epochs})"
             )
@@ -150,9 +162,33 @@ class EMAKeyUpdate(Callback):
                 f"init_steps ({self.init_steps}) is longer than the training, {int(planned)} optimizer steps "
                 "(trainer.estimated_stepping_batches)"
             )
+        if self.init_data == "all_train_images" and self.phase == "init":
+            self.init_on_all_train_images(trainer, pl_module)
         self._apply_phase(self._dkvb)  # again after a restore: the freeze flag is not in the checkpoint
         self._hook = self._dkvb.vq.register_forward_hook(self._count_codes)
         self._last_logged = trainer.global_step
+
+    @torch.no_grad()
+    def init_on_all_train_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_size: int = 256) -> None:
+        """EMA passes of the DKVB over every unlabelled training image; values untouched (no backward)."""
+        data = trainer.datamodule
+        if not hasattr(data, "unlabelled_train_images"):
+            raise TypeError(
+                f"init_data='all_train_images' needs a data module with unlabelled_train_images(), got "
+                f"{type(data).__name__}; use init_data='batches'"
+            )
+        images = data.unlabelled_train_images()  # (N, 1, 28, 28) float
+        dkvb = self._dkvb
+        was_training = dkvb.training
+        dkvb.train()
+        dkvb.freeze_keys(False)
+        generator = torch.Generator().manual_seed(trainer.current_epoch)
+        for _ in range(max(self.init_epochs, 1)):
+            for idx in torch.randperm(len(images), generator=generator).split(batch_size):
+                dkvb(images[idx].to(pl_module.device))  # train-mode forward: the library's EMA moves the keys
+        dkvb.train(was_training)
+        self.phase = "after"
+        rank_zero_info(f"DKVB keys initialised on {len(images)} unlabelled training images ({max(self.init_epochs, 1)} passes)")
 
     def _count_codes(self, module, args, output) -> None:
         if module.training:

@@ -162,11 +162,20 @@ class MNISTDataModule(pl.LightningDataModule):
             "train": perm[: self.train_size],
             "val": perm[self.train_size : self.train_size + self.val_size],
         }
+        self._unlabelled = train_images[parts["train"]]  # every digit of the train part, for label-free fitting
         for name, idx in parts.items():
             self.datasets[name] = self._subset(train_images[idx], train_labels[idx], name)
         self.datasets["test"] = self._subset(test_images, test_labels, "test")
         counts = {name: dict(sorted(Counter(ds.labels.tolist()).items())) for name, ds in self.datasets.items()}
         rank_zero_info(f"MNISTDataModule per-class counts (label: count): {counts}")
+
+    def unlabelled_train_images(self) -> torch.Tensor:
+        """Every image of the train part (all digits, whatever ``classes`` says), normalised (N, 1, 28, 28).
+
+        For fitting things without labels (DKVB keys, encoders); never contains val or test images."""
+        if not self.datasets:
+            raise RuntimeError("MNISTDataModule.setup() must run before unlabelled_train_images()")
+        return normalize_uint8(self._unlabelled)
 
     def _check_classes(self, available: int) -> None:
         if self.classes is None:

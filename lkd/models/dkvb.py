@@ -99,9 +99,11 @@ class DiscreteKeyValueBottleneck(nn.Module):
             and ``in_features`` must equal C·Dk.
         threshold_ema_dead_code: keys whose EMA cluster size falls below this are re-drawn from the batch
             (0 = off), passed to ``VectorQuantize``.
-        sync_codebook: all-reduce the EMA statistics across processes. ``None`` is resolved when the model
-            is built (``torch.distributed.is_initialized()``), usually before DDP starts: pass ``True``
-            for multi-process runs.
+        sync_codebook: all-reduce the EMA statistics across processes. ``None`` (default): decided when
+            training starts, by :meth:`sync_codebook_across_processes`, which lkd's LightningModules call
+            in ``setup`` when the trainer runs more than one process (the model is built before DDP starts,
+            so ``VectorQuantize``'s own ``None`` would resolve to "no sync"). ``False``: never (each rank
+            keeps its own keys, which then drift apart). ``True``: always.
         encoder: optional frozen feature extractor applied first; it is frozen here (``requires_grad_(False)``)
             and kept in eval mode by :meth:`train`.
         projection_seed: seed of the random projection.
@@ -170,9 +172,8 @@ class DiscreteKeyValueBottleneck(nn.Module):
         else:
             self.register_buffer("projection", None)
 
-        dim = num_codebooks * key_dim
-        self.vq = VectorQuantize(
-            dim=dim,
+        self._vq_kwargs = dict(
+            dim=num_codebooks * key_dim,
             codebook_size=num_keys,
             codebook_dim=key_dim,  # C·Dk == dim: no hidden project_in/out
             heads=num_codebooks,
@@ -180,8 +181,9 @@ class DiscreteKeyValueBottleneck(nn.Module):
             decay=ema_decay,
             commitment_weight=0.0,
             threshold_ema_dead_code=threshold_ema_dead_code,
-            sync_codebook=sync_codebook,
         )
+        self.sync_codebook = sync_codebook
+        self.vq = VectorQuantize(**self._vq_kwargs, sync_codebook=bool(sync_codebook))
 
         init = torch.zeros if decoder == "mean" else torch.randn
         self.values = nn.Parameter(init(num_codebooks, num_keys, value_dim))  # (C, K, V)
@@ -196,6 +198,20 @@ class DiscreteKeyValueBottleneck(nn.Module):
     def freeze_keys(self, frozen: bool = True) -> None:
         """Stop (or restart) the EMA update of the keys in train-mode forwards."""
         self.vq.freeze_codebook = frozen
+
+    def sync_codebook_across_processes(self) -> bool:
+        """Rebuild the quantiser with ``sync_codebook=True`` (keeping keys, EMA state, freeze flag and decay)
+        unless ``sync_codebook=False`` was asked for. Returns whether the codebook is synced now."""
+        if self.sync_codebook is False:
+            return False
+        if self.vq._codebook.use_ddp:
+            return True
+        state, frozen, decay = self.vq.state_dict(), self.keys_frozen, self.ema_decay
+        self.vq = VectorQuantize(**self._vq_kwargs, sync_codebook=True).to(self.values.device)
+        self.vq.load_state_dict(state)
+        self.freeze_keys(frozen)
+        self.set_ema_decay(decay)
+        return True
 
     @property
     def keys_frozen(self) -> bool:

@@ -9,9 +9,12 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
+
+from lkd.models.dkvb import DiscreteKeyValueBottleneck
 
 ModelFactory = Callable[[int], nn.Module]
 """Builds a network given its number of classes: in YAML a ``class_path`` whose first argument is
@@ -56,6 +59,13 @@ class ClassificationModuleBase(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            for name, module in self.named_modules():
+                if isinstance(module, DiscreteKeyValueBottleneck) and module.sync_codebook_across_processes():
+                    rank_zero_info(f"{name}: DKVB codebook EMA synced across {self.trainer.world_size} processes")
 
     # ---- to implement -------------------------------------------------------------------------------
     def compute_loss(

@@ -61,6 +61,7 @@ class DistillModule(ClassificationModuleBase):
 
     @override
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         # Before any step, so a missing or mismatched teacher fails before training. A resumed run then
         # restores the (identical) teacher weights from its own checkpoint.
         if self.teacher_ckpt is not None:
