@@ -1,5 +1,5 @@
-"""MNIST end to end: train the teacher, the student alone and the student by distillation, test each on its
-best checkpoint, and compare accuracy, size and CPU inference time.
+"""MNIST end to end: train the teacher, the student alone, the student by distillation and a DKVB student by
+distillation, test each on its best checkpoint, and compare accuracy, size and CPU inference time.
 
     python -m lkd.pipelines.mnist_kd                # the `make demo` run (seed 42)
     python -m lkd.pipelines.mnist_kd --seed 1 --teacher-epochs 2 --student-epochs 2 --workdir /tmp/x
@@ -65,18 +65,21 @@ def train_and_test(name: str, config: Path, workdir: Path, seed: int, epochs: in
 
 
 def run(seed: int = 42, workdir: Path = Path("."), teacher_epochs: int | None = None,
-        student_epochs: int | None = None, teacher_ckpt: str | None = None) -> list[RunResult]:
-    """Teacher (or a given teacher checkpoint), student alone, student distilled: one seed."""
+        student_epochs: int | None = None, teacher_ckpt: str | None = None, with_dkvb: bool = True) -> list[RunResult]:
+    """Teacher (or a given teacher checkpoint), student alone, student distilled, DKVB student distilled
+    (its own config's epochs): one seed."""
     results = []
     if teacher_ckpt is None:
         teacher = train_and_test("teacher", CONFIG_DIR / "teacher.yaml", workdir, seed, teacher_epochs)
         results.append(teacher)
         teacher_ckpt = str(workdir / "checkpoints" / f"teacher-seed{seed}.ckpt")
     results.append(train_and_test("student_scratch", CONFIG_DIR / "student_scratch.yaml", workdir, seed, student_epochs))
-    results.append(
-        train_and_test("student_kd", CONFIG_DIR / "student_kd.yaml", workdir, seed, student_epochs,
-                       [f"--model.init_args.teacher_ckpt={teacher_ckpt}"])
-    )
+    for name in ("student_kd", "student_dkvb_kd") if with_dkvb else ("student_kd",):
+        results.append(
+            train_and_test(name, CONFIG_DIR / f"{name}.yaml", workdir, seed,
+                           student_epochs if name == "student_kd" else None,
+                           [f"--model.init_args.teacher_ckpt={teacher_ckpt}"])
+        )
     return results
 
 
@@ -99,9 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("."), help="runs/ and checkpoints/ go here")
     parser.add_argument("--teacher-epochs", type=int, default=None, help="default: the config's max_epochs")
     parser.add_argument("--student-epochs", type=int, default=None, help="default: the config's max_epochs")
+    parser.add_argument("--no-dkvb", action="store_true", help="skip the DKVB student")
     args = parser.parse_args(argv)
     torch.set_float32_matmul_precision("high")
-    results = run(args.seed, args.workdir, args.teacher_epochs, args.student_epochs)
+    results = run(args.seed, args.workdir, args.teacher_epochs, args.student_epochs, with_dkvb=not args.no_dkvb)
     print("\nMNIST distillation (test split, best checkpoints, CPU threads: %d)\n" % torch.get_num_threads())
     print(format_table(results))
     print(f"\nTensorBoard: tensorboard --logdir {args.workdir / 'runs'}")
