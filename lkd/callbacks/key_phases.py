@@ -36,6 +36,10 @@ class EMAKeyUpdate(Callback):
     ``init_steps = init_epochs = 0`` the run starts in this phase (e.g. keys written by
     :func:`lkd.models.discrete_key_init` and then frozen).
 
+    **Encoder**: a DKVB encoder with a ``fit`` method (:class:`lkd.models.PCAEncoder`) that is not fitted yet
+    is fitted in ``setup`` (before the sanity check) on ``datamodule.unlabelled_train_images()`` (every train image, no
+    labels), before any key moves.
+
     Clocks are ``trainer.global_step`` (optimizer steps, right under gradient accumulation) and
     ``trainer.current_epoch``. The phase and the number of init steps taken are saved in the checkpoint, and
     the freeze flag and decay are applied again at the start of training, so ``ckpt_path=`` resumes in the
@@ -137,6 +141,7 @@ class EMAKeyUpdate(Callback):
         if stage != "fit":
             return
         self._dkvb = self.find_dkvb(pl_module)
+        self.fit_encoder_if_needed(trainer)  # before the sanity check runs the model
         trainable = [n for n, p in self._dkvb.vq.named_parameters() if p.requires_grad]
         if trainable and self._dkvb.vq.ema_update:
             raise ValueError(
@@ -168,16 +173,29 @@ class EMAKeyUpdate(Callback):
         self._hook = self._dkvb.vq.register_forward_hook(self._count_codes)
         self._last_logged = trainer.global_step
 
-    @torch.no_grad()
-    def init_on_all_train_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_size: int = 256) -> None:
-        """EMA passes of the DKVB over every unlabelled training image; values untouched (no backward)."""
+    def fit_encoder_if_needed(self, trainer: pl.Trainer) -> None:
+        """Fit the DKVB's encoder (e.g. :class:`lkd.models.PCAEncoder`) on unlabelled training images, once."""
+        encoder = self._dkvb.encoder
+        if encoder is None or not hasattr(encoder, "fit") or bool(getattr(encoder, "fitted", True)):
+            return
+        images = self._unlabelled_images(trainer)
+        encoder.fit(images.to(next(iter(encoder.buffers())).device))
+        rank_zero_info(f"DKVB encoder {type(encoder).__name__} fitted on {len(images)} unlabelled training images")
+
+    @staticmethod
+    def _unlabelled_images(trainer: pl.Trainer) -> torch.Tensor:
         data = trainer.datamodule
         if not hasattr(data, "unlabelled_train_images"):
             raise TypeError(
-                f"init_data='all_train_images' needs a data module with unlabelled_train_images(), got "
-                f"{type(data).__name__}; use init_data='batches'"
+                f"fitting DKVB keys or encoder on all training images needs a data module with "
+                f"unlabelled_train_images(), got {type(data).__name__}; use init_data='batches' and a fitted encoder"
             )
-        images = data.unlabelled_train_images()  # (N, 1, 28, 28) float
+        return data.unlabelled_train_images()
+
+    @torch.no_grad()
+    def init_on_all_train_images(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_size: int = 256) -> None:
+        """EMA passes of the DKVB over every unlabelled training image; values untouched (no backward)."""
+        images = self._unlabelled_images(trainer)  # (N, 1, 28, 28) float
         dkvb = self._dkvb
         was_training = dkvb.training
         dkvb.train()

@@ -2,6 +2,7 @@
 
 from lkd.models.cnn import ConvNet
 from lkd.models.dkvb import DiscreteKeyValueBottleneck, DKVBOutput
+from lkd.models.encoders import PCAEncoder
 from lkd.models.key_init import discrete_key_init
 from lkd.models.mlp import MLP
 
@@ -11,4 +12,6 @@ def count_parameters(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["MLP", "ConvNet", "DiscreteKeyValueBottleneck", "DKVBOutput", "count_parameters", "discrete_key_init"]
+__all__ = [
+    "MLP", "ConvNet", "DKVBOutput", "DiscreteKeyValueBottleneck", "PCAEncoder", "count_parameters", "discrete_key_init",
+]

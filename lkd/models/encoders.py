@@ -1,0 +1,55 @@
+"""Frozen feature extractors fitted without labels (for a DKVB in front of which an encoder is wanted)."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+class PCAEncoder(nn.Module):
+    """Principal-component projection, fitted on unlabelled data with :meth:`fit`.
+
+    ``z = (x - mean) @ components.T`` (optionally divided by the component standard deviations). The mean
+    and components are buffers, so they ride in checkpoints; nothing here is trained by gradient.
+
+    Args:
+        in_features: flattened input size (784 for MNIST).
+        out_features: number of principal components kept.
+        whiten: scale every component to unit variance.
+
+    Shapes: x (B, ...) with prod(...) == in_features -> (B, out_features).
+    """
+
+    def __init__(self, in_features: int = 784, out_features: int = 50, *, whiten: bool = False):
+        super().__init__()
+        if not 0 < out_features <= in_features:
+            raise ValueError(f"PCAEncoder out_features must be in [1, in_features={in_features}], got {out_features}")
+        self.in_features, self.out_features, self.whiten = in_features, out_features, whiten
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("components", torch.zeros(out_features, in_features))
+        self.register_buffer("scale", torch.ones(out_features))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor, max_samples: int = 20_000) -> PCAEncoder:
+        """Fit on unlabelled inputs x (N, ...): the first ``max_samples`` rows (deterministic)."""
+        x = rearrange(x, "n ... -> n (...)")[:max_samples].double()
+        if x.shape[0] < self.out_features:
+            raise ValueError(f"PCAEncoder.fit needs at least out_features={self.out_features} samples, got {x.shape[0]}")
+        mean = x.mean(0)
+        _, singular, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        self.mean.copy_(mean)
+        self.components.copy_(vh[: self.out_features])
+        self.scale.copy_(singular[: self.out_features] / x.shape[0] ** 0.5 if self.whiten else torch.ones(self.out_features))
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.fitted):
+            raise RuntimeError(
+                "PCAEncoder is not fitted. HINT: EMAKeyUpdate fits it on the data module's unlabelled training "
+                "images at the start of training; outside training call encoder.fit(unlabelled_images) first."
+            )
+        x = rearrange(x, "b ... -> b (...)")
+        return ((x.float() - self.mean.float()) @ self.components.float().T) / self.scale.float()

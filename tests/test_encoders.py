@@ -1,0 +1,45 @@
+from functools import partial
+
+import pytest
+import torch
+
+from lkd.callbacks import EMAKeyUpdate
+from lkd.data import MNISTDataModule
+from lkd.models import DiscreteKeyValueBottleneck, PCAEncoder
+from lkd.modules import ClassifierModule
+from tests.helpers import tiny_trainer
+
+
+def test_pca_finds_the_direction_of_largest_variance():
+    torch.manual_seed(0)
+    t = torch.randn(500, 1)
+    x = torch.cat([3 * t, 3 * t, 0.1 * torch.randn(500, 1)], dim=1) + torch.tensor([1.0, 2.0, 3.0])
+    enc = PCAEncoder(3, 1).fit(x)
+    direction = enc.components[0].abs()
+    torch.testing.assert_close(direction, torch.tensor([2**-0.5, 2**-0.5, 0.0]), atol=0.01, rtol=0)
+    torch.testing.assert_close(enc.mean, x.mean(0), atol=1e-5, rtol=0)
+    z = enc(x)
+    assert z.shape == (500, 1) and abs(z.mean().item()) < 1e-4
+    assert PCAEncoder(3, 1, whiten=True).fit(x)(x).std().item() == pytest.approx(1.0, rel=0.01)
+
+
+def test_unfitted_encoder_says_how_to_fit_it():
+    with pytest.raises(RuntimeError, match="PCAEncoder is not fitted"):
+        PCAEncoder(4, 2)(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"out_features must be in \[1, in_features=4\], got 5"):
+        PCAEncoder(4, 5)
+
+
+def test_key_callback_fits_the_encoder_on_unlabelled_train_images(tmp_path, tiny_mnist):
+    data = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=50, classes=[0, 1, 2])
+    net = partial(DiscreteKeyValueBottleneck, in_features=10, num_codebooks=4, num_keys=16, key_dim=4,
+                  encoder=PCAEncoder(784, 10))
+    module = ClassifierModule(net, num_classes=3, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[EMAKeyUpdate(init_data="all_train_images")])
+    trainer.fit(module, datamodule=data)
+    encoder = module.model.encoder
+    assert bool(encoder.fitted)
+    # fitted on all 500 train images (every digit, not only classes 0-2), never on val/test
+    expected_mean = data.unlabelled_train_images().flatten(1).mean(0)
+    assert len(data.unlabelled_train_images()) == 500
+    torch.testing.assert_close(encoder.mean, expected_mean, atol=1e-5, rtol=0)
