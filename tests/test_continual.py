@@ -103,3 +103,17 @@ def test_heatmap_figure():
     fig.canvas.draw()
     width, height = fig.canvas.get_width_height()
     assert width > 100 and height > 100 and len(fig.axes[0].texts) == 3
+
+
+def test_resume_mid_run_continues_the_stage_and_the_matrix(tmp_path, tiny_mnist):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    trainer, module, data, evaluation, _ = continual_run(tmp_path / "full", tiny_mnist)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    trainer = tiny_trainer(tmp_path / "full", max_epochs=6, callbacks=[evaluation, ckpt], enable_checkpointing=True)
+    trainer.fit(module, datamodule=data)
+
+    resumed_trainer, resumed_module, resumed_data, resumed_eval, record = continual_run(tmp_path / "resumed", tiny_mnist)
+    resumed_trainer.fit(resumed_module, datamodule=resumed_data, ckpt_path=tmp_path / "ckpt" / "epoch=2.ckpt")
+    assert record.labels == {3: {2, 3}, 4: {4, 5}, 5: {4, 5}}  # resumed inside stage 1, then stage 2
+    torch.testing.assert_close(resumed_eval.matrix.compute(), evaluation.matrix.compute(), equal_nan=True)
