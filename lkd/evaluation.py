@@ -9,6 +9,36 @@ import torch
 from torch import nn
 
 
+def _one_pass(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> float:
+    start = time.perf_counter()
+    for chunk in inputs.split(batch_size):
+        model(chunk)
+    if inputs.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def interleaved_inference_seconds(
+    models: dict[str, nn.Module], inputs: torch.Tensor, *, batch_size: int = 1000, repeats: int = 7
+) -> dict[str, float]:
+    """Median seconds per pass over ``inputs`` for each model, the models taking turns in every repeat, so a
+    noisy machine slows them alike and their ratios stay meaningful. One warm-up pass each; eval mode."""
+    modes = {name: m.training for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    try:
+        for m in models.values():
+            m.eval()
+            _one_pass(m, inputs, batch_size)
+        for _ in range(repeats):
+            for name, m in models.items():
+                times[name].append(_one_pass(m, inputs, batch_size))
+    finally:
+        for name, m in models.items():
+            m.train(modes[name])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 @torch.inference_mode()
 def inference_seconds(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 1000, repeats: int = 5) -> float:
     """Median wall time of ``repeats`` passes of ``model`` over all ``inputs`` (after one warm-up pass).
@@ -20,15 +50,7 @@ def inference_seconds(model: nn.Module, inputs: torch.Tensor, *, batch_size: int
     was_training = model.training
     model.eval()
     try:
-        def one_pass() -> float:
-            start = time.perf_counter()
-            for chunk in inputs.split(batch_size):
-                model(chunk)
-            if inputs.is_cuda:
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
-
-        one_pass()
-        return statistics.median(one_pass() for _ in range(repeats))
+        _one_pass(model, inputs, batch_size)
+        return statistics.median(_one_pass(model, inputs, batch_size) for _ in range(repeats))
     finally:
         model.train(was_training)

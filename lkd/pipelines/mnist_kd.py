@@ -15,10 +15,11 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lkd.cli import LKDCLI
 from lkd.data.transforms import normalize_uint8
-from lkd.evaluation import inference_seconds
+from lkd.evaluation import interleaved_inference_seconds
 from lkd.models import count_parameters
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mnist"
@@ -26,59 +27,83 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mnist"
 
 @dataclasses.dataclass
 class RunResult:
-    """One trained model, tested on its best checkpoint."""
+    """One trained model, tested on its best checkpoint (``infer_s`` filled by :func:`time_models`)."""
 
     name: str
     config: str
     test_acc: float
     params: int
-    infer_s: float
     best_ckpt: str
+    network: nn.Module = dataclasses.field(repr=False)
+    infer_s: float = float("nan")
 
 
-def train_and_test(name: str, config: Path, workdir: Path, seed: int, epochs: int | None, extra: list[str] = ()) -> RunResult:
-    """``lkd fit`` one config, then test its best checkpoint and time inference over the test set."""
+def train_and_test(name: str, config: Path, workdir: Path, seed: int, epochs: int | None, extra: list[str] = (),
+                   reuse: bool = False) -> RunResult:
+    """``lkd fit`` one config, then test its best checkpoint (published to ``workdir/checkpoints``).
+
+    With ``reuse`` and that checkpoint already there (an earlier run of the same command), skip training."""
+    published = workdir / "checkpoints" / f"{name}-seed{seed}.ckpt"
     args = [
-        "fit", "-c", str(config),
+        "-c", str(config),
         f"--seed_everything={seed}", f"--data.init_args.seed={seed}",
         f"--trainer.default_root_dir={workdir / 'runs'}",
         f"--trainer.logger.init_args.save_dir={workdir / 'runs'}",
         f"--trainer.logger.init_args.version=seed{seed}",
-        f"--best_checkpoint.path={workdir / 'checkpoints' / f'{name}-seed{seed}.ckpt'}",
+        f"--best_checkpoint.path={published}",
         *extra,
     ]
     if epochs is not None:
         args.append(f"--trainer.max_epochs={epochs}")
-    cli = LKDCLI(args=args)
+    if reuse and published.is_file():
+        cli = LKDCLI(args=args, run=False)
+        ckpt_path = str(published)
+    else:
+        cli = LKDCLI(args=["fit", *args])
+        ckpt_path = cli.trainer.checkpoint_callback.best_model_path
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
-    (metrics,) = trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
+    (metrics,) = trainer.test(module, datamodule=data, ckpt_path=ckpt_path, verbose=False)
     network = module.student if hasattr(module, "student") else module.model
-    images = normalize_uint8(data.datasets["test"].images)  # (10000, 1, 28, 28)
     return RunResult(
         name=name,
         config=str(config.relative_to(CONFIG_DIR.parents[1])),
         test_acc=metrics["test/acc"],
         params=count_parameters(network),
-        infer_s=inference_seconds(network.cpu(), images),
-        best_ckpt=trainer.checkpoint_callback.best_model_path,
+        best_ckpt=ckpt_path,
+        network=network.cpu(),
     )
 
 
+def time_models(results: list[RunResult], data_seed: int = 42) -> None:
+    """CPU inference time over the 10,000 test images for every result, the models taking turns."""
+    from lkd.data import MNISTDataModule
+
+    data = MNISTDataModule(seed=data_seed)
+    data.setup("test")
+    images = normalize_uint8(data.datasets["test"].images)  # (10000, 1, 28, 28)
+    seconds = interleaved_inference_seconds({str(i): r.network for i, r in enumerate(results)}, images)
+    for i, r in enumerate(results):
+        r.infer_s = seconds[str(i)]
+
+
 def run(seed: int = 42, workdir: Path = Path("."), teacher_epochs: int | None = None,
-        student_epochs: int | None = None, teacher_ckpt: str | None = None, with_dkvb: bool = True) -> list[RunResult]:
+        student_epochs: int | None = None, teacher_ckpt: str | None = None, with_dkvb: bool = True,
+        reuse: bool = False) -> list[RunResult]:
     """Teacher (or a given teacher checkpoint), student alone, student distilled, DKVB student distilled
     (its own config's epochs): one seed."""
     results = []
     if teacher_ckpt is None:
-        teacher = train_and_test("teacher", CONFIG_DIR / "teacher.yaml", workdir, seed, teacher_epochs)
+        teacher = train_and_test("teacher", CONFIG_DIR / "teacher.yaml", workdir, seed, teacher_epochs, reuse=reuse)
         results.append(teacher)
         teacher_ckpt = str(workdir / "checkpoints" / f"teacher-seed{seed}.ckpt")
-    results.append(train_and_test("student_scratch", CONFIG_DIR / "student_scratch.yaml", workdir, seed, student_epochs))
+    results.append(
+        train_and_test("student_scratch", CONFIG_DIR / "student_scratch.yaml", workdir, seed, student_epochs, reuse=reuse)
+    )
     for name in ("student_kd", "student_dkvb_kd") if with_dkvb else ("student_kd",):
         results.append(
             train_and_test(name, CONFIG_DIR / f"{name}.yaml", workdir, seed,
                            student_epochs if name == "student_kd" else None,
-                           [f"--model.init_args.teacher_ckpt={teacher_ckpt}"])
+                           [f"--model.init_args.teacher_ckpt={teacher_ckpt}"], reuse=reuse)
         )
     return results
 
@@ -106,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_float32_matmul_precision("high")
     results = run(args.seed, args.workdir, args.teacher_epochs, args.student_epochs, with_dkvb=not args.no_dkvb)
+    time_models(results)
     print("\nMNIST distillation (test split, best checkpoints, CPU threads: %d)\n" % torch.get_num_threads())
     print(format_table(results))
     print(f"\nTensorBoard: tensorboard --logdir {args.workdir / 'runs'}")
