@@ -47,6 +47,21 @@ class LKDCLI(LightningCLI):
         )
         parser.add_lightning_class_args(PublishBestCheckpoint, "best_checkpoint")
 
+    @override
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        # lkd adds a progress bar and checkpoint callbacks by default; a run that switches progress bars or
+        # checkpointing off gets them dropped instead of Lightning's "found X in callbacks" error.
+        unwanted: tuple[type, ...] = ()
+        if config.get("enable_progress_bar") is False:
+            unwanted += (RichProgressBar,)
+        if config.get("enable_checkpointing") is False:
+            unwanted += (ModelCheckpoint,)
+        if unwanted:
+            callbacks = [c for c in callbacks if not isinstance(c, unwanted)]
+            defaults = self.trainer_defaults.get("callbacks", [])
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [c for c in defaults if not isinstance(c, unwanted)]}
+        return super()._instantiate_trainer(config, callbacks)
+
 
 def default_trainer_settings() -> dict:
     # Lightning 2.6's save_last only writes when a top-k checkpoint was written in the same step, so

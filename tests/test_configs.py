@@ -60,3 +60,13 @@ def test_missing_teacher_checkpoint_fails_before_training(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: checkpoints/mnist/teacher\.ckpt"):
         run_cli("fit", "-c", str(CONFIGS / "mnist" / "student_kd.yaml"), *tiny_data_args, "--trainer.fast_dev_run=true")
+
+
+def test_checkpointing_and_progress_bar_can_be_switched_off(tmp_path, monkeypatch, tiny_data_args):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LKD_RICH", "1")  # the Rich bar is a default here, as on a terminal
+    cli = run_cli("fit", "-c", str(CONFIGS / "mnist" / "student_scratch.yaml"), *tiny_data_args,
+                  "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+                  "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false")
+    assert cli.trainer.state.finished and cli.trainer.checkpoint_callbacks == []
+    assert not list(tmp_path.rglob("*.ckpt"))
