@@ -94,10 +94,15 @@ def main() -> None:
             results.setdefault(name, []).append(r)
             print(f"seed {seed} {name}: final {100 * r['final']:.2f} forgetting {100 * r['forgetting']:.2f} "
                   f"({r['seconds']:.0f} s)", flush=True)
+        # after every seed, so a long run that is stopped early still reports the seeds it finished
+        report(results, args, seeds_done=args.seeds[: args.seeds.index(seed) + 1])
+
+
+def report(results: dict[str, list[dict]], args, seeds_done: list[int]) -> None:
 
     lines = [
         f"Command: `{command()}`", "", f"Machine: {machine()}", "",
-        f"Seeds {args.seeds}. Stages (0,1) → (2,3) → (4,5) → (6,7), 3 epochs each, batch 32, one head over the 8 "
+        f"Seeds {seeds_done} (of {args.seeds} asked). Stages (0,1) → (2,3) → (4,5) → (6,7), 3 epochs each, batch 32, one head over the 8 "
         "classes (class-incremental), accuracy on the MNIST test images of digits 0-7. *Final* = mean accuracy over "
         "the four groups after the last stage; *forgetting* = best earlier accuracy − final, mean over the first "
         "three groups (points). Keys and the PCA encoder never see labels (they are fitted on every unlabelled "
