@@ -51,7 +51,7 @@ def run_variant(name: str, seed: int, workdir: Path) -> dict:
         "--trainer.enable_progress_bar=false", *overrides,
     ])
     evaluation = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ContinualEvaluation))
-    matrix = evaluation.matrix.compute()
+    matrix = evaluation.matrix.as_matrix()
     return {
         "matrix": matrix,
         "final": matrix[-1].mean().item(),

@@ -117,3 +117,13 @@ def test_resume_mid_run_continues_the_stage_and_the_matrix(tmp_path, tiny_mnist)
     resumed_trainer.fit(resumed_module, datamodule=resumed_data, ckpt_path=tmp_path / "ckpt" / "epoch=2.ckpt")
     assert record.labels == {3: {2, 3}, 4: {4, 5}, 5: {4, 5}}  # resumed inside stage 1, then stage 2
     torch.testing.assert_close(resumed_eval.matrix.compute(), evaluation.matrix.compute(), equal_nan=True)
+
+
+def test_a_single_stage_run_gives_a_one_by_one_matrix(tmp_path, tiny_mnist):
+    data = NonStationaryMNISTDataModule(str(tiny_mnist), stages=[[3, 4, 5]], epochs_per_stage=1, train_size=500,
+                                        val_size=100, batch_size=10)
+    module = ClassifierModule(tiny_mlp, num_classes=3, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    evaluation = ContinualEvaluation()
+    tiny_trainer(tmp_path, max_epochs=1, callbacks=[evaluation]).fit(module, datamodule=data)
+    matrix = evaluation.matrix.as_matrix()
+    assert matrix.shape == (1, 1) and matrix[0, 0] > 0.5

@@ -97,7 +97,7 @@ class ContinualEvaluation(Callback):
                 self.matrix.update(stage, group, logits.argmax(-1), labels)
         finally:
             pl_module.train(was_training)
-        return self.matrix.compute()[stage]
+        return self.matrix.as_matrix()[stage]
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -108,7 +108,7 @@ class ContinualEvaluation(Callback):
         stage = data.stage_at_epoch(epoch)
         self._ensure_matrix(data.num_stages)
         row = self.evaluate(pl_module, data, stage)
-        matrix = self.matrix.compute()
+        matrix = self.matrix.as_matrix()
         metrics = {
             "continual/avg_acc_seen": average_accuracy(matrix)[stage].item(),
             "continual/acc_all": row.mean().item(),

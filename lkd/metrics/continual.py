@@ -29,7 +29,12 @@ class ContinualAccuracyMatrix(Metric):
         self.total[stage, group] += target.numel()
 
     def compute(self) -> torch.Tensor:
-        """(S, S) float accuracy matrix, NaN where not measured."""
+        """(S, S) float accuracy matrix, NaN where not measured. (torchmetrics' ``compute()`` wrapper squeezes a
+        (1, 1) result to a scalar; :meth:`as_matrix` never does.)"""
+        return self.as_matrix()
+
+    def as_matrix(self) -> torch.Tensor:
+        """(S, S) float accuracy matrix, NaN where not measured, also for a single stage."""
         matrix = self.correct.double() / self.total.double()
         return torch.where(self.total > 0, matrix, torch.full_like(matrix, float("nan"))).float()
 
