@@ -37,20 +37,3 @@ def interleaved_inference_seconds(
         for name, m in models.items():
             m.train(modes[name])
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-@torch.inference_mode()
-def inference_seconds(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 1000, repeats: int = 5) -> float:
-    """Median wall time of ``repeats`` passes of ``model`` over all ``inputs`` (after one warm-up pass).
-
-    Args:
-        model: put in eval mode here (and back to its previous mode afterwards).
-        inputs: (N, ...) on the model's device.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        _one_pass(model, inputs, batch_size)
-        return statistics.median(_one_pass(model, inputs, batch_size) for _ in range(repeats))
-    finally:
-        model.train(was_training)
