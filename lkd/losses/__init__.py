@@ -1,5 +1,6 @@
 """Losses as pure functions of tensors. Never imports lkd.models."""
 
-from lkd.losses.kd import hinton_kd_loss, kd_kl_div
+from lkd.losses.hidden import hidden_cosine_loss
+from lkd.losses.kd import hinton_kd_loss, kd_kl_div, regression_kd_loss
 
-__all__ = ["hinton_kd_loss", "kd_kl_div"]
+__all__ = ["hidden_cosine_loss", "hinton_kd_loss", "kd_kl_div", "regression_kd_loss"]

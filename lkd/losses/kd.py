@@ -62,3 +62,25 @@ def hinton_kd_loss(
     kd = kd_kl_div(student_logits, teacher_logits, temperature)
     ce = F.cross_entropy(student_logits.float(), labels)
     return alpha * kd + (1.0 - alpha) * ce, {"kd": kd, "ce": ce}
+
+
+def regression_kd_loss(
+    student_scores: torch.Tensor, teacher_scores: torch.Tensor, targets: torch.Tensor, *, alpha: float = 0.9
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Distillation for a regression head (e.g. STS-B): ``α · MSE(s, t) + (1 − α) · MSE(s, y)``.
+
+    A single score has no softmax to soften, so the teacher's score is matched directly.
+
+    Args:
+        student_scores, teacher_scores: (B,) or (B, 1).
+        targets: (B,) float.
+    Returns:
+        total loss and ``{"kd": MSE(s, t), "mse": MSE(s, y)}``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    _check_logits(student_scores, teacher_scores)
+    s = student_scores.float().reshape(-1)
+    kd = F.mse_loss(s, teacher_scores.float().reshape(-1))
+    mse = F.mse_loss(s, targets.float().reshape(-1))
+    return alpha * kd + (1.0 - alpha) * mse, {"kd": kd, "mse": mse}

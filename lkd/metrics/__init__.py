@@ -1,5 +1,6 @@
 """torchmetrics-style metrics."""
 
 from lkd.metrics.continual import ContinualAccuracyMatrix, average_accuracy, forgetting
+from lkd.metrics.glue import glue_metric_names, glue_metrics, glue_score
 
-__all__ = ["ContinualAccuracyMatrix", "average_accuracy", "forgetting"]
+__all__ = ["ContinualAccuracyMatrix", "average_accuracy", "forgetting", "glue_metric_names", "glue_metrics", "glue_score"]

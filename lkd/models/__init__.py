@@ -3,8 +3,11 @@
 from lkd.models.cnn import ConvNet
 from lkd.models.dkvb import DiscreteKeyValueBottleneck, DKVBOutput
 from lkd.models.encoders import PCAEncoder
-from lkd.models.key_init import discrete_key_init
+from lkd.models.key_init import discrete_key_init, init_keys_from_embeddings
 from lkd.models.mlp import MLP
+from lkd.models.pretrained import resolve_pretrained
+from lkd.models.text_classifier import DKVBSettings, TextClassifierOutput, TransformerClassifier
+from lkd.models.transfer import copy_transformer_weights, evenly_spaced_layers
 
 
 def count_parameters(module) -> int:
@@ -13,5 +16,7 @@ def count_parameters(module) -> int:
 
 
 __all__ = [
-    "MLP", "ConvNet", "DKVBOutput", "DiscreteKeyValueBottleneck", "PCAEncoder", "count_parameters", "discrete_key_init",
+    "MLP", "ConvNet", "DKVBOutput", "DKVBSettings", "DiscreteKeyValueBottleneck", "PCAEncoder", "TextClassifierOutput",
+    "TransformerClassifier", "copy_transformer_weights", "count_parameters", "discrete_key_init", "evenly_spaced_layers",
+    "init_keys_from_embeddings", "resolve_pretrained",
 ]

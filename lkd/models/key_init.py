@@ -67,3 +67,30 @@ def discrete_key_init(
         new_keys[c] = einsum(weights, emb[c][idx], "k m, k m d -> k d")
     dkvb.write_keys(new_keys)
     return new_keys
+
+
+@torch.no_grad()
+def init_keys_from_embeddings(
+    dkvb: DiscreteKeyValueBottleneck,
+    embeddings: Tensor,
+    *,
+    neighbours: int = 8,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> Tensor:
+    """Start every key at a distinct embedding drawn at random (seeded), then :func:`discrete_key_init`.
+
+    ``embeddings``: (N, C, Dk) in key space, N >= num_keys (with fewer, draws repeat). Starting from the
+    data, not from the quantiser's random init, keeps keys from collapsing onto the same few neighbours.
+    """
+    C, K = dkvb.num_codebooks, dkvb.num_keys
+    if embeddings.ndim != 3 or tuple(embeddings.shape[1:]) != (C, dkvb.key_dim):
+        raise ValueError(f"embeddings must be (N, {C}, {dkvb.key_dim}), got {tuple(embeddings.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    n = embeddings.shape[0]
+    picks = torch.stack([torch.randperm(n, generator=gen)[:K] if n >= K else torch.randint(n, (K,), generator=gen)
+                         for _ in range(C)])  # (C, K)
+    emb = embeddings.float().to(dkvb.values.device)
+    start = emb[picks.to(emb.device), torch.arange(C, device=emb.device)[:, None]]  # (C, K, Dk)
+    dkvb.write_keys(start)
+    return discrete_key_init(dkvb, emb, neighbours=neighbours, temperature=temperature)

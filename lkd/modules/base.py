@@ -27,6 +27,33 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
 
 
+def newest_checkpoint(module: pl.LightningModule) -> str:
+    """The most recently written checkpoint of the module's run, if any."""
+    if module._trainer is None:
+        return ""
+    paths = {
+        p
+        for cb in module.trainer.checkpoint_callbacks
+        for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+        if p and os.path.isfile(p)
+    }
+    return max(paths, key=os.path.getmtime, default="")
+
+
+def check_finite_loss(module: pl.LightningModule, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+    """Stop training with :class:`NonFiniteLossError` (step, terms, newest checkpoint) on a NaN/inf loss."""
+    if torch.isfinite(loss):
+        return
+    last_good = newest_checkpoint(module)
+    parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+    raise NonFiniteLossError(
+        f"training loss is {loss.item()} at global step {module.global_step} (epoch {module.current_epoch}); "
+        f"terms: {parts or 'none'}. Training stopped; the last good checkpoint is "
+        f"{last_good or 'not written yet'}. HINT: lower the learning rate, check the inputs, or use "
+        "gradient clipping (trainer.gradient_clip_val)."
+    )
+
+
 class ClassificationModuleBase(pl.LightningModule):
     """Everything the classifier and the distillation module share.
 
@@ -123,28 +150,7 @@ class ClassificationModuleBase(pl.LightningModule):
             )
 
     def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        if torch.isfinite(loss):
-            return
-        last_good = self._newest_checkpoint()
-        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-        raise NonFiniteLossError(
-            f"training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}); "
-            f"terms: {parts or 'none'}. Training stopped; the last good checkpoint is "
-            f"{last_good or 'not written yet'}. HINT: lower the learning rate, check the inputs, or use "
-            "gradient clipping (trainer.gradient_clip_val)."
-        )
-
-    def _newest_checkpoint(self) -> str:
-        """The most recently written checkpoint of this run, if any."""
-        if self._trainer is None:
-            return ""
-        paths = {
-            p
-            for cb in self.trainer.checkpoint_callbacks
-            for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
-            if p and os.path.isfile(p)
-        }
-        return max(paths, key=os.path.getmtime, default="")
+        check_finite_loss(self, loss, terms)
 
     # ---- optimisation -------------------------------------------------------------------------------
     @override
