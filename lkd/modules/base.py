@@ -108,7 +108,8 @@ class ClassificationModuleBase(pl.LightningModule):
         raise NotImplementedError
 
     # ---- steps --------------------------------------------------------------------------------------
-    def _shared_step(self, batch, batch_idx: int, stage: str) -> torch.Tensor:
+    def _shared_step(self, batch, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+        """Loss, logs and metrics of one batch; returns ``{"loss", "preds", "labels"}`` (for figure callbacks)."""
         images, labels = batch
         if batch_idx == 0:
             self._check_labels(labels, stage)
@@ -122,19 +123,19 @@ class ClassificationModuleBase(pl.LightningModule):
         self.log(f"{stage}/acc", metric, prog_bar=stage != "train", on_step=False, on_epoch=True)
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=True, batch_size=len(labels))
-        return loss
+        return {"loss": loss, "preds": logits.detach().argmax(dim=-1), "labels": labels}
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, batch_idx, "train")
+        return self._shared_step(batch, batch_idx, "train")["loss"]
 
     @override
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, batch_idx, "val")
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._shared_step(batch, batch_idx, "val")
 
     @override
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, batch_idx, "test")
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._shared_step(batch, batch_idx, "test")
 
     @override
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -106,7 +106,8 @@ class GLUEModuleBase(pl.LightningModule):
         """Class ids (B,), or scores (B,) for regression."""
         return logits.reshape(-1).float() if self.is_regression else logits.argmax(dim=-1)
 
-    def _shared_step(self, batch: dict, batch_idx: int, stage: str) -> torch.Tensor:
+    def _shared_step(self, batch: dict, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+        """Loss, logs and metrics of one batch; returns ``{"loss", "preds", "labels"}`` (for figure callbacks)."""
         labels = batch["labels"]
         if batch_idx == 0:
             self._check_labels(labels, stage)
@@ -119,8 +120,9 @@ class GLUEModuleBase(pl.LightningModule):
         for name, value in terms.items():
             self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=True, batch_size=n)
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(self.predictions(logits.detach()), labels)
-        return loss
+        preds = self.predictions(logits.detach())
+        metrics.update(preds, labels)
+        return {"loss": loss, "preds": preds, "labels": labels}
 
     def _log_metrics(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
@@ -134,15 +136,15 @@ class GLUEModuleBase(pl.LightningModule):
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, batch_idx, "train")
+        return self._shared_step(batch, batch_idx, "train")["loss"]
 
     @override
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, batch_idx, "val")
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._shared_step(batch, batch_idx, "val")
 
     @override
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, batch_idx, "test")
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._shared_step(batch, batch_idx, "test")
 
     @override
     def on_train_epoch_end(self) -> None:
