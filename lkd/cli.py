@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from lkd.callbacks import LearningRateLogger, PublishBestCheckpoint
+from lkd.callbacks.hparams import HParamsConfigCallback
 
 
 class LKDCLI(LightningCLI):
@@ -29,6 +30,7 @@ class LKDCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", HParamsConfigCallback)  # config.yaml + TensorBoard hparams
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(pl.LightningModule, pl.LightningDataModule, *args, **kwargs)

@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lkd.callbacks import ContinualEvaluation
-from lkd.callbacks.continual import accuracy_heatmap
+from lkd.figures import accuracy_heatmap
 from lkd.data import NonStationaryMNISTDataModule
 from lkd.metrics import ContinualAccuracyMatrix, average_accuracy, forgetting
 from lkd.modules import ClassifierModule

@@ -2,12 +2,13 @@
 
 from lkd.callbacks.best_checkpoint import PublishBestCheckpoint
 from lkd.callbacks.continual import ContinualEvaluation
+from lkd.callbacks.figures import ConfusionMatrixFigure
 from lkd.callbacks.glue_predictions import GLUEPredictionWriter
 from lkd.callbacks.key_carrying import DiscreteKeyInit, KeyCarrying
 from lkd.callbacks.key_phases import EMAKeyUpdate
 from lkd.callbacks.lr_monitor import LearningRateLogger
 
 __all__ = [
-    "ContinualEvaluation", "EMAKeyUpdate", "GLUEPredictionWriter", "KeyCarrying", "LearningRateLogger",
+    "ConfusionMatrixFigure", "ContinualEvaluation", "EMAKeyUpdate", "GLUEPredictionWriter", "KeyCarrying", "LearningRateLogger",
     "PublishBestCheckpoint", "DiscreteKeyInit",
 ]

@@ -11,31 +11,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lkd.figures import accuracy_heatmap
 from lkd.metrics import ContinualAccuracyMatrix, average_accuracy, forgetting
-
-
-def accuracy_heatmap(matrix: torch.Tensor, groups: list[list[int]], title: str = "accuracy after each stage"):
-    """A matplotlib figure of the (S, S) accuracy matrix, values in % written in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    s = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(1.1 * s + 2, 1.0 * s + 1.5))
-    data = (100 * matrix).numpy()
-    ax.imshow(data, vmin=0, vmax=100, cmap="viridis")
-    names = [",".join(map(str, g)) for g in groups]
-    ax.set_xticks(range(s), names)
-    ax.set_yticks(range(s), [f"after {n}" for n in names])
-    ax.set_xlabel("evaluated on classes")
-    for i in range(s):
-        for j in range(s):
-            if data[i, j] == data[i, j]:  # not NaN
-                ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", color="white" if data[i, j] < 60 else "black")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
 
 
 class ContinualEvaluation(Callback):

@@ -57,6 +57,8 @@ class EMAKeyUpdate(Callback):
         module_attr: dotted name of the DKVB inside the LightningModule (e.g. ``"model"``, ``"student"``);
             default: the first submodule that is a :class:`DiscreteKeyValueBottleneck`.
         log_every_n_steps: optimizer steps between two code-usage logs.
+        figure_every_n_logs: every this many code-usage logs, also a ``dkvb/key_usage`` figure (keys ranked by
+            use, per-key histogram) and a ``dkvb/selections_per_key`` TensorBoard histogram (0 = never).
         init_data: which images the keys are initialised on. ``"batches"``: the training batches of the
             init phase (in a non-stationary run: the first stage's classes only). ``"all_train_images"``:
             before the first step, ``init_epochs`` (at least 1) train-mode passes of the DKVB over every
@@ -74,6 +76,7 @@ class EMAKeyUpdate(Callback):
         module_attr: str | None = None,
         log_every_n_steps: int = 50,
         init_data: Literal["batches", "all_train_images"] = "batches",
+        figure_every_n_logs: int = 10,
     ):
         problems = []
         if init_steps < 0 or init_epochs < 0:
@@ -98,6 +101,8 @@ class EMAKeyUpdate(Callback):
         self.after_init, self.decay_after_init = after_init, decay_after_init
         self.module_attr, self.log_every_n_steps = module_attr, log_every_n_steps
         self.init_data = init_data
+        self.figure_every_n_logs = figure_every_n_logs
+        self._logs_done = 0
         self.phase: str = "init" if init_steps or init_epochs or init_data == "all_train_images" else "after"
         self.init_steps_done = 0
         self._dkvb: DiscreteKeyValueBottleneck | None = None
@@ -238,10 +243,28 @@ class EMAKeyUpdate(Callback):
             return
         self._last_logged = step
         usage = usage_from_counts(self._counts)
+        self._log_usage_figure(trainer, self._counts)
         self._counts = None
         phase = torch.tensor(float(PHASES.index(self.phase)))
         metrics = {"dkvb/perplexity": usage["perplexity"], "dkvb/dead_keys": usage["dead_keys"], "dkvb/phase": phase}
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def _log_usage_figure(self, trainer: pl.Trainer, counts: torch.Tensor) -> None:
+        """``dkvb/key_usage`` figure and ``dkvb/selections_per_key`` histogram, every ``figure_every_n_logs`` logs."""
+        self._logs_done += 1
+        if self.figure_every_n_logs <= 0 or (self._logs_done - 1) % self.figure_every_n_logs:
+            return
+        import matplotlib.pyplot as plt
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from lkd.figures import key_usage_figure
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                fig = key_usage_figure(counts.cpu(), title=f"DKVB key usage ({self.phase} phase)")
+                logger.experiment.add_figure("dkvb/key_usage", fig, global_step=trainer.global_step)
+                logger.experiment.add_histogram("dkvb/selections_per_key", counts.flatten().float().cpu(), global_step=trainer.global_step)
+                plt.close(fig)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
