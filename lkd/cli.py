@@ -2,17 +2,23 @@
 
     lkd fit --config configs/mnist/teacher.yaml
     lkd test --config configs/mnist/teacher.yaml --ckpt_path checkpoints/mnist/teacher.ckpt
+    lkd cache-teacher --config configs/mnist/student_kd_cached.yaml   # then: lkd fit --config (same file)
 
 Model and data are chosen by ``class_path`` (subclass mode). ``data.num_classes`` is linked into the
 model, so it is written once. Every run gets a ``ModelCheckpoint`` (``checkpoint.*``: best on ``val/acc``),
 a ``latest.ckpt`` rewritten every epoch (to resume a crashed run from) and, with ``best_checkpoint.path``,
 a copy of its best checkpoint at a stable path.
+
+``cache-teacher`` takes the same arguments as ``fit`` plus ``--dtype`` and ``--overwrite``: it runs the
+config's frozen teacher once over the training and validation splits and writes the logits to
+``model.init_args.teacher_cache``, the file the same config's ``fit`` then reads (:mod:`lkd.cache`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
@@ -21,6 +27,8 @@ from typing_extensions import override
 
 from lkd.callbacks import LearningRateLogger, PublishBestCheckpoint
 from lkd.callbacks.hparams import HParamsConfigCallback
+
+CACHE_TEACHER = "cache-teacher"
 
 
 class LKDCLI(LightningCLI):
@@ -50,6 +58,47 @@ class LKDCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PublishBestCheckpoint, "best_checkpoint")
+
+    # ---- the `cache-teacher` subcommand ----------------------------------------------------------------
+    # LightningCLI makes one subcommand per Trainer method (`subcommands()`); a command that is not a Trainer
+    # method needs its own parser and runner, so these two overrides add it next to Lightning's.
+    @override
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        description = "Run the distillation config's frozen teacher once and store its logits in model.init_args.teacher_cache."
+        sub = self.init_parser(description=description)
+        self._add_arguments(sub)
+        sub.add_argument("--dtype", type=Literal["float16", "bfloat16", "float32"], default="float16",
+                         help="storage dtype of the cached logits (float16: relative error <= 2^-11; float32: exact)")
+        sub.add_argument("--overwrite", type=bool, default=False, help="replace an existing cache file")
+        self._subcommand_parsers[CACHE_TEACHER] = sub
+        self._subcommand_method_arguments[CACHE_TEACHER] = []
+        parser._subcommands_action.add_subcommand(CACHE_TEACHER, sub, help=description)
+
+    @override
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand != CACHE_TEACHER:
+            return super()._run_subcommand(subcommand)
+        self.cache_teacher(**{k: self.config_init[subcommand][k] for k in ("dtype", "overwrite")})
+
+    def cache_teacher(self, dtype: str = "float16", overwrite: bool = False) -> None:
+        """Write ``model.teacher_cache`` from the model's teacher and the data's training/validation splits."""
+        from lkd.cache import TeacherCacheError, build_teacher_cache
+
+        path = getattr(self.model, "teacher_cache", None)
+        if not hasattr(self.model, "teacher_batch_logits"):
+            raise TeacherCacheError(
+                f"cache-teacher needs a distillation module (DistillModule, GLUEDistillModule), got "
+                f"{type(self.model).__name__}"
+            )
+        if path is None:
+            raise TeacherCacheError(
+                "cache-teacher writes to model.init_args.teacher_cache, which is not set. HINT: add "
+                "--model.init_args.teacher_cache=PATH (and keep it in the config, so fit reads the same file)"
+            )
+        build_teacher_cache(self.model, self.datamodule, path, dtype=dtype, overwrite=overwrite,
+                            device=self.trainer.strategy.root_device,
+                            forward_context=self.trainer.precision_plugin.forward_context)
 
     @override
     def _instantiate_trainer(self, config: dict, callbacks: list):

@@ -17,19 +17,29 @@ from lkd.data.transforms import normalize_uint8, random_shift
 
 
 class TensorBatches(Dataset):
-    """In-memory (images, labels) tensors fetched a whole batch at a time (``__getitems__``)."""
+    """In-memory (images, labels) tensors fetched a whole batch at a time (``__getitems__``).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    ``sample_ids`` (N,) names each row (for MNIST: its row in the hub split). With ``emit_sample_ids`` set,
+    items and batches are ``(images, labels, sample_ids)`` instead of ``(images, labels)``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor | None = None):
         self.images, self.labels = images, labels
+        self.sample_ids = sample_ids if sample_ids is not None else torch.arange(len(labels))
+        self.emit_sample_ids = False
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        if self.emit_sample_ids:
+            return self.images[i], self.labels[i], self.sample_ids[i]
         return self.images[i], self.labels[i]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         idx = torch.as_tensor(indices)
+        if self.emit_sample_ids:
+            return self.images[idx], self.labels[idx], self.sample_ids[idx]
         return self.images[idx], self.labels[idx]
 
 
@@ -71,7 +81,10 @@ class MNISTDataModule(pl.LightningDataModule):
 
     Batches are ``(images, labels)``: images normalised float (B, 1, 28, 28), labels long (B,). Training
     batches are augmented on the device (random shifts of up to ``max_shift`` pixels) after transfer, so
-    a teacher and a student see the same augmented batch.
+    a teacher and a student see the same augmented batch. After ``emit_sample_ids = True`` (set by a module
+    that reads a teacher cache, before the loaders are built) batches are ``(images, labels, sample_ids)``,
+    ``sample_ids`` (B,) long: each image's row in the hub split it came from (train/val: the hub train
+    split, test: the hub test split), the key of :mod:`lkd.cache`.
 
     Args:
         hub_id: hub id or local folder in hub layout (resolved to ``$LKD_DATA_DIR`` mirrors).
@@ -126,6 +139,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.class_names: list[str] = []
         self.datasets: dict[str, TensorBatches] = {}
         self.augmented_batches = 0  # drives the augmentation seed; saved in checkpoints for exact resume
+        self.emit_sample_ids = False  # batches carry (B,) sample ids as a third item (see the class docstring)
         self.save_hyperparameters()
 
     @property
@@ -164,8 +178,8 @@ class MNISTDataModule(pl.LightningDataModule):
         }
         self._unlabelled = train_images[parts["train"]]  # every digit of the train part, for label-free fitting
         for name, idx in parts.items():
-            self.datasets[name] = self._subset(train_images[idx], train_labels[idx], name)
-        self.datasets["test"] = self._subset(test_images, test_labels, "test")
+            self.datasets[name] = self._subset(train_images[idx], train_labels[idx], name, sample_ids=idx)
+        self.datasets["test"] = self._subset(test_images, test_labels, "test", sample_ids=torch.arange(len(test_labels)))
         counts = {name: dict(sorted(Counter(ds.labels.tolist()).items())) for name, ds in self.datasets.items()}
         rank_zero_info(f"MNISTDataModule per-class counts (label: count): {counts}")
 
@@ -189,21 +203,22 @@ class MNISTDataModule(pl.LightningDataModule):
         arrays = split.with_format("numpy")[:]
         return torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["label"]).long()
 
-    def _subset(self, images: torch.Tensor, labels: torch.Tensor, name: str) -> TensorBatches:
+    def _subset(self, images: torch.Tensor, labels: torch.Tensor, name: str, sample_ids: torch.Tensor) -> TensorBatches:
         if self.classes is not None:
             keep = torch.isin(labels, torch.tensor(self.classes))
-            images, labels = images[keep], labels[keep]
+            images, labels, sample_ids = images[keep], labels[keep], sample_ids[keep]
             remap = torch.full((len(self.class_names),), -1, dtype=torch.long)
             remap[torch.tensor(self.classes)] = torch.arange(len(self.classes))
             labels = remap[labels]
         if len(labels) == 0 and (name != "val" or self.val_size > 0):
             raise ValueError(f"the {name} split of {self.hub_id} has no images of classes {self.classes}")
-        return TensorBatches(images, labels)
+        return TensorBatches(images, labels, sample_ids)
 
     def _loader(self, name: str, shuffle: bool, dataset: TensorBatches | None = None) -> DataLoader:
         if not self.datasets:
             raise RuntimeError("MNISTDataModule.setup() must run before asking for a DataLoader")
         dataset = dataset if dataset is not None else self.datasets[name]
+        dataset.emit_sample_ids = self.emit_sample_ids
         return DataLoader(
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
@@ -231,13 +246,13 @@ class MNISTDataModule(pl.LightningDataModule):
 
     @override
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, labels = batch  # (B, 28, 28) uint8, (B,)
+        images, labels, *sample_ids = batch  # (B, 28, 28) uint8, (B,)[, (B,) with emit_sample_ids]
         images = rearrange(images, "b h w -> b 1 h w")
         if self.trainer is not None and self.trainer.training and self.max_shift > 0:
             generator = torch.Generator(images.device).manual_seed(self.seed * 1_000_003 + self.augmented_batches)
             images = random_shift(images, self.max_shift, generator)  # on raw pixels: the fill is background
             self.augmented_batches += 1
-        return normalize_uint8(images), labels
+        return (normalize_uint8(images), labels, *sample_ids)
 
     @override
     def state_dict(self) -> dict:

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from typing_extensions import override
 
+from lkd.cache import TeacherCache, TeacherCacheError, attach_teacher_cache
 from lkd.checkpoint import load_network_weights
 from lkd.losses import hinton_kd_loss
 from lkd.modules.base import ClassificationModuleBase, ModelFactory
@@ -21,6 +22,11 @@ class DistillModule(ClassificationModuleBase):
     whole run (``train()`` never switches it back), so dropout and batch-norm statistics stay fixed.
     Validation and test report the student; ``val/teacher_acc`` is logged once per epoch for reference.
 
+    With ``teacher_cache`` (a file written by ``lkd cache-teacher``, :mod:`lkd.cache`) the teacher's logits
+    for training and validation batches are read from the cache by sample id instead of computed; the loss
+    is unchanged. The cache is checked against this run's teacher weights and data in ``setup`` and
+    refused if stale; it needs unaugmented training data (``max_shift: 0``). Test still runs the teacher.
+
     Args:
         student: student network factory.
         teacher: teacher network factory (the architecture of ``teacher_ckpt``).
@@ -30,6 +36,7 @@ class DistillModule(ClassificationModuleBase):
         alpha: weight of the soft (KL) term in [0, 1]; 1 − alpha weights the cross-entropy.
         optimizer: optimiser factory for the student.
         lr_schedule: see :class:`ClassificationModuleBase`.
+        teacher_cache: path of a teacher cache to read teacher logits from (None: run the teacher live).
     """
 
     def __init__(
@@ -42,6 +49,8 @@ class DistillModule(ClassificationModuleBase):
         alpha: float = 0.9,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_schedule: Literal["onecycle", "cosine", "constant"] = "onecycle",
+        *,
+        teacher_cache: str | None = None,
     ):
         super().__init__(num_classes, optimizer, lr_schedule)
         problems = []
@@ -58,12 +67,22 @@ class DistillModule(ClassificationModuleBase):
         self.teacher_ckpt = teacher_ckpt
         self.teacher.eval().requires_grad_(False)
         self.teacher_val_acc = self.val_acc.clone()
+        self.teacher_cache = teacher_cache
+        self._cache: TeacherCache | None = None  # attached in setup("fit")
+        self._sample_ids: torch.Tensor | None = None  # (B,) of the batch in flight, when batches carry them
 
     @override
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        # Before any step, so a missing or mismatched teacher fails before training. A resumed run then
-        # restores the (identical) teacher weights from its own checkpoint.
+        # Before any step, so a missing or mismatched teacher (or a stale cache) fails before training. A
+        # resumed run then restores the (identical) teacher weights from its own checkpoint.
+        self.load_teacher()
+        self._cache = None
+        if self.teacher_cache is not None and stage == "fit":
+            self._cache = attach_teacher_cache(self, self.teacher_cache, num_classes=self.num_classes)
+
+    def load_teacher(self) -> None:
+        """Load ``teacher_ckpt`` into the frozen teacher (shape-checked)."""
         if self.teacher_ckpt is not None:
             load_network_weights(self.teacher, self.teacher_ckpt, what="teacher", num_classes=self.num_classes)
 
@@ -81,14 +100,37 @@ class DistillModule(ClassificationModuleBase):
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         return self.student(images)
 
-    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+    def teacher_logits(self, images: torch.Tensor, stage: str | None = None) -> torch.Tensor:
+        """The teacher's logits (B, C): from the cache for a cached stage, else a forward without gradients."""
+        if self._cache is not None and stage in self._cache.stages:
+            if self._sample_ids is None:
+                raise TeacherCacheError(
+                    "a teacher cache is attached but the batch has no sample ids. HINT: use MNISTDataModule, "
+                    "which adds them once the module asks (emit_sample_ids)"
+                )
+            return self._cache.logits(stage, self._sample_ids)
         with torch.no_grad():
             return self.teacher(images)
+
+    def teacher_batch_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sample_ids (B,), teacher logits (B, C))`` of an ``(images, labels, sample_ids)`` batch (cache building)."""
+        images, _, sample_ids = batch
+        return sample_ids, self.teacher(images)
+
+    @override
+    def _shared_step(self, batch, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
+        # Batches may carry sample ids as a third item (for the teacher cache); the base step takes (images, labels).
+        images, labels, *sample_ids = batch
+        self._sample_ids = sample_ids[0] if sample_ids else None
+        try:
+            return super()._shared_step((images, labels), batch_idx, stage)
+        finally:
+            self._sample_ids = None
 
     @override
     def compute_loss(self, images, labels, stage):
         student_logits = self.student(images)
-        teacher_logits = self.teacher_logits(images)
+        teacher_logits = self.teacher_logits(images, stage)
         loss, terms = hinton_kd_loss(student_logits, teacher_logits, labels, temperature=self.temperature, alpha=self.alpha)
         if stage == "val":
             self.teacher_val_acc(teacher_logits, labels)

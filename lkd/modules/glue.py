@@ -12,6 +12,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from typing_extensions import override
 
+from lkd.cache import TeacherCache, attach_teacher_cache
 from lkd.checkpoint import load_network_weights
 from lkd.losses import hidden_cosine_loss, hinton_kd_loss, regression_kd_loss
 from lkd.metrics.glue import glue_metrics, glue_score
@@ -257,6 +258,10 @@ class GLUEDistillModule(GLUEModuleBase):
         temperature, alpha: the KD loss (T > 0, α in [0, 1]).
         cos_weight: weight of ``L_cos`` (0 = off, no hidden states computed). A student narrower than the
             teacher gets a learned projection to the teacher's width for it.
+        teacher_cache: a teacher cache (``lkd cache-teacher``, :mod:`lkd.cache`) to read the teacher's train and
+            validation logits from by GLUE ``idx`` instead of running it (written at the first fit if missing;
+            refused if written for another teacher, tokenizer, task, subset or data). Needs ``cos_weight: 0``
+            (the cache holds logits, not hidden states). Test still runs the teacher.
     """
 
     def __init__(
@@ -275,9 +280,12 @@ class GLUEDistillModule(GLUEModuleBase):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Literal["linear", "cosine", "constant"] = "linear",
         warmup_ratio: float = 0.1,
+        teacher_cache: str | None = None,
     ):
         super().__init__(num_classes, task, optimizer, lr_schedule, warmup_ratio)
         problems = []
+        if teacher_cache is not None and cos_weight > 0:
+            problems.append(f"teacher_cache holds logits only, so cos_weight must be 0 with it, got {cos_weight}")
         if not temperature > 0:
             problems.append(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
@@ -293,6 +301,8 @@ class GLUEDistillModule(GLUEModuleBase):
         self.teacher = teacher(num_classes)
         self.teacher.eval().requires_grad_(False)
         self.teacher_ckpt, self.student_init = teacher_ckpt, student_init
+        self.teacher_cache = teacher_cache
+        self._cache: TeacherCache | None = None  # attached in setup("fit")
         self.temperature, self.alpha, self.cos_weight = temperature, alpha, cos_weight
         self._check_pair()
         self.layer_map = layer_map if layer_map is not None else evenly_spaced_layers(self.teacher.num_layers, self.student.num_layers)
@@ -336,11 +346,22 @@ class GLUEDistillModule(GLUEModuleBase):
     def setup(self, stage: str) -> None:
         # Before any step, so a missing or mismatched teacher fails before training; a resumed run then
         # restores the student (and the identical teacher) from its own checkpoint.
+        self.load_teacher()
+        if stage == "fit" and self.student_init == "teacher":
+            copy_transformer_weights(self.teacher, self.student, self.layer_map)
+        self._cache = None
+        if self.teacher_cache is not None and stage == "fit":
+            self._cache = attach_teacher_cache(self, self.teacher_cache, num_classes=self.num_classes)
+
+    def load_teacher(self) -> None:
+        """Load ``teacher_ckpt`` into the frozen teacher (shape-checked)."""
         if self.teacher_ckpt is not None:
             load_network_weights(self.teacher, self.teacher_ckpt, prefixes=("model.", "student."), what="teacher",
                                  num_classes=self.num_classes)
-        if stage == "fit" and self.student_init == "teacher":
-            copy_transformer_weights(self.teacher, self.student, self.layer_map)
+
+    def teacher_batch_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx (B,), teacher logits (B, C))`` of a batch (cache building)."""
+        return batch["idx"], self.teacher(**_inputs(batch)).logits
 
     @override
     def train(self, mode: bool = True):
@@ -358,9 +379,13 @@ class GLUEDistillModule(GLUEModuleBase):
         inputs, labels = _inputs(batch), batch["labels"]
         hidden = self.cos_weight > 0
         student_out = self.student(**inputs, output_hidden_states=hidden)
-        with torch.no_grad():
-            teacher_out = self.teacher(**inputs, output_hidden_states=hidden)
-        s, t = student_out.logits, teacher_out.logits
+        if self._cache is not None and stage in self._cache.stages:
+            teacher_out, t = None, self._cache.logits(stage, batch["idx"])  # (B, C) fp32; hidden is False here
+        else:
+            with torch.no_grad():
+                teacher_out = self.teacher(**inputs, output_hidden_states=hidden)
+            t = teacher_out.logits
+        s = student_out.logits
         if self.is_regression:
             loss, terms = regression_kd_loss(s, t, labels, alpha=self.alpha)
         else:

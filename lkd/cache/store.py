@@ -1,0 +1,218 @@
+"""The teacher-output cache file: frozen-teacher logits per split, keyed by what produced them.
+
+A cache is one ``torch.save`` file of plain tensors, strings and numbers (read back with
+``weights_only=True``)::
+
+    {
+      "format": "lkd.teacher_cache/1",
+      "dtype": "float16",                      # storage dtype of the logits
+      "teacher": {"sha256": ..., "architecture": "ConvNet", "dtype": "float32", "checkpoint": "..."},
+      "splits": {                              # by training stage: "train" (always), "val" (when there is one)
+        "train": {
+          "identity": {"dataset": ..., "split": ..., "rows": N, "sample_ids_sha256": ..., "content_sha256": ...,
+                       "tokenizer": ..., "augmentation": "none"},
+          "sample_ids": LongTensor (N,),       # the key of each row, in the data module's order
+          "logits": Tensor (N, C),             # the teacher's raw logits (before any temperature)
+          "max_abs_error": float,              # max |stored - fp32| measured when the cache was written
+        },
+        ...
+      },
+    }
+
+Everything under ``teacher`` and ``identity`` except ``teacher.checkpoint`` (a path, for messages) is
+compared with the run that reads the cache; any difference is a stale cache and is refused
+(:class:`StaleTeacherCacheError`), listing each differing field.
+
+Storage dtype and its error: ``float16`` (default) rounds each logit to an 11-bit significand, so
+``|stored − z| ≤ 2⁻¹¹·|z|`` (≈ 4.9·10⁻⁴ relative) for |z| ≤ 65504; larger logits would overflow and are
+refused when the cache is written. ``bfloat16`` keeps the fp32 range with ``|stored − z| ≤ 2⁻⁸·|z|``;
+``float32`` is exact. The KD loss sees ``softmax(stored / T)``, so with T = 4 a logit error of ε moves each
+log-probability by at most 2ε/T.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT = "lkd.teacher_cache/1"
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class TeacherCacheError(ValueError):
+    """A teacher cache that cannot be used: missing file, wrong format, missing rows, bad settings."""
+
+
+class StaleTeacherCacheError(TeacherCacheError):
+    """A teacher cache written for another teacher, data set, split, tokenizer or data version."""
+
+
+@dataclass(frozen=True)
+class SplitIdentity:
+    """What a split of training data is, as far as the teacher's outputs on it are concerned.
+
+    Attributes:
+        dataset: data module class, hub id and config/task, e.g. ``"MNISTDataModule ylecun/mnist/mnist"``.
+        split: the data module's name of the split (``train``, ``val``, ``validation``).
+        rows: number of examples.
+        sample_ids_sha256: hash of the sample ids in loader order (which rows, in which order).
+        content_sha256: hash of the model inputs and labels (the data version; for text, after tokenising).
+        tokenizer: tokenizer name, None for images.
+        augmentation: what is done to inputs before the teacher sees them; caches hold ``"none"``.
+    """
+
+    dataset: str
+    split: str
+    rows: int
+    sample_ids_sha256: str
+    content_sha256: str
+    tokenizer: str | None = None
+    augmentation: str = "none"
+
+
+def sha256_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Hash of named tensors: names, dtypes, shapes and bytes, in sorted-name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def teacher_fingerprint(teacher: nn.Module, checkpoint: str | None) -> dict:
+    """Identity of a teacher: a hash of its weights and buffers (not of the checkpoint file, so a copied or
+    re-saved checkpoint with the same weights still matches), its class and its parameter dtype."""
+    state = teacher.state_dict()
+    dtype = next((str(t.dtype).removeprefix("torch.") for t in state.values() if t.is_floating_point()), "none")
+    return {"sha256": sha256_tensors(state), "architecture": type(teacher).__name__, "dtype": dtype,
+            "checkpoint": str(checkpoint) if checkpoint is not None else None}
+
+
+def _differences(label: str, cached: Mapping, current: Mapping, ignore: tuple[str, ...] = ()) -> list[str]:
+    return [
+        f"  {label}.{key}: cache {cached.get(key)!r} vs this run {current.get(key)!r}"
+        for key in sorted(set(cached) | set(current))
+        if key not in ignore and cached.get(key) != current.get(key)
+    ]
+
+
+class TeacherCache:
+    """A loaded teacher cache: checks itself against a run, then serves logits by sample id.
+
+    Use :meth:`load`, then :meth:`check`, then :meth:`logits` for each batch of a checked stage.
+    """
+
+    def __init__(self, content: dict, path: str | Path):
+        self.path = Path(path)
+        self.content = content
+        self._row_of_id: dict[str, torch.Tensor] = {}
+        self._on_device: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ---- reading ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> TeacherCache:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise TeacherCacheError(
+                f"teacher cache not found: {path}. HINT: write it first with `lkd cache-teacher -c <the distillation "
+                "config>` (same data and teacher overrides as the fit), or drop model.init_args.teacher_cache to run "
+                "the teacher live."
+            )
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same explanation
+            raise TeacherCacheError(f"{path} is not a readable teacher cache ({type(err).__name__}: {err})") from err
+        if not isinstance(content, dict) or content.get("format") != FORMAT:
+            found = content.get("format") if isinstance(content, dict) else type(content).__name__
+            raise TeacherCacheError(
+                f"{path} is not an lkd teacher cache of format {FORMAT!r} (found {found!r}). HINT: rebuild it with "
+                "`lkd cache-teacher`."
+            )
+        return cls(content, path)
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.content["splits"])
+
+    @property
+    def dtype(self) -> str:
+        return self.content["dtype"]
+
+    def num_classes(self) -> int:
+        return int(next(iter(self.content["splits"].values()))["logits"].shape[-1])
+
+    def bytes_per_example(self) -> float:
+        """Stored bytes per example: logits plus the int64 sample id."""
+        split = self.content["splits"]["train"]
+        n = max(len(split["sample_ids"]), 1)
+        return (split["logits"].numel() * split["logits"].element_size() + split["sample_ids"].numel() * 8) / n
+
+    def check(self, teacher: Mapping, identities: Mapping[str, SplitIdentity], *, num_classes: int) -> None:
+        """Refuse the cache unless it was written for this teacher and these splits.
+
+        ``identities``: the current run's splits by stage; ``train`` must be in the cache, other stages
+        are checked when the cache has them (the others run the teacher live).
+
+        Raises:
+            StaleTeacherCacheError: every differing field, cache value vs this run's, plus a HINT.
+        """
+        lines = _differences("teacher", self.content["teacher"], teacher, ignore=("checkpoint",))
+        if self.num_classes() != num_classes:
+            lines.append(f"  logits: cache has {self.num_classes()} classes vs this run {num_classes}")
+        if "train" not in self.content["splits"]:
+            lines.append(f"  splits: the cache has no 'train' split (it has {self.stages})")
+        for stage, identity in identities.items():
+            if stage in self.content["splits"]:
+                lines += _differences(stage, self.content["splits"][stage]["identity"], asdict(identity))
+        if lines:
+            where = self.content["teacher"].get("checkpoint")
+            raise StaleTeacherCacheError(
+                f"teacher cache {self.path} was written for another teacher or other data (teacher checkpoint then: "
+                f"{where}):\n" + "\n".join(lines) + "\nHINT: rebuild it with `lkd cache-teacher -c <config>` using the "
+                "same teacher and data overrides as this run (sample_ids/rows differ when train_size, val_size, "
+                "classes or seed change; content when the data files, tokenizer or max_length change)."
+            )
+
+    def logits(self, stage: str, sample_ids: torch.Tensor) -> torch.Tensor:
+        """Cached teacher logits (B, C) in fp32 for ``sample_ids`` (B,), on their device.
+
+        Raises:
+            TeacherCacheError: some ids are not in the cache (listed).
+        """
+        device = sample_ids.device
+        key = (stage, device)
+        if key not in self._on_device:
+            split = self.content["splits"][stage]
+            ids = split["sample_ids"]
+            row_of_id = torch.full((int(ids.max()) + 2,), -1, dtype=torch.long)  # last slot: any unknown id
+            row_of_id[ids] = torch.arange(len(ids))
+            self._on_device[key] = (row_of_id.to(device), split["logits"].to(device))
+        row_of_id, logits = self._on_device[key]
+        ids = sample_ids.long().clamp(-1, len(row_of_id) - 1)
+        ids = torch.where(ids < 0, len(row_of_id) - 1, ids)
+        rows = row_of_id[ids]  # (B,)
+        if bool((rows < 0).any()):
+            missing = sample_ids[rows < 0].unique().tolist()
+            raise TeacherCacheError(
+                f"teacher cache {self.path} has no {stage} rows for sample ids {missing[:10]}"
+                f"{' ...' if len(missing) > 10 else ''} ({len(missing)} missing). HINT: rebuild the cache for this data."
+            )
+        return logits[rows].float()  # (B, C)
+
+
+def write_cache(path: str | Path, *, teacher: Mapping, splits: Mapping[str, dict], dtype: str) -> Path:
+    """Write a cache file atomically (a temporary file renamed into place)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {"format": FORMAT, "dtype": dtype, "teacher": dict(teacher), "splits": dict(splits)}
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(content, tmp)
+    os.replace(tmp, path)
+    return path
