@@ -37,3 +37,20 @@ def interleaved_inference_seconds(
         for name, m in models.items():
             m.train(modes[name])
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def read_scalars(log_dir, tags: list[str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` from the TensorBoard event files under ``log_dir`` (all runs inside it
+    merged by tag; a tag that no run logged is absent). For plots in notebooks and reports."""
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for folder in sorted({p.parent for p in Path(log_dir).rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            if tags is None or tag in tags:
+                out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {tag: sorted(values) for tag, values in out.items()}

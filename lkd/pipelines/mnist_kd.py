@@ -74,36 +74,38 @@ def train_and_test(name: str, config: Path, workdir: Path, seed: int, epochs: in
     )
 
 
-def time_models(results: list[RunResult], data_seed: int = 42) -> None:
-    """CPU inference time over the 10,000 test images for every result, the models taking turns."""
+def time_models(results: list[RunResult], data_seed: int = 42, num_images: int | None = None, repeats: int = 7) -> None:
+    """CPU inference time over the 10,000 test images (or the first ``num_images``) for every result, the
+    models taking turns ``repeats`` times."""
     from lkd.data import MNISTDataModule
 
     data = MNISTDataModule(seed=data_seed)
     data.setup("test")
-    images = normalize_uint8(data.datasets["test"].images)  # (10000, 1, 28, 28)
-    seconds = interleaved_inference_seconds({str(i): r.network for i, r in enumerate(results)}, images)
+    images = normalize_uint8(data.datasets["test"].images[:num_images])  # (10000, 1, 28, 28)
+    seconds = interleaved_inference_seconds({str(i): r.network for i, r in enumerate(results)}, images, repeats=repeats)
     for i, r in enumerate(results):
         r.infer_s = seconds[str(i)]
 
 
 def run(seed: int = 42, workdir: Path = Path("."), teacher_epochs: int | None = None,
         student_epochs: int | None = None, teacher_ckpt: str | None = None, with_dkvb: bool = True,
-        reuse: bool = False) -> list[RunResult]:
+        reuse: bool = False, extra: list[str] = ()) -> list[RunResult]:
     """Teacher (or a given teacher checkpoint), student alone, student distilled, DKVB student distilled
-    (its own config's epochs): one seed."""
+    (its own config's epochs): one seed. ``extra``: CLI overrides for every run (e.g. the notebook's
+    ``--trainer.precision=16-mixed`` or a smaller ``--data.init_args.train_size``)."""
     results = []
     if teacher_ckpt is None:
-        teacher = train_and_test("teacher", CONFIG_DIR / "teacher.yaml", workdir, seed, teacher_epochs, reuse=reuse)
+        teacher = train_and_test("teacher", CONFIG_DIR / "teacher.yaml", workdir, seed, teacher_epochs, list(extra), reuse=reuse)
         results.append(teacher)
         teacher_ckpt = str(workdir / "checkpoints" / f"teacher-seed{seed}.ckpt")
     results.append(
-        train_and_test("student_scratch", CONFIG_DIR / "student_scratch.yaml", workdir, seed, student_epochs, reuse=reuse)
+        train_and_test("student_scratch", CONFIG_DIR / "student_scratch.yaml", workdir, seed, student_epochs, list(extra), reuse=reuse)
     )
     for name in ("student_kd", "student_dkvb_kd") if with_dkvb else ("student_kd",):
         results.append(
             train_and_test(name, CONFIG_DIR / f"{name}.yaml", workdir, seed,
                            student_epochs if name == "student_kd" else None,
-                           [f"--model.init_args.teacher_ckpt={teacher_ckpt}"], reuse=reuse)
+                           [*extra, f"--model.init_args.teacher_ckpt={teacher_ckpt}"], reuse=reuse)
         )
     return results
 

@@ -1,0 +1,55 @@
+"""The Kaggle notebook runs end to end on CPU with its smallest settings, and refuses bad parameters."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from tests.conftest import REPO_ROOT, SHARED_DATA
+
+NOTEBOOK = REPO_ROOT / "notebooks" / "kaggle_distill.ipynb"
+
+
+def load(**params) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += "\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())  # as papermill injects them
+    return nb
+
+
+def execute(nb, tmp_path) -> nbformat.NotebookNode:
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return nb
+
+
+def outputs_text(nb) -> str:
+    return "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", ""))
+                     for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_committed_notebook_has_no_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="needs the offline MNIST mirror")
+def test_notebook_runs_on_cpu_with_smoke_settings(tmp_path):
+    nb = execute(load(SMOKE=True, TRACKS=["mnist", "continual", "lm"], WORKDIR=str(tmp_path / "runs")), tmp_path)
+    text = outputs_text(nb)
+    assert "precision: CPU (no CUDA device): 32-true" in text
+    assert "| student_kd |" in text and "| teacher |" in text  # the MNIST table
+    assert list((tmp_path / "runs").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"TRACKS": ["mnist", "imagenet"]}, "unknown track(s) ['imagenet']; choose from ['mnist', 'continual', 'glue', 'lm']"),
+    ({"PRECISION": "16-mixed"}, "precision '16-mixed' cannot run on CPU (no CUDA device); it runs ['32-true', 'bf16-mixed']"),
+])
+def test_bad_parameters_fail_in_the_setup_cell(tmp_path, params, message):
+    nb = load(WORKDIR=str(tmp_path / "runs"), **params)
+    with pytest.raises(CellExecutionError) as err:
+        execute(nb, tmp_path)
+    assert message in str(err.value)
+    assert not (tmp_path / "runs").exists()  # failed before any training
