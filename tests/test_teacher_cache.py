@@ -292,3 +292,43 @@ def test_glue_cache_is_keyed_by_idx_of_a_seeded_subset_and_equals_live(tmp_path,
 def test_glue_cache_refuses_the_hidden_state_loss():
     with pytest.raises(ValueError, match="cos_weight must be 0 with it, got 1.0"):
         glue_module("x.pt", cos_weight=1.0)
+
+
+# ---- a teacher held in bf16 ---------------------------------------------------------------------------
+def test_bf16_teacher_is_cast_once_and_its_logits_stay_close(tmp_path, tiny_mnist, teacher):
+    data = mnist(tiny_mnist)
+    data.setup("fit")
+    fp32, bf16 = module(teacher), module(teacher, teacher_dtype="bfloat16")
+    for m in (fp32, bf16):
+        m.load_teacher()
+    assert all(p.dtype == torch.bfloat16 for p in bf16.teacher.parameters())
+    assert all(p.dtype == torch.float32 for p in bf16.student.parameters())
+    images = normalize_uint8(data.datasets["train"].images[:200].unsqueeze(1))  # (200, 1, 28, 28)
+    ref, low = fp32.teacher_logits(images), bf16.teacher_logits(images)
+    assert low.dtype == torch.float32
+    scale = ref.abs().max()
+    assert 0 < (low - ref).abs().max() <= 2e-2 * scale  # bf16: 8-bit significand, a few roundings deep
+    assert (low.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.98
+    record = RecordLosses()
+    tiny_trainer(tmp_path, max_steps=3, limit_val_batches=1, callbacks=[record]).fit(bf16, datamodule=mnist(tiny_mnist))
+    assert bf16.teacher.net[0].weight.dtype == torch.bfloat16 and all(torch.isfinite(torch.tensor(record.losses)))
+
+
+def test_a_cache_records_the_teacher_dtype(tmp_path, tiny_mnist, teacher):
+    path = tmp_path / "c.pt"
+    build(teacher, mnist(tiny_mnist), path)
+    with pytest.raises(StaleTeacherCacheError, match=r"teacher\.dtype: cache 'float32' vs this run 'bfloat16'"):
+        fit_with_cache(tmp_path, teacher, mnist(tiny_mnist), path, teacher_dtype="bfloat16")
+
+
+def test_bad_teacher_dtype_is_named():
+    with pytest.raises(ValueError, match="teacher_dtype must be one of .* got 'int8'"):
+        DistillModule(tiny_cnn, tiny_mlp, teacher_dtype="int8")
+
+
+def test_glue_bf16_teacher_with_hidden_state_loss_runs(tmp_path, tiny_glue):
+    m = glue_module(cos_weight=1.0, teacher_dtype="bfloat16", student_init="teacher")
+    record = RecordLosses()
+    tiny_trainer(tmp_path, max_steps=2, limit_val_batches=1, callbacks=[record]).fit(m, datamodule=glue_data(tiny_glue))
+    assert next(m.teacher.parameters()).dtype == torch.bfloat16 and next(m.student.parameters()).dtype == torch.float32
+    assert all(torch.isfinite(torch.tensor(record.losses)))

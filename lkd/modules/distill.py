@@ -13,6 +13,14 @@ from lkd.checkpoint import load_network_weights
 from lkd.losses import hinton_kd_loss
 from lkd.modules.base import ClassificationModuleBase, ModelFactory
 
+TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""What a frozen teacher can be held in (``teacher_dtype``)."""
+
+
+def hold_teacher_in(teacher: torch.nn.Module, dtype: str) -> None:
+    """Cast a frozen teacher's parameters and buffers to ``dtype`` (once, in the module's ``setup``)."""
+    teacher.to(TEACHER_DTYPES[dtype])
+
 
 class DistillModule(ClassificationModuleBase):
     """Trains ``student`` on ``alpha · T² · KL(teacher ‖ student) + (1 − alpha) · CE``.
@@ -37,6 +45,8 @@ class DistillModule(ClassificationModuleBase):
         optimizer: optimiser factory for the student.
         lr_schedule: see :class:`ClassificationModuleBase`.
         teacher_cache: path of a teacher cache to read teacher logits from (None: run the teacher live).
+        teacher_dtype: dtype the frozen teacher is held and run in (``"bfloat16"`` halves its memory; inputs
+            are cast to it and its logits back to fp32 for the loss). Cast once in ``setup``, after loading.
     """
 
     def __init__(
@@ -51,9 +61,12 @@ class DistillModule(ClassificationModuleBase):
         lr_schedule: Literal["onecycle", "cosine", "constant"] = "onecycle",
         *,
         teacher_cache: str | None = None,
+        teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     ):
         super().__init__(num_classes, optimizer, lr_schedule)
         problems = []
+        if teacher_dtype not in TEACHER_DTYPES:
+            problems.append(f"teacher_dtype must be one of {list(TEACHER_DTYPES)}, got {teacher_dtype!r}")
         if not temperature > 0:
             problems.append(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
@@ -67,7 +80,7 @@ class DistillModule(ClassificationModuleBase):
         self.teacher_ckpt = teacher_ckpt
         self.teacher.eval().requires_grad_(False)
         self.teacher_val_acc = self.val_acc.clone()
-        self.teacher_cache = teacher_cache
+        self.teacher_cache, self.teacher_dtype = teacher_cache, teacher_dtype
         self._cache: TeacherCache | None = None  # attached in setup("fit")
         self._sample_ids: torch.Tensor | None = None  # (B,) of the batch in flight, when batches carry them
 
@@ -82,9 +95,13 @@ class DistillModule(ClassificationModuleBase):
             self._cache = attach_teacher_cache(self, self.teacher_cache, num_classes=self.num_classes)
 
     def load_teacher(self) -> None:
-        """Load ``teacher_ckpt`` into the frozen teacher (shape-checked)."""
+        """Load ``teacher_ckpt`` into the frozen teacher (shape-checked), then hold it in ``teacher_dtype``."""
         if self.teacher_ckpt is not None:
             load_network_weights(self.teacher, self.teacher_ckpt, what="teacher", num_classes=self.num_classes)
+        hold_teacher_in(self.teacher, self.teacher_dtype)
+
+    def _run_teacher(self, images: torch.Tensor) -> torch.Tensor:
+        return self.teacher(images.to(TEACHER_DTYPES[self.teacher_dtype])).float()  # (B, C) fp32 for the loss
 
     @override
     def train(self, mode: bool = True):
@@ -110,12 +127,12 @@ class DistillModule(ClassificationModuleBase):
                 )
             return self._cache.logits(stage, self._sample_ids)
         with torch.no_grad():
-            return self.teacher(images)
+            return self._run_teacher(images)
 
     def teacher_batch_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sample_ids (B,), teacher logits (B, C))`` of an ``(images, labels, sample_ids)`` batch (cache building)."""
         images, _, sample_ids = batch
-        return sample_ids, self.teacher(images)
+        return sample_ids, self._run_teacher(images)
 
     @override
     def _shared_step(self, batch, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from lkd.metrics.glue import glue_metrics, glue_score
 from lkd.models.text_classifier import TextClassifierOutput, TransformerClassifier
 from lkd.models.transfer import copy_transformer_weights, evenly_spaced_layers
 from lkd.modules.base import check_finite_loss
+from lkd.modules.distill import TEACHER_DTYPES, hold_teacher_in
 
 TextModelFactory = Callable[[int], TransformerClassifier]
 """Builds a :class:`TransformerClassifier` given its number of outputs (YAML ``class_path``
@@ -262,6 +263,8 @@ class GLUEDistillModule(GLUEModuleBase):
             validation logits from by GLUE ``idx`` instead of running it (written at the first fit if missing;
             refused if written for another teacher, tokenizer, task, subset or data). Needs ``cos_weight: 0``
             (the cache holds logits, not hidden states). Test still runs the teacher.
+        teacher_dtype: dtype the frozen teacher is held and run in (``"bfloat16"`` halves its memory; its
+            logits and hidden states are cast back to fp32 for the losses). Cast once in ``setup``.
     """
 
     def __init__(
@@ -281,9 +284,12 @@ class GLUEDistillModule(GLUEModuleBase):
         lr_schedule: Literal["linear", "cosine", "constant"] = "linear",
         warmup_ratio: float = 0.1,
         teacher_cache: str | None = None,
+        teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     ):
         super().__init__(num_classes, task, optimizer, lr_schedule, warmup_ratio)
         problems = []
+        if teacher_dtype not in TEACHER_DTYPES:
+            problems.append(f"teacher_dtype must be one of {list(TEACHER_DTYPES)}, got {teacher_dtype!r}")
         if teacher_cache is not None and cos_weight > 0:
             problems.append(f"teacher_cache holds logits only, so cos_weight must be 0 with it, got {cos_weight}")
         if not temperature > 0:
@@ -301,7 +307,7 @@ class GLUEDistillModule(GLUEModuleBase):
         self.teacher = teacher(num_classes)
         self.teacher.eval().requires_grad_(False)
         self.teacher_ckpt, self.student_init = teacher_ckpt, student_init
-        self.teacher_cache = teacher_cache
+        self.teacher_cache, self.teacher_dtype = teacher_cache, teacher_dtype
         self._cache: TeacherCache | None = None  # attached in setup("fit")
         self.temperature, self.alpha, self.cos_weight = temperature, alpha, cos_weight
         self._check_pair()
@@ -346,22 +352,25 @@ class GLUEDistillModule(GLUEModuleBase):
     def setup(self, stage: str) -> None:
         # Before any step, so a missing or mismatched teacher fails before training; a resumed run then
         # restores the student (and the identical teacher) from its own checkpoint.
-        self.load_teacher()
+        self.load_teacher(cast=False)
         if stage == "fit" and self.student_init == "teacher":
-            copy_transformer_weights(self.teacher, self.student, self.layer_map)
+            copy_transformer_weights(self.teacher, self.student, self.layer_map)  # from the fp32 weights
+        hold_teacher_in(self.teacher, self.teacher_dtype)
         self._cache = None
         if self.teacher_cache is not None and stage == "fit":
             self._cache = attach_teacher_cache(self, self.teacher_cache, num_classes=self.num_classes)
 
-    def load_teacher(self) -> None:
-        """Load ``teacher_ckpt`` into the frozen teacher (shape-checked)."""
+    def load_teacher(self, cast: bool = True) -> None:
+        """Load ``teacher_ckpt`` into the frozen teacher (shape-checked), then hold it in ``teacher_dtype``."""
         if self.teacher_ckpt is not None:
             load_network_weights(self.teacher, self.teacher_ckpt, prefixes=("model.", "student."), what="teacher",
                                  num_classes=self.num_classes)
+        if cast:
+            hold_teacher_in(self.teacher, self.teacher_dtype)
 
     def teacher_batch_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """``(idx (B,), teacher logits (B, C))`` of a batch (cache building)."""
-        return batch["idx"], self.teacher(**_inputs(batch)).logits
+        return batch["idx"], self.teacher(**_inputs(batch)).logits.float()
 
     @override
     def train(self, mode: bool = True):
@@ -384,7 +393,7 @@ class GLUEDistillModule(GLUEModuleBase):
         else:
             with torch.no_grad():
                 teacher_out = self.teacher(**inputs, output_hidden_states=hidden)
-            t = teacher_out.logits
+            t = teacher_out.logits.float()  # (B, C); the teacher may be held in bf16/fp16
         s = student_out.logits
         if self.is_regression:
             loss, terms = regression_kd_loss(s, t, labels, alpha=self.alpha)
@@ -402,5 +411,5 @@ class GLUEDistillModule(GLUEModuleBase):
             h_s = student.hidden_states[j + 1]  # (B, T, H_s); index 0 is the embeddings
             if self.cos_projection is not None:
                 h_s = self.cos_projection(h_s)
-            losses.append(hidden_cosine_loss(h_s, teacher.hidden_states[i + 1], mask))
+            losses.append(hidden_cosine_loss(h_s, teacher.hidden_states[i + 1].float(), mask))
         return torch.stack(losses).mean()
