@@ -1,0 +1,162 @@
+"""Distillation losses for causal language models (pure functions on tensors).
+
+The KL term is :func:`lkd.losses.kd.kd_kl_div` (the one KL of lkd); this file adds the intermediate-
+representation terms and the weighted combination. Every function computes in fp32 (safe under 16-bit
+autocast) and is zero when the student equals the teacher (InfoNCE: see its docstring).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import reduce
+
+from lkd.losses.kd import kd_kl_div
+
+LOSS_NAMES = ("kl", "ce", "feature", "attention", "layer", "contrastive")
+DEFAULT_LOSS_WEIGHTS = {"kl": 0.7, "feature": 0.1, "attention": 0.1, "layer": 0.05, "contrastive": 0.05}
+"""The original project's weights (KL 0.7, feature 0.1, attention 0.1, layer-wise 0.05, contrastive 0.05)."""
+
+__all__ = [
+    "DEFAULT_LOSS_WEIGHTS", "LOSS_NAMES", "attention_transfer_loss", "combine_losses", "contrastive_loss",
+    "feature_loss", "kd_kl_div", "layerwise_loss", "lm_cross_entropy", "validate_loss_weights",
+]
+
+
+def lm_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: position t predicts token t+1.
+
+        L = −mean_{b, t<T} log p(x_{b,t+1} | x_{b,≤t})
+
+    Args:
+        logits: (B, T, V).
+        input_ids: (B, T).
+    Returns:
+        0-d mean over the B·(T−1) predicted tokens; ``exp`` of it is the perplexity.
+    """
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten())
+
+
+def feature_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """Hint loss on the final hidden states (FitNets, Romero et al. 2015, arXiv:1412.6550).
+
+        L = mean_{b,t,d} (W h_s − h_t)²
+
+    Args:
+        student_hidden: (B, T, D_t), the student's hidden states already projected to the teacher's width
+            (``W`` is a trainable projection held by the distillation module).
+        teacher_hidden: (B, T, D_t).
+    """
+    _same_shape("feature", student_hidden, teacher_hidden)
+    return F.mse_loss(student_hidden.float(), teacher_hidden.float())
+
+
+def layerwise_loss(student_layers: Sequence[torch.Tensor], teacher_layers: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Cosine distance between mapped layers (DistilBERT's L_cos, Sanh et al. 2019, arXiv:1910.01108).
+
+        L = mean_pairs mean_{b,t} (1 − cos(W_i h_s^{(i)}, h_t^{(m(i))}))
+
+    Args:
+        student_layers: per mapped pair (B, T, D_t), projected to the teacher's width.
+        teacher_layers: per mapped pair (B, T, D_t), the teacher layer ``m(i)``.
+    """
+    if len(student_layers) != len(teacher_layers) or not student_layers:
+        raise ValueError(f"layerwise_loss needs the same number (>= 1) of student and teacher layers, got {len(student_layers)} and {len(teacher_layers)}")
+    terms = []
+    for s, t in zip(student_layers, teacher_layers):
+        _same_shape("layer-wise", s, t)
+        terms.append((1.0 - F.cosine_similarity(s.float(), t.float(), dim=-1, eps=1e-6)).mean())
+    return torch.stack(terms).mean()
+
+
+def attention_transfer_loss(student_attentions: Sequence[torch.Tensor], teacher_attentions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """KL between head-averaged attention distributions of mapped layers (attention transfer as in TinyBERT,
+    Jiao et al. 2020, arXiv:1909.10351, and MiniLM, Wang et al. 2020, arXiv:2002.10957).
+
+        Ā = mean_heads A (each row a distribution over keys);   L = mean_pairs mean_{b,q} KL(Ā_t[b,q] ‖ Ā_s[b,q])
+
+    Averaging over heads lets a student with another head count learn from the teacher.
+
+    Args:
+        student_attentions: per mapped pair (B, H_s, T, T), rows sum to 1 (eager attention).
+        teacher_attentions: per mapped pair (B, H_t, T, T).
+    """
+    if len(student_attentions) != len(teacher_attentions) or not student_attentions:
+        raise ValueError(f"attention_transfer_loss needs the same number (>= 1) of student and teacher maps, got {len(student_attentions)} and {len(teacher_attentions)}")
+    terms = []
+    for s, t in zip(student_attentions, teacher_attentions):
+        if s.dim() != 4 or t.dim() != 4 or s.shape[0] != t.shape[0] or s.shape[-2:] != t.shape[-2:]:
+            raise ValueError(f"attention maps must be (B, H, T, T) with equal B and T, got {tuple(s.shape)} and {tuple(t.shape)}")
+        s_mean = reduce(s.float(), "b h q k -> b q k", "mean")
+        t_mean = reduce(t.float(), "b h q k -> b q k", "mean")
+        kl = torch.xlogy(t_mean, t_mean) - torch.xlogy(t_mean, s_mean.clamp_min(1e-12))  # (B, T, T); 0 where t = 0
+        terms.append(reduce(kl, "b q k -> b q", "sum").mean())
+    return torch.stack(terms).mean()
+
+
+def contrastive_loss(student_repr: torch.Tensor, teacher_repr: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """InfoNCE between student and teacher sequence representations (van den Oord et al. 2018,
+    arXiv:1807.03748; as a distillation loss: CRD, Tian et al. 2020, arXiv:1910.10699).
+
+        ŝ_i = s_i/‖s_i‖, t̂_j = t_j/‖t_j‖;   L = −mean_i log( exp(ŝ_i·t̂_i/τ) / Σ_j exp(ŝ_i·t̂_j/τ) )
+
+    Each student sequence must pick out its own teacher sequence among the batch. With B = 1 the loss is 0;
+    when the student equals the teacher it is at its minimum for those teacher representations (≈ 0 when
+    they are far apart relative to τ), not exactly 0.
+
+    Args:
+        student_repr: (B, D) e.g. mean-pooled projected student hidden states.
+        teacher_repr: (B, D).
+        temperature: τ > 0.
+    """
+    if temperature <= 0:
+        raise ValueError(f"contrastive temperature must be > 0, got {temperature}")
+    _same_shape("contrastive", student_repr, teacher_repr)
+    s = F.normalize(student_repr.float(), dim=-1)
+    t = F.normalize(teacher_repr.float(), dim=-1)
+    logits = s @ t.T / temperature  # (B, B)
+    return F.cross_entropy(logits, torch.arange(len(s), device=s.device))
+
+
+def validate_loss_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """Check loss weights from a config: known names, none negative, not all zero. Returns a plain dict."""
+    problems = []
+    unknown = sorted(set(weights) - set(LOSS_NAMES))
+    if unknown:
+        problems.append(f"unknown loss names {unknown} (available: {list(LOSS_NAMES)})")
+    negative = {k: v for k, v in weights.items() if v < 0}
+    if negative:
+        problems.append(f"negative weights {negative}")
+    if not weights or all(v == 0 for v in weights.values()):
+        problems.append(f"all loss weights are zero or none is given ({dict(weights)}): nothing would be trained")
+    if problems:
+        raise ValueError("loss_weights: " + "; ".join(problems) + ". HINT: e.g. {kl: 0.7, feature: 0.1, attention: 0.1, layer: 0.05, contrastive: 0.05}")
+    return {k: float(v) for k, v in weights.items()}
+
+
+def combine_losses(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the loss terms with a non-zero weight.
+
+        L = Σ_name w_name · L_name
+
+    Args:
+        terms: ``{name: 0-d tensor}``; every name with a non-zero weight must be present.
+        weights: ``{name: w >= 0}`` (checked with :func:`validate_loss_weights`).
+    Returns:
+        the total and the unweighted terms that entered it (for logging).
+    """
+    weights = validate_loss_weights(weights)
+    active = {k: w for k, w in weights.items() if w > 0}
+    missing = sorted(set(active) - set(terms))
+    if missing:
+        raise KeyError(f"loss terms {missing} have a weight but were not computed (computed: {sorted(terms)})")
+    used = {k: terms[k] for k in active}
+    total = sum(w * used[k] for k, w in active.items())
+    return total, used
+
+
+def _same_shape(what: str, s: torch.Tensor, t: torch.Tensor) -> None:
+    if s.shape != t.shape:
+        raise ValueError(f"{what} loss: student {tuple(s.shape)} and teacher {tuple(t.shape)} differ (project the student to the teacher's width first)")

