@@ -91,7 +91,9 @@ def attention_transfer_loss(student_attentions: Sequence[torch.Tensor], teacher_
             raise ValueError(f"attention maps must be (B, H, T, T) with equal B and T, got {tuple(s.shape)} and {tuple(t.shape)}")
         s_mean = reduce(s.float(), "b h q k -> b q k", "mean")
         t_mean = reduce(t.float(), "b h q k -> b q k", "mean")
-        kl = torch.xlogy(t_mean, t_mean) - torch.xlogy(t_mean, s_mean.clamp_min(1e-12))  # (B, T, T); 0 where t = 0
+        # (B, T, T); 0 where t = 0 (causal mask). Clamped logs, not xlogy: d/dt xlogy(t, t) is -inf at t = 0, and the
+        # routed teacher's attentions carry gradient to the router.
+        kl = t_mean * (t_mean.clamp_min(1e-12).log() - s_mean.clamp_min(1e-12).log())
         terms.append(reduce(kl, "b q k -> b q", "sum").mean())
     return torch.stack(terms).mean()
 
