@@ -207,12 +207,13 @@ def test_float16_cache_distils_like_live_within_its_error(tmp_path, tiny_mnist, 
 def test_the_teacher_does_not_run_when_the_cache_serves(tmp_path, tiny_mnist, teacher):
     path = tmp_path / "c.pt"
     build(teacher, mnist(tiny_mnist), path)
-    m = module(teacher, str(path))
+    m, data = module(teacher, str(path)), mnist(tiny_mnist)
     calls = []
     m.teacher.register_forward_hook(lambda *args: calls.append(1))
-    tiny_trainer(tmp_path, max_epochs=1).fit(m, datamodule=mnist(tiny_mnist))
+    tiny_trainer(tmp_path, max_epochs=1).fit(m, datamodule=data)
     assert calls == []  # train and val both served from the cache
-    tiny_trainer(tmp_path).test(m, datamodule=mnist(tiny_mnist))
+    assert data.emit_sample_ids is False  # handed back as it was, for whatever uses it next
+    tiny_trainer(tmp_path).test(m, datamodule=data)
     assert len(calls) == 2  # test runs the teacher live (200 images, batches of 100)
 
 
@@ -312,6 +313,16 @@ def test_bf16_teacher_is_cast_once_and_its_logits_stay_close(tmp_path, tiny_mnis
     record = RecordLosses()
     tiny_trainer(tmp_path, max_steps=3, limit_val_batches=1, callbacks=[record]).fit(bf16, datamodule=mnist(tiny_mnist))
     assert bf16.teacher.net[0].weight.dtype == torch.bfloat16 and all(torch.isfinite(torch.tensor(record.losses)))
+
+
+def test_teacher_follows_a_module_converted_to_half_precision(teacher):
+    # what Trainer(precision="bf16-true") does to the whole module, teacher_dtype notwithstanding
+    m = module(teacher)
+    m.load_teacher()
+    m.to(torch.bfloat16)
+    images = torch.rand(4, 1, 28, 28)  # fp32 inputs
+    logits = m.teacher_logits(images)
+    assert logits.dtype == torch.float32 and logits.shape == (4, 10) and torch.isfinite(logits).all()
 
 
 def test_a_cache_records_the_teacher_dtype(tmp_path, tiny_mnist, teacher):

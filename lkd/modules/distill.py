@@ -101,7 +101,17 @@ class DistillModule(ClassificationModuleBase):
         hold_teacher_in(self.teacher, self.teacher_dtype)
 
     def _run_teacher(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher(images.to(TEACHER_DTYPES[self.teacher_dtype])).float()  # (B, C) fp32 for the loss
+        # inputs in the dtype the teacher is held in (teacher_dtype, or the trainer's under "bf16-true"/"16-true")
+        weight = next(self.teacher.parameters(), None)
+        images = images.to(weight.dtype) if weight is not None and weight.is_floating_point() else images
+        return self.teacher(images).float()  # (B, C) fp32 for the loss
+
+    @override
+    def teardown(self, stage: str) -> None:
+        # hand the data module back as it was: (images, labels) batches for whatever runs next
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if self._cache is not None and hasattr(datamodule, "emit_sample_ids"):
+            datamodule.emit_sample_ids = False
 
     @override
     def train(self, mode: bool = True):
