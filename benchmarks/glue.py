@@ -84,9 +84,11 @@ def dev_inputs(cli: LKDCLI, n: int = 512) -> torch.Tensor:
     return data._collate(examples)["input_ids"]  # (n, T_max)
 
 
-def run_task(task: str, seed: int, workdir: Path, results: dict) -> None:
+def run_task(task: str, seed: int, workdir: Path, results: dict, rows: list[str]) -> None:
     networks = {}
     for name, config, teacher, _ in ROWS:
+        if name not in rows:
+            continue
         cli, row = run_row(task, name, config, teacher, workdir, seed)
         results.setdefault(task, {})[name] = row
         networks[name] = cli.model.network
@@ -94,16 +96,33 @@ def run_task(task: str, seed: int, workdir: Path, results: dict) -> None:
         if name == "student_alone":
             inputs = dev_inputs(cli)
         write_report(results, seed)
+    timed = {"teacher": "teacher", "student": "student_kd", "student_dkvb": "student_dkvb_kd"}
     speed = interleaved_inference_seconds(
-        {"teacher": OnTokenIds(networks["teacher"]), "student": OnTokenIds(networks["student_kd"]),
-         "student_dkvb": OnTokenIds(networks["student_dkvb_kd"])}, inputs, batch_size=64, repeats=5)
+        {key: OnTokenIds(networks[name]) for key, name in timed.items() if name in networks}, inputs, batch_size=64, repeats=5)
     for name, row in results[task].items():
-        if name != "teacher_dkvb":  # the DKVB teacher is only the source of carried keys
-            key = "teacher" if name == "teacher" else "student_dkvb" if "dkvb" in name else "student"
+        key = "teacher" if name == "teacher" else "student_dkvb" if "dkvb" in name else "student"
+        if name != "teacher_dkvb" and key in speed:  # the DKVB teacher is only the source of carried keys
             row["speedup"] = round(speed["teacher"] / speed[key], 2)
     results[task]["_timing"] = {k: round(v, 3) for k, v in speed.items()} | {"examples": len(inputs), "tokens": inputs.shape[1]}
     print(f"[glue] {task} timing: {results[task]['_timing']}", flush=True)
     write_report(results, seed)
+
+
+def read_previous_log(path: Path) -> dict:
+    """Rows and timings of an earlier run of this script, from the lines it printed."""
+    results: dict = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("[glue] ") and ": {" in line:
+            head, payload = line[len("[glue] "):].split(": ", 1)
+            task, name = head.split(" ", 1)
+            results.setdefault(task, {})["_timing" if name == "timing" else name] = json.loads(payload.replace("'", '"'))
+    for task, rows in results.items():
+        speed = rows.get("_timing", {})
+        for name, row in rows.items():
+            key = "teacher" if name == "teacher" else "student_dkvb" if "dkvb" in name else "student"
+            if name not in ("_timing", "teacher_dkvb") and key in speed:
+                row["speedup"] = round(speed["teacher"] / speed[key], 2)
+    return results
 
 
 def write_report(results: dict, seed: int) -> None:
@@ -142,15 +161,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-size", type=int, default=None, help="override the per-task training subset (quick checks)")
     parser.add_argument("--epochs", type=int, default=None, help="override the per-task epochs (quick checks)")
+    parser.add_argument("--rows", nargs="+", default=[r[0] for r in ROWS], choices=[r[0] for r in ROWS],
+                        help="which rows to run (a student row needs its teacher row, earlier in the same run)")
+    parser.add_argument("--previous-log", type=Path, default=None,
+                        help="keep the rows and timings a previous run printed ('[glue] ...' lines) in the table")
     parser.add_argument("--workdir", type=Path, default=None, help="where checkpoints and TensorBoard logs go (default: a temp dir)")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lkd_glue_"))
     for task in args.tasks:
         size, epochs, batch = BUDGET[task]
         BUDGET[task] = (args.train_size or size, args.epochs or epochs, batch)
-    results: dict = {}
+    results = read_previous_log(args.previous_log) if args.previous_log else {}
     for task in args.tasks:
-        run_task(task, args.seed, workdir, results)
+        results.pop(task, None)
+        run_task(task, args.seed, workdir, results, args.rows)
     print(f"[glue] done; logs and checkpoints in {workdir}")
 
 
