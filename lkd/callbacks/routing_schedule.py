@@ -1,0 +1,108 @@
+"""Curriculum for the student-aware router: top-k rises, the routing temperature anneals."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+
+class RoutingSchedule(Callback):
+    """Drives ``router_top_k`` and ``router_temperature`` of an :class:`lkd.modules.lm_distill.LMDistillModule`.
+
+    Over ``total_steps`` optimizer steps (``trainer.global_step``, right under gradient accumulation;
+    default ``trainer.estimated_stepping_batches``) the progress ``p = step / total`` follows ``mode``
+    (``linear``: p, ``cosine``: (1 − cos πp)/2) and gives
+
+        top_k(p) = min(end_top_k, start_top_k + ⌊p · (end_top_k − start_top_k + 1)⌋)   (each k an equal share)
+        τ(p)     = start_temperature + p · (end_temperature − start_temperature)
+
+    The values are set on the module before every training batch and logged as ``router/top_k`` and
+    ``router/temperature``. The total step count is saved in ``state_dict``, so a resumed run follows the
+    same schedule. A schedule whose ``end_top_k`` exceeds the teacher's experts per MoE layer, or a module
+    without a router, is an error at setup.
+
+    Args:
+        start_top_k, end_top_k: experts per token at the start and the end (1 → 4 by default).
+        start_temperature, end_temperature: router softmax temperature at the start and the end (> 0).
+        mode: ``"linear"`` or ``"cosine"`` progress.
+        total_steps: steps over which to anneal; None = all training steps.
+    """
+
+    def __init__(
+        self,
+        start_top_k: int = 1,
+        end_top_k: int = 4,
+        start_temperature: float = 2.0,
+        end_temperature: float = 0.5,
+        mode: Literal["linear", "cosine"] = "linear",
+        total_steps: int | None = None,
+    ):
+        problems = []
+        if start_top_k < 1 or end_top_k < 1:
+            problems.append(f"top-k values must be >= 1, got start_top_k={start_top_k}, end_top_k={end_top_k}")
+        if start_temperature <= 0 or end_temperature <= 0:
+            problems.append(f"temperatures must be > 0, got {start_temperature} and {end_temperature}")
+        if mode not in ("linear", "cosine"):
+            problems.append(f"mode must be 'linear' or 'cosine', got {mode!r}")
+        if total_steps is not None and total_steps < 1:
+            problems.append(f"total_steps must be >= 1 or None, got {total_steps}")
+        if problems:
+            raise ValueError("RoutingSchedule: " + "; ".join(problems))
+        self.start_top_k, self.end_top_k = start_top_k, end_top_k
+        self.start_temperature, self.end_temperature = start_temperature, end_temperature
+        self.mode, self.total_steps = mode, total_steps
+        self.last_step = -1
+
+    # ---- policy -------------------------------------------------------------------------------------
+    def progress(self, step: int) -> float:
+        p = min(1.0, max(0.0, step / max(1, self.total_steps or 1)))
+        return p if self.mode == "linear" else 0.5 * (1 - math.cos(math.pi * p))
+
+    def values(self, step: int) -> tuple[int, float]:
+        """(top_k, temperature) at optimizer step ``step``."""
+        p = self.progress(step)
+        span = self.end_top_k - self.start_top_k
+        k = self.start_top_k + math.floor(p * (abs(span) + 1)) * (1 if span >= 0 else -1)
+        k = min(max(k, min(self.start_top_k, self.end_top_k)), max(self.start_top_k, self.end_top_k))
+        return k, self.start_temperature + p * (self.end_temperature - self.start_temperature)
+
+    # ---- hooks --------------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if getattr(pl_module, "router", None) is None:
+            raise ValueError(
+                f"RoutingSchedule needs a module with a router, {type(pl_module).__name__} has none. HINT: give "
+                "model.init_args.router (StudentAwareRouter) or drop the callback for plain distillation"
+            )
+        experts = getattr(pl_module, "teacher_num_experts", None)
+        if experts is not None and max(self.start_top_k, self.end_top_k) > experts:
+            raise ValueError(
+                f"RoutingSchedule top-k goes up to {max(self.start_top_k, self.end_top_k)} but the teacher has "
+                f"{experts} experts per MoE layer. HINT: set end_top_k <= {experts}"
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.total_steps is None:
+            self.total_steps = max(1, int(trainer.estimated_stepping_batches))
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        k, tau = self.values(trainer.global_step)
+        pl_module.router_top_k, pl_module.router_temperature = k, tau
+        if trainer.global_step != self.last_step:
+            self.last_step = trainer.global_step
+            pl_module.log_dict({"router/top_k": float(k), "router/temperature": tau}, on_step=True, on_epoch=False)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"total_steps": self.total_steps, "last_step": self.last_step}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.total_steps = state_dict.get("total_steps", self.total_steps)
+        self.last_step = state_dict.get("last_step", -1)
