@@ -7,7 +7,7 @@ import torch
 from lkd.data.text import BlockSizeError, TextColumnError, TextDataModule, detect_text_column, group_into_blocks
 from lkd.models.causal_lm import ByteTokenizer
 from tests.conftest import write_hub_dataset
-from tests.lm_fixtures import WIKITEXT_CONFIG, make_lines, tiny_wikitext  # noqa: F401
+from tests.lm_fixtures import WIKITEXT_CONFIG, make_lines, tiny_wikitext, _one_torch_thread  # noqa: F401
 
 
 def test_group_into_blocks_concatenates_and_drops_the_rest():

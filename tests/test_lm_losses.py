@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from tests.lm_fixtures import _one_torch_thread  # noqa: F401
 from lkd.losses.lm import (
     DEFAULT_LOSS_WEIGHTS,
     attention_transfer_loss,

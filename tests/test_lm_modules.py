@@ -10,7 +10,7 @@ from lkd.data.text import TextDataModule
 from lkd.models.router import NoMoELayersError, StudentAwareRouter
 from lkd.modules.lm import CausalLMModule, warmup_cosine
 from lkd.modules.lm_distill import LayerMapError, LMDistillModule, VocabularyMismatchError
-from tests.lm_fixtures import VOCAB, WIKITEXT_CONFIG, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
+from tests.lm_fixtures import VOCAB, WIKITEXT_CONFIG, tiny_student, tiny_teacher, tiny_wikitext, _one_torch_thread  # noqa: F401
 
 
 def trainer(tmp_path, **kw):

@@ -13,7 +13,7 @@ from lkd.models.router import (
     require_moe_gates,
     route_teacher,
 )
-from tests.lm_fixtures import VOCAB, tiny_student, tiny_teacher
+from tests.lm_fixtures import VOCAB, tiny_student, tiny_teacher, _one_torch_thread  # noqa: F401
 
 E, L, D = 8, 4, 24
 

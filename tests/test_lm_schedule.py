@@ -9,7 +9,7 @@ from lkd.callbacks.routing_schedule import RoutingSchedule
 from lkd.data.text import TextDataModule
 from lkd.models.router import StudentAwareRouter
 from lkd.modules.lm_distill import LMDistillModule
-from tests.lm_fixtures import WIKITEXT_CONFIG, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
+from tests.lm_fixtures import WIKITEXT_CONFIG, tiny_student, tiny_teacher, tiny_wikitext, _one_torch_thread  # noqa: F401
 
 
 def test_linear_values_at_given_steps():

