@@ -9,10 +9,15 @@ returns sparse expert weights ``w ∈ R^E`` with exactly ``k`` non-zero entries 
         + U_l · s                                      (a) student capacity: from the student's hidden state s
         + V_l · g                                      (b) knowledge gap: [KL(p_t ‖ p_s), H(p_t), H(p_s)] per token
         + b_l
-    w = topk_mask_k(z) ⊙ softmax(z / τ)                (renormalised over the k experts when the teacher's gate is)
+    p = softmax(z / τ);   S = top-k(p)
+    w_e = m · p_e / sg[Σ_{j∈S} p_j]  for e ∈ S,  0 otherwise
 
-``U``, ``V`` and ``b`` start at zero and ``a`` at one, so with ``k`` = the teacher's top-k and ``τ = 1`` the
-router reproduces the teacher's own gating exactly (tested).
+where ``m`` is the gate mass the teacher itself gives a token (the sum of its own top-2 probabilities; 1 for
+a teacher with ``norm_topk_prob``). So the router decides *which* k experts share the teacher's gate mass and
+*how* they share it, and the scale of the MoE output stays what the teacher was trained with whatever k and
+τ are. The normaliser is held constant in the backward pass (sg = stop-gradient), so the router receives
+gradient through ``p`` even at k = 1. ``U``, ``V`` and ``b`` start at zero and ``a`` at one, so with ``k`` =
+the teacher's top-k and ``τ = 1`` the router reproduces the teacher's own gating exactly (tested).
 
 **How it enters the losses.** :func:`route_teacher` patches every MoE gate of the teacher for the
 duration of one forward pass so that the experts are mixed with ``w`` instead of the teacher's top-2
@@ -160,7 +165,7 @@ class StudentAwareRouter(nn.Module):
         return z + self.bias[layer]
 
     def forward(
-        self, layer: int, teacher_gate_logits: torch.Tensor, ctx: RoutingContext, *, renormalize: bool = False
+        self, layer: int, teacher_gate_logits: torch.Tensor, ctx: RoutingContext, *, mass: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k expert weights and indices for the tokens of one MoE layer.
 
@@ -168,7 +173,8 @@ class StudentAwareRouter(nn.Module):
             layer: index of the MoE layer (0..L-1).
             teacher_gate_logits: (N, E) the teacher gate's raw logits for these tokens.
             ctx: student features, gap features, k and τ.
-            renormalize: divide the k weights by their sum (as a teacher with ``norm_topk_prob`` does).
+            mass: (N,) gate mass to share among the k experts (:func:`teacher_gate_mass`); None gives the
+                plain top-k probabilities ``p_S``.
         Returns:
             weights (N, k) and expert indices (N, k).
         """
@@ -178,14 +184,23 @@ class StudentAwareRouter(nn.Module):
         z = self.scores(layer, teacher_gate_logits, ctx)  # (N, E)
         probs = F.softmax(z / ctx.temperature, dim=-1)
         weights, indices = torch.topk(probs, ctx.top_k, dim=-1)  # (N, k)
-        if renormalize:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        if mass is not None:
+            weights = weights * (mass[:, None] / weights.sum(dim=-1, keepdim=True).detach())
         return weights, indices
 
-    def dense_weights(self, layer: int, teacher_gate_logits: torch.Tensor, ctx: RoutingContext, *, renormalize: bool = False) -> torch.Tensor:
+    def dense_weights(self, layer: int, teacher_gate_logits: torch.Tensor, ctx: RoutingContext, *, mass: torch.Tensor | None = None) -> torch.Tensor:
         """The same weights scattered into (N, E), zero outside the top-k (for tests and inspection)."""
-        weights, indices = self(layer, teacher_gate_logits, ctx, renormalize=renormalize)
+        weights, indices = self(layer, teacher_gate_logits, ctx, mass=mass)
         return torch.zeros(weights.shape[0], self.num_experts, dtype=weights.dtype, device=weights.device).scatter(-1, indices, weights)
+
+
+def teacher_gate_mass(gate_logits: torch.Tensor, top_k: int, normalized: bool) -> torch.Tensor:
+    """(N,) the gate mass the teacher's own routing gives each token: the sum of its top-k probabilities, or 1
+    when the gate renormalises them (``norm_topk_prob``)."""
+    if normalized:
+        return gate_logits.new_ones(gate_logits.shape[0], dtype=torch.float32)
+    probs = F.softmax(gate_logits.float(), dim=-1)
+    return probs.topk(top_k, dim=-1).values.sum(-1)
 
 
 def validate_top_k(top_k: int, num_experts: int | None) -> None:
@@ -202,7 +217,8 @@ def route_teacher(teacher: nn.Module, router: StudentAwareRouter, ctx: RoutingCo
 
     Each gate's forward is replaced (on the instance, restored on exit) by one that computes the teacher's
     gate logits as before (so ``output_router_logits`` still reports them) and returns the router's k
-    weights and indices instead of the teacher's top-k. Gradients flow from the teacher's outputs through
+    weights (sharing the teacher's own gate mass, :func:`teacher_gate_mass`) and indices instead of the
+    teacher's top-k. Gradients flow from the teacher's outputs through
     the expert mixture into the router; the teacher's own parameters may stay frozen.
     """
     gates = require_moe_gates(teacher)
@@ -218,7 +234,8 @@ def route_teacher(teacher: nn.Module, router: StudentAwareRouter, ctx: RoutingCo
                     f"router context has {ctx.student_hidden.shape[0]} tokens, the teacher's MoE layer {layer} "
                     f"sees {logits.shape[0]}: student and teacher must read the same input_ids"
                 )
-            weights, indices = router(layer, logits, ctx, renormalize=bool(getattr(self, "norm_topk_prob", False)))
+            mass = teacher_gate_mass(logits, int(self.top_k), bool(getattr(self, "norm_topk_prob", False))).detach()  # (N,)
+            weights, indices = router(layer, logits, ctx, mass=mass)
             return logits, weights.to(hidden_states.dtype), indices
 
         return types.MethodType(forward, gate)

@@ -1,0 +1,208 @@
+"""Language-model distillation benchmark: a tiny Qwen3-MoE teacher, then four students with equal steps and data.
+
+    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py                 # writes the "Language models" section
+    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py --teacher-steps 50 --student-steps 20 --no-write  # quick look
+
+Variants (same student architecture, same initial weights, same batches, same number of optimizer steps):
+``scratch`` (next-token CE only), ``kl`` (T²·KL only), ``multi`` (KL 0.7, feature 0.1, attention 0.1,
+layer-wise 0.05, contrastive 0.05) and ``routed`` (multi + the student-aware router, top-k 1 → 4,
+temperature 2 → 0.5). Every student is then tested the same way (:class:`LMDistillModule`'s test stage against the
+teacher's own top-2 routing): test perplexity, KL(teacher ‖ student), top-1 / top-5 agreement, tokens/s.
+
+Offline data: the WikiText-2 mirror has no train split, so training uses ``validation[:90%]`` and the test
+uses the first ``--test-blocks`` blocks of ``test``. Tokens are UTF-8 bytes (vocab 257): with SmolLM2's 49152-token
+vocabulary the softmax alone costs ~1 s per step on this CPU, too slow for four students here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.report import command, machine, write_section  # noqa: E402
+from lkd.callbacks.routing_schedule import RoutingSchedule  # noqa: E402
+from lkd.data.text import TextDataModule  # noqa: E402
+from lkd.losses.lm import DEFAULT_LOSS_WEIGHTS  # noqa: E402
+from lkd.models.causal_lm import TinyLlamaLM, TinyMoELM, count_parameters  # noqa: E402
+from lkd.models.router import StudentAwareRouter  # noqa: E402
+from lkd.modules.lm import CausalLMModule  # noqa: E402
+from lkd.modules.lm_distill import LMDistillModule  # noqa: E402
+
+VOCAB = 257
+VARIANTS = ("scratch", "kl", "multi", "routed")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--teacher-steps", type=int, default=1200)
+    p.add_argument("--student-steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--test-blocks", type=int, default=400)
+    p.add_argument("--teacher-lr", type=float, default=2e-3)
+    p.add_argument("--student-lr", type=float, default=2e-3)
+    p.add_argument("--router-lr", type=float, default=4e-3, help="2x the student's, as 1e-4 vs 5e-5 in the configs")
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/lm_benchmark", help="folder for results.json and the teacher")
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    return p.parse_args()
+
+
+def teacher_model(seed: int) -> TinyMoELM:
+    return TinyMoELM(VOCAB, hidden_size=192, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=48, intermediate_size=384,
+                     moe_intermediate_size=192, num_experts=8, top_k=2, max_position_embeddings=512, seed=seed)
+
+
+def student_model(seed: int) -> TinyLlamaLM:
+    return TinyLlamaLM(VOCAB, hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256,
+                       max_position_embeddings=512, seed=seed)
+
+
+def data(args, test_blocks: int | None = None) -> TextDataModule:
+    dm = TextDataModule("Salesforce/wikitext", "wikitext-2-raw-v1", train_split="validation[:90%]",
+                        val_split="validation[90%:]", test_split="test", block_size=args.block_size,
+                        batch_size=args.batch_size, tokenizer="bytes", max_blocks=test_blocks)
+    return dm
+
+
+def trainer(max_steps: int, callbacks=()) -> pl.Trainer:
+    return pl.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
+                      callbacks=list(callbacks), deterministic=False)
+
+
+def adamw(lr: float):
+    return lambda groups: torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
+
+
+def evaluate(student, teacher, args) -> dict:
+    """Test perplexity and retention of ``student`` against ``teacher`` (its own top-2 routing)."""
+    module = LMDistillModule(student, teacher, tokenizer="bytes", loss_weights={"kl": 1.0}, report_dir=None)
+    module.write_report = lambda report: None  # results go to results.json / BENCHMARKS.md
+    dm = data(args)
+    dm.max_blocks = args.test_blocks
+    trainer(1).test(module, dm, verbose=False)
+    return module.report
+
+
+def train_teacher(args, out: Path) -> TinyMoELM:
+    path = out / f"teacher_seed{args.seed}_steps{args.teacher_steps}.pt"
+    teacher = teacher_model(args.seed)
+    if path.is_file():
+        teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return teacher
+    module = CausalLMModule(teacher, tokenizer="bytes", optimizer=adamw(args.teacher_lr))
+    pl.seed_everything(args.seed)
+    start = time.perf_counter()
+    trainer(args.teacher_steps).fit(module, data(args))
+    teacher.train_seconds = time.perf_counter() - start
+    torch.save(teacher.state_dict(), path)
+    return teacher
+
+
+def train_student(variant: str, teacher, args) -> tuple[torch.nn.Module, float]:
+    student = student_model(args.seed + 1)  # the same initial weights for every variant
+    callbacks = []
+    if variant == "scratch":
+        module = CausalLMModule(student, tokenizer="bytes", optimizer=adamw(args.student_lr))
+    else:
+        weights = {"kl": 1.0} if variant == "kl" else DEFAULT_LOSS_WEIGHTS
+        router = StudentAwareRouter() if variant == "routed" else None
+        if router is not None:
+            callbacks.append(RoutingSchedule(start_top_k=1, end_top_k=4, start_temperature=2.0, end_temperature=0.5, mode="cosine"))
+        module = LMDistillModule(student, copy.deepcopy(teacher), tokenizer="bytes", router=router, loss_weights=weights,
+                                 temperature=args.temperature, layer_map={1: 1, 2: 2, 3: 3, 4: 4}, router_lr=args.router_lr,
+                                 optimizer=adamw(args.student_lr))
+    pl.seed_everything(args.seed)  # the same batches for every variant
+    start = time.perf_counter()
+    trainer(args.student_steps, callbacks).fit(module, data(args))
+    return student, time.perf_counter() - start
+
+
+def markdown(results: dict, args) -> str:
+    t = results["teacher"]
+    lines = [
+        f"Command: `{command()}`  ",
+        f"Machine: {machine()}  ",
+        f"Total wall time: {results['wall_minutes']:.1f} min. One seed ({args.seed}).",
+        "",
+        "Offline setting: WikiText-2 raw, **trained on `validation[:90%]`** (the mirror has no train split), tested on the "
+        f"first {args.test_blocks} blocks of `test` ({args.test_blocks * args.block_size:,} tokens); byte-level tokens "
+        f"(vocab 257), blocks of {args.block_size}, batch {args.batch_size}. Teacher: Qwen3-MoE, 8 experts, top-2, "
+        f"{t['params'] / 1e6:.2f} M params, {args.teacher_steps} steps. Students: Llama architecture, "
+        f"{results['student_params'] / 1e6:.2f} M params ({t['params'] / results['student_params']:.1f}x fewer), "
+        f"{args.student_steps} AdamW steps each (lr {args.student_lr}, warm-up + cosine), same initial weights and "
+        f"batches; KD temperature T = {args.temperature}; router lr {args.router_lr}. Perplexities are per byte.",
+        "",
+        f"Teacher test perplexity: **{t['ppl']:.3f}**.",
+        "",
+        "| student | test ppl | KL(teacher‖student) | top-1 agree | top-5 agree | student/teacher tokens/s | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in args.variants:
+        r = results["students"][v]
+        lines.append(f"| {v} | {r['ppl']:.3f} | {r['kl']:.4f} | {r['top1']:.3f} | {r['top5']:.3f} | {r['speed_ratio']:.2f}x | {r['train_s']:.0f} |")
+    s = results["students"]
+    if "scratch" in s:
+        distilled = [v for v in args.variants if v != "scratch"]
+        beats = [v for v in distilled if s[v]["ppl"] < s["scratch"]["ppl"]]
+        lines += ["", f"Target 1 (every distilled variant beats scratch on test perplexity): "
+                      f"**{'met' if len(beats) == len(distilled) else 'not met'}** ({', '.join(beats) or 'none'} of {', '.join(distilled)} beat it)."]
+    if "routed" in s and "kl" in s:
+        ok = s["routed"]["ppl"] < s["kl"]["ppl"]
+        lines.append(f"Target 2 (router beats plain KL): **{'met' if ok else 'not met'}** "
+                     f"({s['routed']['ppl']:.3f} vs {s['kl']['ppl']:.3f}).")
+    lines += ["", "Variants: scratch = next-token CE; kl = T²·KL only; multi = KL 0.7 + feature 0.1 + attention 0.1 + layer-wise "
+                  "0.05 + contrastive 0.05; routed = multi with the student-aware router (top-k 1→4, temperature 2→0.5, cosine) "
+                  "replacing the teacher's top-2 gating in the targets and trained on the same objective + the routed teacher's LM "
+                  "loss. Retention is measured against the teacher's own top-2 routing. Speed: no-grad forward of 4 × "
+                  f"{args.block_size} tokens, 1 thread."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    teacher = train_teacher(args, out)
+    teacher_report = evaluate(copy.deepcopy(teacher), teacher, args)  # the teacher against itself: its ppl
+    results = {"teacher": {"ppl": teacher_report["retention"]["student_ppl"], "params": count_parameters(teacher),
+                           "train_s": getattr(teacher, "train_seconds", None)}, "students": {}}
+    for variant in args.variants:
+        student, seconds = train_student(variant, teacher, args)
+        rep = evaluate(student, teacher, args)
+        r = rep["retention"]
+        results["students"][variant] = {"ppl": r["student_ppl"], "kl": r["kl"], "top1": r["top1_agreement"],
+                                        "top5": r["top5_agreement"], "speed_ratio": rep["speed"]["speed_ratio"],
+                                        "train_s": seconds}
+        results["student_params"] = count_parameters(student)
+        print(f"{variant}: {results['students'][variant]}", flush=True)  # a script, not library code
+    results["wall_minutes"] = (time.perf_counter() - start) / 60
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    body = markdown(results, args)
+    print(body)
+    if not args.no_write:
+        write_section("Language models", body)
+
+
+if __name__ == "__main__":
+    main()
