@@ -56,7 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher-lr", type=float, default=2e-3)
     p.add_argument("--student-lr", type=float, default=2e-3)
     p.add_argument("--router-lr", type=float, default=4e-3, help="2x the student's, as 1e-4 vs 5e-5 in the configs")
-    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--router-lm-weight", type=float, default=1.0, help="λ of the routed teacher's LM loss")
+    p.add_argument("--start-top-k", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/lm_benchmark", help="folder for results.json and the teacher")
@@ -125,14 +127,18 @@ def train_student(variant: str, teacher, args) -> tuple[torch.nn.Module, float]:
         weights = {"kl": 1.0} if variant == "kl" else DEFAULT_LOSS_WEIGHTS
         router = StudentAwareRouter() if variant == "routed" else None
         if router is not None:
-            callbacks.append(RoutingSchedule(start_top_k=1, end_top_k=4, start_temperature=2.0, end_temperature=0.5, mode="cosine"))
+            callbacks.append(RoutingSchedule(start_top_k=args.start_top_k, end_top_k=4, start_temperature=2.0, end_temperature=0.5, mode="cosine"))
         module = LMDistillModule(student, copy.deepcopy(teacher), tokenizer="bytes", router=router, loss_weights=weights,
                                  temperature=args.temperature, layer_map={1: 1, 2: 2, 3: 3, 4: 4}, router_lr=args.router_lr,
-                                 optimizer=adamw(args.student_lr))
+                                 router_lm_weight=args.router_lm_weight, optimizer=adamw(args.student_lr))
     pl.seed_everything(args.seed)  # the same batches for every variant
     start = time.perf_counter()
-    trainer(args.student_steps, callbacks).fit(module, data(args))
-    return student, time.perf_counter() - start
+    t = trainer(args.student_steps, callbacks)
+    t.fit(module, data(args))
+    seconds = time.perf_counter() - start
+    degradation = t.callback_metrics.get("train/teacher_lm_degradation_step")
+    student.teacher_lm_degradation = None if degradation is None else float(degradation)
+    return student, seconds
 
 
 def markdown(results: dict, args) -> str:
@@ -168,6 +174,9 @@ def markdown(results: dict, args) -> str:
         ok = s["routed"]["ppl"] < s["kl"]["ppl"]
         lines.append(f"Target 2 (router beats plain KL): **{'met' if ok else 'not met'}** "
                      f"({s['routed']['ppl']:.3f} vs {s['kl']['ppl']:.3f}).")
+    if "routed" in s and s["routed"].get("teacher_lm_degradation_last_step") is not None:
+        lines.append(f"Routed teacher's own LM loss minus its top-2 loss at the last training step: "
+                     f"{s['routed']['teacher_lm_degradation_last_step']:+.4f} nats/byte.")
     lines += ["", "Variants: scratch = next-token CE; kl = T²·KL only; multi = KL 0.7 + feature 0.1 + attention 0.1 + layer-wise "
                   "0.05 + contrastive 0.05; routed = multi with the student-aware router (top-k 1→4, temperature 2→0.5, cosine) "
                   "replacing the teacher's top-2 gating in the targets and trained on the same objective + the routed teacher's LM "
@@ -193,7 +202,8 @@ def main() -> None:
         r = rep["retention"]
         results["students"][variant] = {"ppl": r["student_ppl"], "kl": r["kl"], "top1": r["top1_agreement"],
                                         "top5": r["top5_agreement"], "speed_ratio": rep["speed"]["speed_ratio"],
-                                        "train_s": seconds}
+                                        "train_s": seconds,
+                                        "teacher_lm_degradation_last_step": getattr(student, "teacher_lm_degradation", None)}
         results["student_params"] = count_parameters(student)
         print(f"{variant}: {results['students'][variant]}", flush=True)  # a script, not library code
     results["wall_minutes"] = (time.perf_counter() - start) / 60
