@@ -60,7 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--start-top-k", type=int, default=1)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="student initialisation and batch order")
+    p.add_argument("--teacher-seed", type=int, default=None, help="default: --seed")
     p.add_argument("--out", default="runs/lm_benchmark", help="folder for results.json and the teacher")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     p.add_argument("--render-only", action="store_true", help="rewrite the section from OUT/results.json without training")
@@ -105,13 +106,14 @@ def evaluate(student, teacher, args) -> dict:
 
 
 def train_teacher(args, out: Path) -> TinyMoELM:
-    path = out / f"teacher_seed{args.seed}_steps{args.teacher_steps}.pt"
-    teacher = teacher_model(args.seed)
+    seed = args.seed if args.teacher_seed is None else args.teacher_seed
+    path = out / f"teacher_seed{seed}_steps{args.teacher_steps}.pt"
+    teacher = teacher_model(seed)
     if path.is_file():
         teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return teacher
     module = CausalLMModule(teacher, tokenizer="bytes", optimizer=adamw(args.teacher_lr))
-    pl.seed_everything(args.seed)
+    pl.seed_everything(seed)
     start = time.perf_counter()
     trainer(args.teacher_steps).fit(module, data(args))
     teacher.train_seconds = time.perf_counter() - start
