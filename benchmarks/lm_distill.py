@@ -60,8 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--start-top-k", type=int, default=1)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--seed", type=int, default=0, help="student initialisation and batch order")
-    p.add_argument("--teacher-seed", type=int, default=None, help="default: --seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="student initialisation and batch order; one run each")
+    p.add_argument("--teacher-seed", type=int, default=0)
     p.add_argument("--out", default="runs/lm_benchmark", help="folder for results.json and the teacher")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     p.add_argument("--render-only", action="store_true", help="rewrite the section from OUT/results.json without training")
@@ -106,7 +106,7 @@ def evaluate(student, teacher, args) -> dict:
 
 
 def train_teacher(args, out: Path) -> TinyMoELM:
-    seed = args.seed if args.teacher_seed is None else args.teacher_seed
+    seed = args.teacher_seed
     path = out / f"teacher_seed{seed}_steps{args.teacher_steps}.pt"
     teacher = teacher_model(seed)
     if path.is_file():
@@ -121,8 +121,8 @@ def train_teacher(args, out: Path) -> TinyMoELM:
     return teacher
 
 
-def train_student(variant: str, teacher, args) -> tuple[torch.nn.Module, float]:
-    student = student_model(args.seed + 1)  # the same initial weights for every variant
+def train_student(variant: str, teacher, args, seed: int) -> tuple[torch.nn.Module, float]:
+    student = student_model(seed + 1)  # the same initial weights for every variant
     callbacks = []
     if variant == "scratch":
         module = CausalLMModule(student, tokenizer="bytes", optimizer=adamw(args.student_lr))
@@ -134,7 +134,7 @@ def train_student(variant: str, teacher, args) -> tuple[torch.nn.Module, float]:
         module = LMDistillModule(student, copy.deepcopy(teacher), tokenizer="bytes", router=router, loss_weights=weights,
                                  temperature=args.temperature, layer_map={1: 1, 2: 2, 3: 3, 4: 4}, router_lr=args.router_lr,
                                  router_lm_weight=args.router_lm_weight, optimizer=adamw(args.student_lr))
-    pl.seed_everything(args.seed)  # the same batches for every variant
+    pl.seed_everything(seed)  # the same batches for every variant
     start = time.perf_counter()
     t = trainer(args.student_steps, callbacks)
     t.fit(module, data(args))
@@ -149,7 +149,8 @@ def markdown(results: dict, args) -> str:
     lines = [
         f"Command: `{results.get('command') or command()}`  ",
         f"Machine: {results.get('machine') or machine()}  ",
-        f"Total wall time: {results['wall_minutes']:.1f} min. One seed ({args.seed}).",
+        f"Total wall time: {results['wall_minutes']:.1f} min. Student seeds {', '.join(results['students'][args.variants[0]]['per_seed'])} "
+        f"(initial weights and batch order), one teacher (seed {args.teacher_seed}); the table gives means over seeds.",
         "",
         "Offline setting: WikiText-2 raw, **trained on `validation[:90%]`** (the mirror has no train split), tested on the "
         f"first {args.test_blocks} blocks of `test` ({args.test_blocks * args.block_size:,} tokens); byte-level tokens "
@@ -161,12 +162,13 @@ def markdown(results: dict, args) -> str:
         "",
         f"Teacher test perplexity: **{t['ppl']:.3f}**.",
         "",
-        "| student | test ppl | KL(teacher‖student) | top-1 agree | top-5 agree | student/teacher tokens/s | train s |",
-        "|---|---|---|---|---|---|---|",
+        "| student | test ppl (mean) | ppl per seed | KL(teacher‖student) | top-1 agree | top-5 agree | student/teacher tokens/s | train s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for v in args.variants:
         r = results["students"][v]
-        lines.append(f"| {v} | {r['ppl']:.3f} | {r['kl']:.4f} | {r['top1']:.3f} | {r['top5']:.3f} | {r['speed_ratio']:.2f}x | {r['train_s']:.0f} |")
+        per_seed = " / ".join(f"{run['ppl']:.3f}" for run in r["per_seed"].values())
+        lines.append(f"| {v} | {r['ppl']:.3f} | {per_seed} | {r['kl']:.4f} | {r['top1']:.3f} | {r['top5']:.3f} | {r['speed_ratio']:.2f}x | {r['train_s']:.0f} |")
     s = results["students"]
     if "scratch" in s:
         distilled = [v for v in args.variants if v != "scratch"]
@@ -176,18 +178,18 @@ def markdown(results: dict, args) -> str:
                       f"{', '.join(beats) or 'none'})."]
     if "routed" in s and "kl" in s:
         ok = s["routed"]["ppl"] < s["kl"]["ppl"]
-        lines.append(f"Target 2 (router beats plain KL): **{'met' if ok else 'not met'}** "
-                     f"({s['routed']['ppl']:.3f} vs {s['kl']['ppl']:.3f}).")
+        wins = sum(s["routed"]["per_seed"][k]["ppl"] < s["kl"]["per_seed"][k]["ppl"] for k in s["routed"]["per_seed"])
+        lines.append(f"Target 2 (router beats plain KL): **{'met' if ok else 'not met'}** on the mean "
+                     f"({s['routed']['ppl']:.3f} vs {s['kl']['ppl']:.3f}); the router wins on {wins} of {len(s['routed']['per_seed'])} seeds.")
     if "routed" in s and s["routed"].get("teacher_lm_degradation_last_step") is not None:
-        lines.append(f"Routed teacher's own LM loss minus its top-2 loss at the last training step: "
+        lines.append(f"Routed teacher's own LM loss minus its top-2 loss at the last training step (mean over seeds): "
                      f"{s['routed']['teacher_lm_degradation_last_step']:+.4f} nats/byte.")
     lines += ["", "Variants: scratch = next-token CE; kl = T²·KL only; multi = KL 0.7 + feature 0.1 + attention 0.1 + layer-wise "
                   "0.05 + contrastive 0.05; routed = multi with the student-aware router (top-k 1→4, temperature 2→0.5, cosine) "
                   "replacing the teacher's top-2 gating in the targets and trained on the same objective + the routed teacher's LM "
                   "loss. Retention is measured against the teacher's own top-2 routing. Speed: no-grad forward of 4 × "
                   f"{args.block_size} tokens, 1 thread; all students share one architecture, so the spread of that column is "
-                  "timing noise on this shared machine. One seed: differences of a few hundredths of perplexity are within "
-                  "run-to-run variation."]
+                  "timing noise on this shared machine."]
     return "\n".join(lines)
 
 
@@ -210,15 +212,20 @@ def main() -> None:
     results = {"teacher": {"ppl": teacher_report["retention"]["student_ppl"], "params": count_parameters(teacher),
                            "train_s": getattr(teacher, "train_seconds", None)}, "students": {}}
     for variant in args.variants:
-        student, seconds = train_student(variant, teacher, args)
-        rep = evaluate(student, teacher, args)
-        r = rep["retention"]
-        results["students"][variant] = {"ppl": r["student_ppl"], "kl": r["kl"], "top1": r["top1_agreement"],
-                                        "top5": r["top5_agreement"], "speed_ratio": rep["speed"]["speed_ratio"],
-                                        "train_s": seconds,
-                                        "teacher_lm_degradation_last_step": getattr(student, "teacher_lm_degradation", None)}
-        results["student_params"] = count_parameters(student)
-        print(f"{variant}: {results['students'][variant]}", flush=True)  # a script, not library code
+        runs = {}
+        for seed in args.seeds:
+            student, seconds = train_student(variant, teacher, args, seed)
+            rep = evaluate(student, teacher, args)
+            r = rep["retention"]
+            runs[str(seed)] = {"ppl": r["student_ppl"], "kl": r["kl"], "top1": r["top1_agreement"], "top5": r["top5_agreement"],
+                               "speed_ratio": rep["speed"]["speed_ratio"], "train_s": seconds,
+                               "teacher_lm_degradation_last_step": getattr(student, "teacher_lm_degradation", None)}
+            results["student_params"] = count_parameters(student)
+            print(f"{variant} seed {seed}: {runs[str(seed)]}", flush=True)  # a script, not library code
+        mean = {k: sum(run[k] for run in runs.values()) / len(runs) for k in ("ppl", "kl", "top1", "top5", "speed_ratio", "train_s")}
+        degr = [run["teacher_lm_degradation_last_step"] for run in runs.values() if run["teacher_lm_degradation_last_step"] is not None]
+        mean["teacher_lm_degradation_last_step"] = sum(degr) / len(degr) if degr else None
+        results["students"][variant] = {**mean, "per_seed": runs}
     results["wall_minutes"] = (time.perf_counter() - start) / 60
     results["command"], results["machine"] = command(), machine()
     (out / "results.json").write_text(json.dumps(results, indent=2))
