@@ -36,10 +36,11 @@ def test_committed_notebook_has_no_outputs():
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="needs the offline MNIST mirror")
 def test_notebook_runs_on_cpu_with_smoke_settings(tmp_path):
-    nb = execute(load(SMOKE=True, TRACKS=["mnist", "continual"], WORKDIR=str(tmp_path / "runs")), tmp_path)
+    nb = execute(load(SMOKE=True, TRACKS=["mnist", "lm"], WORKDIR=str(tmp_path / "runs")), tmp_path)
     text = outputs_text(nb)
     assert "precision: CPU (no CUDA device): 32-true" in text
     assert "| student_kd |" in text and "| teacher |" in text  # the MNIST table
+    assert "| student_routed |" in text  # the LM table
     assert list((tmp_path / "runs").rglob("events.out.tfevents.*"))
 
 
