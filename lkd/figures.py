@@ -92,3 +92,20 @@ def figure_to_array(fig):
 
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3]
+
+
+def expert_usage_figure(history: torch.Tensor, steps: list[int], title: str = "router expert usage"):
+    """How the router spreads tokens over the teacher's experts during training. ``history``: (S, E) share of
+    (token, layer) selections per expert in each logging interval ending at ``steps``; one row per interval."""
+    plt = _plt()
+    S, E = history.shape
+    fig, ax = plt.subplots(figsize=(min(2 + 0.5 * E, 10), min(1.5 + 0.3 * S, 8)))
+    image = ax.imshow(history.numpy(), aspect="auto", cmap="magma", vmin=0)
+    ax.set_xticks(range(E), [str(e) for e in range(E)])
+    ax.set_yticks(range(S), [str(s) for s in steps])
+    ax.set_xlabel("expert")
+    ax.set_ylabel("optimizer step")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of selections")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

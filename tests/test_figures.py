@@ -21,6 +21,7 @@ from lkd.models import DiscreteKeyValueBottleneck
 from lkd.modules import ClassifierModule, GLUEClassifierModule
 from tests.conftest import CONFIGS
 from tests.glue_fixtures import MINILM, TINY_BERT
+from tests.lm_fixtures import tiny_wikitext  # noqa: F401  (fixture)
 
 
 def events(log_dir: Path) -> EventAccumulator:
@@ -92,3 +93,22 @@ def test_flatten_config():
                            "trainer": {"callbacks": [{"class_path": "x"}], "max_epochs": 3}, "config": ["a.yaml"]})
     assert flat == {"model.class_path": "DistillModule", "model.init_args.alpha": 0.9, "model.init_args.layers": "[0, 2]",
                     "trainer.max_epochs": 3}
+
+
+def test_router_expert_usage_over_training(tmp_path, monkeypatch, tiny_wikitext):
+    from lkd.callbacks import RouterExpertUsage
+    from tests.test_lm_configs import tiny_overrides
+
+    monkeypatch.chdir(tmp_path)
+    config = CONFIGS / "lm" / "student_routed.yaml"
+    usage = RouterExpertUsage(log_every_n_steps=1)
+    cli = LKDCLI(args=["-c", str(config), *tiny_overrides(config, tiny_wikitext), "--model.init_args.teacher_ckpt=null",
+                       "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0"], run=False)
+    cli.trainer.callbacks.append(usage)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert usage.steps == [1, 2, 3] and len(usage.history[0]) == 8  # 8 teacher experts
+    assert all(abs(sum(row) - 1) < 1e-5 for row in usage.history)
+    acc = events(cli.trainer.logger.log_dir)
+    image = acc.Images("router/expert_usage")[-1]
+    assert (image.width, image.height) == (600, 240)  # 8 experts x 3 intervals
+    assert "router/experts_used" in acc.Tags()["scalars"]

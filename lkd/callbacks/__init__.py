@@ -2,7 +2,7 @@
 
 from lkd.callbacks.best_checkpoint import PublishBestCheckpoint
 from lkd.callbacks.continual import ContinualEvaluation
-from lkd.callbacks.figures import ConfusionMatrixFigure
+from lkd.callbacks.figures import ConfusionMatrixFigure, RouterExpertUsage
 from lkd.callbacks.glue_predictions import GLUEPredictionWriter
 from lkd.callbacks.key_carrying import DiscreteKeyInit, KeyCarrying
 from lkd.callbacks.key_phases import EMAKeyUpdate
@@ -10,5 +10,5 @@ from lkd.callbacks.lr_monitor import LearningRateLogger
 
 __all__ = [
     "ConfusionMatrixFigure", "ContinualEvaluation", "EMAKeyUpdate", "GLUEPredictionWriter", "KeyCarrying", "LearningRateLogger",
-    "PublishBestCheckpoint", "DiscreteKeyInit",
+    "PublishBestCheckpoint", "RouterExpertUsage", "DiscreteKeyInit",
 ]
