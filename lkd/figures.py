@@ -109,3 +109,24 @@ def expert_usage_figure(history: torch.Tensor, steps: list[int], title: str = "r
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def routing_schedule_figure(steps: list[int], top_k: list[int], temperature: list[float], current_step: int | None = None,
+                            title: str = "routing schedule"):
+    """The router's curriculum: experts per token (top-k, steps, left axis) and routing temperature τ (right
+    axis) against the optimizer step, the whole planned schedule, with a line at ``current_step``."""
+    plt = _plt()
+    fig, ax_k = plt.subplots(figsize=(6, 3))
+    ax_k.step(steps, top_k, where="post", color="tab:blue", label="top-k")
+    ax_k.set_xlabel("optimizer step")
+    ax_k.set_ylabel("top-k (experts per token)", color="tab:blue")
+    ax_k.set_yticks(range(min(top_k), max(top_k) + 1))
+    ax_t = ax_k.twinx()
+    ax_t.plot(steps, temperature, color="tab:orange", label="temperature")
+    ax_t.set_ylabel("router temperature τ", color="tab:orange")
+    if current_step is not None:
+        ax_k.axvline(current_step, color="gray", linestyle="--", linewidth=1)
+        ax_k.text(current_step, max(top_k), f" step {current_step}", color="gray", va="top", fontsize=8)
+    ax_k.set_title(title)
+    fig.tight_layout()
+    return fig

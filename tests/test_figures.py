@@ -112,3 +112,23 @@ def test_router_expert_usage_over_training(tmp_path, monkeypatch, tiny_wikitext)
     image = acc.Images("router/expert_usage")[-1]
     assert (image.width, image.height) == (600, 240)  # 8 experts x 3 intervals
     assert "router/experts_used" in acc.Tags()["scalars"]
+    # the config's RoutingSchedule draws the planned top-k / temperature schedule at the start and the end
+    schedule = acc.Images("router/schedule")
+    assert [e.step for e in schedule] == [0, 3]
+    assert (schedule[-1].width, schedule[-1].height) == (600, 300)
+
+
+def test_routing_schedule_figure_shows_the_planned_curves():
+    from lkd.callbacks.routing_schedule import RoutingSchedule
+    from lkd.figures import figure_to_array, routing_schedule_figure
+
+    schedule = RoutingSchedule(start_top_k=1, end_top_k=4, mode="linear", total_steps=100)
+    steps = list(range(101))
+    ks, taus = zip(*(schedule.values(s) for s in steps))
+    fig = routing_schedule_figure(steps, list(ks), list(taus), current_step=40)
+    ax_k, ax_t = fig.axes
+    k_line, t_line = ax_k.get_lines()[0], ax_t.get_lines()[0]
+    assert list(k_line.get_ydata()) == list(ks) and sorted(set(ks)) == [1, 2, 3, 4]
+    assert t_line.get_ydata()[0] == 2.0 and abs(t_line.get_ydata()[-1] - 0.5) < 1e-9
+    assert list(ax_k.get_lines()[1].get_xdata()) == [40, 40]  # the current-step marker
+    assert figure_to_array(fig).shape == (300, 600, 3)

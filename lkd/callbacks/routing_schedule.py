@@ -21,7 +21,9 @@ class RoutingSchedule(Callback):
         τ(p)     = start_temperature + p · (end_temperature − start_temperature)
 
     The values are set on the module before every training batch and logged as ``router/top_k`` and
-    ``router/temperature``. The total step count is saved in ``state_dict``, so a resumed run follows the
+    ``router/temperature``. With a TensorBoard logger the whole planned schedule is also drawn as a
+    ``router/schedule`` figure (top-k and τ against the step, a line at the current step) at the start of
+    training, every ``figure_every_n_steps`` steps and at the end. The total step count is saved in ``state_dict``, so a resumed run follows the
     same schedule. A schedule whose ``end_top_k`` exceeds the teacher's experts per MoE layer, or a module
     without a router, is an error at setup.
 
@@ -30,6 +32,7 @@ class RoutingSchedule(Callback):
         start_temperature, end_temperature: router softmax temperature at the start and the end (> 0).
         mode: ``"linear"`` or ``"cosine"`` progress.
         total_steps: steps over which to anneal; None = all training steps.
+        figure_every_n_steps: optimizer steps between ``router/schedule`` figures (None: start and end only).
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class RoutingSchedule(Callback):
         end_temperature: float = 0.5,
         mode: Literal["linear", "cosine"] = "linear",
         total_steps: int | None = None,
+        figure_every_n_steps: int | None = 200,
     ):
         problems = []
         if start_top_k < 1 or end_top_k < 1:
@@ -50,11 +54,14 @@ class RoutingSchedule(Callback):
             problems.append(f"mode must be 'linear' or 'cosine', got {mode!r}")
         if total_steps is not None and total_steps < 1:
             problems.append(f"total_steps must be >= 1 or None, got {total_steps}")
+        if figure_every_n_steps is not None and figure_every_n_steps < 1:
+            problems.append(f"figure_every_n_steps must be >= 1 or None, got {figure_every_n_steps}")
         if problems:
             raise ValueError("RoutingSchedule: " + "; ".join(problems))
         self.start_top_k, self.end_top_k = start_top_k, end_top_k
         self.start_temperature, self.end_temperature = start_temperature, end_temperature
         self.mode, self.total_steps = mode, total_steps
+        self.figure_every_n_steps = figure_every_n_steps
         self.last_step = -1
 
     # ---- policy -------------------------------------------------------------------------------------
@@ -89,6 +96,7 @@ class RoutingSchedule(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.total_steps is None:
             self.total_steps = max(1, int(trainer.estimated_stepping_batches))
+        self.log_figure(trainer, trainer.global_step)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -97,6 +105,31 @@ class RoutingSchedule(Callback):
         if trainer.global_step != self.last_step:
             self.last_step = trainer.global_step
             pl_module.log_dict({"router/top_k": float(k), "router/temperature": tau}, on_step=True, on_epoch=False)
+            every = self.figure_every_n_steps
+            if every is not None and trainer.global_step > 0 and trainer.global_step % every == 0:
+                self.log_figure(trainer, trainer.global_step)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.log_figure(trainer, trainer.global_step)
+
+    def log_figure(self, trainer: pl.Trainer, step: int) -> None:
+        """Draw the planned schedule with a line at ``step`` into every TensorBoard logger (rank 0)."""
+        from lkd.callbacks.figures import tensorboard_loggers
+
+        loggers = tensorboard_loggers(trainer) if trainer.is_global_zero else []
+        if not loggers:
+            return
+        import matplotlib.pyplot as plt
+
+        from lkd.figures import routing_schedule_figure
+
+        steps = sorted(set(range(0, self.total_steps + 1, max(1, self.total_steps // 200))) | {self.total_steps})
+        values = [self.values(s) for s in steps]
+        fig = routing_schedule_figure(steps, [k for k, _ in values], [t for _, t in values], current_step=step)
+        for logger in loggers:
+            logger.experiment.add_figure("router/schedule", fig, global_step=step)
+        plt.close(fig)
 
     @override
     def state_dict(self) -> dict[str, Any]:
