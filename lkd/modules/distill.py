@@ -11,7 +11,9 @@ from typing_extensions import override
 from lkd.cache import TeacherCache, TeacherCacheError, attach_teacher_cache
 from lkd.checkpoint import load_network_weights
 from lkd.losses import hinton_kd_loss
+from lkd.memory import TeacherPlacement
 from lkd.modules.base import ClassificationModuleBase, ModelFactory
+from lkd.modules.frozen_teacher import FrozenTeacherHooks
 
 TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """What a frozen teacher can be held in (``teacher_dtype``)."""
@@ -22,7 +24,7 @@ def hold_teacher_in(teacher: torch.nn.Module, dtype: str) -> None:
     teacher.to(TEACHER_DTYPES[dtype])
 
 
-class DistillModule(ClassificationModuleBase):
+class DistillModule(FrozenTeacherHooks, ClassificationModuleBase):
     """Trains ``student`` on ``alpha · T² · KL(teacher ‖ student) + (1 − alpha) · CE``.
 
     The teacher is built from its YAML factory, loaded from ``teacher_ckpt`` (a ClassifierModule or
@@ -47,6 +49,9 @@ class DistillModule(ClassificationModuleBase):
         teacher_cache: path of a teacher cache to read teacher logits from (None: run the teacher live).
         teacher_dtype: dtype the frozen teacher is held and run in (``"bfloat16"`` halves its memory; inputs
             are cast to it and its logits back to fp32 for the loss). Cast once in ``setup``, after loading.
+        teacher_offload: keep the teacher in CPU memory and move it to the accelerator only for its forward
+            (:class:`lkd.memory.TeacherPlacement`; a no-op on a CPU). Before fitting, the teacher and the
+            student's training state are checked against the device's free memory (:func:`lkd.memory.check_teacher_fits`).
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class DistillModule(ClassificationModuleBase):
         *,
         teacher_cache: str | None = None,
         teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        teacher_offload: bool = False,
     ):
         super().__init__(num_classes, optimizer, lr_schedule)
         problems = []
@@ -79,6 +85,7 @@ class DistillModule(ClassificationModuleBase):
         self.teacher = teacher(num_classes)
         self.teacher_ckpt = teacher_ckpt
         self.teacher.eval().requires_grad_(False)
+        self.teacher_placement = TeacherPlacement(self.teacher, offload=teacher_offload)
         self.teacher_val_acc = self.val_acc.clone()
         self.teacher_cache, self.teacher_dtype = teacher_cache, teacher_dtype
         self._cache: TeacherCache | None = None  # attached in setup("fit")
@@ -90,6 +97,8 @@ class DistillModule(ClassificationModuleBase):
         # Before any step, so a missing or mismatched teacher (or a stale cache) fails before training. A
         # resumed run then restores the (identical) teacher weights from its own checkpoint.
         self.load_teacher()
+        if stage == "fit":
+            self.check_teacher_fits()
         self._cache = None
         if self.teacher_cache is not None and stage == "fit":
             self._cache = attach_teacher_cache(self, self.teacher_cache, num_classes=self.num_classes)
@@ -104,7 +113,8 @@ class DistillModule(ClassificationModuleBase):
         # inputs in the dtype the teacher is held in (teacher_dtype, or the trainer's under "bf16-true"/"16-true")
         weight = next(self.teacher.parameters(), None)
         images = images.to(weight.dtype) if weight is not None and weight.is_floating_point() else images
-        return self.teacher(images).float()  # (B, C) fp32 for the loss
+        with self.teacher_placement.visit(images.device) as teacher:
+            return teacher(images).float()  # (B, C) fp32 for the loss
 
     @override
     def teardown(self, stage: str) -> None:
@@ -112,12 +122,6 @@ class DistillModule(ClassificationModuleBase):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if self._cache is not None and hasattr(datamodule, "emit_sample_ids"):
             datamodule.emit_sample_ids = False
-
-    @override
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # frozen teacher: never back to train mode (dropout, batch-norm statistics)
-        return self
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,13 @@ from typing_extensions import override
 from lkd.cache import TeacherCache, attach_teacher_cache
 from lkd.checkpoint import load_network_weights
 from lkd.losses import hidden_cosine_loss, hinton_kd_loss, regression_kd_loss
+from lkd.memory import TeacherPlacement, enable_activation_checkpointing
 from lkd.metrics.glue import glue_metrics, glue_score
 from lkd.models.text_classifier import TextClassifierOutput, TransformerClassifier
 from lkd.models.transfer import copy_transformer_weights, evenly_spaced_layers
 from lkd.modules.base import check_finite_loss
 from lkd.modules.distill import TEACHER_DTYPES, hold_teacher_in
+from lkd.modules.frozen_teacher import FrozenTeacherHooks
 
 TextModelFactory = Callable[[int], TransformerClassifier]
 """Builds a :class:`TransformerClassifier` given its number of outputs (YAML ``class_path``
@@ -235,7 +237,7 @@ class GLUEClassifierModule(GLUEModuleBase):
         return logits, loss, {}
 
 
-class GLUEDistillModule(GLUEModuleBase):
+class GLUEDistillModule(FrozenTeacherHooks, GLUEModuleBase):
     """Distils a fine-tuned teacher into a student on a GLUE task (Sanh et al. 2019, DistilBERT):
 
         loss = α · T² · KL(p_t^T ‖ p_s^T) + (1 − α) · CE(s, y) + cos_weight · L_cos
@@ -265,6 +267,11 @@ class GLUEDistillModule(GLUEModuleBase):
             (the cache holds logits, not hidden states). Test still runs the teacher.
         teacher_dtype: dtype the frozen teacher is held and run in (``"bfloat16"`` halves its memory; its
             logits and hidden states are cast back to fp32 for the losses). Cast once in ``setup``.
+        teacher_offload: keep the teacher in CPU memory and move it to the accelerator only for its forward
+            (:class:`lkd.memory.TeacherPlacement`; a no-op on a CPU). Before fitting, the teacher and the
+            student's training state are checked against the device's free memory (:func:`lkd.memory.check_teacher_fits`).
+        activation_checkpointing: recompute the student encoder's layers in the backward instead of storing
+            their activations (transformers gradient checkpointing): less memory, about one more forward of time.
     """
 
     def __init__(
@@ -285,6 +292,8 @@ class GLUEDistillModule(GLUEModuleBase):
         warmup_ratio: float = 0.1,
         teacher_cache: str | None = None,
         teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        teacher_offload: bool = False,
+        activation_checkpointing: bool = False,
     ):
         super().__init__(num_classes, task, optimizer, lr_schedule, warmup_ratio)
         problems = []
@@ -306,6 +315,9 @@ class GLUEDistillModule(GLUEModuleBase):
         self.student = student(num_classes)
         self.teacher = teacher(num_classes)
         self.teacher.eval().requires_grad_(False)
+        self.teacher_placement = TeacherPlacement(self.teacher, offload=teacher_offload)
+        if activation_checkpointing:
+            enable_activation_checkpointing(self.student)
         self.teacher_ckpt, self.student_init = teacher_ckpt, student_init
         self.teacher_cache, self.teacher_dtype = teacher_cache, teacher_dtype
         self._cache: TeacherCache | None = None  # attached in setup("fit")
@@ -356,6 +368,8 @@ class GLUEDistillModule(GLUEModuleBase):
         if stage == "fit" and self.student_init == "teacher":
             copy_transformer_weights(self.teacher, self.student, self.layer_map)  # from the fp32 weights
         hold_teacher_in(self.teacher, self.teacher_dtype)
+        if stage == "fit":
+            self.check_teacher_fits()
         self._cache = None
         if self.teacher_cache is not None and stage == "fit":
             self._cache = attach_teacher_cache(self, self.teacher_cache, num_classes=self.num_classes)
@@ -370,13 +384,8 @@ class GLUEDistillModule(GLUEModuleBase):
 
     def teacher_batch_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """``(idx (B,), teacher logits (B, C))`` of a batch (cache building)."""
-        return batch["idx"], self.teacher(**_inputs(batch)).logits.float()
-
-    @override
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # frozen teacher: dropout off for the whole run
-        return self
+        with self.teacher_placement.visit(batch["idx"].device) as teacher:
+            return batch["idx"], teacher(**_inputs(batch)).logits.float()
 
     @override
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -391,8 +400,8 @@ class GLUEDistillModule(GLUEModuleBase):
         if self._cache is not None and stage in self._cache.stages:
             teacher_out, t = None, self._cache.logits(stage, batch["idx"])  # (B, C) fp32; hidden is False here
         else:
-            with torch.no_grad():
-                teacher_out = self.teacher(**inputs, output_hidden_states=hidden)
+            with torch.no_grad(), self.teacher_placement.visit(labels.device) as teacher:
+                teacher_out = teacher(**inputs, output_hidden_states=hidden)
             t = teacher_out.logits.float()  # (B, C); the teacher may be held in bf16/fp16
         s = student_out.logits
         if self.is_regression:

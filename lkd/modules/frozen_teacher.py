@@ -1,0 +1,57 @@
+"""What every distillation module does with its frozen teacher: eval mode for the whole run, and (with
+``teacher_offload``) CPU memory between uses once the strategy has moved the model to its device."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from typing_extensions import override
+
+from lkd.memory import TeacherPlacement, check_teacher_fits
+
+
+class FrozenTeacherHooks(pl.LightningModule):
+    """Mixin for LightningModules with a frozen ``self.teacher`` and a ``self.teacher_placement``
+    (:class:`lkd.memory.TeacherPlacement`). ``train()`` never puts the teacher back in training mode (dropout,
+    batch-norm statistics stay fixed), and at the start of every stage the teacher is parked (a no-op without
+    offloading or on a CPU)."""
+
+    teacher_placement: TeacherPlacement
+
+    @override
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def check_teacher_fits(self) -> None:
+        """Refuse (:class:`lkd.memory.TeacherMemoryError`) a teacher and student that cannot fit on the trainer's
+        device; call in ``setup("fit")`` after the teacher is loaded and cast. Without a trainer: nothing to check."""
+        if self._trainer is None:
+            return
+        check_teacher_fits(self.teacher, self.student, self.trainer.strategy.root_device,
+                           offload=self.teacher_placement.offload, teacher_dtype=getattr(self, "teacher_dtype", "float32"))
+
+    def _park_teacher(self) -> None:
+        placement = getattr(self, "teacher_placement", None)
+        if placement is not None:
+            placement.park(self.device)
+
+    @override
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._park_teacher()
+
+    @override
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        self._park_teacher()
+
+    @override
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self._park_teacher()
+
+    @override
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        self._park_teacher()
