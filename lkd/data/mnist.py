@@ -252,7 +252,12 @@ class MNISTDataModule(pl.LightningDataModule):
             generator = torch.Generator(images.device).manual_seed(self.seed * 1_000_003 + self.augmented_batches)
             images = random_shift(images, self.max_shift, generator)  # on raw pixels: the fill is background
             self.augmented_batches += 1
-        return (normalize_uint8(images), labels, *sample_ids)
+        images = normalize_uint8(images)  # (B, 1, 28, 28) float32
+        if self.trainer is not None:
+            # Lightning converts a batch for "bf16-true"/"16-true" before this hook, while the pixels are still
+            # uint8; the float images made here get the same conversion (a no-op for 32-bit and mixed precision)
+            images = self.trainer.precision_plugin.convert_input(images)
+        return (images, labels, *sample_ids)
 
     @override
     def state_dict(self) -> dict:
