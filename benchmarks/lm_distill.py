@@ -34,6 +34,9 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.report import command, machine, write_section  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+
+from lkd.callbacks.figures import RouterExpertUsage  # noqa: E402
 from lkd.callbacks.routing_schedule import RoutingSchedule  # noqa: E402
 from lkd.data.text import TextDataModule  # noqa: E402
 from lkd.losses.lm import DEFAULT_LOSS_WEIGHTS  # noqa: E402
@@ -63,7 +66,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="student initialisation and batch order; one run each")
     p.add_argument("--teacher-seed", type=int, default=0)
     p.add_argument("--out", default="runs/lm_benchmark", help="folder for results.json and the teacher")
-    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md (results go to OUT/results_no_write.json)")
+    p.add_argument("--log-dir", default=None, help="TensorBoard logs of every student run here (routed runs also log "
+                   "the router/expert_usage and router/schedule figures); default: no logger")
     p.add_argument("--render-only", action="store_true", help="rewrite the section from OUT/results.json without training")
     return p.parse_args()
 
@@ -85,8 +90,8 @@ def data(args, test_blocks: int | None = None) -> TextDataModule:
     return dm
 
 
-def trainer(max_steps: int, callbacks=()) -> pl.Trainer:
-    return pl.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+def trainer(max_steps: int, callbacks=(), logger=False) -> pl.Trainer:
+    return pl.Trainer(max_steps=max_steps, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
                       callbacks=list(callbacks), deterministic=False)
 
@@ -131,12 +136,15 @@ def train_student(variant: str, teacher, args, seed: int) -> tuple[torch.nn.Modu
         router = StudentAwareRouter() if variant == "routed" else None
         if router is not None:
             callbacks.append(RoutingSchedule(start_top_k=args.start_top_k, end_top_k=4, start_temperature=2.0, end_temperature=0.5, mode="cosine"))
+            if args.log_dir:
+                callbacks.append(RouterExpertUsage(log_every_n_steps=50))
         module = LMDistillModule(student, copy.deepcopy(teacher), tokenizer="bytes", router=router, loss_weights=weights,
                                  temperature=args.temperature, layer_map={1: 1, 2: 2, 3: 3, 4: 4}, router_lr=args.router_lr,
                                  router_lm_weight=args.router_lm_weight, optimizer=adamw(args.student_lr))
     pl.seed_everything(seed)  # the same batches for every variant
     start = time.perf_counter()
-    t = trainer(args.student_steps, callbacks)
+    logger = TensorBoardLogger(args.log_dir, name=f"{variant}_seed{seed}") if args.log_dir else False
+    t = trainer(args.student_steps, callbacks, logger)
     t.fit(module, data(args))
     seconds = time.perf_counter() - start
     degradation = t.callback_metrics.get("train/teacher_lm_degradation_step")
@@ -228,7 +236,7 @@ def main() -> None:
         results["students"][variant] = {**mean, "per_seed": runs}
     results["wall_minutes"] = (time.perf_counter() - start) / 60
     results["command"], results["machine"] = command(), machine()
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / ("results_no_write.json" if args.no_write else "results.json")).write_text(json.dumps(results, indent=2))
     body = markdown(results, args)
     print(body)
     if not args.no_write:

@@ -126,7 +126,9 @@ def routing_schedule_figure(steps: list[int], top_k: list[int], temperature: lis
     ax_t.set_ylabel("router temperature τ", color="tab:orange")
     if current_step is not None:
         ax_k.axvline(current_step, color="gray", linestyle="--", linewidth=1)
-        ax_k.text(current_step, max(top_k), f" step {current_step}", color="gray", va="top", fontsize=8)
+        late = current_step > (steps[0] + steps[-1]) / 2
+        ax_k.text(current_step, max(top_k), f"step {current_step} " if late else f" step {current_step}", color="gray",
+                  va="top", ha="right" if late else "left", fontsize=8)
     ax_k.set_title(title)
     fig.tight_layout()
     return fig
