@@ -36,9 +36,10 @@ def test_committed_notebook_has_no_outputs():
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="needs the offline MNIST mirror")
 def test_notebook_runs_on_cpu_with_smoke_settings(tmp_path):
-    nb = execute(load(SMOKE=True, TRACKS=["mnist", "lm"], WORKDIR=str(tmp_path / "runs")), tmp_path)
+    # 16-bit as on Kaggle (CPU autocast is bf16; a GPU picks its own, see test_precision_auto_choice)
+    nb = execute(load(SMOKE=True, TRACKS=["mnist", "lm"], PRECISION="bf16-mixed", WORKDIR=str(tmp_path / "runs")), tmp_path)
     text = outputs_text(nb)
-    assert "precision: CPU (no CUDA device): 32-true" in text
+    assert "precision: CPU (no CUDA device): bf16-mixed (as requested)" in text
     assert "| student_kd |" in text and "| teacher |" in text  # the MNIST table
     assert "| student_routed |" in text  # the LM table
     assert list((tmp_path / "runs").rglob("events.out.tfevents.*"))
@@ -54,3 +55,26 @@ def test_bad_parameters_fail_in_the_setup_cell(tmp_path, params, message):
         execute(nb, tmp_path)
     assert message in str(err.value)
     assert not (tmp_path / "runs").exists()  # failed before any training
+
+
+@pytest.mark.parametrize("gpu, expected", [
+    (None, "32-true"),
+    (("Tesla T4", (7, 5), False), "16-mixed"),  # Kaggle T4 / P100: fp16 AMP with a grad scaler
+    (("NVIDIA A100", (8, 0), True), "bf16-mixed"),
+])
+def test_precision_auto_choice(monkeypatch, gpu, expected):
+    import torch
+
+    from lkd.precision import choose_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
+    if gpu is not None:
+        name, capability, bf16 = gpu
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    precision, why = choose_precision("auto")
+    assert precision == expected and expected in why
+    if gpu is not None and not gpu[2]:
+        with pytest.raises(ValueError, match="'bf16-mixed' cannot run on CUDA Tesla T4"):
+            choose_precision("bf16-mixed")
