@@ -19,9 +19,6 @@ made and offloading is a no-op (there is nowhere else to put the teacher).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
@@ -93,43 +90,45 @@ def check_teacher_fits(teacher: nn.Module, student: nn.Module, device: torch.dev
 class TeacherPlacement:
     """Where a frozen teacher lives between uses.
 
-    Without offloading the teacher stays wherever the strategy put the LightningModule. With it, :meth:`park`
-    moves the teacher to CPU memory (called by the module once the strategy has moved the model: in
-    ``on_fit_start`` / ``on_test_start`` / ...), and :meth:`visit` brings it to the compute device for a
-    forward and parks it again afterwards (or later, with ``keep=True``, when a backward still needs its
-    weights: routed distillation). On a CPU compute device both are no-ops.
+    Without offloading the teacher stays wherever the strategy put the LightningModule. With it, hooks on the
+    teacher's own forward move it: before each forward to the device of its input tensors, after it back to
+    CPU memory, so no call site changes. Set :attr:`hold` while a backward through the teacher still needs
+    its weights on the device (routed distillation), then :meth:`park` after the backward. The module parks
+    the teacher once the strategy has moved the model (``on_fit_start``, ``on_test_start``, ...). Inputs on
+    the CPU never move it: on a CPU-only run offloading is a no-op.
     """
 
     def __init__(self, teacher: nn.Module, offload: bool = False):
         self.teacher, self.offload = teacher, offload
+        self.hold = False  # keep the teacher on the device after its forward (a backward through it follows)
         self.moves = 0  # teacher transfers so far (for logs and tests)
         self._where: torch.device | None = None  # where this placement last put the teacher
+        if offload:
+            teacher.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+            teacher.register_forward_hook(self._after_forward)
 
-    def _active(self, device: torch.device) -> bool:
-        return self.offload and device.type != "cpu"
+    def _current(self) -> torch.device:
+        return self._where or next(self.teacher.parameters(), torch.empty(0)).device
 
     def _move(self, device: torch.device) -> None:
-        current = self._where or next(self.teacher.parameters(), torch.empty(0)).device
-        if current != device:
+        if self._current() != device:
             self.teacher.to(device)
             self._where = device
             self.moves += 1
 
-    def park(self, compute_device: torch.device) -> None:
-        """Teacher to CPU memory, when offloading from an accelerator."""
-        if self._active(compute_device):
+    def park(self) -> None:
+        """Teacher to CPU memory (when offloading and it is on an accelerator)."""
+        if self.offload and self._current().type != "cpu":
             self._move(torch.device("cpu"))
 
-    @contextlib.contextmanager
-    def visit(self, compute_device: torch.device, keep: bool = False) -> Iterator[nn.Module]:
-        """The teacher on ``compute_device`` inside the block; parked again after it unless ``keep``."""
-        if self._active(compute_device):
-            self._move(compute_device)
-        try:
-            yield self.teacher
-        finally:
-            if not keep:
-                self.park(compute_device)
+    def _before_forward(self, module, args, kwargs):
+        device = next((t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        if device is not None and device.type != "cpu":
+            self._move(device)
+
+    def _after_forward(self, module, args, output):
+        if not self.hold:
+            self.park()
 
 
 def enable_activation_checkpointing(model: nn.Module) -> nn.Module:

@@ -57,7 +57,8 @@ def test_cpu_runs_are_not_checked():
 
 
 class _RecordingTeacher(torch.nn.Linear):
-    """A teacher whose moves are recorded instead of done (no accelerator here)."""
+    """A teacher whose moves are recorded instead of done, and whose forward returns its input: inputs on the
+    "meta" device stand in for an accelerator's (none here)."""
 
     def __init__(self):
         super().__init__(2, 2)
@@ -67,25 +68,28 @@ class _RecordingTeacher(torch.nn.Linear):
         self.moves.append(str(device))
         return self
 
+    def forward(self, x):
+        return x
+
 
 def test_offloaded_teacher_visits_the_accelerator_only_for_its_forward():
-    cuda = torch.device("cuda", 0)
+    accelerator_batch = torch.empty(3, 2, device="meta")
     teacher = _RecordingTeacher()
     placement = TeacherPlacement(teacher, offload=True)
-    placement.park(cuda)  # already in CPU memory: nothing to do
-    with placement.visit(cuda):
-        assert teacher.moves == ["cuda:0"]
-    assert teacher.moves == ["cuda:0", "cpu"]
-    with placement.visit(cuda, keep=True):  # routed distillation: the backward still needs the weights
-        pass
-    assert teacher.moves == ["cuda:0", "cpu", "cuda:0"]
-    placement.park(cuda)
+    placement.park()  # already in CPU memory: nothing to do
+    teacher(accelerator_batch)
+    assert teacher.moves == ["meta", "cpu"]  # to the input's device for the forward, parked after it
+    placement.hold = True  # routed distillation: the backward still needs the weights
+    teacher(x=accelerator_batch)
+    assert teacher.moves == ["meta", "cpu", "meta"]
+    placement.hold = False
+    placement.park()
     assert teacher.moves[-1] == "cpu" and placement.moves == 4
     # without offloading, or computing on the CPU, the teacher never moves
-    for offload, device in ((False, cuda), (True, torch.device("cpu"))):
+    for offload, batch in ((False, accelerator_batch), (True, torch.zeros(3, 2))):
         still = _RecordingTeacher()
-        with TeacherPlacement(still, offload=offload).visit(device):
-            pass
+        TeacherPlacement(still, offload=offload)
+        still(batch)
         assert still.moves == []
 
 

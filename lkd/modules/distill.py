@@ -113,8 +113,7 @@ class DistillModule(FrozenTeacherHooks, ClassificationModuleBase):
         # inputs in the dtype the teacher is held in (teacher_dtype, or the trainer's under "bf16-true"/"16-true")
         weight = next(self.teacher.parameters(), None)
         images = images.to(weight.dtype) if weight is not None and weight.is_floating_point() else images
-        with self.teacher_placement.visit(images.device) as teacher:
-            return teacher(images).float()  # (B, C) fp32 for the loss
+        return self.teacher(images).float()  # (B, C) fp32 for the loss
 
     @override
     def teardown(self, stage: str) -> None:

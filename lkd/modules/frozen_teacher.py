@@ -34,7 +34,7 @@ class FrozenTeacherHooks(pl.LightningModule):
     def _park_teacher(self) -> None:
         placement = getattr(self, "teacher_placement", None)
         if placement is not None:
-            placement.park(self.device)
+            placement.park()
 
     @override
     def on_fit_start(self) -> None:

@@ -384,8 +384,7 @@ class GLUEDistillModule(FrozenTeacherHooks, GLUEModuleBase):
 
     def teacher_batch_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """``(idx (B,), teacher logits (B, C))`` of a batch (cache building)."""
-        with self.teacher_placement.visit(batch["idx"].device) as teacher:
-            return batch["idx"], teacher(**_inputs(batch)).logits.float()
+        return batch["idx"], self.teacher(**_inputs(batch)).logits.float()
 
     @override
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -400,8 +399,8 @@ class GLUEDistillModule(FrozenTeacherHooks, GLUEModuleBase):
         if self._cache is not None and stage in self._cache.stages:
             teacher_out, t = None, self._cache.logits(stage, batch["idx"])  # (B, C) fp32; hidden is False here
         else:
-            with torch.no_grad(), self.teacher_placement.visit(labels.device) as teacher:
-                teacher_out = teacher(**inputs, output_hidden_states=hidden)
+            with torch.no_grad():
+                teacher_out = self.teacher(**inputs, output_hidden_states=hidden)
             t = teacher_out.logits.float()  # (B, C); the teacher may be held in bf16/fp16
         s = student_out.logits
         if self.is_regression:
