@@ -14,6 +14,7 @@ from lkd.models import MLP
 from lkd.modules import ClassifierModule, DistillModule
 from tests.glue_fixtures import MINILM, TINY_BERT
 from tests.helpers import tiny_cnn, tiny_trainer
+from tests.lm_fixtures import tiny_wikitext  # noqa: F401 - fixture
 
 MiB = 2**20
 
@@ -162,3 +163,27 @@ def test_bf16_true_trains_the_mnist_student(tmp_path, tiny_mnist):
     trainer.fit(module, datamodule=data)
     assert next(module.parameters()).dtype == torch.bfloat16
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+# ---- the language-model track ------------------------------------------------------------------------------
+def test_routed_lm_distillation_with_a_bf16_teacher_and_checkpointed_student(tiny_wikitext, tmp_path):
+    from lkd.data.text import TextDataModule
+    from lkd.models.router import StudentAwareRouter
+    from lkd.modules.lm_distill import LMDistillModule
+    from tests.lm_fixtures import WIKITEXT_CONFIG, tiny_student, tiny_teacher
+
+    module = LMDistillModule(tiny_student(), tiny_teacher(), tokenizer="bytes", router=StudentAwareRouter(),
+                             router_top_k=2, teacher_dtype="bfloat16", activation_checkpointing=True)
+    recomputed = []
+    module.student.model.layers[0].self_attn.register_forward_hook(lambda *a: recomputed.append(module.student.training))
+    teacher_fp32 = module_bytes(module.teacher)
+    before = {k: v.clone() for k, v in module.router.state_dict().items()}
+    data = TextDataModule(str(tiny_wikitext), WIKITEXT_CONFIG, block_size=16, batch_size=4)
+    trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, deterministic=False)
+    trainer.fit(module, data)
+    assert all(p.dtype == torch.bfloat16 for p in module.teacher.parameters())
+    assert module_bytes(module.teacher) == teacher_fp32 // 2  # held in bf16: half the memory
+    assert recomputed.count(True) == 2 * 2  # 2 training steps, layer 0 run again in each backward
+    metrics = trainer.callback_metrics
+    assert all(torch.isfinite(metrics[f"train/{t}_step"]) for t in ("kl", "router_loss", "teacher_lm_degradation"))
+    assert any(not torch.equal(before[k], v) for k, v in module.router.state_dict().items())  # gradient reached it

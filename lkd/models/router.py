@@ -235,7 +235,7 @@ def route_teacher(teacher: nn.Module, router: StudentAwareRouter, ctx: RoutingCo
                     f"sees {logits.shape[0]}: student and teacher must read the same input_ids"
                 )
             mass = teacher_gate_mass(logits, int(self.top_k), bool(getattr(self, "norm_topk_prob", False))).detach()  # (N,)
-            weights, indices = router(layer, logits, ctx, mass=mass)
+            weights, indices = router(layer, logits.float(), ctx, mass=mass.float())  # fp32 router, any teacher dtype
             return logits, weights.to(hidden_states.dtype), indices
 
         return types.MethodType(forward, gate)

@@ -27,10 +27,13 @@ from lkd.losses.lm import (
     lm_cross_entropy,
     validate_loss_weights,
 )
+from lkd.memory import TeacherPlacement, enable_activation_checkpointing
 from lkd.metrics.retention import RetentionMetrics
 from lkd.models import causal_lm
 from lkd.models.router import RoutingContext, StudentAwareRouter, gap_features, require_moe_gates, route_teacher, validate_top_k
 from lkd.modules.base import check_finite_loss
+from lkd.modules.distill import TEACHER_DTYPES, hold_teacher_in
+from lkd.modules.frozen_teacher import FrozenTeacherHooks
 from lkd.modules.lm import LMModuleBase
 
 
@@ -47,7 +50,7 @@ def default_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int
     return {i: round(i * teacher_layers / student_layers) for i in range(1, student_layers + 1)}
 
 
-class LMDistillModule(LMModuleBase):
+class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
     """Teacher → student distillation of causal LMs with up to five weighted losses and an optional router.
 
     Per batch (``input_ids`` (B, T)): the student runs with hidden states / attentions as the active losses
@@ -91,6 +94,13 @@ class LMDistillModule(LMModuleBase):
         router_lr, projection_lr: learning rates of those parameter groups (None: the optimizer's).
         report_dir: where ``lkd test`` writes ``retention.json`` / ``retention.md`` (default: the logger's
             folder, else ``runs/lm_report``).
+        teacher_dtype: dtype the frozen teacher is held and run in (``"bfloat16"`` halves its memory; its outputs
+            are cast to fp32 for the losses). Cast once in ``setup``, after loading ``teacher_ckpt``.
+        teacher_offload: keep the teacher in CPU memory and move it to the accelerator only for its forwards
+            (:class:`lkd.memory.TeacherPlacement`; with a router it stays until the backward through it is done;
+            a no-op on a CPU). Before fitting, teacher and student are checked against the device's free memory.
+        activation_checkpointing: recompute the student's decoder layers in the backward instead of storing
+            their activations (transformers gradient checkpointing): less memory, about one more forward of time.
     """
 
     def __init__(
@@ -113,6 +123,9 @@ class LMDistillModule(LMModuleBase):
         warmup_steps: float = 0.05,
         min_lr_ratio: float = 0.1,
         report_dir: str | None = None,
+        teacher_dtype: str = "float32",
+        teacher_offload: bool = False,
+        activation_checkpointing: bool = False,
     ):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio)
         self.student, self.teacher = student, teacher
@@ -133,6 +146,8 @@ class LMDistillModule(LMModuleBase):
             problems.append(f"router_lm_weight must be >= 0, got {router_lm_weight}")
         if router_temperature <= 0:
             problems.append(f"router_temperature must be > 0, got {router_temperature}")
+        if teacher_dtype not in TEACHER_DTYPES:
+            problems.append(f"teacher_dtype must be one of {list(TEACHER_DTYPES)}, got {teacher_dtype!r}")
         if problems:
             raise ValueError("LMDistillModule: " + "; ".join(problems))
         self.temperature, self.contrastive_temperature = temperature, contrastive_temperature
@@ -168,6 +183,11 @@ class LMDistillModule(LMModuleBase):
             self.router_top_k = router_top_k
         self.router_temperature = float(router_temperature)
         self.teacher.eval().requires_grad_(False)
+        self.teacher_dtype = teacher_dtype
+        self.teacher_placement = TeacherPlacement(self.teacher, offload=teacher_offload)
+        self.teacher.register_forward_hook(_outputs_in_float32)  # a bf16/fp16 teacher's outputs meet fp32 losses
+        if activation_checkpointing:
+            enable_activation_checkpointing(self.student)
         self.test_retention = RetentionMetrics()
         self.save_hyperparameters(ignore=["student", "teacher", "router", "optimizer"])
 
@@ -198,12 +218,9 @@ class LMDistillModule(LMModuleBase):
             self._teacher_loaded = True
             rank_zero_info(f"teacher weights from {self.teacher_ckpt}")
         self.teacher.eval().requires_grad_(False)
-
-    @override
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # frozen teacher: never back to train mode
-        return self
+        hold_teacher_in(self.teacher, self.teacher_dtype)
+        if stage == "fit":
+            self.check_teacher_fits()
 
     def parameter_groups(self) -> list[dict]:
         groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "student"}]
@@ -280,6 +297,7 @@ class LMDistillModule(LMModuleBase):
         hidden, attn = self._needs()
         s_out = self.student(input_ids=input_ids, output_hidden_states=hidden, output_attentions=attn)
         routed = self.router is not None
+        self.teacher_placement.hold = routed and stage == "train"  # the backward runs through the routed teacher
         with torch.no_grad():
             t_native = self.teacher(input_ids=input_ids, output_hidden_states=hidden and not routed,
                                     output_attentions=attn and not routed)
@@ -317,6 +335,11 @@ class LMDistillModule(LMModuleBase):
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
+
+    @override
+    def on_after_backward(self) -> None:
+        self.teacher_placement.hold = False
+        self.teacher_placement.park()  # routed: off the device once the backward through it is done
 
     @override
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -379,6 +402,16 @@ class LMDistillModule(LMModuleBase):
         (folder / "retention.md").write_text("# Distillation report\n\n" + "\n".join(lines) + "\n")
         rank_zero_info(f"retention report written to {folder}/retention.json and retention.md")
         return folder
+
+
+def _outputs_in_float32(module: nn.Module, args, output):
+    """Forward hook: a teacher held in bf16/fp16 hands fp32 logits, hidden states and attentions to the losses."""
+    for key, value in output.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
+            output[key] = value.float()
+        elif isinstance(value, tuple) and value and all(isinstance(v, torch.Tensor) and v.is_floating_point() for v in value):
+            output[key] = tuple(v.float() for v in value)
+    return output
 
 
 def _detach(feats: dict) -> dict:
