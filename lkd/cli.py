@@ -27,6 +27,7 @@ from typing_extensions import override
 
 from lkd.callbacks import LearningRateLogger, PublishBestCheckpoint
 from lkd.callbacks.hparams import HParamsConfigCallback
+from lkd.distributed import check_strategy
 
 CACHE_TEACHER = "cache-teacher"
 
@@ -113,7 +114,9 @@ class LKDCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, unwanted)]
             defaults = self.trainer_defaults.get("callbacks", [])
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": [c for c in defaults if not isinstance(c, unwanted)]}
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        check_strategy(trainer)  # DDP/FSDP asked for with a single process: say so before anything runs
+        return trainer
 
 
 def default_trainer_settings() -> dict:

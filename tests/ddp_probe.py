@@ -19,3 +19,52 @@ class SaveDKVBPerRank(Callback):
             {"keys": dkvb.keys.detach().cpu(), "values": dkvb.values.detach().cpu(), "world_size": trainer.world_size},
             self.out_dir / f"rank{trainer.global_rank}.pt",
         )
+
+
+class SaveRankState(Callback):
+    """Every rank writes what a multi-process test compares: the module's final state, the callbacks' states,
+    the logged metrics, its own validation loss sum (to check the logged value is the global one), how many
+    checkpoints it saved, its share of the training batches and a fingerprint of its first training batch."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def setup(self, trainer, pl_module, stage):
+        self.saves, self.val_sum, self.val_rows, self.first_batch = 0, 0.0, 0, None
+        io = trainer.strategy.checkpoint_io
+        save = io.save_checkpoint
+
+        def counting_save(*args, **kwargs):
+            self.saves += 1
+            return save(*args, **kwargs)
+
+        io.save_checkpoint = counting_save
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.first_batch is None:
+            tensor = batch[0] if isinstance(batch, (tuple, list)) else batch["input_ids"]
+            self.first_batch = float(tensor.float().sum())
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.val_sum, self.val_rows = 0.0, 0
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.sanity_checking or not isinstance(outputs, dict):
+            return
+        rows = len(outputs["labels"])
+        self.val_sum += float(outputs["loss"]) * rows
+        self.val_rows += rows
+
+    def on_fit_end(self, trainer, pl_module):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "world_size": trainer.world_size,
+                "state": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+                "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()},
+                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+                "val_sum": self.val_sum, "val_rows": self.val_rows, "saves": self.saves,
+                "train_batches": trainer.num_training_batches, "first_batch": self.first_batch,
+            },
+            self.out_dir / f"rank{trainer.global_rank}.pt",
+        )

@@ -30,9 +30,12 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
     args += [f"--data.init_args.hub_id={data_root}", "--data.init_args.config=wikitext-2-raw-v1",
              "--data.init_args.train_split=validation[:90%]", "--data.init_args.val_split=validation[90%:]",
              "--data.init_args.test_split=test", "--data.init_args.block_size=16", "--data.init_args.batch_size=2"]
-    precision = yaml.safe_load(config.read_text()).get("trainer", {}).get("precision")
-    if precision == "16-mixed" and not torch.cuda.is_available():
+    trainer = yaml.safe_load(config.read_text()).get("trainer", {})
+    if trainer.get("precision") == "16-mixed" and not torch.cuda.is_available():
         args.append("--trainer.precision=bf16-mixed")  # fp16 autocast needs a GPU
+    if trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        # a multi-GPU (FSDP) config: its strategy is checked in tests/test_ddp_tracks.py; here the rest of it runs
+        args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
     return args
 
 

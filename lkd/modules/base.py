@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from lkd.distributed import SyncedLogging
 from lkd.models.dkvb import DiscreteKeyValueBottleneck
 
 ModelFactory = Callable[[int], nn.Module]
@@ -54,7 +55,7 @@ def check_finite_loss(module: pl.LightningModule, loss: torch.Tensor, terms: dic
     )
 
 
-class ClassificationModuleBase(pl.LightningModule):
+class ClassificationModuleBase(SyncedLogging):
     """Everything the classifier and the distillation module share.
 
     Subclasses implement ``compute_loss(images, labels, stage) -> (logits, loss, terms)`` and

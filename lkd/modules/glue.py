@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
@@ -14,6 +13,7 @@ from typing_extensions import override
 
 from lkd.cache import TeacherCache, attach_teacher_cache
 from lkd.checkpoint import load_network_weights
+from lkd.distributed import SyncedLogging
 from lkd.losses import hidden_cosine_loss, hinton_kd_loss, regression_kd_loss
 from lkd.memory import TeacherPlacement, enable_activation_checkpointing
 from lkd.metrics.glue import glue_metrics, glue_score
@@ -34,7 +34,7 @@ def _inputs(batch: dict) -> dict:
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
 
-class GLUEModuleBase(pl.LightningModule):
+class GLUEModuleBase(SyncedLogging):
     """Metrics, logging, checks and optimisation shared by GLUE fine-tuning and distillation.
 
     Logs ``{stage}/loss``, every loss term, every task metric (``{stage}/acc``, ``/f1``, ``/mcc``,

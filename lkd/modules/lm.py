@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from lkd.distributed import SyncedLogging
 from lkd.losses.lm import lm_cross_entropy
 from lkd.models import causal_lm
 from lkd.modules.base import check_finite_loss
@@ -24,7 +24,7 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class LMModuleBase(pl.LightningModule):
+class LMModuleBase(SyncedLogging):
     """Shared by the LM modules: per-stage mean token loss → perplexity, warm-up + cosine schedule.
 
     Args:

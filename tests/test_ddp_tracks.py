@@ -1,0 +1,146 @@
+"""Every track on two CPU processes (gloo, Lightning's DDP strategy) through the real `lkd` command, from
+YAML plus command-line overrides only: equal parameters on both ranks, globally reduced metrics, data split
+between ranks, checkpoints written once, the router and its schedule identical on every rank."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lkd.cli import LKDCLI
+from lkd.distributed import DistributedSetupError
+from tests.conftest import CONFIGS, REPO_ROOT
+from tests.glue_fixtures import tiny_data_args as glue_data_args
+from tests.glue_fixtures import tiny_model_args as glue_model_args
+from tests.lm_fixtures import tiny_wikitext  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.slow
+
+
+def lkd_two_processes(tmp_path: Path, config: Path, *overrides: str, strategy: str = "ddp") -> list[dict]:
+    """``lkd fit -c config`` on 2 CPU processes; returns what each rank's SaveRankState wrote."""
+    out = tmp_path / "ranks"
+    probe = json.dumps({"class_path": "tests.ddp_probe.SaveRankState", "init_args": {"out_dir": str(out)}})
+    args = [sys.executable, "-m", "lkd", "fit", "-c", str(config), "--trainer.accelerator=cpu", "--trainer.devices=2",
+            f"--trainer.strategy={strategy}", "--trainer.enable_progress_bar=false", f"--trainer.callbacks+={probe}",
+            *overrides]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    return ranks
+
+
+def assert_same_state(rank0: dict, rank1: dict, prefix: str = "") -> None:
+    keys = [k for k in rank0["state"] if k.startswith(prefix)]
+    assert keys and keys == [k for k in rank1["state"] if k.startswith(prefix)]
+    for k in keys:
+        torch.testing.assert_close(rank0["state"][k], rank1["state"][k], rtol=0, atol=1e-6, msg=k)
+
+
+def assert_global_val_loss(rank0: dict, rank1: dict) -> None:
+    """The logged val/loss is the mean over both ranks' rows, and the same number on both ranks."""
+    global_mean = (rank0["val_sum"] + rank1["val_sum"]) / (rank0["val_rows"] + rank1["val_rows"])
+    local = [r["val_sum"] / r["val_rows"] for r in (rank0, rank1)]
+    assert abs(local[0] - local[1]) > 1e-6  # the ranks saw different rows, so an unreduced log would differ
+    for r in (rank0, rank1):
+        assert r["metrics"]["val/loss"] == pytest.approx(global_mean, rel=1e-5)
+
+
+@pytest.fixture()
+def mnist_teacher(tmp_path, tiny_data_args, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "teacher.ckpt"
+    LKDCLI(args=["fit", "-c", str(CONFIGS / "mnist" / "teacher.yaml"), *tiny_data_args, "--trainer.max_epochs=1",
+                 "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+                 f"--best_checkpoint.path={path}"])
+    return path
+
+
+MNIST_RUN = ["--trainer.max_epochs=2", "--trainer.limit_val_batches=1", "--trainer.logger=false"]
+
+
+def test_response_kd_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
+    ranks = lkd_two_processes(tmp_path, CONFIGS / "mnist" / "student_kd.yaml", *tiny_data_args, *MNIST_RUN,
+                              f"--model.init_args.teacher_ckpt={mnist_teacher}", "--best_checkpoint.path=best.ckpt")
+    rank0, rank1 = ranks
+    assert_same_state(rank0, rank1, "student.")  # gradients all-reduced: one model
+    assert_same_state(rank0, rank1, "teacher.")  # the frozen teacher is the same on both and was not trained
+    trained = torch.load(mnist_teacher, weights_only=True)["state_dict"]
+    for key, value in trained.items():  # loaded from the teacher's checkpoint on both ranks
+        if key.startswith("model."):
+            torch.testing.assert_close(rank1["state"]["teacher." + key.removeprefix("model.")], value)
+    # 500 training rows in batches of 50: 10 batches on one process, 5 per rank on two, different rows
+    assert rank0["train_batches"] == rank1["train_batches"] == 5
+    assert rank0["first_batch"] != rank1["first_batch"]
+    assert_global_val_loss(rank0, rank1)
+    assert rank0["metrics"]["val/acc"] == rank1["metrics"]["val/acc"]  # torchmetrics: synced
+    # checkpoints: written by rank 0 only (2 epochs x best + latest), the best one published once
+    assert rank0["saves"] >= 2 and rank1["saves"] == 0
+    assert (tmp_path / "best.ckpt").is_file()
+
+
+def test_dkvb_student_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
+    rank0, rank1 = lkd_two_processes(tmp_path, CONFIGS / "mnist" / "student_dkvb_kd.yaml", *tiny_data_args, *MNIST_RUN,
+                                     f"--model.init_args.teacher_ckpt={mnist_teacher}")
+    assert_same_state(rank0, rank1, "student.")  # values (all-reduced gradients) and keys (synced EMA)
+    assert any("keys" in k or "embed" in k for k in rank0["state"] if k.startswith("student."))
+    assert rank0["callbacks"]["EMAKeyUpdate"] == rank1["callbacks"]["EMAKeyUpdate"]
+    assert_global_val_loss(rank0, rank1)
+
+
+def test_glue_distillation_on_two_processes(tmp_path, tiny_glue):
+    config = CONFIGS / "glue" / "student_kd.yaml"
+    rank0, rank1 = lkd_two_processes(tmp_path, config, *glue_model_args(config), *glue_data_args(tiny_glue),
+                                     "--model.init_args.teacher_ckpt=null", "--trainer.max_steps=3",
+                                     "--trainer.limit_val_batches=1", "--trainer.logger=false")
+    assert_same_state(rank0, rank1, "student.")
+    assert rank0["metrics"]["val/score"] == rank1["metrics"]["val/score"]
+
+
+def test_routed_lm_distillation_on_two_processes(tmp_path, tiny_wikitext):  # noqa: F811
+    from tests.test_lm_configs import tiny_overrides
+
+    config = CONFIGS / "lm" / "student_routed.yaml"
+    rank0, rank1 = lkd_two_processes(tmp_path, config, *tiny_overrides(config, tiny_wikitext),
+                                     "--model.init_args.teacher_ckpt=null", "--trainer.max_steps=4",
+                                     "--trainer.limit_val_batches=1", "--trainer.logger=false")
+    for part in ("student.", "router.", "projections."):
+        assert_same_state(rank0, rank1, part)
+    schedules = [r["callbacks"]["RoutingSchedule"] for r in (rank0, rank1)]
+    assert schedules[0] == schedules[1] and schedules[0]["last_step"] == 3
+    assert rank0["metrics"]["train/loss_step"] == rank1["metrics"]["train/loss_step"]  # reduced, so one number
+    assert rank0["first_batch"] != rank1["first_batch"]
+
+
+def test_ddp_with_a_single_process_is_refused(tmp_path, monkeypatch, tiny_data_args):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DistributedSetupError, match=r"trainer.devices=1 .*HINT: set trainer.devices to 2 or more"):
+        LKDCLI(args=["fit", "-c", str(CONFIGS / "mnist" / "student_scratch.yaml"), *tiny_data_args,
+                     "--trainer.strategy=ddp", "--trainer.devices=1"])
+
+
+def test_fsdp_config_shards_decoder_layers_and_needs_gpus(tmp_path, monkeypatch):
+    """FSDP runs on CUDA devices only (Lightning's rule); the config's strategy is checked here on any machine."""
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import FSDPStrategy, Strategy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeDecoderLayer
+
+    config = CONFIGS / "lm" / "student_kd_fsdp.yaml"
+    parser = ArgumentParser()
+    parser.add_argument("--strategy", type=Strategy)
+    strategy = parser.instantiate(parser.parse_object({"strategy": yaml.safe_load(config.read_text())["trainer"]["strategy"]})).strategy
+    assert isinstance(strategy, FSDPStrategy)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer, Qwen3MoeDecoderLayer}
+    assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    if not torch.cuda.is_available():
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(ValueError, match="requires a GPU accelerator"):
+            LKDCLI(args=["-c", str(config), "--trainer.accelerator=cpu", "--trainer.devices=2"], run=False)
