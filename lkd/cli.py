@@ -27,7 +27,7 @@ from typing_extensions import override
 
 from lkd.callbacks import LearningRateLogger, PublishBestCheckpoint
 from lkd.callbacks.hparams import HParamsConfigCallback
-from lkd.distributed import check_strategy
+from lkd.distributed import check_strategy, check_trainer_settings
 
 CACHE_TEACHER = "cache-teacher"
 
@@ -114,6 +114,7 @@ class LKDCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, unwanted)]
             defaults = self.trainer_defaults.get("callbacks", [])
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": [c for c in defaults if not isinstance(c, unwanted)]}
+        check_trainer_settings(config)  # FSDP off CUDA, more GPUs than exist: before Lightning builds anything
         trainer = super()._instantiate_trainer(config, callbacks)
         check_strategy(trainer)  # DDP/FSDP asked for with a single process: say so before anything runs
         return trainer

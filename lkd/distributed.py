@@ -3,8 +3,11 @@
 Every track runs with ``trainer.strategy: ddp`` (and the LM track with ``fsdp``) from YAML alone; Lightning
 launches the processes, wraps the model and shards the data. What lkd adds:
 
-* :func:`check_strategy`: a multi-process strategy with a single process is refused before anything is
-  built (DDP on one device only adds overhead, and usually means ``devices`` was forgotten);
+* :func:`check_trainer_settings` (before the trainer is built): FSDP on anything but CUDA GPUs, and more GPUs
+  than the machine has, are refused with the setting to change;
+* :func:`check_strategy` (once the trainer is built): a multi-process strategy with a single process is
+  refused before anything runs (DDP on one device only adds overhead, and usually means ``devices`` was
+  forgotten);
 * :class:`SyncedLogging`: values logged with ``self.log`` are averaged over processes (``sync_dist``) whenever
   there is more than one, so ``val/loss`` and every loss term mean the same thing on every rank and in
   TensorBoard. torchmetrics objects synchronise themselves and are left alone.
@@ -12,13 +15,55 @@ launches the processes, wraps the model and shards the data. What lkd adds:
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ParallelStrategy
 from torchmetrics import Metric
 
 
 class DistributedSetupError(ValueError):
     """A multi-process strategy that cannot run as configured."""
+
+
+def check_trainer_settings(settings: dict[str, Any]) -> None:
+    """Check the trainer arguments (as LightningCLI passes them to ``Trainer``) before anything is built.
+
+    * FSDP needs CUDA GPUs: Lightning 2.6 refuses ``strategy: fsdp`` unless ``accelerator`` is ``gpu``/``cuda``,
+      and hands torch's FSDP the device index of its root device, which a CPU does not have (torch then
+      stops with "FSDP needs a non-CPU accelerator device").
+    * ``accelerator: gpu`` with an integer ``devices`` larger than the number of CUDA GPUs visible.
+
+    Raises:
+        DistributedSetupError: every problem found, each with the setting and what would work.
+    """
+    strategy, accelerator = settings.get("strategy", "auto"), settings.get("accelerator", "auto")
+    devices = settings.get("devices", "auto")
+    on_cuda = accelerator in ("gpu", "cuda") or isinstance(accelerator, CUDAAccelerator)
+    visible = torch.cuda.device_count()
+    problems = []
+    fsdp = isinstance(strategy, FSDPStrategy) or (isinstance(strategy, str) and strategy in FSDPStrategy.get_registered_strategies())
+    if fsdp and not on_cuda:
+        problems.append(
+            f"trainer.strategy=fsdp runs on CUDA GPUs only (Lightning shards through torch's FSDP with a CUDA device "
+            f"index), got trainer.accelerator={accelerator!r} with {visible} CUDA GPU(s) visible. HINT: on GPUs set "
+            "trainer.accelerator: gpu and trainer.devices: 2 or more; on CPUs use trainer.strategy: ddp with "
+            "trainer.devices: 2 (each process holds the whole model, gradients are all-reduced)"
+        )
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # the CLI passes "2" as a string
+        devices = int(devices)
+    wanted = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, (list, tuple)) else None
+    if on_cuda and wanted is not None and wanted > visible:
+        problems.append(
+            f"trainer.devices={devices!r} asks for {wanted} CUDA GPU(s), but this machine has {visible}. HINT: "
+            + (f"set trainer.devices to at most {visible} (or -1 for all of them)" if visible else
+               "without a GPU use trainer.accelerator: cpu, where trainer.devices: 2 with trainer.strategy: ddp "
+               "starts 2 processes")
+        )
+    if problems:
+        raise DistributedSetupError("\n".join(problems))
 
 
 def check_strategy(trainer: pl.Trainer) -> None:

@@ -24,13 +24,15 @@ class SaveDKVBPerRank(Callback):
 class SaveRankState(Callback):
     """Every rank writes what a multi-process test compares: the module's final state, the callbacks' states,
     the logged metrics, its own validation loss sum (to check the logged value is the global one), how many
-    checkpoints it saved, its share of the training batches and a fingerprint of its first training batch."""
+    checkpoints it saved, its share of the training batches, the training rows it drew in each epoch and a
+    fingerprint of its first training batch."""
 
     def __init__(self, out_dir: str):
         self.out_dir = Path(out_dir)
 
     def setup(self, trainer, pl_module, stage):
         self.saves, self.val_sum, self.val_rows, self.first_batch = 0, 0.0, 0, None
+        self.epoch_rows: dict[int, list[int]] = {}
         io = trainer.strategy.checkpoint_io
         save = io.save_checkpoint
 
@@ -39,6 +41,11 @@ class SaveRankState(Callback):
             return save(*args, **kwargs)
 
         io.save_checkpoint = counting_save
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        # the rows this rank draws this epoch: indices into the training set, from the loader's sampler (under
+        # DDP, Lightning's DistributedSamplerWrapper around lkd's seeded sampler)
+        self.epoch_rows[trainer.current_epoch] = [int(i) for i in trainer.train_dataloader.sampler]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.first_batch is None:
@@ -65,6 +72,7 @@ class SaveRankState(Callback):
                 "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
                 "val_sum": self.val_sum, "val_rows": self.val_rows, "saves": self.saves,
                 "train_batches": trainer.num_training_batches, "first_batch": self.first_batch,
+                "epoch_rows": self.epoch_rows,
             },
             self.out_dir / f"rank{trainer.global_rank}.pt",
         )

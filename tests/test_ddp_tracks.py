@@ -22,14 +22,15 @@ pytestmark = pytest.mark.slow
 
 
 def lkd_two_processes(tmp_path: Path, config: Path, *overrides: str, strategy: str = "ddp") -> list[dict]:
-    """``lkd fit -c config`` on 2 CPU processes; returns what each rank's SaveRankState wrote."""
-    out = tmp_path / "ranks"
+    """``lkd fit -c config`` on 2 CPU processes in ``tmp_path/run``; returns what each rank's SaveRankState wrote."""
+    out, run = tmp_path / "ranks", tmp_path / "run"
+    run.mkdir()
     probe = json.dumps({"class_path": "tests.ddp_probe.SaveRankState", "init_args": {"out_dir": str(out)}})
     args = [sys.executable, "-m", "lkd", "fit", "-c", str(config), "--trainer.accelerator=cpu", "--trainer.devices=2",
             f"--trainer.strategy={strategy}", "--trainer.enable_progress_bar=false", f"--trainer.callbacks+={probe}",
             *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(args, cwd=run, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -41,6 +42,19 @@ def assert_same_state(rank0: dict, rank1: dict, prefix: str = "") -> None:
     assert keys and keys == [k for k in rank1["state"] if k.startswith(prefix)]
     for k in keys:
         torch.testing.assert_close(rank0["state"][k], rank1["state"][k], rtol=0, atol=1e-6, msg=k)
+
+
+def assert_rows_split(rank0: dict, rank1: dict, rows: int, epochs: int) -> None:
+    """Each epoch the two ranks draw disjoint halves of the training set, and a new order every epoch."""
+    for epoch in range(epochs):
+        a, b = rank0["epoch_rows"][epoch], rank1["epoch_rows"][epoch]
+        assert len(a) == len(b) == rows // 2 and not set(a) & set(b) and sorted(a + b) == list(range(rows))
+    if epochs > 1:  # set_epoch reaches lkd's seeded sampler through Lightning's wrapper
+        assert rank0["epoch_rows"][0] != rank0["epoch_rows"][1]
+
+
+def run_files(tmp_path: Path) -> set[str]:
+    return {str(p.relative_to(tmp_path / "run")) for p in (tmp_path / "run").rglob("*") if p.is_file()}
 
 
 def assert_global_val_loss(rank0: dict, rank1: dict) -> None:
@@ -78,11 +92,14 @@ def test_response_kd_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
     # 500 training rows in batches of 50: 10 batches on one process, 5 per rank on two, different rows
     assert rank0["train_batches"] == rank1["train_batches"] == 5
     assert rank0["first_batch"] != rank1["first_batch"]
+    assert_rows_split(rank0, rank1, rows=500, epochs=2)
     assert_global_val_loss(rank0, rank1)
     assert rank0["metrics"]["val/acc"] == rank1["metrics"]["val/acc"]  # torchmetrics: synced
     # checkpoints: written by rank 0 only (2 epochs x best + latest), the best one published once
     assert rank0["saves"] >= 2 and rank1["saves"] == 0
-    assert (tmp_path / "best.ckpt").is_file()
+    files = run_files(tmp_path)
+    best = [f for f in files if f.startswith("runs/checkpoints/ep")]  # top-1 by val/acc: one file
+    assert len(best) == 1 and files - set(best) == {"best.ckpt", "runs/config.yaml", "runs/checkpoints/latest.ckpt"}
 
 
 def test_dkvb_student_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
@@ -142,5 +159,15 @@ def test_fsdp_config_shards_decoder_layers_and_needs_gpus(tmp_path, monkeypatch)
     assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
     if not torch.cuda.is_available():
         monkeypatch.chdir(tmp_path)
-        with pytest.raises(ValueError, match="requires a GPU accelerator"):
+        with pytest.raises(DistributedSetupError, match=r"trainer.strategy=fsdp runs on CUDA GPUs only.*'cpu'.*"
+                           r"HINT: .*on CPUs use trainer.strategy: ddp with trainer.devices: 2"):
             LKDCLI(args=["-c", str(config), "--trainer.accelerator=cpu", "--trainer.devices=2"], run=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for more GPUs than a CPU machine has")
+def test_more_gpus_than_the_machine_has_is_refused(tmp_path, monkeypatch, tiny_data_args):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DistributedSetupError, match=r"trainer.devices=2 asks for 2 CUDA GPU\(s\), but this machine "
+                                                    r"has 0\. HINT: .*trainer.accelerator: cpu"):
+        LKDCLI(args=["fit", "-c", str(CONFIGS / "mnist" / "student_scratch.yaml"), *tiny_data_args,
+                     "--trainer.accelerator=gpu", "--trainer.devices=2", "--trainer.strategy=ddp"])
