@@ -10,7 +10,8 @@ a ``latest.ckpt`` rewritten every epoch (to resume a crashed run from) and, with
 a copy of its best checkpoint at a stable path.
 
 ``cache-teacher`` takes the same arguments as ``fit`` plus ``--dtype`` and ``--overwrite``: it runs the
-config's frozen teacher once over the training and validation splits and writes the logits to
+config's frozen teacher once over the training and validation splits and writes the logits (language models:
+the top-k log-probabilities and token ids of every position) to
 ``model.init_args.teacher_cache``, the file the same config's ``fit`` then reads (:mod:`lkd.cache`).
 """
 
@@ -87,9 +88,9 @@ class LKDCLI(LightningCLI):
         from lkd.cache import TeacherCacheError, build_teacher_cache
 
         path = getattr(self.model, "teacher_cache", None)
-        if not hasattr(self.model, "teacher_batch_logits"):
+        if not hasattr(self.model, "teacher_batch_logits") and not hasattr(self.model, "teacher_batch_targets"):
             raise TeacherCacheError(
-                f"cache-teacher needs a distillation module (DistillModule, GLUEDistillModule), got "
+                f"cache-teacher needs a distillation module (DistillModule, GLUEDistillModule, LMDistillModule), got "
                 f"{type(self.model).__name__}"
             )
         if path is None:

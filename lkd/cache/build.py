@@ -12,7 +12,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lkd.cache import sources
-from lkd.cache.store import STORAGE_DTYPES, TeacherCache, TeacherCacheError, teacher_fingerprint, write_cache
+from lkd.cache.store import (
+    LOGITS_TARGETS,
+    STORAGE_DTYPES,
+    TeacherCache,
+    TeacherCacheError,
+    encode_token_ids,
+    teacher_fingerprint,
+    write_cache,
+)
 
 
 def build_teacher_cache(
@@ -27,9 +35,11 @@ def build_teacher_cache(
 ) -> TeacherCache:
     """Run ``module``'s frozen teacher once over the training (and validation) split and store its logits.
 
-    ``module`` is a distillation module with ``load_teacher()`` and ``teacher_batch_logits(batch) ->
-    (sample_ids (B,), logits (B, C))`` (:class:`lkd.modules.DistillModule`,
-    :class:`lkd.modules.GLUEDistillModule`). The data are read in order and unaugmented.
+    ``module`` is a distillation module with ``load_teacher()`` and either ``teacher_batch_logits(batch) ->
+    (sample_ids (B,), logits (B, C))`` (:class:`lkd.modules.DistillModule`, :class:`lkd.modules.GLUEDistillModule`)
+    or ``teacher_batch_targets(batch) -> (sample_ids (B,), {field: tensor})`` plus ``teacher_cache_targets()``
+    (:class:`lkd.modules.lm_distill.LMDistillModule`: top-k log-probabilities and token ids). The data are
+    read in order and unaugmented.
     ``forward_context`` wraps each teacher forward (the trainer's precision context, so cached logits are
     those a live teacher would give under the same precision).
 
@@ -45,6 +55,9 @@ def build_teacher_cache(
     started = time.perf_counter()
     if hasattr(datamodule, "connect") and hasattr(module, "tokenizer_name"):
         datamodule.connect(module.tokenizer_name, getattr(module, "max_length", None))  # GLUE: the model's tokenizer
+    if getattr(datamodule, "tokenizer_arg", "") is None:  # text: the model's tokenizer (no trainer to ask here)
+        datamodule.tokenizer_arg = module.tokenizer
+    targets = module.teacher_cache_targets() if hasattr(module, "teacher_cache_targets") else dict(LOGITS_TARGETS)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module.load_teacher()
@@ -55,26 +68,33 @@ def build_teacher_cache(
             continue
         identity = sources.split_identity(datamodule, stage)
         expected_ids = sources.sample_ids(datamodule, stage)
-        ids, logits = [], []
+        ids, parts = [], {}
         with torch.no_grad(), forward_context():
             for batch in sources.ordered_batches(datamodule, stage, torch.device(device)):
-                batch_ids, batch_logits = module.teacher_batch_logits(batch)
+                if hasattr(module, "teacher_batch_targets"):
+                    batch_ids, fields = module.teacher_batch_targets(batch)
+                else:
+                    batch_ids, logits = module.teacher_batch_logits(batch)
+                    fields = {"logits": logits}
                 ids.append(batch_ids.cpu())
-                logits.append(batch_logits.float().cpu())
-        ids, logits = torch.cat(ids).long(), torch.cat(logits)  # (N,), (N, C)
+                for name, value in fields.items():
+                    parts.setdefault(name, []).append(value.cpu())
+        ids = torch.cat(ids).long()  # (N,)
         if not torch.equal(ids, expected_ids):
             raise TeacherCacheError(f"the {stage} loader did not yield the split's rows in order; cannot key the cache")
-        stored = _to_storage(logits, dtype, stage)
-        splits[stage] = {
-            "identity": asdict(identity),
-            "sample_ids": ids,
-            "logits": stored,
-            "max_abs_error": float((stored.float() - logits).abs().max()) if logits.numel() else 0.0,
-        }
+        split, error = {"identity": asdict(identity), "sample_ids": ids}, 0.0
+        for name, values in parts.items():
+            full = torch.cat(values)
+            if full.is_floating_point():  # logits / log-probabilities: the storage dtype, error measured
+                split[name] = _to_storage(full.float(), dtype, stage)
+                error = max(error, float((split[name].float() - full.float()).abs().max()) if full.numel() else 0.0)
+            else:  # token ids
+                split[name] = encode_token_ids(full, int(targets["vocab"]))
+        splits[stage] = {**split, "max_abs_error": error}
     if "train" not in splits:
         raise TeacherCacheError("the data module has an empty training split; nothing to cache")
     fingerprint = teacher_fingerprint(module.teacher.cpu(), getattr(module, "teacher_ckpt", None))
-    write_cache(path, teacher=fingerprint, splits=splits, dtype=dtype)
+    write_cache(path, teacher=fingerprint, splits=splits, dtype=dtype, targets=targets)
     cache = TeacherCache.load(path)
     summary = ", ".join(f"{s} {len(v['sample_ids'])} rows (max |error| {v['max_abs_error']:.2e})" for s, v in splits.items())
     rank_zero_info(
@@ -95,7 +115,7 @@ def _to_storage(logits: torch.Tensor, dtype: str, stage: str) -> torch.Tensor:
     return stored
 
 
-def attach_teacher_cache(module: pl.LightningModule, path: str | Path, *, num_classes: int) -> TeacherCache:
+def attach_teacher_cache(module: pl.LightningModule, path: str | Path, *, num_classes: int | None = None) -> TeacherCache:
     """Load the cache at ``path`` and check it against ``module``'s teacher and its trainer's data module
     (called from the module's ``setup("fit")``, after the data module's setup and the teacher's loading).
 
@@ -117,8 +137,9 @@ def attach_teacher_cache(module: pl.LightningModule, path: str | Path, *, num_cl
         trainer.strategy.barrier("lkd_teacher_cache")
     cache = TeacherCache.load(path)
     identities = {s: sources.split_identity(datamodule, s) for s in sources.CACHED_STAGES if sources.has_split(datamodule, s)}
+    targets = module.teacher_cache_targets() if hasattr(module, "teacher_cache_targets") else None
     cache.check(teacher_fingerprint(module.teacher, getattr(module, "teacher_ckpt", None)), identities,
-                num_classes=num_classes)
+                num_classes=num_classes, targets=targets)
     if hasattr(datamodule, "emit_sample_ids"):
         datamodule.emit_sample_ids = True
     live = [s for s in identities if s not in cache.stages]

@@ -1,7 +1,9 @@
 """Which data a teacher cache covers: split identities and ordered, unaugmented batches per data module.
 
-Supported: :class:`lkd.data.MNISTDataModule` (key: the image's row in the hub split) and
-:class:`lkd.data.GLUEDataModule` (key: the GLUE ``idx`` column, so a seeded ``train_size`` subset works).
+Supported: :class:`lkd.data.MNISTDataModule` (key: the image's row in the hub split),
+:class:`lkd.data.GLUEDataModule` (key: the GLUE ``idx`` column, so a seeded ``train_size`` subset works) and
+:class:`lkd.data.text.TextDataModule` (key: the block's row in the split's token blocks; the blocks themselves,
+so tokenizer, block size and text, are the content hash).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
 from lkd.data.continual import NonStationaryMNISTDataModule
 from lkd.data.glue import GLUEDataModule
 from lkd.data.mnist import MNISTDataModule
+from lkd.data.text import TextDataModule
 
 CACHED_STAGES = ("train", "val")
 """Training stages a cache holds: the training split, and the validation split when there is one."""
@@ -29,9 +32,10 @@ def check_supported(datamodule: pl.LightningDataModule | None) -> None:
             "a teacher cache does not support NonStationaryMNISTDataModule (its training data changes per stage). "
             "HINT: run the teacher live (drop model.init_args.teacher_cache)."
         )
-    if not isinstance(datamodule, (MNISTDataModule, GLUEDataModule)):
+    if not isinstance(datamodule, (MNISTDataModule, GLUEDataModule, TextDataModule)):
         raise TeacherCacheError(
-            f"a teacher cache needs an MNISTDataModule or GLUEDataModule, got {type(datamodule).__name__}. HINT: "
+            f"a teacher cache needs an MNISTDataModule, GLUEDataModule or TextDataModule, got "
+            f"{type(datamodule).__name__}. HINT: "
             "pass the data as a data module (trainer.fit(model, datamodule=...)), not as bare dataloaders."
         )
     if isinstance(datamodule, MNISTDataModule) and datamodule.max_shift > 0:
@@ -80,6 +84,16 @@ def split_identity(datamodule: pl.LightningDataModule, stage: str) -> SplitIdent
             content_sha256=sha256_tensors(columns),
             tokenizer=datamodule.tokenizer_name,
         )
+    if isinstance(datamodule, TextDataModule):
+        blocks = datamodule.datasets[name]
+        return SplitIdentity(
+            dataset=f"TextDataModule {datamodule.hub_id}/{datamodule.config} block_size={datamodule.block_size}",
+            split=datamodule.splits[name],
+            rows=len(blocks),
+            sample_ids_sha256=sha256_tensors({"ids": blocks.sample_ids}),
+            content_sha256=sha256_tensors({"blocks": blocks.blocks}),  # (N, block_size) token ids
+            tokenizer=datamodule.tokenizer_name,
+        )
     ds = datamodule.datasets[name]
     return SplitIdentity(
         dataset=f"MNISTDataModule {datamodule.hub_id}/{datamodule.config}",
@@ -104,7 +118,7 @@ def ordered_batches(datamodule: pl.LightningDataModule, stage: str, device: torc
     name = split_name(datamodule, stage)
     if isinstance(datamodule, GLUEDataModule):
         loader = datamodule._loader(name)  # eval batch size, no shuffling
-    else:
+    else:  # MNIST, text: the module's own loader with sample ids, unshuffled
         datamodule.emit_sample_ids = True
         loader = datamodule._loader(name, shuffle=False)
     for batch in loader:

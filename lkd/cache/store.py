@@ -19,6 +19,19 @@ A cache is one ``torch.save`` file of plain tensors, strings and numbers (read b
       },
     }
 
+Language models (:class:`lkd.modules.lm_distill.LMDistillModule`) store, instead of ``logits``, the teacher's
+top-k tokens at every position of every block, and the file says what it holds::
+
+      "targets": {"kind": "lm_topk", "k": 32, "temperature": 4.0, "vocab": 49152},
+      "splits": {"train": {..., "topk_logprobs": Tensor (N, T, k),   # log softmax(z / T) of the top-k, fp16
+                                "topk_indices": Tensor (N, T, k),    # token ids, int16 (offset) or int32
+                                ...}}
+
+so a cache is ``k · (2 + 2)`` bytes per token for vocabularies up to 65,536 (ids stored as int16 minus
+32,768), ``k · (2 + 4)`` above; the full fp16 distribution would be ``2 · V``. The distillation loss reads
+them through :func:`lkd.losses.kd.topk_kd_kl_div` (top-k plus a tail bucket for the rest of the mass). ``k``,
+``T`` and the vocabulary are checked like the rest of the identity.
+
 Everything under ``teacher`` and ``identity`` except ``teacher.checkpoint`` (a path, for messages) is
 compared with the run that reads the cache; any difference is a stale cache and is refused
 (:class:`StaleTeacherCacheError`), listing each differing field.
@@ -43,6 +56,22 @@ from torch import nn
 
 FORMAT = "lkd.teacher_cache/1"
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+LOGITS_TARGETS = {"kind": "logits"}
+"""What a classification cache holds (files without a ``targets`` entry)."""
+_INT16_OFFSET = 32768
+
+
+def encode_token_ids(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Token ids in the smallest signed dtype that holds the vocabulary: int16 (offset by 32,768) up to
+    65,536 tokens, else int32."""
+    if vocab <= 2 * _INT16_OFFSET:
+        return (ids.long() - _INT16_OFFSET).to(torch.int16)
+    return ids.to(torch.int32)
+
+
+def decode_token_ids(stored: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode_token_ids`: int64 token ids."""
+    return stored.long() + _INT16_OFFSET if stored.dtype == torch.int16 else stored.long()
 
 
 class TeacherCacheError(ValueError):
@@ -145,16 +174,23 @@ class TeacherCache:
     def dtype(self) -> str:
         return self.content["dtype"]
 
-    def num_classes(self) -> int:
-        return int(next(iter(self.content["splits"].values()))["logits"].shape[-1])
+    @property
+    def targets(self) -> dict:
+        """What the cache holds: ``{"kind": "logits"}`` or ``{"kind": "lm_topk", "k", "temperature", "vocab"}``."""
+        return dict(self.content.get("targets", LOGITS_TARGETS))
+
+    def num_classes(self) -> int | None:
+        split = next(iter(self.content["splits"].values()))
+        return int(split["logits"].shape[-1]) if "logits" in split else None
 
     def bytes_per_example(self) -> float:
-        """Stored bytes per example: logits plus the int64 sample id."""
+        """Stored bytes per example (an image, a sentence, a block of tokens): every tensor of the train split."""
         split = self.content["splits"]["train"]
         n = max(len(split["sample_ids"]), 1)
-        return (split["logits"].numel() * split["logits"].element_size() + split["sample_ids"].numel() * 8) / n
+        return sum(t.numel() * t.element_size() for t in split.values() if isinstance(t, torch.Tensor)) / n
 
-    def check(self, teacher: Mapping, identities: Mapping[str, SplitIdentity], *, num_classes: int) -> None:
+    def check(self, teacher: Mapping, identities: Mapping[str, SplitIdentity], *, num_classes: int | None = None,
+              targets: Mapping | None = None) -> None:
         """Refuse the cache unless it was written for this teacher and these splits.
 
         ``identities``: the current run's splits by stage; ``train`` must be in the cache, other stages
@@ -164,7 +200,8 @@ class TeacherCache:
             StaleTeacherCacheError: every differing field, cache value vs this run's, plus a HINT.
         """
         lines = _differences("teacher", self.content["teacher"], teacher, ignore=("checkpoint",))
-        if self.num_classes() != num_classes:
+        lines += _differences("targets", self.targets, dict(targets or LOGITS_TARGETS))
+        if num_classes is not None and self.num_classes() != num_classes:
             lines.append(f"  logits: cache has {self.num_classes()} classes vs this run {num_classes}")
         if "train" not in self.content["splits"]:
             lines.append(f"  splits: the cache has no 'train' split (it has {self.stages})")
@@ -186,6 +223,16 @@ class TeacherCache:
         Raises:
             TeacherCacheError: some ids are not in the cache (listed).
         """
+        return self._rows(stage, sample_ids, "logits").float()  # (B, C)
+
+    def topk(self, stage: str, sample_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A language-model cache's targets for blocks ``sample_ids`` (B,): top-k log-probabilities (B, T, k)
+        fp32 and token ids (B, T, k) int64, on the ids' device."""
+        logprobs, stored_ids = self._rows(stage, sample_ids, "topk_logprobs", "topk_indices")
+        return logprobs.float(), decode_token_ids(stored_ids)
+
+    def _rows(self, stage: str, sample_ids: torch.Tensor, *fields: str):
+        """The rows of ``fields`` for ``sample_ids`` (kept on the ids' device after the first call)."""
         device = sample_ids.device
         key = (stage, device)
         if key not in self._on_device:
@@ -193,8 +240,9 @@ class TeacherCache:
             ids = split["sample_ids"]
             row_of_id = torch.full((int(ids.max()) + 2,), -1, dtype=torch.long)  # last slot: any unknown id
             row_of_id[ids] = torch.arange(len(ids))
-            self._on_device[key] = (row_of_id.to(device), split["logits"].to(device))
-        row_of_id, logits = self._on_device[key]
+            tensors = {k: v.to(device) for k, v in split.items() if isinstance(v, torch.Tensor) and k != "sample_ids"}
+            self._on_device[key] = (row_of_id.to(device), tensors)
+        row_of_id, tensors = self._on_device[key]
         ids = sample_ids.long().clamp(-1, len(row_of_id) - 1)
         ids = torch.where(ids < 0, len(row_of_id) - 1, ids)
         rows = row_of_id[ids]  # (B,)
@@ -204,14 +252,18 @@ class TeacherCache:
                 f"teacher cache {self.path} has no {stage} rows for sample ids {missing[:10]}"
                 f"{' ...' if len(missing) > 10 else ''} ({len(missing)} missing). HINT: rebuild the cache for this data."
             )
-        return logits[rows].float()  # (B, C)
+        picked = tuple(tensors[f][rows] for f in fields)
+        return picked[0] if len(picked) == 1 else picked
 
 
-def write_cache(path: str | Path, *, teacher: Mapping, splits: Mapping[str, dict], dtype: str) -> Path:
+def write_cache(path: str | Path, *, teacher: Mapping, splits: Mapping[str, dict], dtype: str,
+                targets: Mapping | None = None) -> Path:
     """Write a cache file atomically (a temporary file renamed into place)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     content = {"format": FORMAT, "dtype": dtype, "teacher": dict(teacher), "splits": dict(splits)}
+    if targets is not None and dict(targets) != LOGITS_TARGETS:
+        content["targets"] = dict(targets)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(content, tmp)
     os.replace(tmp, path)

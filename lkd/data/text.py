@@ -27,15 +27,23 @@ class BlockSizeError(ValueError):
 
 
 class TokenBlocks(Dataset):
-    """Fixed-length token blocks; item ``i`` is ``{"input_ids": (block_size,) int64}``."""
+    """Fixed-length token blocks; item ``i`` is ``{"input_ids": (block_size,) int64}``, plus ``"sample_id"``
+    (the block's row ``i``, the key of a teacher cache) once ``emit_sample_ids`` is set."""
 
     def __init__(self, blocks: torch.Tensor):
         self.blocks = blocks  # (N, block_size)
+        self.emit_sample_ids = False
+
+    @property
+    def sample_ids(self) -> torch.Tensor:
+        return torch.arange(len(self))
 
     def __len__(self) -> int:
         return self.blocks.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.emit_sample_ids:
+            return {"input_ids": self.blocks[i], "sample_id": torch.tensor(i)}
         return {"input_ids": self.blocks[i]}
 
 
@@ -138,7 +146,9 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.tokenizer_arg, self.max_blocks, self.num_workers = tokenizer, max_blocks, num_workers
         self.tokenizer = None
+        self.tokenizer_name: str | None = None
         self.datasets: dict[str, TokenBlocks] = {}
+        self.emit_sample_ids = False  # batches carry "sample_id" (B,) (set by a module reading a teacher cache)
 
     # ---- tokenizer and context ------------------------------------------------------------------------
     def _model(self):
@@ -157,6 +167,7 @@ class TextDataModule(pl.LightningDataModule):
                 "TextDataModule has no tokenizer: pass tokenizer=... or attach it to a trainer whose "
                 "LightningModule has a `tokenizer` (CausalLMModule, LMDistillModule)"
             )
+        self.tokenizer_name = source if isinstance(source, str) else type(source).__name__  # names the data version
         return load_tokenizer(source) if isinstance(source, str) else source
 
     def check_block_size(self) -> None:
@@ -204,6 +215,7 @@ class TextDataModule(pl.LightningDataModule):
         if key not in self.datasets:
             self.setup({"train": "fit", "val": "fit", "test": "test"}[key])
         size = self.batch_size if key == "train" else self.eval_batch_size
+        self.datasets[key].emit_sample_ids = self.emit_sample_ids
         return DataLoader(self.datasets[key], batch_size=size, shuffle=shuffle, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 

@@ -38,6 +38,66 @@ def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return kl * temperature**2
 
 
+def teacher_topk(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most likely classes of ``softmax(teacher_logits / T)`` and their log-probabilities: what a
+    top-k teacher cache stores for :func:`topk_kd_kl_div`.
+
+    Args:
+        teacher_logits: (..., V).
+    Returns:
+        (log-probabilities (..., k) fp32, in descending order; indices (..., k) int64).
+    """
+    if not 1 <= k <= teacher_logits.shape[-1]:
+        raise ValueError(f"k must be in 1..{teacher_logits.shape[-1]} (the vocabulary), got {k}")
+    logprobs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return logprobs.topk(k, dim=-1)
+
+
+def topk_kd_kl_div(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_indices: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """:func:`kd_kl_div` against a teacher known only by its top-k classes, with a **tail bucket**.
+
+    The teacher's distribution at temperature T is kept as k + 1 outcomes: its k most likely tokens, with
+    their stored log-probabilities, and "any other token", with the remaining mass 1 − Σ p_t. The student's
+    distribution is bucketed the same way (its own probability of those k tokens, and the log-sum-exp of all
+    the others), and the KL between the two (k + 1)-outcome distributions is taken, times T²:
+
+        L = T² · mean_tokens [ Σ_{i ∈ top-k} p_t(i) (log p_t(i) − log p_s(i)) + p_tail (log p_tail − log q_tail) ]
+
+    Unlike renormalising over the top-k, this keeps the teacher's absolute probabilities (a student that puts
+    too much mass outside the top-k is penalised) and it is exactly :func:`kd_kl_div` when k is the whole
+    vocabulary (the tail is then empty and dropped). The stored log-probabilities must be those of
+    ``softmax(z / T)`` with the same T (:func:`teacher_topk`).
+
+    Args:
+        student_logits: (..., V).
+        teacher_logprobs: (..., k) log-probabilities of the teacher's top-k tokens at temperature T.
+        teacher_indices: (..., k) their token ids.
+        temperature: T > 0.
+    Returns:
+        0-d tensor, averaged over all leading positions.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if teacher_logprobs.shape != teacher_indices.shape or teacher_logprobs.shape[:-1] != student_logits.shape[:-1]:
+        raise ValueError(
+            f"top-k targets {tuple(teacher_logprobs.shape)} / indices {tuple(teacher_indices.shape)} do not match "
+            f"student logits {tuple(student_logits.shape)} (expected (..., k) with the same leading shape)"
+        )
+    vocab, k = student_logits.shape[-1], teacher_logprobs.shape[-1]
+    s = student_logits.float() / temperature
+    log_z = torch.logsumexp(s, dim=-1, keepdim=True)  # (..., 1)
+    indices = teacher_indices.long()
+    s_top = s.gather(-1, indices) - log_z  # (..., k) student log-probabilities of the teacher's top-k
+    t_top = teacher_logprobs.float()
+    kl = (t_top.exp() * (t_top - s_top)).sum(-1)  # (...,)
+    if k < vocab:
+        t_tail = (1 - t_top.exp().sum(-1)).clamp_min(1e-12)  # (...,) teacher mass outside its top-k
+        s_tail = torch.logsumexp(s.scatter(-1, indices, float("-inf")), dim=-1) - log_z.squeeze(-1)  # (...,)
+        kl = kl + t_tail * (t_tail.log() - s_tail)
+    return kl.mean() * temperature**2
+
+
 def hinton_kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

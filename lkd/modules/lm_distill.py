@@ -16,7 +16,8 @@ from torch import nn
 from typing_extensions import override
 
 from lkd.checkpoint import load_network_weights
-from lkd.losses.kd import kd_kl_div
+from lkd.cache import TeacherCache, TeacherCacheError, attach_teacher_cache
+from lkd.losses.kd import kd_kl_div, teacher_topk, topk_kd_kl_div
 from lkd.losses.lm import (
     DEFAULT_LOSS_WEIGHTS,
     attention_transfer_loss,
@@ -101,6 +102,11 @@ class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
             a no-op on a CPU). Before fitting, teacher and student are checked against the device's free memory.
         activation_checkpointing: recompute the student's decoder layers in the backward instead of storing
             their activations (transformers gradient checkpointing): less memory, about one more forward of time.
+        teacher_cache: a top-k teacher cache (``lkd cache-teacher``, :mod:`lkd.cache`; written at the first fit
+            if missing, refused if stale) to read the train and validation targets from instead of running the
+            teacher: the KL then uses :func:`lkd.losses.kd.topk_kd_kl_div` (top-k + tail bucket). Only the ``kl``
+            and ``ce`` losses can be served from logits, and routing needs the live teacher. Test runs it live.
+        teacher_cache_top_k: tokens per position the cache keeps (k · 4 bytes per token up to 65,536 tokens).
     """
 
     def __init__(
@@ -126,6 +132,8 @@ class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
         teacher_dtype: str = "float32",
         teacher_offload: bool = False,
         activation_checkpointing: bool = False,
+        teacher_cache: str | None = None,
+        teacher_cache_top_k: int = 32,
     ):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio)
         self.student, self.teacher = student, teacher
@@ -148,6 +156,8 @@ class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
             problems.append(f"router_temperature must be > 0, got {router_temperature}")
         if teacher_dtype not in TEACHER_DTYPES:
             problems.append(f"teacher_dtype must be one of {list(TEACHER_DTYPES)}, got {teacher_dtype!r}")
+        if teacher_cache is not None:
+            problems += self._cache_problems(router, loss_weights, teacher_cache_top_k, tv)
         if problems:
             raise ValueError("LMDistillModule: " + "; ".join(problems))
         self.temperature, self.contrastive_temperature = temperature, contrastive_temperature
@@ -184,6 +194,8 @@ class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
         self.router_temperature = float(router_temperature)
         self.teacher.eval().requires_grad_(False)
         self.teacher_dtype = teacher_dtype
+        self.teacher_cache, self.teacher_cache_top_k = teacher_cache, teacher_cache_top_k
+        self._cache: TeacherCache | None = None  # attached in setup("fit")
         self.teacher_placement = TeacherPlacement(self.teacher, offload=teacher_offload)
         self.teacher.register_forward_hook(_outputs_in_float32)  # a bf16/fp16 teacher's outputs meet fp32 losses
         if activation_checkpointing:
@@ -211,16 +223,56 @@ class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
     def context_length(self) -> int:
         return min(causal_lm.context_length(self.student), causal_lm.context_length(self.teacher))
 
+    @staticmethod
+    def _cache_problems(router, loss_weights, top_k: int, vocab: int) -> list[str]:
+        """Why a logit cache cannot serve this configuration (empty: it can)."""
+        problems = []
+        if router is not None:
+            problems.append("teacher_cache cannot serve routed distillation (the router re-runs the teacher's experts "
+                            "every step); drop model.init_args.router or the cache")
+        weights = DEFAULT_LOSS_WEIGHTS if loss_weights is None else loss_weights
+        needs_teacher = {k: v for k, v in weights.items() if k not in ("kl", "ce") and v > 0}
+        if needs_teacher:
+            problems.append(f"teacher_cache holds top-k log-probabilities only, but loss_weights {needs_teacher} need the "
+                            "teacher's hidden states or attentions; set them to 0 (kl and ce only) or drop the cache")
+        if not 1 <= top_k <= vocab:
+            problems.append(f"teacher_cache_top_k must be in 1..{vocab} (the vocabulary), got {top_k}")
+        return problems
+
     @override
     def setup(self, stage: str) -> None:
+        self.load_teacher()
+        if stage == "fit":
+            self.check_teacher_fits()
+        self._cache = None
+        if self.teacher_cache is not None and stage == "fit":
+            self._cache = attach_teacher_cache(self, self.teacher_cache)
+
+    def load_teacher(self) -> None:
+        """Load ``teacher_ckpt`` into the frozen teacher (once), then hold it in ``teacher_dtype``."""
         if self.teacher_ckpt is not None and not getattr(self, "_teacher_loaded", False):
             load_network_weights(self.teacher, self.teacher_ckpt, prefixes=("model.", "teacher."), what="teacher")
             self._teacher_loaded = True
             rank_zero_info(f"teacher weights from {self.teacher_ckpt}")
         self.teacher.eval().requires_grad_(False)
         hold_teacher_in(self.teacher, self.teacher_dtype)
-        if stage == "fit":
-            self.check_teacher_fits()
+
+    def teacher_cache_targets(self) -> dict:
+        """What a cache for this module holds (checked against the file)."""
+        return {"kind": "lm_topk", "k": int(self.teacher_cache_top_k), "temperature": float(self.temperature),
+                "vocab": int(causal_lm.vocab_size(self.teacher))}
+
+    def teacher_batch_targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(block ids (B,), {"topk_logprobs": (B, T, k), "topk_indices": (B, T, k)})`` of a batch (cache building)."""
+        logits = self.teacher(input_ids=batch["input_ids"]).logits  # (B, T, V)
+        logprobs, indices = teacher_topk(logits, self.teacher_cache_top_k, self.temperature)
+        return batch["sample_id"], {"topk_logprobs": logprobs, "topk_indices": indices}
+
+    @override
+    def teardown(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if self._cache is not None and hasattr(datamodule, "emit_sample_ids"):
+            datamodule.emit_sample_ids = False
 
     def parameter_groups(self) -> list[dict]:
         groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "student"}]
@@ -263,7 +315,9 @@ class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
     def loss_terms(self, s: dict, t: dict, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every loss with a non-zero weight, unweighted."""
         w, terms = self.loss_weights, {}
-        if w.get("kl", 0) > 0:
+        if w.get("kl", 0) > 0 and "topk" in t:  # from a teacher cache
+            terms["kl"] = topk_kd_kl_div(s["logits"], *t["topk"], temperature=self.temperature)
+        elif w.get("kl", 0) > 0:
             terms["kl"] = kd_kl_div(s["logits"], t["logits"], self.temperature)
         if w.get("ce", 0) > 0:
             terms["ce"] = lm_cross_entropy(s["logits"], input_ids)
@@ -298,18 +352,23 @@ class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
         s_out = self.student(input_ids=input_ids, output_hidden_states=hidden, output_attentions=attn)
         routed = self.router is not None
         self.teacher_placement.hold = routed and stage == "train"  # the backward runs through the routed teacher
-        with torch.no_grad():
-            t_native = self.teacher(input_ids=input_ids, output_hidden_states=hidden and not routed,
-                                    output_attentions=attn and not routed)
         s_feats = self.student_features(s_out)
         logs: dict[str, torch.Tensor] = {}
-        if routed:
-            ctx = self.routing_context(s_out, t_native.logits)
-            with torch.set_grad_enabled(stage == "train"):
-                t_out = self.routed_teacher_forward(input_ids, ctx, hidden=hidden, attentions=attn)
-            t_feats = self.teacher_features(t_out)
+        if self._cache is not None and stage in self._cache.stages:  # targets from the cache: no teacher forward
+            if "sample_id" not in batch:
+                raise TeacherCacheError("a teacher cache is attached but the batch has no sample_id. HINT: use TextDataModule")
+            t_feats = {"topk": self._cache.topk(stage, batch["sample_id"])}  # (B, T, k) log-probs and token ids
         else:
-            t_feats = self.teacher_features(t_native)
+            with torch.no_grad():
+                t_native = self.teacher(input_ids=input_ids, output_hidden_states=hidden and not routed,
+                                        output_attentions=attn and not routed)
+            if routed:
+                ctx = self.routing_context(s_out, t_native.logits)
+                with torch.set_grad_enabled(stage == "train"):
+                    t_out = self.routed_teacher_forward(input_ids, ctx, hidden=hidden, attentions=attn)
+                t_feats = self.teacher_features(t_out)
+            else:
+                t_feats = self.teacher_features(t_native)
         total, terms = combine_losses(self.loss_terms(s_feats, _detach(t_feats), input_ids), self.loss_weights)
         student_loss = total
         if routed:
