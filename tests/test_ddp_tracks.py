@@ -120,6 +120,23 @@ def test_glue_distillation_on_two_processes(tmp_path, tiny_glue):
     assert rank0["metrics"]["val/score"] == rank1["metrics"]["val/score"]
 
 
+def test_glue_predictions_on_two_processes_are_one_file(tmp_path, tiny_glue, monkeypatch):
+    """``lkd predict`` under DDP: each rank predicts its own rows, rank 0 writes all of them once."""
+    config = CONFIGS / "glue" / "teacher.yaml"
+    args = [*glue_model_args(config), *glue_data_args(tiny_glue), "--trainer.callbacks+=lkd.callbacks.GLUEPredictionWriter"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lkd", "predict", "-c", str(config), *args, "--trainer.accelerator=cpu",
+                           "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.logger=false",
+                           f"--trainer.callbacks.output_dir={tmp_path / 'ddp'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    monkeypatch.chdir(tmp_path)  # the same seeded random model on one process
+    LKDCLI(args=["predict", "-c", str(config), *args, "--trainer.logger=false", f"--trainer.callbacks.output_dir={tmp_path / 'one'}"])
+    ddp, one = ((tmp_path / run / "SST-2.tsv").read_text().splitlines() for run in ("ddp", "one"))
+    assert [int(line.split("\t")[0]) for line in ddp[1:]] == list(range(12))  # both ranks' rows, in order, once
+    assert ddp == one
+
+
 def test_routed_lm_distillation_on_two_processes(tmp_path, tiny_wikitext):  # noqa: F811
     from tests.test_lm_configs import tiny_overrides
 

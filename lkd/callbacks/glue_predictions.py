@@ -22,6 +22,7 @@ LABELS_BY_NAME = {"mnli_matched", "mnli_mismatched", "qnli", "rte", "ax"}
 class GLUEPredictionWriter(BasePredictionWriter):
     """Writes ``<output_dir>/<TASK>.tsv`` with a header ``index\\tprediction`` and one row per example, in
     index order: the class id, the label name for the NLI tasks, or a score (3 decimals) for regression.
+    Under DDP the ranks' predictions are gathered and rank 0 writes the one file.
 
         lkd predict -c configs/glue/teacher.yaml --ckpt_path checkpoints/glue/sst2/teacher.ckpt
     """
@@ -36,6 +37,12 @@ class GLUEPredictionWriter(BasePredictionWriter):
         data = trainer.datamodule
         idx = torch.cat([p["idx"] for p in predictions]).tolist()
         pred = torch.cat([p["prediction"] for p in predictions]).tolist()
+        if trainer.world_size > 1:  # under DDP each rank predicted its own rows: one file, written by rank 0
+            shards = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shards, (idx, pred))
+            idx, pred = [i for shard in shards for i in shard[0]], [v for shard in shards for v in shard[1]]
+        if not trainer.is_global_zero:
+            return
         task = data.task
         names = data.label_names
         rows = sorted(zip(idx, pred))
