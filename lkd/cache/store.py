@@ -29,8 +29,13 @@ top-k tokens at every position of every block, and the file says what it holds::
 
 so a cache is ``k · (2 + 2)`` bytes per token for vocabularies up to 65,536 (ids stored as int16 minus
 32,768), ``k · (2 + 4)`` above; the full fp16 distribution would be ``2 · V``. The distillation loss reads
-them through :func:`lkd.losses.kd.topk_kd_kl_div` (top-k plus a tail bucket for the rest of the mass). ``k``,
-``T`` and the vocabulary are checked like the rest of the identity.
+them through :func:`lkd.losses.kd.topk_kd_kl_div`: a **tail bucket**, not top-k renormalised. The teacher is
+k + 1 outcomes (its k tokens and "anything else", mass 1 − Σ p), the student is bucketed the same way, and the
+KL of those is taken; it keeps the teacher's absolute probabilities (renormalising would tell a student that
+spreads mass over the rest of the vocabulary nothing) and equals the full KL when k = V. The log-probabilities
+are stored at the distillation temperature T and T is part of the key: from T = 1 values the top-k at another
+T could be re-normalised, but the tail mass at T depends on the logits that were not stored, so it could not.
+``k``, ``T`` and the vocabulary are checked like the rest of the identity.
 
 Everything under ``teacher`` and ``identity`` except ``teacher.checkpoint`` (a path, for messages) is
 compared with the run that reads the cache; any difference is a stale cache and is refused

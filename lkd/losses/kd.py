@@ -67,7 +67,9 @@ def topk_kd_kl_div(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor,
     Unlike renormalising over the top-k, this keeps the teacher's absolute probabilities (a student that puts
     too much mass outside the top-k is penalised) and it is exactly :func:`kd_kl_div` when k is the whole
     vocabulary (the tail is then empty and dropped). The stored log-probabilities must be those of
-    ``softmax(z / T)`` with the same T (:func:`teacher_topk`).
+    ``softmax(z / T)`` with the same T (:func:`teacher_topk`): top-k log-probabilities taken at T = 1 do not
+    give the tail mass at another T (it depends on the logits outside the top-k), so a cache is written at the
+    distillation temperature and keyed by it.
 
     Args:
         student_logits: (..., V).
