@@ -42,3 +42,14 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     path.write_text(text.rstrip() + "\n")
+
+
+def write_subsection(title: str, subtitle: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) ``### subtitle`` inside the section ``## title``, keeping its other subsections
+    (one section, several scripts: e.g. the MNIST and the language-model teacher caches)."""
+    text = path.read_text() if path.exists() else HEADER
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    current = match.group(1) if match else ""
+    parts = dict(re.findall(r"^### (.+?)\n(.*?)(?=^### |\Z)", current, re.S | re.M))
+    parts[subtitle] = body.strip() + "\n\n"
+    write_section(title, "\n".join(f"### {name}\n\n{content.strip()}\n" for name, content in parts.items()), path)

@@ -14,7 +14,8 @@ logits of unaugmented images). Stages:
 3. accuracy: each mode trained ``--epochs`` full epochs from the same seed, final weights on the 10,000 test
    images.
 
-Writes the "Teacher cache" section of BENCHMARKS.md.
+Writes the "Teacher cache" / "MNIST" subsection of BENCHMARKS.md (``benchmarks/teacher_cache_lm.py`` writes the
+language-model one).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
-from report import command, machine, write_section  # noqa: E402
+from report import command, machine, write_subsection  # noqa: E402
 
 from lkd.cache import TeacherCache, build_teacher_cache  # noqa: E402
 from lkd.cli import LKDCLI  # noqa: E402
@@ -187,7 +188,7 @@ def main() -> None:
     ])
     print(body)
     if not args.no_write:
-        write_section("Teacher cache", body)
+        write_subsection("Teacher cache", "MNIST", body)  # beside the language-model subsection
 
 
 if __name__ == "__main__":
