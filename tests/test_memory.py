@@ -187,3 +187,17 @@ def test_routed_lm_distillation_with_a_bf16_teacher_and_checkpointed_student(tin
     metrics = trainer.callback_metrics
     assert all(torch.isfinite(metrics[f"train/{t}_step"]) for t in ("kl", "router_loss", "teacher_lm_degradation"))
     assert any(not torch.equal(before[k], v) for k, v in module.router.state_dict().items())  # gradient reached it
+
+
+def test_teacher_offload_is_refused_under_fsdp(monkeypatch):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    module = _distill_module(teacher_offload=True)
+
+    class FakeTrainer:  # the strategy is all the check reads; FSDP itself needs CUDA GPUs
+        strategy = FSDPStrategy()
+
+    monkeypatch.setattr(type(module), "trainer", property(lambda self: FakeTrainer()))
+    module._trainer = FakeTrainer()
+    with pytest.raises(ValueError, match="teacher_offload moves the whole teacher.*cpu_offload"):
+        module.check_teacher_fits()

@@ -25,9 +25,18 @@ class FrozenTeacherHooks(pl.LightningModule):
 
     def check_teacher_fits(self) -> None:
         """Refuse (:class:`lkd.memory.TeacherMemoryError`) a teacher and student that cannot fit on the trainer's
-        device; call in ``setup("fit")`` after the teacher is loaded and cast. Without a trainer: nothing to check."""
+        device, and teacher offloading under FSDP (which shards the teacher instead); call in ``setup("fit")``
+        after the teacher is loaded and cast. Without a trainer: nothing to check."""
         if self._trainer is None:
             return
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if self.teacher_placement.offload and isinstance(self.trainer.strategy, FSDPStrategy):
+            raise ValueError(
+                "teacher_offload moves the whole teacher between CPU and GPU, but under trainer.strategy=fsdp the teacher "
+                "is sharded across the GPUs (each holds 1/N of it already). HINT: drop model.init_args.teacher_offload, "
+                "or use FSDP's own cpu_offload (trainer.strategy.init_args.cpu_offload: true)"
+            )
         check_teacher_fits(self.teacher, self.student, self.trainer.strategy.root_device,
                            offload=self.teacher_placement.offload, teacher_dtype=getattr(self, "teacher_dtype", "float32"))
 
