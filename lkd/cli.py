@@ -88,7 +88,7 @@ class LKDCLI(LightningCLI):
         from lkd.cache import TeacherCacheError, build_teacher_cache
 
         path = getattr(self.model, "teacher_cache", None)
-        if not hasattr(self.model, "teacher_batch_logits") and not hasattr(self.model, "teacher_batch_targets"):
+        if not hasattr(self.model, "teacher_batch_targets"):
             raise TeacherCacheError(
                 f"cache-teacher needs a distillation module (DistillModule, GLUEDistillModule, LMDistillModule), got "
                 f"{type(self.model).__name__}"

@@ -35,11 +35,11 @@ def build_teacher_cache(
 ) -> TeacherCache:
     """Run ``module``'s frozen teacher once over the training (and validation) split and store its logits.
 
-    ``module`` is a distillation module with ``load_teacher()`` and either ``teacher_batch_logits(batch) ->
-    (sample_ids (B,), logits (B, C))`` (:class:`lkd.modules.DistillModule`, :class:`lkd.modules.GLUEDistillModule`)
-    or ``teacher_batch_targets(batch) -> (sample_ids (B,), {field: tensor})`` plus ``teacher_cache_targets()``
-    (:class:`lkd.modules.lm_distill.LMDistillModule`: top-k log-probabilities and token ids). The data are
-    read in order and unaugmented.
+    ``module`` is a distillation module with ``load_teacher()`` and ``teacher_batch_targets(batch) ->
+    (sample_ids (B,), {field: tensor})``: ``{"logits": (B, C)}`` for :class:`lkd.modules.DistillModule` and
+    :class:`lkd.modules.GLUEDistillModule`; top-k log-probabilities and token ids, described by its
+    ``teacher_cache_targets()``, for :class:`lkd.modules.lm_distill.LMDistillModule`. The data are read in
+    order and unaugmented.
     ``forward_context`` wraps each teacher forward (the trainer's precision context, so cached logits are
     those a live teacher would give under the same precision).
 
@@ -71,11 +71,7 @@ def build_teacher_cache(
         ids, parts = [], {}
         with torch.no_grad(), forward_context():
             for batch in sources.ordered_batches(datamodule, stage, torch.device(device)):
-                if hasattr(module, "teacher_batch_targets"):
-                    batch_ids, fields = module.teacher_batch_targets(batch)
-                else:
-                    batch_ids, logits = module.teacher_batch_logits(batch)
-                    fields = {"logits": logits}
+                batch_ids, fields = module.teacher_batch_targets(batch)
                 ids.append(batch_ids.cpu())
                 for name, value in fields.items():
                     parts.setdefault(name, []).append(value.cpu())

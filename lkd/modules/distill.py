@@ -13,16 +13,7 @@ from lkd.checkpoint import load_network_weights
 from lkd.losses import hinton_kd_loss
 from lkd.memory import TeacherPlacement
 from lkd.modules.base import ClassificationModuleBase, ModelFactory
-from lkd.modules.frozen_teacher import FrozenTeacherHooks
-
-TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-"""What a frozen teacher can be held in (``teacher_dtype``)."""
-
-
-def hold_teacher_in(teacher: torch.nn.Module, dtype: str) -> None:
-    """Cast a frozen teacher's parameters and buffers to ``dtype`` (once, in the module's ``setup``)."""
-    teacher.to(TEACHER_DTYPES[dtype])
-
+from lkd.modules.frozen_teacher import TEACHER_DTYPES, FrozenTeacherHooks, hold_teacher_in
 
 class DistillModule(FrozenTeacherHooks, ClassificationModuleBase):
     """Trains ``student`` on ``alpha · T² · KL(teacher ‖ student) + (1 − alpha) · CE``.
@@ -116,13 +107,6 @@ class DistillModule(FrozenTeacherHooks, ClassificationModuleBase):
         return self.teacher(images).float()  # (B, C) fp32 for the loss
 
     @override
-    def teardown(self, stage: str) -> None:
-        # hand the data module back as it was: (images, labels) batches for whatever runs next
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if self._cache is not None and hasattr(datamodule, "emit_sample_ids"):
-            datamodule.emit_sample_ids = False
-
-    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.student(images)
 
@@ -142,10 +126,10 @@ class DistillModule(FrozenTeacherHooks, ClassificationModuleBase):
         with torch.no_grad():
             return self._run_teacher(images)
 
-    def teacher_batch_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sample_ids (B,), teacher logits (B, C))`` of an ``(images, labels, sample_ids)`` batch (cache building)."""
+    def teacher_batch_targets(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(sample_ids (B,), {"logits": (B, C)})`` of an ``(images, labels, sample_ids)`` batch (cache building)."""
         images, _, sample_ids = batch
-        return sample_ids, self._run_teacher(images)
+        return sample_ids, {"logits": self._run_teacher(images)}
 
     @override
     def _shared_step(self, batch, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:

@@ -1,12 +1,22 @@
-"""What every distillation module does with its frozen teacher: eval mode for the whole run, and (with
-``teacher_offload``) CPU memory between uses once the strategy has moved the model to its device."""
+"""What every distillation module does with its frozen teacher: held in ``teacher_dtype``, eval mode for the
+whole run, (with ``teacher_offload``) CPU memory between uses once the strategy has moved the model to its
+device, and (with a teacher cache) the data module handed back without sample ids at teardown."""
 
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import torch
 from typing_extensions import override
 
 from lkd.memory import TeacherPlacement, check_teacher_fits
+
+TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""What a frozen teacher can be held in (``teacher_dtype``)."""
+
+
+def hold_teacher_in(teacher: torch.nn.Module, dtype: str) -> None:
+    """Cast a frozen teacher's parameters and buffers to ``dtype`` (once, in the module's ``setup``)."""
+    teacher.to(TEACHER_DTYPES[dtype])
 
 
 class FrozenTeacherHooks(pl.LightningModule):
@@ -44,6 +54,14 @@ class FrozenTeacherHooks(pl.LightningModule):
         placement = getattr(self, "teacher_placement", None)
         if placement is not None:
             placement.park()
+
+    @override
+    def teardown(self, stage: str) -> None:
+        # with a teacher cache attached, hand the data module back as it was (batches without sample ids)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if getattr(self, "_cache", None) is not None and hasattr(datamodule, "emit_sample_ids"):
+            datamodule.emit_sample_ids = False
+        super().teardown(stage)
 
     @override
     def on_fit_start(self) -> None:

@@ -20,8 +20,7 @@ from lkd.metrics.glue import glue_metrics, glue_score
 from lkd.models.text_classifier import TextClassifierOutput, TransformerClassifier
 from lkd.models.transfer import copy_transformer_weights, evenly_spaced_layers
 from lkd.modules.base import check_finite_loss
-from lkd.modules.distill import TEACHER_DTYPES, hold_teacher_in
-from lkd.modules.frozen_teacher import FrozenTeacherHooks
+from lkd.modules.frozen_teacher import TEACHER_DTYPES, FrozenTeacherHooks, hold_teacher_in
 
 TextModelFactory = Callable[[int], TransformerClassifier]
 """Builds a :class:`TransformerClassifier` given its number of outputs (YAML ``class_path``
@@ -382,9 +381,9 @@ class GLUEDistillModule(FrozenTeacherHooks, GLUEModuleBase):
         if cast:
             hold_teacher_in(self.teacher, self.teacher_dtype)
 
-    def teacher_batch_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(idx (B,), teacher logits (B, C))`` of a batch (cache building)."""
-        return batch["idx"], self.teacher(**_inputs(batch)).logits.float()
+    def teacher_batch_targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(idx (B,), {"logits": (B, C)})`` of a batch (cache building)."""
+        return batch["idx"], {"logits": self.teacher(**_inputs(batch)).logits.float()}
 
     @override
     def trainable_parameters(self) -> list[nn.Parameter]:

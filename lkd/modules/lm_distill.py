@@ -33,8 +33,7 @@ from lkd.metrics.retention import RetentionMetrics
 from lkd.models import causal_lm
 from lkd.models.router import RoutingContext, StudentAwareRouter, gap_features, require_moe_gates, route_teacher, validate_top_k
 from lkd.modules.base import check_finite_loss
-from lkd.modules.distill import TEACHER_DTYPES, hold_teacher_in
-from lkd.modules.frozen_teacher import FrozenTeacherHooks
+from lkd.modules.frozen_teacher import TEACHER_DTYPES, FrozenTeacherHooks, hold_teacher_in
 from lkd.modules.lm import LMModuleBase
 
 
@@ -197,7 +196,8 @@ class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
         self.teacher_cache, self.teacher_cache_top_k = teacher_cache, teacher_cache_top_k
         self._cache: TeacherCache | None = None  # attached in setup("fit")
         self.teacher_placement = TeacherPlacement(self.teacher, offload=teacher_offload)
-        self.teacher.register_forward_hook(_outputs_in_float32)  # a bf16/fp16 teacher's outputs meet fp32 losses
+        if teacher_dtype != "float32":  # a bf16/fp16 teacher's outputs meet fp32 losses
+            self.teacher.register_forward_hook(_outputs_in_float32)
         if activation_checkpointing:
             enable_activation_checkpointing(self.student)
         self.test_retention = RetentionMetrics()
@@ -267,12 +267,6 @@ class LMDistillModule(FrozenTeacherHooks, LMModuleBase):
         logits = self.teacher(input_ids=batch["input_ids"]).logits  # (B, T, V)
         logprobs, indices = teacher_topk(logits, self.teacher_cache_top_k, self.temperature)
         return batch["sample_id"], {"topk_logprobs": logprobs, "topk_indices": indices}
-
-    @override
-    def teardown(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if self._cache is not None and hasattr(datamodule, "emit_sample_ids"):
-            datamodule.emit_sample_ids = False
 
     def parameter_groups(self) -> list[dict]:
         groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "student"}]
