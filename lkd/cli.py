@@ -12,7 +12,7 @@ a copy of its best checkpoint at a stable path.
 ``cache-teacher`` takes the same arguments as ``fit`` plus ``--dtype`` and ``--overwrite``: it runs the
 config's frozen teacher once over the training and validation splits and writes the logits (language models:
 the top-k log-probabilities and token ids of every position) to
-``model.init_args.teacher_cache``, the file the same config's ``fit`` then reads (:mod:`lkd.cache`).
+``model.init_args.teacher.cache``, the file the same config's ``fit`` then reads (:mod:`lkd.cache`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class LKDCLI(LightningCLI):
     @override
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
         super()._add_subcommands(parser, **kwargs)
-        description = "Run the distillation config's frozen teacher once and store its logits in model.init_args.teacher_cache."
+        description = "Run the distillation config's frozen teacher once and store its logits in model.init_args.teacher.cache."
         sub = self.init_parser(description=description)
         self._add_arguments(sub)
         sub.add_argument("--dtype", type=Literal["float16", "bfloat16", "float32"], default="float16",
@@ -84,19 +84,20 @@ class LKDCLI(LightningCLI):
         self.cache_teacher(**{k: self.config_init[subcommand][k] for k in ("dtype", "overwrite")})
 
     def cache_teacher(self, dtype: str = "float16", overwrite: bool = False) -> None:
-        """Write ``model.teacher_cache`` from the model's teacher and the data's training/validation splits."""
+        """Write ``model.teacher.cache`` from the model's teacher and the data's training/validation splits."""
         from lkd.cache import TeacherCacheError, build_teacher_cache
 
-        path = getattr(self.model, "teacher_cache", None)
-        if not hasattr(self.model, "teacher_batch_targets"):
+        teacher = getattr(self.model, "frozen_teacher", None)
+        if teacher is None:
             raise TeacherCacheError(
                 f"cache-teacher needs a distillation module (DistillModule, GLUEDistillModule, LMDistillModule), got "
                 f"{type(self.model).__name__}"
             )
+        path = teacher.cache_path
         if path is None:
             raise TeacherCacheError(
-                "cache-teacher writes to model.init_args.teacher_cache, which is not set. HINT: add "
-                "--model.init_args.teacher_cache=PATH (and keep it in the config, so fit reads the same file)"
+                "cache-teacher writes to model.init_args.teacher.cache, which is not set. HINT: add "
+                "--model.init_args.teacher.cache=PATH (and keep it in the config, so fit reads the same file)"
             )
         build_teacher_cache(self.model, self.datamodule, path, dtype=dtype, overwrite=overwrite,
                             device=self.trainer.strategy.root_device,

@@ -8,9 +8,8 @@ launches the processes, wraps the model and shards the data. What lkd adds:
 * :func:`check_strategy` (once the trainer is built): a multi-process strategy with a single process is
   refused before anything runs (DDP on one device only adds overhead, and usually means ``devices`` was
   forgotten);
-* :class:`SyncedLogging`: values logged with ``self.log`` are averaged over processes (``sync_dist``) whenever
-  there is more than one, so ``val/loss`` and every loss term mean the same thing on every rank and in
-  TensorBoard. torchmetrics objects synchronise themselves and are left alone.
+* (in :class:`lkd.modules.LKDModule`) values logged with ``self.log`` are averaged over processes
+  (``sync_dist``) whenever there is more than one.
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ParallelStrategy
-from torchmetrics import Metric
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 
 class DistributedSetupError(ValueError):
@@ -85,16 +83,3 @@ def check_strategy(trainer: pl.Trainer) -> None:
         f"trainer.num_nodes={trainer.num_nodes} give one ({accelerator}). HINT: set trainer.devices to 2 or more "
         f"({can}), or drop trainer.strategy (strategy: auto) to train on one device"
     )
-
-
-class SyncedLogging(pl.LightningModule):
-    """Mixin: ``self.log`` defaults to ``sync_dist=True`` when the trainer runs more than one process."""
-
-    def log(self, name: str, value, *args, sync_dist: bool | None = None, **kwargs) -> None:
-        if sync_dist is None:
-            trainer = self._trainer
-            sync_dist = (
-                trainer is not None and isinstance(trainer.strategy, ParallelStrategy) and trainer.world_size > 1
-                and not isinstance(value, Metric)
-            )
-        super().log(name, value, *args, sync_dist=sync_dist, **kwargs)

@@ -52,9 +52,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -108,6 +109,28 @@ class SplitIdentity:
     content_sha256: str
     tokenizer: str | None = None
     augmentation: str = "none"
+
+
+@runtime_checkable
+class CacheableData(Protocol):
+    """What a data module offers a teacher cache (lkd's MNIST, GLUE and text data modules implement it), so
+    :mod:`lkd.cache` never needs to know a data module's type.
+
+    ``stage`` is a training stage, ``"train"`` or ``"val"``.
+    """
+
+    def cache_stages(self) -> list[str]:
+        """The stages (of ``train``, ``val``) the set-up data module has rows for."""
+
+    def cache_identity(self, stage: str) -> SplitIdentity:
+        """The split's identity; raises :class:`TeacherCacheError` when it cannot be cached (augmented or
+        changing training data), saying what to change."""
+
+    def cache_sample_ids(self, stage: str):
+        """The split's sample ids (N,) in the order :meth:`cache_batches` yields them."""
+
+    def cache_batches(self, stage: str) -> Iterable:
+        """The split's batches in order, unaugmented, before device transfer, each carrying its sample ids."""
 
 
 def sha256_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -235,6 +258,13 @@ class TeacherCache:
         fp32 and token ids (B, T, k) int64, on the ids' device."""
         logprobs, stored_ids = self._rows(stage, sample_ids, "topk_logprobs", "topk_indices")
         return logprobs.float(), decode_token_ids(stored_ids)
+
+    def batch_targets(self, stage: str, sample_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a distillation step reads for ``sample_ids`` (B,): ``{"logits": (B, C)}``, or for a language-model
+        cache ``{"topk": ((B, T, k) log-probabilities, (B, T, k) token ids)}``."""
+        if self.targets["kind"] == "lm_topk":
+            return {"topk": self.topk(stage, sample_ids)}
+        return {"logits": self.logits(stage, sample_ids)}
 
     def _rows(self, stage: str, sample_ids: torch.Tensor, *fields: str):
         """The rows of ``fields`` for ``sample_ids`` (kept on the ids' device after the first call)."""

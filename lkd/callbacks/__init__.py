@@ -6,9 +6,10 @@ from lkd.callbacks.figures import ConfusionMatrixFigure, RouterExpertUsage
 from lkd.callbacks.glue_predictions import GLUEPredictionWriter
 from lkd.callbacks.key_carrying import DiscreteKeyInit, KeyCarrying
 from lkd.callbacks.key_phases import EMAKeyUpdate
+from lkd.callbacks.lm_report import DistillationReport
 from lkd.callbacks.lr_monitor import LearningRateLogger
 
 __all__ = [
-    "ConfusionMatrixFigure", "ContinualEvaluation", "EMAKeyUpdate", "GLUEPredictionWriter", "KeyCarrying", "LearningRateLogger",
+    "ConfusionMatrixFigure", "ContinualEvaluation", "DistillationReport", "EMAKeyUpdate", "GLUEPredictionWriter", "KeyCarrying", "LearningRateLogger",
     "PublishBestCheckpoint", "RouterExpertUsage", "DiscreteKeyInit",
 ]

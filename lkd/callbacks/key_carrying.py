@@ -52,7 +52,7 @@ class KeyCarrying(Callback):
         *,
         carry_values: bool = False,
         freeze_student_keys: bool = False,
-        teacher_attr: str = "teacher.dkvb",
+        teacher_attr: str = "teacher.model.dkvb",
         student_attr: str = "student.dkvb",
     ):
         if every_n_steps < 0:

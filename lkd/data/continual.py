@@ -116,6 +116,14 @@ class NonStationaryMNISTDataModule(MNISTDataModule):
         return self._stage_train[stage]
 
     @override
+    def cache_identity(self, stage: str):
+        from lkd.cache.store import TeacherCacheError
+
+        raise TeacherCacheError(
+            "a teacher cache does not support NonStationaryMNISTDataModule (its training data changes per stage). "
+            "HINT: run the teacher live (drop model.init_args.teacher.cache)."
+        )
+
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         stage = self.stage_at_epoch(epoch)

@@ -2,8 +2,8 @@
 
 Text columns and label type are read from the data's features: string columns are the inputs (one =
 single sentence, two = a sentence pair), a ``ClassLabel`` label is classification with its number of
-names, a float label is regression (``num_classes = 1``). The tokenizer is bound late, from the model:
-``TransformerClassifier.encoder_name`` (the LightningModule's ``tokenizer_name``), so it is named once.
+names, a float label is regression (``num_classes = 1``). The tokenizer is bound late, handed over by the model
+(``TransformerClassifier.encoder_name``, through :meth:`GLUEDataModule.connect`), so it is named once.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from functools import cached_property
 
 import datasets
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
 from lkd.data.mnist import SeededRandomSampler
-from lkd.data.resolve import load_hub_dataset, resolve_dataset_path
+from lkd.hub import load_hub_dataset, load_tokenizer, resolve_dataset_path
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -32,9 +34,9 @@ class GLUEDataModule(pl.LightningDataModule):
 
     Args:
         task: a config of ``hub_id`` (GLUE: ``sst2``, ``mrpc``, ``rte``, ``cola``, ``stsb``, ...).
-        hub_id: data set id, resolved to a local mirror when there is one (:mod:`lkd.data.resolve`).
-        tokenizer: hub id or folder of the tokenizer. None (default): the model's (``tokenizer_name`` of
-            the LightningModule, read in ``setup``), or call :meth:`connect` yourself.
+        hub_id: data set id, resolved to a local mirror when there is one (:mod:`lkd.hub`).
+        tokenizer: hub id or folder of the tokenizer. None (default): the model's, handed over by the model
+            (:meth:`connect`, called from the LightningModule's ``setup``).
         max_length: longest tokenised input; longer ones are truncated. Must not exceed the model's limit.
         batch_size: training batch size. ``eval_batch_size``: validation/test/predict batch size.
         train_size: use a seeded random subset of this many training examples (None = all), e.g. to fit a
@@ -72,7 +74,7 @@ class GLUEDataModule(pl.LightningDataModule):
             problems.append(f"train_size must be > 0 or null, got {train_size}")
         if problems:
             raise ValueError("GLUEDataModule: " + "; ".join(problems))
-        self.task, self.hub_id, self.tokenizer_name = task, hub_id, tokenizer
+        self.task, self.hub_id, self.tokenizer_arg, self.tokenizer_name = task, hub_id, tokenizer, tokenizer
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.train_size, self.test_split, self.predict_split = train_size, test_split, predict_split
         self.label_column, self.seed, self.num_workers = label_column, seed, num_workers
@@ -153,46 +155,51 @@ class GLUEDataModule(pl.LightningDataModule):
 
     # ---- tokenisation -------------------------------------------------------------------------------
     def connect(self, tokenizer_name: str, model_max_length: int | None = None) -> None:
-        """Bind the tokenizer (the model's) and check ``max_length`` against the model's limit."""
+        """Bind the tokenizer (the model's; the model calls this in its ``setup``, :meth:`lkd.modules.LKDModule.connect_data`)
+        and check ``max_length`` against the model's limit. A ``tokenizer`` given to the constructor wins."""
         if model_max_length is not None and self.max_length > model_max_length:
             raise ValueError(
                 f"max_length={self.max_length} is over the model's limit of {model_max_length} positions; "
                 f"set data.init_args.max_length <= {model_max_length}"
             )
-        if self.tokenizer is None or self.tokenizer_name != tokenizer_name:
-            from lkd.models.pretrained import load_tokenizer
-
-            self.tokenizer_name = tokenizer_name
-            self.tokenizer = load_tokenizer(tokenizer_name)
+        name = self.tokenizer_arg or tokenizer_name
+        if self.tokenizer is None or self.tokenizer_name != name:
+            self.tokenizer_name, self.tokenizer = name, load_tokenizer(name)
+            self.splits = {}  # tokenised again with this tokenizer
 
     @override
     def setup(self, stage: str) -> None:
-        model = self.trainer.lightning_module if self.trainer is not None else None
-        name = self.tokenizer_name or getattr(model, "tokenizer_name", None)
-        if name is None:
-            raise ValueError("GLUEDataModule has no tokenizer: set data.init_args.tokenizer or use a model with tokenizer_name")
-        self.connect(name, getattr(model, "max_length", None))
         wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": [self.test_split],
                   "predict": [self.predict_split]}[stage]
         for split in wanted:
             if split not in self.raw:
                 raise ValueError(f"{self.hub_id}/{self.task} has no split {split!r}; splits: {list(self.raw)}")
-            if split in self.splits:
-                continue
             if stage != "predict" and not self.has_labels(split):
                 raise ValueError(
                     f"{self.hub_id}/{self.task} split {split!r} has no labels (all -1: GLUE keeps test labels hidden), "
                     f"so it cannot be scored. HINT: score 'validation' (data.init_args.test_split), or write a "
                     "submission file with `lkd predict` (GLUEPredictionWriter)."
                 )
-            self.splits[split] = self._tokenise(split)
+        if self.tokenizer_arg is not None and self.tokenizer is None:
+            self.connect(self.tokenizer_arg)
         if stage == "fit":
             subset = f" (seeded subset of {len(self.raw['train'])})" if self.train_size else ""
+            train = min(self.train_size or len(self.raw["train"]), len(self.raw["train"]))
             rank_zero_info(
-                f"GLUE {self.task}: train {len(self.splits['train'])} examples{subset}, "
-                f"validation {len(self.splits['validation'])}; text columns {self.text_columns}; "
-                f"{'regression' if self.is_regression else f'{self.num_classes} classes'}"
+                f"GLUE {self.task}: train {train} examples{subset}, validation {len(self.raw['validation'])}; text columns "
+                f"{self.text_columns}; {'regression' if self.is_regression else f'{self.num_classes} classes'}"
             )
+
+    def split(self, name: str) -> datasets.Dataset:
+        """The tokenised split (``train`` is the seeded ``train_size`` subset), tokenised on first use."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "GLUEDataModule has no tokenizer yet: set data.init_args.tokenizer, or let the model connect it "
+                "(trainer.fit(model, datamodule=...) with an lkd GLUE module does), or call connect(tokenizer_name)"
+            )
+        if name not in self.splits:
+            self.splits[name] = self._tokenise(name)
+        return self.splits[name]
 
     def _tokenise(self, split: str) -> datasets.Dataset:
         data = self.raw[split]
@@ -224,10 +231,38 @@ class GLUEDataModule(pl.LightningDataModule):
         return batch
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
-        data = self.splits[split]
+        data = self.split(split)
         sampler = SeededRandomSampler(len(data), self.seed) if train else None
         return DataLoader(data, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
                           collate_fn=self._collate, num_workers=self.num_workers)
+
+    # ---- the teacher-cache contract (lkd.cache.store.CacheableData), keyed by GLUE's ``idx`` ------------------
+    _CACHE_SPLITS = {"train": "train", "val": "validation"}
+
+    def cache_stages(self) -> list[str]:
+        return [stage for stage, name in self._CACHE_SPLITS.items() if name in self.raw and len(self.raw[name])]
+
+    def cache_identity(self, stage: str) -> SplitIdentity:
+        """Ids (the ``idx`` column, so a seeded ``train_size`` subset works), tokenised content, tokenizer."""
+        name = self._CACHE_SPLITS[stage]
+        data = self.split(name)
+        if "idx" not in data.column_names:
+            raise TeacherCacheError(
+                f"{self.hub_id}/{self.task} split {name!r} has no 'idx' column to key a teacher cache by; "
+                f"its columns are {data.column_names}"
+            )
+        columns = arrow_columns(data)
+        ids = columns.pop("idx")
+        return SplitIdentity(dataset=f"GLUEDataModule {self.hub_id}/{self.task}", split=name, rows=len(data),
+                             sample_ids_sha256=sha256_tensors({"ids": ids}), content_sha256=sha256_tensors(columns),
+                             tokenizer=self.tokenizer_name)
+
+    def cache_sample_ids(self, stage: str) -> torch.Tensor:
+        data = self.split(self._CACHE_SPLITS[stage])
+        return torch.as_tensor(np.asarray(data.with_format("numpy")["idx"]), dtype=torch.long)
+
+    def cache_batches(self, stage: str):
+        return self._loader(self._CACHE_SPLITS[stage])  # eval batch size, no shuffling
 
     @override
     def train_dataloader(self) -> DataLoader:
@@ -244,3 +279,20 @@ class GLUEDataModule(pl.LightningDataModule):
     @override
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_split)
+
+
+def arrow_columns(data: datasets.Dataset) -> dict[str, torch.Tensor]:
+    """Every column of a (possibly shuffled/selected) ``datasets.Dataset`` as flat tensors, in dataset order;
+    ragged list columns become their values plus their lengths (a content hash of tokenised text)."""
+    import pyarrow.compute as pc
+
+    table = data.with_format("arrow")[:]  # in dataset order (indices mapping applied)
+    out = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if str(column.type).startswith(("list", "large_list")):
+            out[f"{name}.values"] = torch.from_numpy(np.asarray(pc.list_flatten(column).to_numpy(zero_copy_only=False)).copy())
+            out[f"{name}.lengths"] = torch.from_numpy(np.asarray(pc.list_value_length(column).to_numpy(zero_copy_only=False)).copy())
+        else:
+            out[name] = torch.from_numpy(np.asarray(column.to_numpy(zero_copy_only=False)).copy())
+    return out

@@ -12,35 +12,30 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 from typing_extensions import override
 
-from lkd.data.resolve import load_hub_dataset
+from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
+from lkd.hub import load_hub_dataset
 from lkd.data.transforms import normalize_uint8, random_shift
 
 
 class TensorBatches(Dataset):
-    """In-memory (images, labels) tensors fetched a whole batch at a time (``__getitems__``).
+    """In-memory ``(images, labels, sample_ids)`` tensors fetched a whole batch at a time (``__getitems__``).
 
-    ``sample_ids`` (N,) names each row (for MNIST: its row in the hub split). With ``emit_sample_ids`` set,
-    items and batches are ``(images, labels, sample_ids)`` instead of ``(images, labels)``.
+    ``sample_ids`` (N,) names each row (for MNIST: its row in the hub split), the key of a teacher cache.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor | None = None):
         self.images, self.labels = images, labels
         self.sample_ids = sample_ids if sample_ids is not None else torch.arange(len(labels))
-        self.emit_sample_ids = False
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        if self.emit_sample_ids:
-            return self.images[i], self.labels[i], self.sample_ids[i]
-        return self.images[i], self.labels[i]
+        return self.images[i], self.labels[i], self.sample_ids[i]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         idx = torch.as_tensor(indices)
-        if self.emit_sample_ids:
-            return self.images[idx], self.labels[idx], self.sample_ids[idx]
-        return self.images[idx], self.labels[idx]
+        return self.images[idx], self.labels[idx], self.sample_ids[idx]
 
 
 def _identity(batch):
@@ -79,12 +74,12 @@ class MNISTDataModule(pl.LightningDataModule):
     Label mapping with ``classes``: the digit ``classes[i]`` gets label ``i`` (order as given), so a model
     has ``len(classes)`` outputs. Without ``classes`` labels are the digits.
 
-    Batches are ``(images, labels)``: images normalised float (B, 1, 28, 28), labels long (B,). Training
-    batches are augmented on the device (random shifts of up to ``max_shift`` pixels) after transfer, so
-    a teacher and a student see the same augmented batch. After ``emit_sample_ids = True`` (set by a module
-    that reads a teacher cache, before the loaders are built) batches are ``(images, labels, sample_ids)``,
+    Batches are ``(images, labels, sample_ids)``: images normalised float (B, 1, 28, 28), labels long (B,),
     ``sample_ids`` (B,) long: each image's row in the hub split it came from (train/val: the hub train
-    split, test: the hub test split), the key of :mod:`lkd.cache`.
+    split, test: the hub test split), the key of :mod:`lkd.cache`. Training batches are augmented on the
+    device (random shifts of up to ``max_shift`` pixels) after transfer, so a teacher and a student see the
+    same augmented batch. The teacher-cache contract (:class:`lkd.cache.store.CacheableData`): the
+    ``cache_*`` methods.
 
     Args:
         hub_id: hub id or local folder in hub layout (resolved to ``$LKD_DATA_DIR`` mirrors).
@@ -139,7 +134,6 @@ class MNISTDataModule(pl.LightningDataModule):
         self.class_names: list[str] = []
         self.datasets: dict[str, TensorBatches] = {}
         self.augmented_batches = 0  # drives the augmentation seed; saved in checkpoints for exact resume
-        self.emit_sample_ids = False  # batches carry (B,) sample ids as a third item (see the class docstring)
         self.save_hyperparameters()
 
     @property
@@ -218,7 +212,6 @@ class MNISTDataModule(pl.LightningDataModule):
         if not self.datasets:
             raise RuntimeError("MNISTDataModule.setup() must run before asking for a DataLoader")
         dataset = dataset if dataset is not None else self.datasets[name]
-        dataset.emit_sample_ids = self.emit_sample_ids
         return DataLoader(
             dataset,
             batch_size=self.batch_size if name == "train" else self.eval_batch_size,
@@ -227,6 +220,35 @@ class MNISTDataModule(pl.LightningDataModule):
             collate_fn=_identity,
             persistent_workers=self.num_workers > 0,
         )
+
+    # ---- the teacher-cache contract (lkd.cache.store.CacheableData) -----------------------------------
+    def cache_stages(self) -> list[str]:
+        """The training stages a teacher cache can hold: ``train`` and (when there is one) ``val``."""
+        return [s for s in ("train", "val") if s in self.datasets and len(self.datasets[s])]
+
+    def cache_identity(self, stage: str) -> SplitIdentity:
+        """What identifies a split's cached rows: ids, content (images and labels), data set."""
+        if self.max_shift > 0:
+            raise TeacherCacheError(
+                f"a teacher cache holds the teacher's logits for unaugmented images, but data.max_shift="
+                f"{self.max_shift} shifts every training batch randomly, so cached and live targets would differ "
+                "(a student should see the teacher's output on the very view it is trained on; Beyer et al. 2022, "
+                "'Knowledge distillation: a good teacher is patient and consistent'). HINT: set "
+                "data.init_args.max_shift=0 for cached distillation, or drop model.init_args.teacher.cache to run the "
+                "teacher live on the augmented batches."
+            )
+        ds = self.datasets[stage]
+        return SplitIdentity(dataset=f"MNISTDataModule {self.hub_id}/{self.config}", split=stage, rows=len(ds),
+                             sample_ids_sha256=sha256_tensors({"ids": ds.sample_ids}),
+                             content_sha256=sha256_tensors({"images": ds.images, "labels": ds.labels}))
+
+    def cache_sample_ids(self, stage: str) -> torch.Tensor:
+        """The split's sample ids (N,) in the order :meth:`cache_batches` yields them."""
+        return self.datasets[stage].sample_ids.long()
+
+    def cache_batches(self, stage: str):
+        """The split's batches in order, unaugmented, before device transfer."""
+        return self._loader(stage, shuffle=False)
 
     @override
     def train_dataloader(self) -> DataLoader:
@@ -246,7 +268,7 @@ class MNISTDataModule(pl.LightningDataModule):
 
     @override
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, labels, *sample_ids = batch  # (B, 28, 28) uint8, (B,)[, (B,) with emit_sample_ids]
+        images, labels, *sample_ids = batch  # (B, 28, 28) uint8, (B,), (B,)
         images = rearrange(images, "b h w -> b 1 h w")
         if self.trainer is not None and self.trainer.training and self.max_shift > 0:
             generator = torch.Generator(images.device).manual_seed(self.seed * 1_000_003 + self.augmented_batches)

@@ -13,9 +13,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from lkd.data.resolve import load_hub_dataset
+from lkd.cache.store import SplitIdentity, sha256_tensors
+from lkd.hub import as_tokenizer, load_hub_dataset, tokenizer_source
 
-STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 
 class TextColumnError(ValueError):
@@ -27,12 +27,11 @@ class BlockSizeError(ValueError):
 
 
 class TokenBlocks(Dataset):
-    """Fixed-length token blocks; item ``i`` is ``{"input_ids": (block_size,) int64}``, plus ``"sample_id"``
-    (the block's row ``i``, the key of a teacher cache) once ``emit_sample_ids`` is set."""
+    """Fixed-length token blocks; item ``i`` is ``{"input_ids": (block_size,) int64, "sample_id": i}`` (the
+    block's row, the key of a teacher cache)."""
 
     def __init__(self, blocks: torch.Tensor):
         self.blocks = blocks  # (N, block_size)
-        self.emit_sample_ids = False
 
     @property
     def sample_ids(self) -> torch.Tensor:
@@ -42,9 +41,7 @@ class TokenBlocks(Dataset):
         return self.blocks.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self.emit_sample_ids:
-            return {"input_ids": self.blocks[i], "sample_id": torch.tensor(i)}
-        return {"input_ids": self.blocks[i]}
+        return {"input_ids": self.blocks[i], "sample_id": torch.tensor(i)}
 
 
 def detect_text_column(features: datasets.Features, text_column: str | None = None) -> str:
@@ -98,12 +95,13 @@ class TextDataModule(pl.LightningDataModule):
     ``validation[:90%]``, validate on ``validation[90%:]`` and test on ``test``. Configs for machines with
     hub access name the real ``train`` split.
 
-    The tokenizer is the model's (its ``tokenizer`` attribute, read from ``trainer.lightning_module`` in
-    ``setup``), so teacher, student and data share one; pass ``tokenizer`` (a name for
-    :func:`lkd.models.causal_lm.load_tokenizer` or a tokenizer object) to use the module without a trainer.
+    The tokenizer is the model's, handed over by it (:meth:`connect`, called from the LightningModule's
+    ``setup``, which also checks ``block_size`` against the context and the tokenizer against the vocabulary),
+    so teacher, student and data share one; pass ``tokenizer`` (a name for :func:`lkd.hub.load_tokenizer` or a
+    tokenizer object) to use the module on its own. Batches are ``{"input_ids": (B, block_size), "sample_id": (B,)}``.
 
     Args:
-        hub_id: data set id or folder (resolved to a local mirror by :mod:`lkd.data.resolve`).
+        hub_id: data set id or folder (resolved to a local mirror by :mod:`lkd.hub`).
         config: data set config name.
         train_split, val_split, test_split: split names, `datasets` slicing allowed (``validation[:90%]``).
         text_column: column with the text; default ``"text"`` or the only string column.
@@ -148,35 +146,25 @@ class TextDataModule(pl.LightningDataModule):
         self.tokenizer = None
         self.tokenizer_name: str | None = None
         self.datasets: dict[str, TokenBlocks] = {}
-        self.emit_sample_ids = False  # batches carry "sample_id" (B,) (set by a module reading a teacher cache)
 
     # ---- tokenizer and context ------------------------------------------------------------------------
-    def _model(self):
-        trainer = getattr(self, "trainer", None)
-        return trainer.lightning_module if trainer is not None else None
-
-    def resolve_tokenizer(self):
-        from lkd.models.causal_lm import load_tokenizer
-
-        source = self.tokenizer_arg
-        model = self._model()
-        if source is None and model is not None:
-            source = getattr(model, "tokenizer", None)
-        if source is None:
-            raise ValueError(
-                "TextDataModule has no tokenizer: pass tokenizer=... or attach it to a trainer whose "
-                "LightningModule has a `tokenizer` (CausalLMModule, LMDistillModule)"
-            )
-        self.tokenizer_name = source if isinstance(source, str) else type(source).__name__  # names the data version
-        return load_tokenizer(source) if isinstance(source, str) else source
-
-    def check_block_size(self) -> None:
-        model = self._model()
-        context = getattr(model, "context_length", None) if model is not None else None
-        if context is not None and self.block_size > context:
+    def connect(self, tokenizer: Any, *, context_length: int | None = None, vocab_size: int | None = None) -> None:
+        """Bind the model's tokenizer (a ``tokenizer`` given to the constructor wins) and check the blocks fit the
+        model: ``block_size`` within ``context_length``, every token id below ``vocab_size``."""
+        if context_length is not None and self.block_size > context_length:
             raise BlockSizeError(
-                f"block_size={self.block_size} is longer than the model's context ({context} positions). "
-                f"HINT: set data.init_args.block_size <= {context}"
+                f"block_size={self.block_size} is longer than the model's context ({context_length} positions). "
+                f"HINT: set data.init_args.block_size <= {context_length}"
+            )
+        source = self.tokenizer_arg if self.tokenizer_arg is not None else tokenizer
+        if self.tokenizer is None or tokenizer_source(source) != self.tokenizer_name:
+            self.tokenizer, self.tokenizer_name = as_tokenizer(source), tokenizer_source(source)  # the name keys the data
+            self.datasets = {}
+        vocab = len(self.tokenizer)
+        if vocab_size is not None and vocab > vocab_size:
+            raise ValueError(
+                f"the tokenizer {self.tokenizer_name} has {vocab} tokens but the model's vocabulary has {vocab_size}: ids "
+                "would be out of range. HINT: build the models with vocab_size >= the tokenizer's"
             )
 
     # ---- data -----------------------------------------------------------------------------------------
@@ -196,27 +184,41 @@ class TextDataModule(pl.LightningDataModule):
 
     @override
     def setup(self, stage: str) -> None:
-        self.check_block_size()
+        if self.tokenizer is None and self.tokenizer_arg is not None:
+            self.connect(self.tokenizer_arg)
+
+    def split(self, key: str) -> TokenBlocks:
+        """The token blocks of ``train``, ``val`` or ``test``, tokenised on first use (a cached ``datasets.map``)."""
         if self.tokenizer is None:
-            self.tokenizer = self.resolve_tokenizer()
-        vocab = len(self.tokenizer)
-        model_vocab = getattr(self._model(), "vocab_size", None)
-        if model_vocab is not None and vocab > model_vocab:
             raise ValueError(
-                f"the tokenizer has {vocab} tokens but the model's vocabulary has {model_vocab}: ids would be out "
-                "of range. HINT: build the models with vocab_size >= the tokenizer's"
+                "TextDataModule has no tokenizer yet: pass tokenizer=..., or let the model connect it "
+                "(trainer.fit(model, datamodule=...) with an lkd LM module does), or call connect(tokenizer)"
             )
-        for key in STAGE_SPLITS.get(stage, ()):
-            if key not in self.datasets:
-                self.datasets[key] = TokenBlocks(self.blocks(self.splits[key]))
-                rank_zero_info(f"{key}: {len(self.datasets[key])} blocks of {self.block_size} tokens ({self.splits[key]})")
+        if key not in self.datasets:
+            self.datasets[key] = TokenBlocks(self.blocks(self.splits[key]))
+            rank_zero_info(f"{key}: {len(self.datasets[key])} blocks of {self.block_size} tokens ({self.splits[key]})")
+        return self.datasets[key]
+
+    # ---- the teacher-cache contract (lkd.cache.store.CacheableData): key = the block's row --------------
+    def cache_stages(self) -> list[str]:
+        return [key for key in ("train", "val") if self.splits.get(key)]
+
+    def cache_identity(self, stage: str) -> SplitIdentity:
+        """The blocks themselves (so tokenizer, block size and text) are the content hash."""
+        blocks = self.split(stage)
+        return SplitIdentity(dataset=f"TextDataModule {self.hub_id}/{self.config} block_size={self.block_size}",
+                             split=self.splits[stage], rows=len(blocks), sample_ids_sha256=sha256_tensors({"ids": blocks.sample_ids}),
+                             content_sha256=sha256_tensors({"blocks": blocks.blocks}), tokenizer=self.tokenizer_name)
+
+    def cache_sample_ids(self, stage: str) -> torch.Tensor:
+        return self.split(stage).sample_ids.long()
+
+    def cache_batches(self, stage: str):
+        return self._loader(stage, shuffle=False)
 
     def _loader(self, key: str, shuffle: bool) -> DataLoader:
-        if key not in self.datasets:
-            self.setup({"train": "fit", "val": "fit", "test": "test"}[key])
         size = self.batch_size if key == "train" else self.eval_batch_size
-        self.datasets[key].emit_sample_ids = self.emit_sample_ids
-        return DataLoader(self.datasets[key], batch_size=size, shuffle=shuffle, num_workers=self.num_workers,
+        return DataLoader(self.split(key), batch_size=size, shuffle=shuffle, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     @override

@@ -6,6 +6,17 @@ import torch
 import torch.nn.functional as F
 
 
+def kd_problems(*, temperature: float | None = None, alpha: float | None = None) -> list[str]:
+    """What is wrong with response-KD settings (empty: nothing): T > 0, alpha in [0, 1]. Written once, used by
+    every distillation module's argument check."""
+    problems = []
+    if temperature is not None and not temperature > 0:
+        problems.append(f"temperature must be > 0, got {temperature}")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        problems.append(f"alpha must be in [0, 1], got {alpha}")
+    return problems
+
+
 def _check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
     if student.shape != teacher.shape:
         raise ValueError(
@@ -14,11 +25,30 @@ def _check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
         )
 
 
+def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(p_t ‖ p_s) at every position: the one token-level KL of lkd (the KD loss, the retention metric and
+    the router's knowledge-gap input all use it).
+
+        KL_n = Σ_c p_t(n, c) · (log p_t(n, c) − log p_s(n, c)),   p = softmax(logits / T)
+
+    Args:
+        student_logits: (..., C).
+        teacher_logits: (..., C).
+        temperature: T > 0.
+    Returns:
+        (...,) fp32, one KL per leading position (nats).
+    """
+    _check_logits(student_logits, teacher_logits)
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1)
+
+
 def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Temperature-scaled KL divergence, multiplied by T² (Hinton, Vinyals & Dean 2015, "Distilling the
     Knowledge in a Neural Network", arXiv:1503.02531).
 
-        L = T² · mean_b Σ_c p_t(c) · (log p_t(c) − log p_s(c)),   p = softmax(logits / T)
+        L = T² · mean_n KL_n,   KL_n = :func:`token_kl` at temperature T
 
     The T² keeps the gradient scale of the soft term independent of T. Computed in fp32 under autocast.
 
@@ -31,11 +61,7 @@ def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    _check_logits(student_logits, teacher_logits)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    kl = F.kl_div(s.flatten(0, -2), t.flatten(0, -2), reduction="batchmean", log_target=True)
-    return kl * temperature**2
+    return token_kl(student_logits, teacher_logits, temperature).mean() * temperature**2
 
 
 def teacher_topk(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

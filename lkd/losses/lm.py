@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from einops import reduce
 
-from lkd.losses.kd import kd_kl_div
+from lkd.losses.hidden import layerwise_loss
+from lkd.losses.kd import kd_kl_div, topk_kd_kl_div
 
 LOSS_NAMES = ("kl", "ce", "feature", "attention", "layer", "contrastive")
 DEFAULT_LOSS_WEIGHTS = {"kl": 0.7, "feature": 0.1, "attention": 0.1, "layer": 0.05, "contrastive": 0.05}
@@ -21,7 +22,8 @@ DEFAULT_LOSS_WEIGHTS = {"kl": 0.7, "feature": 0.1, "attention": 0.1, "layer": 0.
 
 __all__ = [
     "DEFAULT_LOSS_WEIGHTS", "LOSS_NAMES", "attention_transfer_loss", "combine_losses", "contrastive_loss",
-    "feature_loss", "kd_kl_div", "layerwise_loss", "lm_cross_entropy", "validate_loss_weights",
+    "feature_loss", "kd_kl_div", "layerwise_loss", "lm_cross_entropy", "lm_loss_terms", "router_objective",
+    "validate_loss_weights",
 ]
 
 
@@ -51,24 +53,6 @@ def feature_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> 
     """
     _same_shape("feature", student_hidden, teacher_hidden)
     return F.mse_loss(student_hidden.float(), teacher_hidden.float())
-
-
-def layerwise_loss(student_layers: Sequence[torch.Tensor], teacher_layers: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Cosine distance between mapped layers (DistilBERT's L_cos, Sanh et al. 2019, arXiv:1910.01108).
-
-        L = mean_pairs mean_{b,t} (1 − cos(W_i h_s^{(i)}, h_t^{(m(i))}))
-
-    Args:
-        student_layers: per mapped pair (B, T, D_t), projected to the teacher's width.
-        teacher_layers: per mapped pair (B, T, D_t), the teacher layer ``m(i)``.
-    """
-    if len(student_layers) != len(teacher_layers) or not student_layers:
-        raise ValueError(f"layerwise_loss needs the same number (>= 1) of student and teacher layers, got {len(student_layers)} and {len(teacher_layers)}")
-    terms = []
-    for s, t in zip(student_layers, teacher_layers):
-        _same_shape("layer-wise", s, t)
-        terms.append((1.0 - F.cosine_similarity(s.float(), t.float(), dim=-1, eps=1e-6)).mean())
-    return torch.stack(terms).mean()
 
 
 def attention_transfer_loss(student_attentions: Sequence[torch.Tensor], teacher_attentions: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -157,6 +141,61 @@ def combine_losses(terms: Mapping[str, torch.Tensor], weights: Mapping[str, floa
     used = {k: terms[k] for k in active}
     total = sum(w * used[k] for k, w in active.items())
     return total, used
+
+
+def lm_loss_terms(student: Mapping[str, object], teacher: Mapping[str, object], input_ids: torch.Tensor,
+                  weights: Mapping[str, float], *, temperature: float, contrastive_temperature: float = 0.1) -> dict[str, torch.Tensor]:
+    """The loss table: every loss of :data:`LOSS_NAMES` with a non-zero weight, unweighted.
+
+    ``student`` and ``teacher`` hold the features the losses compare, by name: ``logits`` (B, T, V);
+    ``feature`` (B, T, D_t) the last hidden state (the student's projected to the teacher's width); ``layer``
+    a list of (B, T, D_t) per mapped layer pair; ``attention`` a list of (B, H, T, T) per pair. A teacher read
+    from a top-k cache gives ``topk`` = (log-probabilities (B, T, k), token ids (B, T, k)) instead of ``logits``.
+
+    ``kl``: T²·KL (:func:`lkd.losses.kd.kd_kl_div`, or :func:`lkd.losses.kd.topk_kd_kl_div` from a cache);
+    ``ce``: the student's next-token loss; ``feature``: :func:`feature_loss`; ``layer``:
+    :func:`lkd.losses.hidden.layerwise_loss`; ``attention``: :func:`attention_transfer_loss`; ``contrastive``:
+    :func:`contrastive_loss` of the mean-pooled ``feature`` states.
+    """
+    w, terms = weights, {}
+    if w.get("kl", 0) > 0:
+        terms["kl"] = (topk_kd_kl_div(student["logits"], *teacher["topk"], temperature=temperature) if "topk" in teacher
+                       else kd_kl_div(student["logits"], teacher["logits"], temperature))
+    if w.get("ce", 0) > 0:
+        terms["ce"] = lm_cross_entropy(student["logits"], input_ids)
+    if w.get("feature", 0) > 0:
+        terms["feature"] = feature_loss(student["feature"], teacher["feature"])
+    if w.get("layer", 0) > 0:
+        terms["layer"] = layerwise_loss(student["layer"], teacher["layer"])
+    if w.get("attention", 0) > 0:
+        terms["attention"] = attention_transfer_loss(student["attention"], teacher["attention"])
+    if w.get("contrastive", 0) > 0:
+        pool = lambda h: reduce(h, "b t d -> b d", "mean")  # noqa: E731
+        terms["contrastive"] = contrastive_loss(pool(student["feature"]), pool(teacher["feature"]), contrastive_temperature)
+    return terms
+
+
+def router_objective(student: Mapping[str, object], routed_teacher: Mapping[str, object], input_ids: torch.Tensor,
+                     weights: Mapping[str, float], *, lm_weight: float, temperature: float,
+                     contrastive_temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """What trains a router over the teacher's experts (the student is held fixed):
+
+        L_router = Σ_i w_i L_i(sg[student], routed teacher) + λ · CE(routed teacher, x_{t+1})
+
+    The first part moves the routing toward targets the student can follow; the second keeps the routed
+    teacher a good language model, so the router cannot simply bend the teacher toward the student.
+
+    Args:
+        student: the student's features (:func:`lm_loss_terms`), detached by the caller.
+        routed_teacher: the routed teacher's features, with gradient to the router.
+        lm_weight: λ >= 0.
+    Returns:
+        (L_router, the routed teacher's own next-token loss CE).
+    """
+    distill, _ = combine_losses(lm_loss_terms(student, routed_teacher, input_ids, weights, temperature=temperature,
+                                              contrastive_temperature=contrastive_temperature), weights)
+    teacher_ce = lm_cross_entropy(routed_teacher["logits"], input_ids)
+    return distill + lm_weight * teacher_ce, teacher_ce
 
 
 def _same_shape(what: str, s: torch.Tensor, t: torch.Tensor) -> None:

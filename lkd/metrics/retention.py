@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torchmetrics import Metric
 
+from lkd.losses.kd import token_kl
+
 
 class RetentionMetrics(Metric):
     """Token-level retention of a teacher's predictions by a student.
@@ -32,15 +34,13 @@ class RetentionMetrics(Metric):
 
     def update(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, input_ids: torch.Tensor) -> None:
         """student_logits, teacher_logits: (B, T, V); input_ids: (B, T)."""
-        s = F.log_softmax(rearrange(student_logits.float(), "b t v -> (b t) v"), dim=-1)
-        t = F.log_softmax(rearrange(teacher_logits.float(), "b t v -> (b t) v"), dim=-1)
-        self.kl += (t.exp() * (t - s)).sum().double()
-        teacher_top = t.argmax(-1)  # (N,)
-        k = min(5, s.shape[-1])
-        student_top = s.topk(k, dim=-1).indices  # (N, k)
+        self.kl += token_kl(student_logits, teacher_logits).sum().double()
+        teacher_top = rearrange(teacher_logits.argmax(-1), "b t -> (b t)")  # (N,)
+        k = min(5, student_logits.shape[-1])
+        student_top = rearrange(student_logits.topk(k, dim=-1).indices, "b t k -> (b t) k")  # (N, k)
         self.top1 += (student_top[:, 0] == teacher_top).sum().double()
         self.top5 += (student_top == teacher_top[:, None]).any(-1).sum().double()
-        self.tokens += s.shape[0]
+        self.tokens += teacher_top.numel()
         targets = input_ids[:, 1:].flatten()
         self.student_nll += F.cross_entropy(student_logits[:, :-1].float().flatten(0, 1), targets, reduction="sum").double()
         self.teacher_nll += F.cross_entropy(teacher_logits[:, :-1].float().flatten(0, 1), targets, reduction="sum").double()
@@ -57,3 +57,25 @@ class RetentionMetrics(Metric):
             "student_ppl": student_ppl,
             "ppl_ratio": student_ppl / teacher_ppl,
         }
+
+
+class Perplexity(Metric):
+    """exp(mean next-token NLL) over an epoch, token-weighted, summed across processes.
+
+    ``update(nll, tokens)``: a batch's mean NLL (0-d) and how many tokens it was averaged over.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("nll_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tokens", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, nll: torch.Tensor, tokens: int) -> None:
+        self.nll_sum += nll.detach().double() * tokens
+        self.tokens += tokens
+
+    def compute(self) -> torch.Tensor:
+        return torch.exp(self.nll_sum / self.tokens.clamp_min(1)).float()

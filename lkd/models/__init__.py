@@ -5,18 +5,12 @@ from lkd.models.dkvb import DiscreteKeyValueBottleneck, DKVBOutput
 from lkd.models.encoders import PCAEncoder
 from lkd.models.key_init import discrete_key_init, init_keys_from_embeddings
 from lkd.models.mlp import MLP
-from lkd.models.pretrained import resolve_pretrained
 from lkd.models.text_classifier import DKVBSettings, TextClassifierOutput, TransformerClassifier
 from lkd.models.transfer import copy_transformer_weights, evenly_spaced_layers
 
 
-def count_parameters(module) -> int:
-    """Number of parameters (trainable or not)."""
-    return sum(p.numel() for p in module.parameters())
-
-
 __all__ = [
     "MLP", "ConvNet", "DKVBOutput", "DKVBSettings", "DiscreteKeyValueBottleneck", "PCAEncoder", "TextClassifierOutput",
-    "TransformerClassifier", "copy_transformer_weights", "count_parameters", "discrete_key_init", "evenly_spaced_layers",
-    "init_keys_from_embeddings", "resolve_pretrained",
+    "TransformerClassifier", "copy_transformer_weights", "discrete_key_init", "evenly_spaced_layers",
+    "init_keys_from_embeddings",
 ]

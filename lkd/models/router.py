@@ -45,6 +45,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from lkd.losses.kd import token_kl
+
 GAP_FEATURES = 3  # KL(p_t ‖ p_s), H(p_t), H(p_s)
 
 
@@ -105,7 +107,7 @@ def gap_features(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> 
         lt = F.log_softmax(teacher_logits.float(), dim=-1)
         ls = F.log_softmax(student_logits.float(), dim=-1)
         pt, ps = lt.exp(), ls.exp()
-        kl = (pt * (lt - ls)).sum(-1)  # (B, T)
+        kl = token_kl(student_logits, teacher_logits)  # (B, T)
         feats = torch.stack([kl, -(pt * lt).sum(-1), -(ps * ls).sum(-1)], dim=-1) / math.log(lt.shape[-1])
         return rearrange(feats, "b t f -> (b t) f")
 

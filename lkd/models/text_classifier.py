@@ -11,7 +11,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from lkd.models.dkvb import DiscreteKeyValueBottleneck
-from lkd.models.pretrained import resolve_pretrained
+from lkd.hub import resolve_pretrained
 from lkd.models.transfer import copy_transformer_weights
 
 

@@ -30,6 +30,35 @@ def evenly_spaced_layers(num_source: int, num_target: int) -> list[int]:
     return [round(i * (num_source - 1) / (num_target - 1)) for i in range(num_target)]
 
 
+class LayerMapError(ValueError):
+    """A student → teacher layer map names a layer that does not exist."""
+
+
+def default_layer_map(num_teacher: int, num_student: int) -> list[int]:
+    """The teacher layer (0-based) for each student layer: evenly spread, first onto first, last onto last
+    (:func:`evenly_spaced_layers`; a student deeper than its teacher maps several layers onto one)."""
+    if num_student <= num_teacher:
+        return evenly_spaced_layers(num_teacher, num_student)
+    return [round(i * (num_teacher - 1) / max(num_student - 1, 1)) for i in range(num_student)]
+
+
+def check_layer_map(layer_map: list[int], num_student: int, num_teacher: int) -> list[int]:
+    """The one layer-map convention of lkd: a list with, for each student layer ``j`` (0-based, the output of
+    decoder/encoder layer ``j``), the teacher layer it learns from (0-based). Returns it as ints.
+
+    Raises:
+        LayerMapError: not one entry per student layer, or a teacher layer out of range.
+    """
+    layer_map = [int(i) for i in layer_map]
+    if len(layer_map) != num_student or any(not 0 <= i < num_teacher for i in layer_map):
+        raise LayerMapError(
+            f"layer_map {layer_map} must give one teacher layer (0..{num_teacher - 1}) for each of the student's "
+            f"{num_student} layers (0-based: entry j is the teacher layer for student layer j). HINT: e.g. "
+            f"{default_layer_map(num_teacher, num_student)}"
+        )
+    return layer_map
+
+
 def _source_name(target_name: str, layer_map: list[int]) -> str:
     m = _LAYER.match(target_name)
     if m is None:

@@ -1,8 +1,9 @@
-"""LightningModules, one per training mode."""
+"""LightningModules: one base (:class:`LKDModule`) and one file per track (student + losses)."""
 
-from lkd.modules.base import ClassificationModuleBase, NonFiniteLossError
-from lkd.modules.classifier import ClassifierModule
-from lkd.modules.distill import DistillModule
+from lkd.modules.base import LKDModule, NonFiniteLossError, StepOutput
 from lkd.modules.glue import GLUEClassifierModule, GLUEDistillModule
+from lkd.modules.lm import CausalLMModule, LMDistillModule, VocabularyMismatchError
+from lkd.modules.mnist import ClassifierModule, DistillModule
 
-__all__ = ["ClassificationModuleBase", "ClassifierModule", "DistillModule", "GLUEClassifierModule", "GLUEDistillModule", "NonFiniteLossError"]
+__all__ = ["CausalLMModule", "ClassifierModule", "DistillModule", "GLUEClassifierModule", "GLUEDistillModule", "LKDModule",
+           "LMDistillModule", "NonFiniteLossError", "StepOutput", "VocabularyMismatchError"]

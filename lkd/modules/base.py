@@ -1,31 +1,67 @@
-"""Shared machinery of the classification LightningModules: metrics per stage, optimiser, checks."""
+"""The one LightningModule base of every track: the shared step, logging, checks, metrics, optimisation and
+the teacher's life cycle.
+
+A track module (``lkd.modules.mnist``, ``lkd.modules.glue``, ``lkd.modules.lm``) holds only its networks and
+its losses: it implements :meth:`LKDModule.step` (one batch → :class:`StepOutput`), :meth:`LKDModule.parameter_groups`
+and, for its metrics, :meth:`LKDModule.make_metrics`. :class:`LKDModule` then
+
+* runs ``training_step`` / ``validation_step`` / ``test_step`` through one ``_shared_step``: logs
+  ``{stage}/loss`` and every loss term as ``{stage}/{term}``, stops on a non-finite training loss
+  (:class:`NonFiniteLossError`, naming the newest checkpoint), updates the stage's metric collection and
+  logs it at the end of each epoch (``{stage}/acc``, ``{stage}/ppl``, ..., plus what :meth:`epoch_metrics`
+  derives, such as GLUE's ``{stage}/score``);
+* averages every ``self.log`` value over processes when there are several (``sync_dist``);
+* rebuilds every :class:`lkd.models.DiscreteKeyValueBottleneck` it holds with a synced codebook EMA when
+  the trainer runs several processes (any track: MNIST, GLUE, ...);
+* for a distillation module (one with a :class:`lkd.teacher.Teacher` as ``self.teacher``): hands the data
+  module what it needs from the model (:meth:`connect_data`), loads, freezes and casts the teacher, checks
+  it fits on the device, attaches its cache (``setup``), and parks it at the start of every stage;
+* builds the optimiser from the parameter groups and the learning-rate schedule (:mod:`lkd.schedules`).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric, MetricCollection
 from typing_extensions import override
 
-from lkd.distributed import SyncedLogging
 from lkd.models.dkvb import DiscreteKeyValueBottleneck
-
-ModelFactory = Callable[[int], nn.Module]
-"""Builds a network given its number of classes: in YAML a ``class_path`` whose first argument is
-``num_classes`` (linked from the data module), e.g. ``lkd.models.MLP``."""
+from lkd.schedules import ScheduleName, build_scheduler, schedule_problems
+from lkd.teacher import Teacher
 
 STAGES = ("train", "val", "test")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
+
+
+@dataclass
+class StepOutput:
+    """What a track's :meth:`LKDModule.step` returns for one batch.
+
+    Attributes:
+        loss: 0-d tensor to back-propagate (training).
+        batch_size: examples (or tokens) the logged means are weighted by.
+        terms: unweighted loss terms and other per-batch values, logged as ``{stage}/{name}``.
+        metric_args: positional arguments of the stage's metric collection ``update`` (e.g. ``(preds, labels)``).
+        logged_loss: what ``{stage}/loss`` shows, when it is not ``loss`` (e.g. without a router's own objective).
+        outputs: what the step returns to callbacks (e.g. ``{"preds", "labels"}`` for the confusion matrix).
+    """
+
+    loss: torch.Tensor
+    batch_size: int
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    metric_args: tuple = ()
+    logged_loss: torch.Tensor | None = None
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def newest_checkpoint(module: pl.LightningModule) -> str:
@@ -55,115 +91,197 @@ def check_finite_loss(module: pl.LightningModule, loss: torch.Tensor, terms: dic
     )
 
 
-class ClassificationModuleBase(SyncedLogging):
-    """Everything the classifier and the distillation module share.
-
-    Subclasses implement ``compute_loss(images, labels, stage) -> (logits, loss, terms)`` and
-    ``trainable_parameters()``; this class logs ``{stage}/loss``, ``{stage}/acc`` and every term as
-    ``{stage}/{term}``, stops on a non-finite loss and owns the optimiser and learning-rate schedule.
+class LKDModule(pl.LightningModule):
+    """Base of every lkd LightningModule (see the module docstring for what it does).
 
     Args:
-        num_classes: number of classes (linked from ``data.num_classes`` by the CLI).
-        optimizer: optimiser factory (YAML ``class_path``), given the trainable parameters.
-        lr_schedule: ``"onecycle"`` (warm-up then anneal, max lr = the optimiser's lr), ``"cosine"`` or
-            ``"constant"``; stepped every optimiser step over ``trainer.estimated_stepping_batches``.
+        optimizer: optimiser factory (YAML ``class_path``), given :meth:`parameter_groups` (each group may
+            carry its own ``lr``).
+        lr_schedule: ``linear``, ``cosine``, ``onecycle`` or ``constant`` (:mod:`lkd.schedules`), stepped every
+            optimizer step.
+        warmup: warm-up of ``linear`` / ``cosine``: a fraction of all optimizer steps if < 1, else a step count.
+        min_lr_ratio: ``linear`` / ``cosine`` end at this fraction of each group's learning rate.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        lr_schedule: Literal["onecycle", "cosine", "constant"] = "onecycle",
-    ):
+    def __init__(self, optimizer: OptimizerCallable = torch.optim.AdamW, lr_schedule: ScheduleName = "cosine",
+                 warmup: float = 0.0, min_lr_ratio: float = 0.0):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if lr_schedule not in ("onecycle", "cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'onecycle', 'cosine' or 'constant', got {lr_schedule!r}")
-        self.num_classes = num_classes
-        self.optimizer_factory = optimizer
-        self.lr_schedule = lr_schedule
-        # one metric object per stage (attribute names: `train` would clash with nn.Module.train)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        if problems := schedule_problems(lr_schedule, warmup, min_lr_ratio):
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self.optimizer_factory, self.lr_schedule = optimizer, lr_schedule
+        self.warmup, self.min_lr_ratio = warmup, min_lr_ratio
+        metrics = self.make_metrics()
+        # one metric collection per stage (attribute names: `train` would clash with nn.Module.train)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
 
+    # ---- what a track implements ------------------------------------------------------------------------
+    def make_metrics(self) -> MetricCollection:
+        """The metrics of one stage (cloned per stage with a ``{stage}/`` prefix); updated with
+        :attr:`StepOutput.metric_args`, logged at each epoch's end. Called at the start of ``__init__``."""
+        return MetricCollection({})
+
+    def step(self, batch, stage: str) -> StepOutput:
+        """Loss, terms and metric inputs of one batch."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimiser's parameter groups (``{"params": [...], "name": ..., ["lr": ...]}``)."""
+        raise NotImplementedError
+
+    def epoch_metrics(self, stage: str, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Metrics derived from the epoch's computed ones (e.g. GLUE's score); default: none added."""
+        return values
+
+    def connect_data(self, datamodule: pl.LightningDataModule) -> None:
+        """Hand the data module what it needs from the model (tokenizer, length limits): the one direction
+        model → data. Called in ``setup`` (and by ``lkd cache-teacher``); default: nothing to hand."""
+
+    # ---- logging --------------------------------------------------------------------------------------
     @override
-    def setup(self, stage: str) -> None:
-        if self._trainer is not None and self.trainer.world_size > 1:
-            for name, module in self.named_modules():
-                if isinstance(module, DiscreteKeyValueBottleneck) and module.sync_codebook_across_processes():
-                    rank_zero_info(f"{name}: DKVB codebook EMA synced across {self.trainer.world_size} processes")
+    def log(self, name: str, value, *args, sync_dist: bool | None = None, **kwargs) -> None:
+        """``LightningModule.log`` with ``sync_dist`` on by default when several processes train
+        (torchmetrics objects synchronise themselves and are left alone)."""
+        if sync_dist is None:
+            trainer = self._trainer
+            sync_dist = (trainer is not None and isinstance(trainer.strategy, ParallelStrategy) and trainer.world_size > 1
+                         and not isinstance(value, Metric))
+        super().log(name, value, *args, sync_dist=sync_dist, **kwargs)
 
-    # ---- to implement -------------------------------------------------------------------------------
-    def compute_loss(
-        self, images: torch.Tensor, labels: torch.Tensor, stage: str
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
-
-    def trainable_parameters(self):
-        raise NotImplementedError
-
-    def classify(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes) of the model being trained."""
-        raise NotImplementedError
-
-    # ---- steps --------------------------------------------------------------------------------------
-    def _shared_step(self, batch, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
-        """Loss, logs and metrics of one batch; returns ``{"loss", "preds", "labels"}`` (for figure callbacks)."""
-        images, labels = batch
-        if batch_idx == 0:
-            self._check_labels(labels, stage)
-        logits, loss, terms = self.compute_loss(images, labels, stage)
+    # ---- steps ----------------------------------------------------------------------------------------
+    def _shared_step(self, batch, stage: str) -> StepOutput:
+        out = self.step(batch, stage)
         if stage == "train":
-            self._check_finite(loss, terms)
-        metric = getattr(self, f"{stage}_acc")
-        metric(logits.detach(), labels)
+            check_finite_loss(self, out.loss, out.terms)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(labels))
-        self.log(f"{stage}/acc", metric, prog_bar=stage != "train", on_step=False, on_epoch=True)
-        for name, value in terms.items():
-            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=True, batch_size=len(labels))
-        return {"loss": loss, "preds": logits.detach().argmax(dim=-1), "labels": labels}
+        shown = out.loss if out.logged_loss is None else out.logged_loss
+        self.log(f"{stage}/loss", shown.detach(), prog_bar=True, on_step=on_step, on_epoch=True, batch_size=out.batch_size)
+        for name, value in out.terms.items():
+            self.log(f"{stage}/{name}", value.detach(), on_step=on_step, on_epoch=True, batch_size=out.batch_size)
+        if out.metric_args:
+            getattr(self, f"{stage}_metrics").update(*out.metric_args)
+        return out
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, batch_idx, "train")["loss"]
+        return self._shared_step(batch, "train").loss
 
     @override
-    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._shared_step(batch, batch_idx, "val")
+    def validation_step(self, batch, batch_idx: int):
+        out = self._shared_step(batch, "val")
+        return {"loss": out.loss, **out.outputs}
 
     @override
-    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._shared_step(batch, batch_idx, "test")
+    def test_step(self, batch, batch_idx: int):
+        out = self._shared_step(batch, "test")
+        return {"loss": out.loss, **out.outputs}
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        if not any(m.update_called for m in metrics.values()):
+            return
+        values = {k: v.float() for k, v in metrics.compute().items()}
+        metrics.reset()
+        self.log_dict(self.epoch_metrics(stage, values), prog_bar=stage == "val")
 
     @override
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.classify(images).argmax(dim=-1)
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
 
-    def _check_labels(self, labels: torch.Tensor, stage: str) -> None:
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            bad = labels[(labels < 0) | (labels >= self.num_classes)].unique().tolist()
-            raise ValueError(
-                f"{stage} labels {bad[:10]} are out of range for num_classes={self.num_classes} (expected 0.."
-                f"{self.num_classes - 1}). HINT: the data module's classes and the model's num_classes must agree."
-            )
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
 
-    def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        check_finite_loss(self, loss, terms)
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
 
-    # ---- optimisation -------------------------------------------------------------------------------
+    # ---- set-up: DKVB sync, data, teacher -------------------------------------------------------------
+    @override
+    def setup(self, stage: str) -> None:
+        self._sync_dkvb_codebooks()
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            self.connect_data(datamodule)
+        if self.frozen_teacher is not None:
+            self.prepare_teacher(stage)
+            if stage == "fit" and self._trainer is not None:
+                self.teacher.check_fits(self.student, self.trainer)
+                self.teacher.attach_cache(self, datamodule, self.trainer, num_classes=getattr(self, "num_classes", None))
+
+    def _sync_dkvb_codebooks(self) -> None:
+        """Every DKVB this module holds gets a codebook EMA synced across processes (multi-process runs).
+
+        LightningCLI builds the model before the processes start, when ``VectorQuantize`` cannot see them, so
+        its EMA would drift apart per rank; this rebuilds it once the trainer knows the world size.
+        """
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return
+        for name, module in self.named_modules():
+            if isinstance(module, DiscreteKeyValueBottleneck) and module.sync_codebook_across_processes():
+                rank_zero_info(f"{name}: DKVB codebook EMA synced across {self.trainer.world_size} processes")
+
+    def prepare_teacher(self, stage: str = "fit") -> None:
+        """Load the teacher's checkpoint and hold it in its dtype; before any step, so a missing or mismatched
+        teacher fails before training (a resumed run then restores the identical teacher from its own checkpoint)."""
+        self.teacher.load(num_classes=getattr(self, "num_classes", None))
+        self.before_teacher_hold(stage)
+        self.teacher.hold()
+
+    def before_teacher_hold(self, stage: str) -> None:
+        """Runs with the teacher's fp32 weights loaded, before it is cast (GLUE: copy it into the student)."""
+
+    def teacher_targets(self, batch, stage: str) -> dict[str, torch.Tensor]:
+        """The teacher's targets for a batch: from the cache for a cached stage, else a live forward without
+        gradients (:meth:`cache_targets`)."""
+        if (cached := self.teacher.cached(stage, self.sample_ids(batch))) is not None:
+            return cached
+        with torch.no_grad():
+            return self.cache_targets(batch)[1]
+
+    def cache_targets(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(sample ids (B,), {field: tensor})``: what a teacher cache stores for a batch (and the live targets)."""
+        raise NotImplementedError
+
+    def cache_description(self) -> dict:
+        """What a teacher cache for this module holds (checked against the file)."""
+        return {"kind": "logits"}
+
+    def sample_ids(self, batch) -> torch.Tensor | None:
+        """The batch's sample ids (B,), the key of a teacher cache."""
+        return None
+
+    @property
+    def frozen_teacher(self) -> Teacher | None:
+        """The module's :class:`~lkd.teacher.Teacher` (``self.teacher``), None for a module without one."""
+        teacher = self._modules.get("teacher")
+        return teacher if isinstance(teacher, Teacher) else None
+
+    def _park_teacher(self) -> None:
+        if self.frozen_teacher is not None:
+            self.frozen_teacher.park()
+
+    @override
+    def on_fit_start(self) -> None:
+        self._park_teacher()
+
+    @override
+    def on_validation_start(self) -> None:
+        self._park_teacher()
+
+    @override
+    def on_test_start(self) -> None:
+        self._park_teacher()
+
+    @override
+    def on_predict_start(self) -> None:
+        self._park_teacher()
+
+    # ---- optimisation ---------------------------------------------------------------------------------
     @override
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.trainable_parameters())
-        if self.lr_schedule == "constant":
-            return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        if self.lr_schedule == "onecycle":
-            max_lrs = [g["lr"] for g in optimizer.param_groups]
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=max(total, 1))
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        scheduler = build_scheduler(optimizer, self.lr_schedule, self.trainer.estimated_stepping_batches,
+                                    warmup=self.warmup, min_lr_ratio=self.min_lr_ratio)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,52 +1,56 @@
-"""Training any transformers causal LM (dense or MoE): loss and perplexity per stage."""
+"""The language-model track: training any transformers causal LM (dense or MoE), and distilling a (Mixture-of-
+Experts) teacher into a small dense student, optionally through student-aware routing of the teacher's experts
+(:mod:`lkd.models.router`)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
+from einops import rearrange
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MetricCollection
 from typing_extensions import override
 
-from lkd.distributed import SyncedLogging
-from lkd.losses.lm import lm_cross_entropy
+from lkd.losses.kd import kd_problems, teacher_topk
+from lkd.losses.lm import (
+    DEFAULT_LOSS_WEIGHTS,
+    combine_losses,
+    lm_cross_entropy,
+    lm_loss_terms,
+    router_objective,
+    validate_loss_weights,
+)
+from lkd.memory import enable_activation_checkpointing
+from lkd.metrics.retention import Perplexity
 from lkd.models import causal_lm
-from lkd.modules.base import check_finite_loss
+from lkd.models.router import RoutingContext, StudentAwareRouter, gap_features, require_moe_gates, route_teacher, validate_top_k
+from lkd.models.transfer import check_layer_map, default_layer_map
+from lkd.modules.base import LKDModule, StepOutput
+from lkd.schedules import ScheduleName
+from lkd.teacher import Teacher
 
 
-def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
-    """Learning-rate factor: linear warm-up from 0 over ``warmup_steps``, then cosine down to ``min_ratio``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+class VocabularyMismatchError(ValueError):
+    """Teacher and student predict over different vocabularies."""
 
 
-class LMModuleBase(SyncedLogging):
-    """Shared by the LM modules: per-stage mean token loss → perplexity, warm-up + cosine schedule.
+class LMModule(LKDModule):
+    """What the LM modules share: ``{"input_ids", "sample_id"}`` batches, ``{stage}/nll`` and ``{stage}/ppl``,
+    the tokenizer handed to the data module, and a warm-up + cosine schedule.
 
     Args:
-        tokenizer: tokenizer name (:func:`lkd.models.causal_lm.load_tokenizer`); the data module uses it.
+        tokenizer: tokenizer name (:func:`lkd.hub.load_tokenizer`) the data is encoded with.
         optimizer: optimiser factory given parameter groups (each group may carry its own ``lr``).
         warmup_steps: optimizer steps of linear warm-up (an int), or a fraction of all steps if < 1.
         min_lr_ratio: the cosine ends at this fraction of each group's learning rate.
+        lr_schedule: see :mod:`lkd.schedules` (default cosine).
     """
 
     def __init__(self, tokenizer: str = "smollm2", optimizer: OptimizerCallable = torch.optim.AdamW,
-                 warmup_steps: float = 0.05, min_lr_ratio: float = 0.1):
-        super().__init__()
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        if not 0 <= min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+                 warmup_steps: float = 0.05, min_lr_ratio: float = 0.1, lr_schedule: ScheduleName = "cosine"):
+        super().__init__(optimizer, lr_schedule, warmup=warmup_steps, min_lr_ratio=min_lr_ratio)
         self.tokenizer = tokenizer
-        self.optimizer_factory = optimizer
-        self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
-        self.train_nll, self.val_nll, self.test_nll = MeanMetric(), MeanMetric(), MeanMetric()
 
-    # models the data module asks about
     @property
     def trained_model(self) -> nn.Module:
         raise NotImplementedError
@@ -59,47 +63,25 @@ class LMModuleBase(SyncedLogging):
     def context_length(self) -> int:
         return causal_lm.context_length(self.trained_model)
 
-    def parameter_groups(self) -> list[dict]:
-        raise NotImplementedError
-
-    def _log_nll(self, stage: str, nll: torch.Tensor, tokens: int) -> None:
-        metric = getattr(self, f"{stage}_nll")
-        metric.update(nll.detach().float(), tokens)
-        self.log(f"{stage}/nll", nll.detach(), on_step=stage == "train", on_epoch=True, batch_size=tokens)
-
-    def _log_ppl(self, stage: str) -> None:
-        metric = getattr(self, f"{stage}_nll")
-        if metric.update_called:
-            self.log(f"{stage}/ppl", torch.exp(metric.compute()), prog_bar=stage != "train")
-        metric.reset()
+    @override
+    def make_metrics(self) -> MetricCollection:
+        return MetricCollection({"ppl": Perplexity()})
 
     @override
-    def on_train_epoch_end(self) -> None:
-        self._log_ppl("train")
+    def connect_data(self, datamodule) -> None:
+        if hasattr(datamodule, "connect"):
+            datamodule.connect(self.tokenizer, context_length=self.context_length, vocab_size=self.vocab_size)
 
     @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_ppl("val")
+    def sample_ids(self, batch) -> torch.Tensor | None:
+        return batch.get("sample_id")
 
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_ppl("test")
-
-    @override
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameter_groups())
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_steps * total) if self.warmup_steps < 1 else int(self.warmup_steps)
-        warmup = min(warmup, total)
-
-        def factor(step: int) -> float:
-            return warmup_cosine(step, warmup_steps=warmup, total_steps=total, min_ratio=self.min_lr_ratio)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) of the model being trained."""
+        return self.trained_model(input_ids=input_ids).logits
 
 
-class CausalLMModule(LMModuleBase):
+class CausalLMModule(LMModule):
     """Trains one causal LM on next-token prediction (``lkd fit -c configs/lm/teacher_moe_tiny.yaml``).
 
     Logs ``{stage}/loss`` (cross-entropy, plus the MoE load-balancing loss in training), ``{stage}/nll``
@@ -108,12 +90,12 @@ class CausalLMModule(LMModuleBase):
 
     Args:
         model: a transformers causal LM (YAML ``class_path``, e.g. :func:`lkd.models.causal_lm.tiny_moe_lm`).
-        tokenizer, optimizer, warmup_steps, min_lr_ratio: see :class:`LMModuleBase`.
+        tokenizer, optimizer, warmup_steps, min_lr_ratio, lr_schedule: see :class:`LMModule`.
     """
 
     def __init__(self, model: nn.Module, tokenizer: str = "smollm2", optimizer: OptimizerCallable = torch.optim.AdamW,
-                 warmup_steps: float = 0.05, min_lr_ratio: float = 0.1):
-        super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio)
+                 warmup_steps: float = 0.05, min_lr_ratio: float = 0.1, lr_schedule: ScheduleName = "cosine"):
+        super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio, lr_schedule)
         self.model = model
         self.is_moe = hasattr(causal_lm.lm_config(model), "router_aux_loss_coef")
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -122,40 +104,276 @@ class CausalLMModule(LMModuleBase):
     def trained_model(self) -> nn.Module:
         return self.model
 
+    @override
     def parameter_groups(self) -> list[dict]:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "name": "model"}]
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V)."""
-        return self.model(input_ids=input_ids).logits
-
-    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    @override
+    def step(self, batch, stage: str) -> StepOutput:
         input_ids = batch["input_ids"]  # (B, T)
         want_aux = self.is_moe and stage == "train"
         out = self.model(input_ids=input_ids, output_router_logits=True) if want_aux else self.model(input_ids=input_ids)
         nll = lm_cross_entropy(out.logits, input_ids)
-        loss, terms = nll, {}
+        loss, terms = nll, {"nll": nll}
         if want_aux and getattr(out, "aux_loss", None) is not None:
-            coef = float(causal_lm.lm_config(self.model).router_aux_loss_coef)
             terms["aux_loss"] = out.aux_loss
-            loss = nll + coef * out.aux_loss
+            loss = nll + float(causal_lm.lm_config(self.model).router_aux_loss_coef) * out.aux_loss
         tokens = input_ids[:, 1:].numel()
-        if stage == "train":
-            check_finite_loss(self, loss, {"nll": nll, **terms})
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=tokens)
-        for name, value in terms.items():
-            self.log(f"{stage}/{name}", value, on_step=True, on_epoch=True, batch_size=tokens)
-        self._log_nll(stage, nll, tokens)
-        return loss
+        return StepOutput(loss, tokens, terms, metric_args=(nll, tokens))
+
+
+class LMDistillModule(LMModule):
+    """Teacher → student distillation of causal LMs with up to five weighted losses and an optional router.
+
+    Per batch (``input_ids`` (B, T)): the student runs with hidden states / attentions as the active losses
+    need; the frozen teacher runs without gradient. Without a router those teacher outputs are the targets.
+    With a router (:class:`lkd.models.router.StudentAwareRouter`), the teacher runs a second time inside
+    :func:`lkd.models.router.route_teacher`: its MoE layers mix ``k`` experts with the router's per-token
+    weights (``k`` and τ from :class:`lkd.callbacks.routing_schedule.RoutingSchedule`), and that routed
+    forward gives the targets. The loss is
+
+        L = Σ w_i L_i(student, sg[routed teacher])            (trains the student; lkd.losses.lm.lm_loss_terms)
+          + L_router                                          (trains the router; lkd.losses.lm.router_objective)
+
+    (sg = stop-gradient), one backward, one optimizer with parameter groups: ``student`` (the optimizer's
+    lr), ``router`` (``router_lr``) and ``projections`` (student → teacher width; ``projection_lr``).
+
+    Losses (``loss_weights``, names from :data:`lkd.losses.lm.LOSS_NAMES`): ``kl``, ``ce``, ``feature``,
+    ``attention`` (needs eager attention), ``layer``, ``contrastive``. With ``teacher.cache`` (a top-k cache,
+    ``lkd cache-teacher``) the train and validation targets are read from it: only ``kl`` and ``ce`` can be
+    served, and routing needs the live teacher. The test report is :class:`lkd.callbacks.DistillationReport`.
+
+    Args:
+        student: the model to train (YAML ``class_path``, e.g. :func:`lkd.models.causal_lm.tiny_llama_lm`).
+        teacher: the frozen teacher (:class:`lkd.teacher.Teacher`; a :class:`CausalLMModule` checkpoint, or
+            None to keep built / pretrained weights).
+        tokenizer: tokenizer name shared by both models and the data module.
+        router: student-aware router, or None for plain distillation.
+        loss_weights: ``{name: weight}``; missing names weigh 0.
+        temperature: T of the KL term.
+        layer_map: teacher layer (0-based) for each student layer (:func:`lkd.models.transfer.check_layer_map`);
+            default :func:`lkd.models.transfer.default_layer_map`.
+        contrastive_temperature: τ of InfoNCE.
+        router_lm_weight: λ of the routed teacher's own LM loss in the router's objective.
+        router_top_k, router_temperature: routing used when no RoutingSchedule drives them (default: the
+            teacher's own top-k, τ = 1).
+        router_lr, projection_lr: learning rates of those parameter groups (None: the optimizer's).
+        activation_checkpointing: recompute the student's decoder layers in the backward instead of storing
+            their activations (transformers gradient checkpointing).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: Teacher,
+        tokenizer: str = "smollm2",
+        router: StudentAwareRouter | None = None,
+        loss_weights: dict[str, float] | None = None,
+        temperature: float = 4.0,
+        layer_map: list[int] | None = None,
+        contrastive_temperature: float = 0.1,
+        router_lm_weight: float = 1.0,
+        router_top_k: int | None = None,
+        router_temperature: float = 1.0,
+        router_lr: float = 1e-4,
+        projection_lr: float | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_steps: float = 0.05,
+        min_lr_ratio: float = 0.1,
+        activation_checkpointing: bool = False,
+    ):
+        super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio)
+        self.student, self.teacher = student, teacher
+        t_model = teacher.model
+        sv, tv = causal_lm.vocab_size(student), causal_lm.vocab_size(t_model)
+        if sv != tv:
+            raise VocabularyMismatchError(
+                f"teacher vocabulary has {tv} tokens, student vocabulary has {sv}: the KL needs one vocabulary. "
+                "HINT: build both with the same tokenizer (vocab_size) or pick a student of the teacher's family"
+            )
+        self.loss_weights = validate_loss_weights(DEFAULT_LOSS_WEIGHTS if loss_weights is None else loss_weights)
+        problems = kd_problems(temperature=temperature)
+        for name, value in (("contrastive_temperature", contrastive_temperature), ("router_temperature", router_temperature)):
+            if value <= 0:
+                problems.append(f"{name} must be > 0, got {value}")
+        if router_lm_weight < 0:
+            problems.append(f"router_lm_weight must be >= 0, got {router_lm_weight}")
+        if teacher.cache_path is not None:
+            problems += self._cache_problems(router, self.loss_weights, teacher.cache_top_k, tv)
+        if problems:
+            raise ValueError("LMDistillModule: " + "; ".join(problems))
+        self.temperature, self.contrastive_temperature = temperature, contrastive_temperature
+        self.router_lm_weight, self.router_lr, self.projection_lr = router_lm_weight, router_lr, projection_lr
+
+        w = self.loss_weights
+        ls, lt = causal_lm.num_layers(student), causal_lm.num_layers(t_model)
+        self.layer_map = check_layer_map(default_layer_map(lt, ls) if layer_map is None else layer_map, ls, lt)
+        if w.get("attention", 0) > 0:
+            for name, model in (("student", student), ("teacher", t_model)):
+                impl = getattr(causal_lm.lm_config(model), "_attn_implementation", None)
+                if impl not in ("eager", None):
+                    raise ValueError(
+                        f"the attention loss needs attention maps, but the {name} uses attn_implementation={impl!r} "
+                        "(returns none). HINT: build it with attn_implementation='eager' or set loss_weights.attention: 0"
+                    )
+        ds, dt = causal_lm.hidden_size(student), causal_lm.hidden_size(t_model)
+        self.projections = nn.ModuleDict()
+        if w.get("feature", 0) > 0 or w.get("contrastive", 0) > 0:
+            self.projections["feature"] = nn.Linear(ds, dt, bias=False)
+        if w.get("layer", 0) > 0:
+            self.projections["layer"] = nn.ModuleList(nn.Linear(ds, dt, bias=False) for _ in self.layer_map)
+
+        self.router = router
+        self.teacher_num_experts: int | None = None
+        if router is not None:
+            gates = require_moe_gates(t_model)
+            self.teacher_num_experts = int(gates[0].num_experts)
+            router.bind(ds, self.teacher_num_experts, len(gates))
+            self.router_top_k = int(router_top_k if router_top_k is not None else gates[0].top_k)
+            validate_top_k(self.router_top_k, self.teacher_num_experts)
+        else:
+            self.router_top_k = router_top_k
+        self.router_temperature = float(router_temperature)
+        if activation_checkpointing:
+            enable_activation_checkpointing(self.student)
+        self.save_hyperparameters(ignore=["student", "teacher", "router", "optimizer"])
+
+    @staticmethod
+    def _cache_problems(router, weights: dict[str, float], top_k: int, vocab: int) -> list[str]:
+        """Why a top-k logit cache cannot serve this configuration (empty: it can)."""
+        problems = []
+        if router is not None:
+            problems.append("teacher.cache cannot serve routed distillation (the router re-runs the teacher's experts "
+                            "every step); drop model.init_args.router or the cache")
+        needs_teacher = {k: v for k, v in weights.items() if k not in ("kl", "ce") and v > 0}
+        if needs_teacher:
+            problems.append(f"teacher.cache holds top-k log-probabilities only, but loss_weights {needs_teacher} need the "
+                            "teacher's hidden states or attentions; set them to 0 (kl and ce only) or drop the cache")
+        if top_k > vocab:
+            problems.append(f"teacher.cache_top_k must be in 1..{vocab} (the vocabulary), got {top_k}")
+        return problems
+
+    # ---- set-up ---------------------------------------------------------------------------------------
+    @property
+    def trained_model(self) -> nn.Module:
+        return self.student
+
+    @property
+    def context_length(self) -> int:
+        return min(causal_lm.context_length(self.student), causal_lm.context_length(self.teacher.model))
 
     @override
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+    def cache_description(self) -> dict:
+        return {"kind": "lm_topk", "k": int(self.teacher.cache_top_k), "temperature": float(self.temperature),
+                "vocab": int(causal_lm.vocab_size(self.teacher.model))}
 
     @override
-    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "val")
+    def cache_targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(block ids (B,), {"topk_logprobs": (B, T, k), "topk_indices": (B, T, k)})`` of a batch."""
+        logits = self.teacher(input_ids=batch["input_ids"]).logits  # (B, T, V)
+        logprobs, indices = teacher_topk(logits, self.teacher.cache_top_k, self.temperature)
+        return batch["sample_id"], {"topk_logprobs": logprobs, "topk_indices": indices}
 
     @override
-    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "test")
+    def parameter_groups(self) -> list[dict]:
+        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "student"}]
+        if len(self.projections):
+            group = {"params": list(self.projections.parameters()), "name": "projections"}
+            if self.projection_lr is not None:
+                group["lr"] = self.projection_lr
+            groups.append(group)
+        if self.router is not None:
+            groups.append({"params": list(self.router.parameters()), "name": "router", "lr": self.router_lr})
+        return groups
+
+    # ---- features the losses compare --------------------------------------------------------------------
+    def _needs(self) -> tuple[bool, bool]:
+        w = self.loss_weights
+        hidden = any(w.get(k, 0) > 0 for k in ("feature", "layer", "contrastive")) or self.router is not None
+        return hidden, w.get("attention", 0) > 0
+
+    def student_features(self, out) -> dict[str, object]:
+        """The student's outputs as the losses take them (projected to the teacher's width)."""
+        w, feats = self.loss_weights, {"logits": out.logits}
+        if "feature" in self.projections:
+            feats["feature"] = self.projections["feature"](out.hidden_states[-1])  # (B, T, D_t)
+        if w.get("layer", 0) > 0:  # hidden_states[0] is the embeddings: layer j's output is hidden_states[j + 1]
+            feats["layer"] = [proj(out.hidden_states[j + 1]) for j, proj in enumerate(self.projections["layer"])]
+        if w.get("attention", 0) > 0:
+            feats["attention"] = list(out.attentions)  # (B, H_s, T, T) per student layer
+        return feats
+
+    def teacher_features(self, out) -> dict[str, object]:
+        w, feats = self.loss_weights, {"logits": out.logits}
+        if "feature" in self.projections:
+            feats["feature"] = out.hidden_states[-1]
+        if w.get("layer", 0) > 0:
+            feats["layer"] = [out.hidden_states[t + 1] for t in self.layer_map]
+        if w.get("attention", 0) > 0:
+            feats["attention"] = [out.attentions[t] for t in self.layer_map]
+        return feats
+
+    def routing_context(self, student_out, teacher_logits: torch.Tensor) -> RoutingContext:
+        return RoutingContext(
+            student_hidden=rearrange(student_out.hidden_states[-1].detach(), "b t d -> (b t) d"),  # (N, D_s)
+            gap=gap_features(teacher_logits, student_out.logits),  # (N, 3)
+            top_k=int(self.router_top_k),
+            temperature=float(self.router_temperature),
+        )
+
+    def routed_teacher_forward(self, input_ids: torch.Tensor, ctx: RoutingContext, *, hidden: bool, attentions: bool):
+        """The teacher's forward with its MoE gates replaced by the router (differentiable in the router)."""
+        with route_teacher(self.teacher.model, self.router, ctx):
+            return self.teacher(input_ids=input_ids, output_hidden_states=hidden, output_attentions=attentions)
+
+    # ---- steps ----------------------------------------------------------------------------------------
+    @override
+    def step(self, batch, stage: str) -> StepOutput:
+        input_ids = batch["input_ids"]  # (B, T)
+        hidden, attn = self._needs()
+        s_out = self.student(input_ids=input_ids, output_hidden_states=hidden, output_attentions=attn)
+        routed = self.router is not None
+        self.teacher.placement.hold = routed and stage == "train"  # the backward runs through the routed teacher
+        s_feats = self.student_features(s_out)
+        logs: dict[str, torch.Tensor] = {}
+        t_native = None
+        if (cached := self.teacher.cached(stage, self.sample_ids(batch))) is not None:  # no teacher forward
+            t_feats = cached  # {"topk": ((B, T, k) log-probs, (B, T, k) token ids)}
+        else:
+            with torch.no_grad():
+                t_native = self.teacher(input_ids=input_ids, output_hidden_states=hidden and not routed,
+                                        output_attentions=attn and not routed)
+            if routed:
+                ctx = self.routing_context(s_out, t_native.logits)
+                with torch.set_grad_enabled(stage == "train"):
+                    t_out = self.routed_teacher_forward(input_ids, ctx, hidden=hidden, attentions=attn)
+                t_feats = self.teacher_features(t_out)
+            else:
+                t_feats = self.teacher_features(t_native)
+        kwargs = {"temperature": self.temperature, "contrastive_temperature": self.contrastive_temperature}
+        terms = lm_loss_terms(s_feats, _detach(t_feats), input_ids, self.loss_weights, **kwargs)
+        student_loss, terms = combine_losses(terms, self.loss_weights)
+        total = student_loss
+        if routed:
+            router_loss, teacher_ce = router_objective(_detach(s_feats), t_feats, input_ids, self.loss_weights,
+                                                       lm_weight=self.router_lm_weight, **kwargs)
+            total = total + router_loss if stage == "train" else total
+            logs = {"router_loss": router_loss, "teacher_ce_routed": teacher_ce,
+                    "teacher_lm_degradation": teacher_ce - lm_cross_entropy(t_native.logits, input_ids)}
+        nll = lm_cross_entropy(s_out.logits, input_ids).detach()
+        tokens = input_ids[:, 1:].numel()
+        outputs = {"student_logits": s_out.logits.detach(), "teacher_logits": t_native.logits} if stage == "test" else {}
+        return StepOutput(total, tokens, terms | logs | {"nll": nll}, metric_args=(nll, tokens), logged_loss=student_loss,
+                          outputs=outputs)
+
+    @override
+    def on_after_backward(self) -> None:
+        self.teacher.placement.release()  # routed: off the device once the backward through it is done
+
+
+def _detach(feats: dict) -> dict:
+    return {k: tuple(x.detach() for x in v) if isinstance(v, (list, tuple)) else v.detach() for k, v in feats.items()}
+
+
+RoutedDistillModule = LMDistillModule
+"""Alias: the module is routed when it is given a router."""

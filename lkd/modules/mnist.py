@@ -1,0 +1,170 @@
+"""The MNIST track: a classifier trained with cross-entropy (a teacher, or a student alone) and response
+knowledge distillation of a student from a frozen teacher (Hinton et al. 2015)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+from lkd.losses import hinton_kd_loss
+from lkd.losses.kd import kd_problems
+from lkd.modules.base import LKDModule, StepOutput
+from lkd.schedules import ScheduleName
+from lkd.teacher import Teacher
+
+ModelFactory = Callable[[int], nn.Module]
+"""Builds a network given its number of classes: in YAML a ``class_path`` whose first argument is
+``num_classes`` (linked from the data module), e.g. ``lkd.models.MLP``."""
+
+
+class MNISTModule(LKDModule):
+    """What the MNIST modules share: ``(images, labels, sample_ids)`` batches, ``{stage}/acc``, a label check.
+
+    Args:
+        num_classes: number of classes (linked from ``data.num_classes`` by the CLI).
+        optimizer, lr_schedule: see :class:`lkd.modules.base.LKDModule` (default: Adam, one-cycle).
+    """
+
+    def __init__(self, num_classes: int = 10, optimizer: OptimizerCallable = torch.optim.Adam,
+                 lr_schedule: ScheduleName = "onecycle"):
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes = num_classes
+        super().__init__(optimizer, lr_schedule)
+
+    @property
+    def network(self) -> nn.Module:
+        """The network being trained and evaluated."""
+        raise NotImplementedError
+
+    @override
+    def make_metrics(self) -> MetricCollection:
+        return MetricCollection({"acc": MulticlassAccuracy(self.num_classes, average="micro")})
+
+    @override
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes)."""
+        return self.network(images)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of the network being trained."""
+        return self.network(images)
+
+    @override
+    def sample_ids(self, batch) -> torch.Tensor | None:
+        return batch[2] if len(batch) > 2 else None
+
+    def loss(self, batch, logits: torch.Tensor, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, terms) of a batch given the network's logits."""
+        raise NotImplementedError
+
+    @override
+    def step(self, batch, stage: str) -> StepOutput:
+        images, labels = batch[0], batch[1]  # (B, 1, 28, 28) float, (B,)
+        self._check_labels(labels, stage)
+        logits = self.network(images)  # (B, C)
+        loss, terms = self.loss(batch, logits, stage)
+        preds = logits.detach().argmax(dim=-1)
+        return StepOutput(loss, len(labels), terms, metric_args=(logits.detach(), labels),
+                          outputs={"preds": preds, "labels": labels})
+
+    @override
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.classify(images).argmax(dim=-1)
+
+    def _check_labels(self, labels: torch.Tensor, stage: str) -> None:
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = labels[(labels < 0) | (labels >= self.num_classes)].unique().tolist()
+            raise ValueError(
+                f"{stage} labels {bad[:10]} are out of range for num_classes={self.num_classes} (expected 0.."
+                f"{self.num_classes - 1}). HINT: the data module's classes and the model's num_classes must agree."
+            )
+
+    @override
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.network.parameters() if p.requires_grad], "name": "model"}]
+
+
+class ClassifierModule(MNISTModule):
+    """Cross-entropy training of ``model(num_classes)``.
+
+    Args:
+        model: network factory (YAML ``class_path`` + ``init_args``; ``num_classes`` comes from the data).
+        num_classes, optimizer, lr_schedule: see :class:`MNISTModule`.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+    """
+
+    def __init__(self, model: ModelFactory, num_classes: int = 10, optimizer: OptimizerCallable = torch.optim.Adam,
+                 lr_schedule: ScheduleName = "onecycle", label_smoothing: float = 0.0):
+        super().__init__(num_classes, optimizer, lr_schedule)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.model = model(num_classes)
+        self.label_smoothing = label_smoothing
+
+    @property
+    def network(self) -> nn.Module:
+        return self.model
+
+    @override
+    def loss(self, batch, logits, stage):
+        smoothing = self.label_smoothing if stage == "train" else 0.0
+        return F.cross_entropy(logits.float(), batch[1], label_smoothing=smoothing), {}
+
+
+class DistillModule(MNISTModule):
+    """Trains ``student`` on ``alpha · T² · KL(teacher ‖ student) + (1 − alpha) · CE``.
+
+    The teacher (:class:`lkd.teacher.Teacher`: architecture, checkpoint, dtype, offload, cache) is loaded in
+    ``setup`` and frozen for the whole run. Validation and test report the student; ``val/teacher_acc`` is
+    logged once per epoch for reference. With ``teacher.cache`` the teacher's logits for training and
+    validation batches are read by sample id instead of computed (unaugmented training data: ``max_shift: 0``).
+
+    Args:
+        student: student network factory.
+        teacher: the frozen teacher (its ``model`` gets ``num_classes`` from the data through the CLI).
+        num_classes: linked from the data module.
+        temperature: softmax temperature T > 0.
+        alpha: weight of the soft (KL) term in [0, 1]; 1 − alpha weights the cross-entropy.
+        optimizer, lr_schedule: see :class:`MNISTModule`.
+    """
+
+    def __init__(self, student: ModelFactory, teacher: Teacher, num_classes: int = 10, temperature: float = 4.0,
+                 alpha: float = 0.9, optimizer: OptimizerCallable = torch.optim.Adam, lr_schedule: ScheduleName = "onecycle"):
+        super().__init__(num_classes, optimizer, lr_schedule)
+        if problems := kd_problems(temperature=temperature, alpha=alpha):
+            raise ValueError("DistillModule: " + "; ".join(problems))
+        self.save_hyperparameters(ignore=["student", "teacher", "optimizer"])
+        self.temperature, self.alpha = temperature, alpha
+        self.student = student(num_classes)
+        teacher.check_classes(num_classes)
+        self.teacher = teacher
+        self.teacher_val_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    @property
+    def network(self) -> nn.Module:
+        return self.student
+
+    @override
+    def cache_targets(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(sample_ids (B,), {"logits": (B, C) fp32})``."""
+        return batch[2], {"logits": self.teacher(batch[0])}
+
+    @override
+    def loss(self, batch, logits, stage):
+        teacher_logits = self.teacher_targets(batch, stage)["logits"]  # (B, C)
+        labels = batch[1]
+        loss, terms = hinton_kd_loss(logits, teacher_logits, labels, temperature=self.temperature, alpha=self.alpha)
+        if stage == "val":
+            self.teacher_val_acc(teacher_logits, labels)
+            self.log("val/teacher_acc", self.teacher_val_acc, on_step=False, on_epoch=True)
+        return loss, terms
