@@ -4,7 +4,8 @@
 
 Each variant is an ordinary ``lkd fit`` of a YAML under configs/mnist/ (overrides listed in the table),
 run in-process; the accuracy matrix comes from the ContinualEvaluation callback (test split, one head over
-the 8 classes). Writes the "Continual class pairs" section of BENCHMARKS.md.
+the 8 classes). Writes benchmarks/results/continual.json and the "Continual class pairs" section of
+BENCHMARKS.md after every seed.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report import command, machine, write_section  # noqa: E402
-
+from benchmarks import common  # noqa: E402
+from benchmarks.report import column, table  # noqa: E402
 from lkd.callbacks import ContinualEvaluation  # noqa: E402
 from lkd.cli import LKDCLI  # noqa: E402
 from lkd.metrics import average_accuracy, forgetting  # noqa: E402
@@ -56,35 +57,41 @@ def run_variant(name: str, seed: int, workdir: Path) -> dict:
         "matrix": matrix,
         "final": matrix[-1].mean().item(),
         "avg_seen": average_accuracy(matrix)[-1].item(),
-        "forgetting": forgetting(matrix).mean().item() if len(matrix) > 1 else float("nan"),
+        "forgetting": forgetting(matrix).mean().item() if len(matrix) > 1 else None,  # none with one stage
         "seconds": time.perf_counter() - start,
     }
 
 
-def fmt(values: list[float], scale: float = 100.0) -> str:
-    values = [scale * v for v in values]
-    if any(v != v for v in values):
-        return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+GROUPS = ["(0,1)", "(2,3)", "(4,5)", "(6,7)"]
+COLUMNS = [
+    column("variant", "variant"), column("config + overrides", template="`{config}` {overrides}"),
+    column("keys / data", "keys"),
+    column("final acc (%)", "final", aggregate="mean_std", format="{:.2f}", scale=100, missing="n/a"),
+    column("forgetting (points)", "forgetting", aggregate="mean_std", format="{:.2f}", scale=100, missing="n/a"),
+    column("time per run (s)", "time_s", format="{:.0f}"),
+]
 
 
-def matrix_table(matrix: torch.Tensor) -> list[str]:
+def matrix_values(matrix: torch.Tensor) -> list[list[float | None]]:
+    """An accuracy matrix as JSON values: fractions, ``None`` where it holds NaN (not measured)."""
+    return [[v if v == v else None for v in row] for row in matrix.tolist()]
+
+
+def matrix_table(name: str, matrix: torch.Tensor) -> dict:
+    """The accuracy matrix (row = after stage, column = group) as a table of the result file."""
     s = matrix.shape[0]
-    groups = ["(0,1)", "(2,3)", "(4,5)", "(6,7)"][:s] if s > 1 else ["0-7"]
-    lines = ["| after stage | " + " | ".join(groups) + " |", "|---" * (s + 1) + "|"]
-    for i in range(s):
-        cells = [f"{100 * v:.1f}" if v == v else "" for v in matrix[i].tolist()]
-        lines.append(f"| {groups[i]} | " + " | ".join(cells) + " |")
-    return lines
+    groups = GROUPS[:s] if s > 1 else ["0-7"]
+    columns = [column("after stage", "after stage")] + [column(g, g, format="{:.1f}", scale=100) for g in groups]
+    rows = [{"after stage": stage, **dict(zip(groups, values))} for stage, values in zip(groups, matrix_values(matrix))]
+    return table(columns, rows, f"Accuracy matrix of `{name}` (%, mean over seeds; row = after stage, column = group):")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    common.add_seeds_option(parser, [0, 1, 2])
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--no-write", action="store_true")
+    common.add_output_options(parser)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lkd-continual-"))
     results: dict[str, list[dict]] = {}
@@ -92,40 +99,36 @@ def main() -> None:
         for name in args.only:
             r = run_variant(name, seed, workdir)
             results.setdefault(name, []).append(r)
-            print(f"seed {seed} {name}: final {100 * r['final']:.2f} forgetting {100 * r['forgetting']:.2f} "
-                  f"({r['seconds']:.0f} s)", flush=True)
+            forgot = "n/a" if r["forgetting"] is None else f"{100 * r['forgetting']:.2f}"
+            print(f"seed {seed} {name}: final {100 * r['final']:.2f} forgetting {forgot} ({r['seconds']:.0f} s)", flush=True)
         # after every seed, so a long run that is stopped early still reports the seeds it finished
         report(results, args, seeds_done=args.seeds[: args.seeds.index(seed) + 1])
 
 
 def report(results: dict[str, list[dict]], args, seeds_done: list[int]) -> None:
-
-    lines = [
-        f"Command: `{command()}`", "", f"Machine: {machine()}", "",
+    rows = []
+    for name, rs in results.items():
+        config, overrides, keys = VARIANTS[name]
+        rows.append({
+            "variant": name, "config": config,
+            "overrides": " ".join(o.split("=")[0].replace("--", "") for o in overrides) or "—", "keys": keys,
+            "final": [r["final"] for r in rs], "avg_seen": [r["avg_seen"] for r in rs],
+            "forgetting": [r["forgetting"] for r in rs], "seconds": [r["seconds"] for r in rs],
+            "time_s": statistics.mean(r["seconds"] for r in rs),
+        })
+    tables = [table(COLUMNS, rows)]
+    tables += [matrix_table(name, torch.stack([r["matrix"] for r in rs]).mean(0)) for name, rs in results.items()]
+    result = common.new_result("Continual class pairs", args, seeds=seeds_done)
+    result["intro"] = [
         f"Seeds {seeds_done} (of {args.seeds} asked). Stages (0,1) → (2,3) → (4,5) → (6,7), 3 epochs each, batch 32, one head over the 8 "
         "classes (class-incremental), accuracy on the MNIST test images of digits 0-7. *Final* = mean accuracy over "
         "the four groups after the last stage; *forgetting* = best earlier accuracy − final, mean over the first "
         "three groups (points). Keys and the PCA encoder never see labels (they are fitted on every unlabelled "
-        "training image, all 10 digits); without an encoder the DKVB reads a fixed random projection of the pixels.",
-        "",
-        "| variant | config + overrides | keys / data | final acc (%) | forgetting (points) | time per run (s) |",
-        "|---|---|---|---|---|---|",
+        "training image, all 10 digits); without an encoder the DKVB reads a fixed random projection of the pixels."
     ]
-    for name, rs in results.items():
-        config, overrides, keys = VARIANTS[name]
-        over = " ".join(o.split("=")[0].replace("--", "") for o in overrides) or "—"
-        lines.append(
-            f"| {name} | `{config}` {over} | {keys} | {fmt([r['final'] for r in rs])} | "
-            f"{fmt([r['forgetting'] for r in rs])} | {statistics.mean(r['seconds'] for r in rs):.0f} |"
-        )
-    for name, rs in results.items():
-        mean_matrix = torch.stack([r["matrix"] for r in rs]).mean(0)
-        lines += ["", f"Accuracy matrix of `{name}` (%, mean over seeds; row = after stage, column = group):", ""]
-        lines += matrix_table(mean_matrix)
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("Continual class pairs", body)
+    result["tables"] = tables
+    result["data"] = {"matrices_per_seed": {name: [matrix_values(r["matrix"]) for r in rs] for name, rs in results.items()}}
+    common.finish(result, "continual", args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Multi-device benchmark (MNIST distillation): 2 CPU processes (DDP, gloo) vs 1 process on the same global batch.
 
-    python benchmarks/ddp.py                     # needs checkpoints/mnist/teacher.ckpt; writes "Multi-device"
+    python benchmarks/ddp.py                     # needs checkpoints/mnist/teacher.ckpt; results/ddp.json, "Multi-device"
     python benchmarks/ddp.py --epochs 1 --no-write
 
 Both runs are ``lkd fit -c configs/mnist/student_kd.yaml`` with the same seed, epochs and global batch
@@ -21,11 +21,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.report import command, machine, write_section  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.report import PERCENT, RATIO, column, table  # noqa: E402
 from lkd.evaluation import read_scalars  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = common.ROOT
 CONFIG = ROOT / "configs" / "mnist" / "student_kd.yaml"
+COLUMNS = [
+    column("run", "run"), column("val acc (%)", "val/acc", **PERCENT), column("val loss", "val/loss", format="{:.4f}"),
+    column("test acc (%)", "test/acc", **PERCENT), column("test loss", "test/loss", format="{:.4f}"),
+    column("fit wall-clock (s)", "seconds", format="{:.0f}"), column("vs 1 process", "vs_one_process", format=RATIO),
+    column("peak memory per process (MiB)", "peak_mb", format="{:.0f}"),
+]
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--global-batch", type=int, default=128)
     p.add_argument("--teacher", default="checkpoints/mnist/teacher.ckpt")
     p.add_argument("--out", type=Path, default=Path("runs/ddp_benchmark"))
-    p.add_argument("--no-write", action="store_true")
+    common.add_output_options(p)
     return p.parse_args()
 
 
@@ -46,8 +53,7 @@ PEAK_WRAPPER = ("import resource, subprocess, sys; code = subprocess.call(sys.ar
 
 def lkd(*args: str, threads: int) -> tuple[float, float]:
     """Run the ``lkd`` command; (wall-clock seconds, peak RSS in MiB of its largest process)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **common.OFFLINE_ENV, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, sys.executable, "-m", "lkd", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True)
@@ -59,27 +65,26 @@ def lkd(*args: str, threads: int) -> tuple[float, float]:
 
 def run(processes: int, args) -> dict:
     out = args.out / f"{processes}proc"
-    common = [f"--model.init_args.teacher_ckpt={args.teacher}", f"--trainer.default_root_dir={out}",
+    shared = [f"--model.init_args.teacher.checkpoint={args.teacher}", f"--trainer.default_root_dir={out}",
               f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false"]
-    fit = ["fit", "-c", str(CONFIG), *common, f"--trainer.max_epochs={args.epochs}",
+    fit = ["fit", "-c", str(CONFIG), *shared, f"--trainer.max_epochs={args.epochs}",
            f"--data.init_args.batch_size={args.global_batch // processes}", f"--best_checkpoint.path={out}/best.ckpt"]
     if processes > 1:
         fit += ["--trainer.accelerator=cpu", f"--trainer.devices={processes}", "--trainer.strategy=ddp"]
     cores = os.cpu_count() or 1
     seconds, peak = lkd(*fit, threads=max(1, cores // processes))
     latest = next(out.rglob("latest.ckpt"))
-    lkd("test", "-c", str(CONFIG), *common, f"--ckpt_path={latest}", threads=cores)
+    lkd("test", "-c", str(CONFIG), *shared, f"--ckpt_path={latest}", threads=cores)
     scalars = read_scalars(out)
     last = {tag: scalars[tag][-1][1] for tag in ("val/acc", "val/loss", "test/acc", "test/loss") if tag in scalars}
     return {"seconds": seconds, "peak_mb": peak, **last}
 
 
-def markdown(results: dict, args) -> str:
+def section(results: dict, args) -> dict:
+    """The result file of the "Multi-device" section: a row per process count, time ratio to one process."""
     one = results[1]
-    lines = [
-        f"Command: `{command()}`  ",
-        f"Machine: {machine()}",
-        "",
+    result = common.new_result("Multi-device", args, seeds=[42])
+    result["intro"] = [
         f"`configs/mnist/student_kd.yaml` (CNN teacher from `{args.teacher}`, 207 k-parameter student, T = 4, α = 0.9, "
         f"shift augmentation), {args.epochs} epochs on 55,000 training images, global batch {args.global_batch}, seed 42: "
         "one process, and two CPU processes with Lightning's DDP strategy (gloo) at half the batch each. The cores are "
@@ -87,18 +92,12 @@ def markdown(results: dict, args) -> str:
         "processes under DDP); test: the final (latest) checkpoint on the 10,000 test images, one process. Time: the "
         "whole `lkd fit` (process start to exit) as a ratio to the one-process run. Memory: peak resident set of the "
         "largest process. One seed: the runs see the same examples per epoch in different orders, so the accuracy "
-        "difference is within seed noise.",
-        "",
-        "| run | val acc (%) | val loss | test acc (%) | test loss | fit wall-clock (s) | vs 1 process | peak memory per process (MiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "difference is within seed noise."
     ]
-    for n, r in results.items():
-        lines.append(
-            f"| {n} process{'es' if n > 1 else ''}{' (ddp)' if n > 1 else ''} | {100 * r['val/acc']:.2f} | {r['val/loss']:.4f} "
-            f"| {100 * r['test/acc']:.2f} | {r['test/loss']:.4f} | {r['seconds']:.0f} | {r['seconds'] / one['seconds']:.2f}× "
-            f"| {r['peak_mb']:.0f} |"
-        )
-    return "\n".join(lines)
+    rows = [{"run": f"{n} process{'es (ddp)' if n > 1 else ''}", "processes": n, **r,
+             "vs_one_process": r["seconds"] / one["seconds"]} for n, r in results.items()]
+    result["tables"] = [table(COLUMNS, rows)]
+    return result
 
 
 def main() -> None:
@@ -109,10 +108,7 @@ def main() -> None:
     for processes in (1, 2):
         results[processes] = run(processes, args)
         print(processes, results[processes], flush=True)
-    body = markdown(results, args)
-    print(body)
-    if not args.no_write:
-        write_section("Multi-device", body)
+    common.finish(section(results, args), "ddp", args)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Language-model distillation benchmark: a tiny Qwen3-MoE teacher, then four students with equal steps and data.
 
-    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py                 # writes the "Language models" section
+    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py                 # benchmarks/results/lm_distill.json, "Language models"
     OMP_NUM_THREADS=1 python benchmarks/lm_distill.py --teacher-steps 50 --student-steps 20 --no-write  # quick look
 
 Variants (same student architecture, same initial weights, same batches, same number of optimizer steps):
 ``scratch`` (next-token CE only), ``kl`` (T²·KL only), ``multi`` (KL 0.7, feature 0.1, attention 0.1,
 layer-wise 0.05, contrastive 0.05) and ``routed`` (multi + the student-aware router, top-k 1 → 4,
-temperature 2 → 0.5). Every student is then tested the same way (:class:`LMDistillModule`'s test stage against the
-teacher's own top-2 routing): test perplexity, KL(teacher ‖ student), top-1 / top-5 agreement, tokens/s.
+temperature 2 → 0.5). Every student is then tested the same way (an :class:`LMDistillModule` test with the
+:class:`lkd.callbacks.DistillationReport` callback, against the teacher's own top-2 routing): test perplexity,
+KL(teacher ‖ student), top-1 / top-5 agreement, tokens/s (:func:`lkd.timing.tokens_per_second`).
 
 Offline data: the WikiText-2 mirror has no train split, so training uses ``validation[:90%]`` and the test
 uses the first ``--test-blocks`` blocks of ``test``. Tokens are UTF-8 bytes (vocab 257): with SmolLM2's 49152-token
@@ -19,33 +20,32 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+
+common.offline_hub()
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
-
-from benchmarks.report import command, machine, write_section  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
+from benchmarks.report import RATIO, column, table  # noqa: E402
+from lkd.callbacks import DistillationReport  # noqa: E402
 from lkd.callbacks.figures import RouterExpertUsage  # noqa: E402
 from lkd.callbacks.routing_schedule import RoutingSchedule  # noqa: E402
 from lkd.data.text import TextDataModule  # noqa: E402
 from lkd.losses.lm import DEFAULT_LOSS_WEIGHTS  # noqa: E402
-from lkd.models.causal_lm import TinyLlamaLM, TinyMoELM, count_parameters  # noqa: E402
+from lkd.memory import count_parameters  # noqa: E402
 from lkd.models.router import StudentAwareRouter  # noqa: E402
-from lkd.modules.lm import CausalLMModule  # noqa: E402
-from lkd.modules.lm_distill import LMDistillModule  # noqa: E402
+from lkd.modules import CausalLMModule, LMDistillModule  # noqa: E402
+from lkd.teacher import Teacher  # noqa: E402
 
-VOCAB = 257
 VARIANTS = ("scratch", "kl", "multi", "routed")
 
 
@@ -63,24 +63,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--start-top-k", type=int, default=1)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="student initialisation and batch order; one run each")
+    common.add_seeds_option(p, [0, 1], help="student initialisation and batch order; one run each")
     p.add_argument("--teacher-seed", type=int, default=0)
     p.add_argument("--out", default="runs/lm_benchmark", help="folder for results.json and the teacher")
-    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md (results go to OUT/results_no_write.json)")
+    common.add_output_options(p, "do not touch BENCHMARKS.md or benchmarks/results (results go to OUT/results_no_write.json)")
     p.add_argument("--log-dir", default=None, help="TensorBoard logs of every student run here (routed runs also log "
                    "the router/expert_usage and router/schedule figures); default: no logger")
-    p.add_argument("--render-only", action="store_true", help="rewrite the section from OUT/results.json without training")
+    p.add_argument("--render-only", action="store_true", help="rewrite the result file and the section from OUT/results.json "
+                   "without training")
     return p.parse_args()
-
-
-def teacher_model(seed: int) -> TinyMoELM:
-    return TinyMoELM(VOCAB, hidden_size=192, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=48, intermediate_size=384,
-                     moe_intermediate_size=192, num_experts=8, top_k=2, max_position_embeddings=512, seed=seed)
-
-
-def student_model(seed: int) -> TinyLlamaLM:
-    return TinyLlamaLM(VOCAB, hidden_size=96, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256,
-                       max_position_embeddings=512, seed=seed)
 
 
 def data(args, test_blocks: int | None = None) -> TextDataModule:
@@ -91,31 +82,48 @@ def data(args, test_blocks: int | None = None) -> TextDataModule:
 
 
 def trainer(max_steps: int, callbacks=(), logger=False) -> pl.Trainer:
-    return pl.Trainer(max_steps=max_steps, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
-                      callbacks=list(callbacks), deterministic=False)
+    return common.quiet_trainer(max_steps=max_steps, logger=logger, gradient_clip_val=1.0, callbacks=list(callbacks),
+                                deterministic=False)
 
 
 def adamw(lr: float):
     return lambda groups: torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
 
 
+class Report(DistillationReport):
+    """:class:`lkd.callbacks.DistillationReport` that keeps its report in memory only (the numbers go to
+    results.json and BENCHMARKS.md, not retention.json)."""
+
+    @staticmethod
+    def write(report: dict, folder: Path) -> Path:
+        return folder
+
+
 def evaluate(student, teacher, args) -> dict:
-    """Test perplexity and retention of ``student`` against ``teacher`` (its own top-2 routing)."""
-    module = LMDistillModule(student, teacher, tokenizer="bytes", loss_weights={"kl": 1.0}, report_dir=None)
-    module.write_report = lambda report: None  # results go to results.json / BENCHMARKS.md
+    """Test perplexity and retention of ``student`` against ``teacher`` (its own top-2 routing): the test report
+    of :class:`lkd.callbacks.DistillationReport` (``retention``, ``compression``, ``speed``, ``peak_memory_mb``)."""
+    module = LMDistillModule(student, Teacher(teacher), tokenizer="bytes", loss_weights={"kl": 1.0})
+    report = Report()
     dm = data(args)
     dm.max_blocks = args.test_blocks
-    trainer(1).test(module, dm, verbose=False)
-    return module.report
+    trainer(1, [report]).test(module, dm, verbose=False)
+    return report.report
 
 
-def train_teacher(args, out: Path) -> TinyMoELM:
+def unwrapped(state: dict) -> dict:
+    """A teacher's state dict without the ``model.`` prefix of the former ``CausalLM`` wrapper (files it saved put
+    every key under ``model.``; the transformers model's own ``lm_head.weight`` is outside it)."""
+    if all(key.startswith("model.") for key in state):
+        return {key.removeprefix("model."): value for key, value in state.items()}
+    return state
+
+
+def train_teacher(args, out: Path) -> torch.nn.Module:
     seed = args.teacher_seed
     path = out / f"teacher_seed{seed}_steps{args.teacher_steps}.pt"
-    teacher = teacher_model(seed)
+    teacher = common.lm_teacher(seed)
     if path.is_file():
-        teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        teacher.load_state_dict(unwrapped(torch.load(path, map_location="cpu", weights_only=True)))
         return teacher
     module = CausalLMModule(teacher, tokenizer="bytes", optimizer=adamw(args.teacher_lr))
     pl.seed_everything(seed)
@@ -127,7 +135,7 @@ def train_teacher(args, out: Path) -> TinyMoELM:
 
 
 def train_student(variant: str, teacher, args, seed: int) -> tuple[torch.nn.Module, float]:
-    student = student_model(seed + 1)  # the same initial weights for every variant
+    student = common.lm_student(seed + 1)  # the same initial weights for every variant
     callbacks = []
     if variant == "scratch":
         module = CausalLMModule(student, tokenizer="bytes", optimizer=adamw(args.student_lr))
@@ -138,8 +146,8 @@ def train_student(variant: str, teacher, args, seed: int) -> tuple[torch.nn.Modu
             callbacks.append(RoutingSchedule(start_top_k=args.start_top_k, end_top_k=4, start_temperature=2.0, end_temperature=0.5, mode="cosine"))
             if args.log_dir:
                 callbacks.append(RouterExpertUsage(log_every_n_steps=50))
-        module = LMDistillModule(student, copy.deepcopy(teacher), tokenizer="bytes", router=router, loss_weights=weights,
-                                 temperature=args.temperature, layer_map={1: 1, 2: 2, 3: 3, 4: 4}, router_lr=args.router_lr,
+        module = LMDistillModule(student, Teacher(copy.deepcopy(teacher)), tokenizer="bytes", router=router, loss_weights=weights,
+                                 temperature=args.temperature, layer_map=[0, 1, 2, 3], router_lr=args.router_lr,
                                  router_lm_weight=args.router_lm_weight, optimizer=adamw(args.student_lr))
     pl.seed_everything(seed)  # the same batches for every variant
     start = time.perf_counter()
@@ -152,38 +160,25 @@ def train_student(variant: str, teacher, args, seed: int) -> tuple[torch.nn.Modu
     return student, seconds
 
 
-def markdown(results: dict, args) -> str:
-    t = results["teacher"]
-    lines = [
-        f"Command: `{results.get('command') or command()}`  ",
-        f"Machine: {results.get('machine') or machine()}  ",
-        f"Total wall time: {results['wall_minutes']:.1f} min. Student seeds {', '.join(results['students'][args.variants[0]]['per_seed'])} "
-        f"(initial weights and batch order), one teacher (seed {args.teacher_seed}); the table gives means over seeds.",
-        "",
-        "Offline setting: WikiText-2 raw, **trained on `validation[:90%]`** (the mirror has no train split), tested on the "
-        f"first {args.test_blocks} blocks of `test` ({args.test_blocks * args.block_size:,} tokens); byte-level tokens "
-        f"(vocab 257), blocks of {args.block_size}, batch {args.batch_size}. Teacher: Qwen3-MoE, 8 experts, top-2, "
-        f"{t['params'] / 1e6:.2f} M params, {args.teacher_steps} steps. Students: Llama architecture, "
-        f"{results['student_params'] / 1e6:.2f} M params ({t['params'] / results['student_params']:.1f}x fewer), "
-        f"{args.student_steps} AdamW steps each (lr {args.student_lr}, warm-up + cosine), same initial weights and "
-        f"batches; KD temperature T = {args.temperature}; router lr {args.router_lr}. Perplexities are per byte.",
-        "",
-        f"Teacher test perplexity: **{t['ppl']:.3f}**.",
-        "",
-        "| student | test ppl (mean) | ppl per seed | KL(teacher‖student) | top-1 agree | top-5 agree | student/teacher tokens/s | train s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for v in args.variants:
-        r = results["students"][v]
-        per_seed = " / ".join(f"{run['ppl']:.3f}" for run in r["per_seed"].values())
-        lines.append(f"| {v} | {r['ppl']:.3f} | {per_seed} | {r['kl']:.4f} | {r['top1']:.3f} | {r['top5']:.3f} | {r['speed_ratio']:.2f}x | {r['train_s']:.0f} |")
-    s = results["students"]
+COLUMNS = [
+    column("student", "student"), column("test ppl (mean)", "ppl", format="{:.3f}"),
+    column("ppl per seed", "ppl_per_seed", aggregate="list", format="{:.3f}", sep=" / "),
+    column("KL(teacher‖student)", "kl", format="{:.4f}"), column("top-1 agree", "top1", format="{:.3f}"),
+    column("top-5 agree", "top5", format="{:.3f}"), column("student/teacher tokens/s", "speed_ratio", format=RATIO),
+    column("train s", "train_s", format="{:.0f}"),
+]
+
+
+def targets(students: dict, variants: list[str]) -> str:
+    """The paragraph on the two targets (distilled beats scratch; router beats plain KL) and the routed
+    teacher's LM degradation, for the variants that ran."""
+    s, lines = students, []
     if "scratch" in s:
-        distilled = [v for v in args.variants if v != "scratch"]
+        distilled = [v for v in variants if v != "scratch"]
         beats = [v for v in distilled if s[v]["ppl"] < s["scratch"]["ppl"]]
-        lines += ["", f"Target 1 (every distilled variant beats scratch on test perplexity): "
-                      f"**{'met' if len(beats) == len(distilled) else 'not met'}** ({len(beats)} of {len(distilled)} beat it: "
-                      f"{', '.join(beats) or 'none'})."]
+        lines.append(f"Target 1 (every distilled variant beats scratch on test perplexity): "
+                     f"**{'met' if len(beats) == len(distilled) else 'not met'}** ({len(beats)} of {len(distilled)} beat it: "
+                     f"{', '.join(beats) or 'none'}).")
     if "routed" in s and "kl" in s:
         ok = s["routed"]["ppl"] < s["kl"]["ppl"]
         wins = sum(s["routed"]["per_seed"][k]["ppl"] < s["kl"]["per_seed"][k]["ppl"] for k in s["routed"]["per_seed"])
@@ -192,27 +187,57 @@ def markdown(results: dict, args) -> str:
     if "routed" in s and s["routed"].get("teacher_lm_degradation_last_step") is not None:
         lines.append(f"Routed teacher's own LM loss minus its top-2 loss at the last training step (mean over seeds): "
                      f"{s['routed']['teacher_lm_degradation_last_step']:+.4f} nats/byte.")
-    lines += ["", "Variants: scratch = next-token CE; kl = T²·KL only; multi = KL 0.7 + feature 0.1 + attention 0.1 + layer-wise "
-                  "0.05 + contrastive 0.05; routed = multi with the student-aware router (top-k 1→4, temperature 2→0.5, cosine) "
-                  "replacing the teacher's top-2 gating in the targets and trained on the same objective + the routed teacher's LM "
-                  "loss. Retention is measured against the teacher's own top-2 routing. Speed: no-grad forward of 4 × "
-                  f"{args.block_size} tokens, 1 thread; all students share one architecture, so the spread of that column is "
-                  "timing noise on this shared machine."]
     return "\n".join(lines)
+
+
+def section(results: dict, args) -> dict:
+    """The result file of the "Language models" section from this script's ``results.json`` content."""
+    t, students = results["teacher"], results["students"]
+    seeds = list(students[args.variants[0]]["per_seed"])
+    result = common.new_result("Language models", args, seeds=[int(seed) for seed in seeds])
+    result["command"] = results.get("command") or result["command"]
+    result["machine"] = results.get("machine") or result["machine"]
+    result["intro"] = [
+        f"Total wall time: {results['wall_minutes']:.1f} min. Student seeds {', '.join(seeds)} "
+        f"(initial weights and batch order), one teacher (seed {args.teacher_seed}); the table gives means over seeds.",
+        "Offline setting: WikiText-2 raw, **trained on `validation[:90%]`** (the mirror has no train split), tested on the "
+        f"first {args.test_blocks} blocks of `test` ({args.test_blocks * args.block_size:,} tokens); byte-level tokens "
+        f"(vocab 257), blocks of {args.block_size}, batch {args.batch_size}. Teacher: Qwen3-MoE, 8 experts, top-2, "
+        f"{t['params'] / 1e6:.2f} M params, {args.teacher_steps} steps. Students: Llama architecture, "
+        f"{results['student_params'] / 1e6:.2f} M params ({t['params'] / results['student_params']:.1f}x fewer), "
+        f"{args.student_steps} AdamW steps each (lr {args.student_lr}, warm-up + cosine), same initial weights and "
+        f"batches; KD temperature T = {args.temperature}; router lr {args.router_lr}. Perplexities are per byte.",
+        f"Teacher test perplexity: **{t['ppl']:.3f}**.",
+    ]
+    rows = [{"student": v, **students[v], "ppl_per_seed": [run["ppl"] for run in students[v]["per_seed"].values()]}
+            for v in args.variants]
+    result["tables"] = [table(COLUMNS, rows)]
+    result["notes"] = [paragraph for paragraph in [targets(students, args.variants)] if paragraph] + [
+        "Variants: scratch = next-token CE; kl = T²·KL only; multi = KL 0.7 + feature 0.1 + attention 0.1 + layer-wise "
+        "0.05 + contrastive 0.05; routed = multi with the student-aware router (top-k 1→4, temperature 2→0.5, cosine) "
+        "replacing the teacher's top-2 gating in the targets and trained on the same objective + the routed teacher's LM "
+        "loss. Retention is measured against the teacher's own top-2 routing. Speed: no-grad forward of 4 × "
+        f"{args.block_size} tokens, 1 thread; all students share one architecture, so the spread of that column is "
+        "timing noise on this shared machine."
+    ]
+    result["data"] = {"teacher": t, "student_params": results["student_params"], "wall_minutes": results["wall_minutes"]}
+    return result
+
+
+def prepare(args) -> Path:
+    """Quiet warnings, torch's threads from ``OMP_NUM_THREADS``; returns the ``--out`` folder (the teacher, results.json)."""
+    warnings.filterwarnings("ignore")
+    common.threads_from_env()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def main() -> None:
     args = parse_args()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare(args)
     if args.render_only:
-        results = json.loads((out / "results.json").read_text())
-        body = markdown(results, args)
-        print(body)
-        if not args.no_write:
-            write_section("Language models", body)
+        common.finish(section(json.loads((out / "results.json").read_text()), args), "lm_distill", args)
         return
     start = time.perf_counter()
     teacher = train_teacher(args, out)
@@ -235,12 +260,9 @@ def main() -> None:
         mean["teacher_lm_degradation_last_step"] = sum(degr) / len(degr) if degr else None
         results["students"][variant] = {**mean, "per_seed": runs}
     results["wall_minutes"] = (time.perf_counter() - start) / 60
-    results["command"], results["machine"] = command(), machine()
+    results["command"], results["machine"] = common.command(), common.machine()
     (out / ("results_no_write.json" if args.no_write else "results.json")).write_text(json.dumps(results, indent=2))
-    body = markdown(results, args)
-    print(body)
-    if not args.no_write:
-        write_section("Language models", body)
+    common.finish(section(results, args), "lm_distill", args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python benchmarks/mnist_kd.py                       # 3 seeds, a teacher per seed, config epochs
     python benchmarks/mnist_kd.py --shared-teacher --teacher-epochs 15 --student-epochs 20
 
-Writes the "MNIST distillation" section of BENCHMARKS.md: test accuracy mean ± std (best checkpoints),
+Writes benchmarks/results/mnist_kd.json and the "MNIST distillation" section of BENCHMARKS.md: test accuracy
+per seed and mean ± std (best checkpoints),
 parameters, CPU inference time for the 10,000 test images (median of 7 passes, all models taking turns, so a
 noisy machine slows them alike) and the speed ratio to the teacher measured in the same run.
 """
@@ -16,26 +17,30 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report import command, machine, write_section  # noqa: E402
-
+from benchmarks import common  # noqa: E402
+from benchmarks.report import PERCENT, RATIO, column, table  # noqa: E402
 from lkd.pipelines.mnist_kd import CONFIG_DIR, run, time_models, train_and_test  # noqa: E402
 
-
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+COLUMNS = [
+    column("model", "model"), column("config", template="`{config}`"), column("runs", "runs"),
+    column("test acc (%) mean ± std", "test_acc", aggregate="mean_std", **PERCENT),
+    column("per seed (%)", "test_acc", aggregate="list", **PERCENT), column("params", "params", format="{:,}"),
+    column("params / teacher", "params_vs_teacher", format="{:.3f}"),
+    column("CPU inference 10k (s, median)", "inference_s", format="{:.3f}"),
+    column("speed vs teacher", "speed_vs_teacher", format=RATIO),
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    common.add_seeds_option(parser, [0, 1, 2])
     parser.add_argument("--teacher-epochs", type=int, default=None)
     parser.add_argument("--student-epochs", type=int, default=None)
     parser.add_argument("--shared-teacher", action="store_true", help="train one teacher (first seed) for all seeds")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    common.add_output_options(parser)
     parser.add_argument("--reuse", action="store_true", help="test checkpoints an earlier run left in --workdir")
     parser.add_argument("--no-dkvb", action="store_true", help="skip the DKVB student")
     args = parser.parse_args()
@@ -49,46 +54,35 @@ def main() -> None:
         rows["teacher"] = [teacher]
         teacher_ckpt = str(workdir / "checkpoints" / f"teacher-seed{args.seeds[0]}.ckpt")
     for seed in args.seeds:
-        for result in run(seed, workdir, args.teacher_epochs, args.student_epochs, teacher_ckpt=teacher_ckpt,
-                          with_dkvb=not args.no_dkvb, reuse=args.reuse):
-            rows.setdefault(result.name, []).append(result)
-            print(f"seed {seed}: {result.name} test acc {100 * result.test_acc:.2f} %", flush=True)
+        for model in run(seed, workdir, args.teacher_epochs, args.student_epochs, teacher_ckpt=teacher_ckpt,
+                         with_dkvb=not args.no_dkvb, reuse=args.reuse):
+            rows.setdefault(model.name, []).append(model)
+            print(f"seed {seed}: {model.name} test acc {100 * model.test_acc:.2f} %", flush=True)
     time_models([r for results in rows.values() for r in results])
 
     teacher_time = statistics.median(r.infer_s for r in rows["teacher"])
-    table = [
-        "| model | config | runs | test acc (%) mean ± std | per seed (%) | params | params / teacher | CPU inference 10k (s, median) | speed vs teacher |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
     teacher_params = rows["teacher"][0].params
+    model_rows = []
     for name, results in rows.items():
-        accs = [100 * r.test_acc for r in results]
         infer = statistics.median(r.infer_s for r in results)
-        table.append(
-            f"| {name} | `{results[0].config}` | {len(results)} | {mean_std(accs)} | {', '.join(f'{a:.2f}' for a in accs)} | "
-            f"{results[0].params:,} | {results[0].params / teacher_params:.3f} | {infer:.3f} | {teacher_time / infer:.2f}× |"
-        )
+        model_rows.append({
+            "model": name, "config": str(results[0].config), "runs": len(results), "test_acc": [r.test_acc for r in results],
+            "params": results[0].params, "params_vs_teacher": results[0].params / teacher_params, "inference_s": infer,
+            "inference_s_per_run": [r.infer_s for r in results], "speed_vs_teacher": teacher_time / infer,
+        })
     teacher_note = (
         f"one teacher (seed {args.seeds[0]}) shared by all student seeds" if args.shared_teacher else "a teacher per seed"
     )
-    body = "\n".join(
-        [
-            f"Command: `{command()}`",
-            "",
-            f"Machine: {machine()}",
-            "",
-            f"Seeds {args.seeds}; {teacher_note}. Epochs: teacher {args.teacher_epochs or 'config'}, students "
-            f"{args.student_epochs or 'config'}; students alone and distilled use the same data, augmentation "
-            "(2-pixel shifts), optimiser and epochs. Accuracy on the 10,000 MNIST test images, each model on its "
-            "best validation checkpoint. Inference: eval mode, batches of 1,000, every model of the table taking turns, "
-            "median of 7 passes per model.",
-            "",
-            *table,
-        ]
-    )
-    print(body)
-    if not args.no_write:
-        write_section("MNIST distillation", body)
+    result = common.new_result("MNIST distillation", args, seeds=args.seeds)
+    result["intro"] = [
+        f"Seeds {args.seeds}; {teacher_note}. Epochs: teacher {args.teacher_epochs or 'config'}, students "
+        f"{args.student_epochs or 'config'}; students alone and distilled use the same data, augmentation "
+        "(2-pixel shifts), optimiser and epochs. Accuracy on the 10,000 MNIST test images, each model on its "
+        "best validation checkpoint. Inference: eval mode, batches of 1,000, every model of the table taking turns, "
+        "median of 7 passes per model."
+    ]
+    result["tables"] = [table(COLUMNS, model_rows)]
+    common.finish(result, "mnist_kd", args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Teacher-cache benchmark (language model): distillation from a top-k cache vs a live teacher vs the student alone.
 
-    OMP_NUM_THREADS=1 python benchmarks/teacher_cache_lm.py            # writes "Teacher cache" / "Language model"
+    OMP_NUM_THREADS=1 python benchmarks/teacher_cache_lm.py            # results/teacher_cache_lm.json, "Teacher cache"
     OMP_NUM_THREADS=1 python benchmarks/teacher_cache_lm.py --timing-steps 30 --repeats 2 --steps 50 --no-write
 
 The models and data of ``benchmarks/lm_distill.py`` (byte-level WikiText-2 blocks of 128, batch 8; the tiny
@@ -18,8 +18,6 @@ KL at T = 1 as the only loss. Stages:
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,23 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.lm_distill import adamw, data, evaluate, student_model, train_teacher, trainer  # noqa: E402
-from benchmarks.report import command, machine, write_subsection  # noqa: E402
-from lkd.cache import TeacherCache, build_teacher_cache  # noqa: E402
-from lkd.modules.lm import CausalLMModule  # noqa: E402
-from lkd.modules.lm_distill import LMDistillModule  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.lm_distill import adamw, data, evaluate, prepare, train_teacher, trainer  # noqa: E402
+from benchmarks.report import column, table  # noqa: E402
+from lkd.cache import build_teacher_cache  # noqa: E402
+from lkd.memory import count_parameters  # noqa: E402
+from lkd.modules import CausalLMModule, LMDistillModule  # noqa: E402
+from lkd.teacher import Teacher  # noqa: E402
 
 MODES = ("student only", "distillation, live teacher", "distillation, cached teacher")
-
-
-class StepTimer(pl.Callback):
-    """Wall-clock seconds of the training epoch's steps (set-up and data preparation excluded)."""
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        self.seconds = time.perf_counter() - self.start
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--out", default="runs/lm_benchmark", help="where benchmarks/lm_distill.py keeps its teacher")
-    p.add_argument("--no-write", action="store_true")
+    common.add_output_options(p)
     args = p.parse_args()
     # the settings of benchmarks/lm_distill.py that its helpers read
     args.batch_size, args.block_size, args.test_blocks = 8, 128, 400
@@ -67,17 +57,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def build(mode: str, teacher, cache: Path, args):
-    student = student_model(args.seed + 1)
+    student = common.lm_student(args.seed + 1)
     if mode == "student only":
         return CausalLMModule(student, tokenizer="bytes", optimizer=adamw(args.lr))
-    return LMDistillModule(student, teacher, tokenizer="bytes", loss_weights={"kl": 1.0}, temperature=1.0,
-                           optimizer=adamw(args.lr), teacher_cache=str(cache) if "cached" in mode else None,
-                           teacher_cache_top_k=args.k)
+    wrapped = Teacher(teacher, cache=str(cache) if "cached" in mode else None, cache_top_k=args.k)
+    return LMDistillModule(student, wrapped, tokenizer="bytes", loss_weights={"kl": 1.0}, temperature=1.0,
+                           optimizer=adamw(args.lr))
 
 
 def train(mode: str, teacher, cache: Path, args, steps: int) -> tuple[torch.nn.Module, float]:
     module = build(mode, teacher, cache, args)
-    timer = StepTimer()
+    timer = common.train_timer()
     pl.seed_everything(args.seed)  # the same batches for every mode
     trainer(steps, [timer]).fit(module, data(args))
     return module.trained_model, timer.seconds
@@ -85,13 +75,7 @@ def train(mode: str, teacher, cache: Path, args, steps: int) -> tuple[torch.nn.M
 
 def main() -> None:
     args = parse_args()
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    teacher = train_teacher(args, out)
+    teacher = train_teacher(args, prepare(args))
     workdir = Path(tempfile.mkdtemp(prefix="lkd-lm-cache-"))
     cache_path = workdir / f"teacher_top{args.k}.cache"
 
@@ -103,18 +87,16 @@ def main() -> None:
     build_s = time.perf_counter() - started
     tokens = {s: v["sample_ids"].numel() * args.block_size for s, v in cache.content["splits"].items()}
     per_token = cache.bytes_per_example() / args.block_size
-    max_err = max(s["max_abs_error"] for s in cache.content["splits"].values())
+    max_err = float(max(s["max_abs_error"] for s in cache.content["splits"].values()))
     print(f"cache: {tokens} tokens in {build_s:.1f} s, {per_token:.1f} B/token, max |err| {max_err:.2e}", flush=True)
 
     # 2. timing
-    for mode in MODES:
-        train(mode, teacher, cache_path, args, max(args.timing_steps // 5, 5))
-    seconds: dict[str, list[float]] = {m: [] for m in MODES}
-    for r in range(args.repeats):
-        for mode in MODES:
-            seconds[mode].append(train(mode, teacher, cache_path, args, args.timing_steps)[1])
-            print(f"round {r}: {mode}: {seconds[mode][-1]:.2f} s", flush=True)
-    median = {m: statistics.median(v) for m, v in seconds.items()}
+    burn_in_steps = max(args.timing_steps // 5, 5)
+    timing = common.paired_timing(
+        {m: lambda m=m: train(m, teacher, cache_path, args, args.timing_steps)[1] for m in MODES},
+        baseline="student only", repeats=args.repeats,
+        burn_in={m: lambda m=m: train(m, teacher, cache_path, args, burn_in_steps) for m in MODES},
+    )
 
     # 3. quality
     quality = {}
@@ -122,44 +104,44 @@ def main() -> None:
         for mode in MODES:
             student, _ = train(mode, teacher, cache_path, args, args.steps)
             r = evaluate(student, teacher, args)["retention"]
-            quality[mode] = (r["student_ppl"], r["kl"])
+            quality[mode] = {"ppl": r["student_ppl"], "kl": r["kl"]}
             print(f"{mode}: test ppl {r['student_ppl']:.3f}, KL {r['kl']:.4f}", flush=True)
 
-    base = median["student only"]
-    lines = [
-        f"Command: `OMP_NUM_THREADS={torch.get_num_threads()} {command()}`  ",
-        f"Machine: {machine()}",
-        "",
+    columns = [
+        column("mode", "mode"),
+        *common.timing_columns(f"{args.timing_steps} training steps (s, median of {args.repeats})", "per round (s)",
+                               "vs student only"),
+        column(f"test ppl after {args.steps} steps", "ppl", format="{:.3f}", missing="not run"),
+        column("KL to the teacher", "kl", format="{:.4f}", missing="not run"),
+    ]
+    rows = [{"mode": mode, **timing.row(mode), **quality.get(mode, {})} for mode in MODES]
+    teacher_params = count_parameters(teacher)
+    vocab, file_bytes = cache.targets["vocab"], cache_path.stat().st_size
+    result = common.new_result("Teacher cache", args, subsection="Language model", seeds=[args.seed], threads=True)
+    result["intro"] = [
         "The models and data of `benchmarks/lm_distill.py` (\"Language models\": the byte-level tiny Qwen3-MoE teacher, "
-        f"{sum(p.numel() for p in teacher.parameters()) / 1e6:.1f} M parameters, and the tiny Llama student; WikiText-2 "
+        f"{teacher_params / 1e6:.1f} M parameters, and the tiny Llama student; WikiText-2 "
         f"blocks of {args.block_size} bytes, batch {args.batch_size}), KL at T = 1 as the only loss, fp32 on the CPU. "
         "Timing: a burn-in per mode, then the three modes take turns, each a fresh model trained for the steps named; "
         "the ratio is to the student alone (next-token cross-entropy) in the same run. Quality: each mode trained "
         f"{args.steps} steps from seed {args.seed} on the same batches, test perplexity on the first {args.test_blocks} "
-        "test blocks and KL(teacher ‖ student) there (one seed).",
-        "",
-        f"| mode | {args.timing_steps} training steps (s, median of {args.repeats}) | per round (s) | vs student only | "
-        f"test ppl after {args.steps} steps | KL to the teacher |",
-        "|---|---|---|---|---|---|",
+        "test blocks and KL(teacher ‖ student) there (one seed)."
     ]
-    for mode in MODES:
-        ppl, kl = (f"{quality[mode][0]:.3f}", f"{quality[mode][1]:.4f}") if mode in quality else ("not run", "not run")
-        lines.append(f"| {mode} | {median[mode]:.2f} | {', '.join(f'{s:.2f}' for s in seconds[mode])} | "
-                     f"{median[mode] / base:.2f}× | {ppl} | {kl} |")
-    lines += [
-        "",
-        f"Cache: top-{args.k} of the teacher's {cache.targets['vocab']}-token distribution at every position, "
+    result["tables"] = [table(columns, rows)]
+    result["notes"] = [
+        f"Cache: top-{args.k} of the teacher's {vocab}-token distribution at every position, "
         f"log-probabilities in float16 and token ids in int16: {per_token:.1f} bytes per token "
         f"({cache.bytes_per_example():.0f} per block, its int64 id included; the full fp16 distribution would be "
-        f"{2 * cache.targets['vocab']} bytes per token), {sum(tokens.values()):,} tokens (train + val), file "
-        f"{cache_path.stat().st_size / 1e6:.1f} MB, written in {build_s:.1f} s; largest |stored − fp32| log-probability "
+        f"{2 * vocab} bytes per token), {sum(tokens.values()):,} tokens (train + val), file "
+        f"{file_bytes / 1e6:.1f} MB, written in {build_s:.1f} s; largest |stored − fp32| log-probability "
         f"error {max_err:.2e}. The KL reads it as the top-{args.k} tokens plus a tail bucket for the rest of the "
-        "teacher's mass (`lkd.losses.kd.topk_kd_kl_div`).",
+        "teacher's mass (`lkd.losses.kd.topk_kd_kl_div`)."
     ]
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_subsection("Teacher cache", "Language model", body)
+    result["data"] = {"teacher_params": teacher_params,
+                      "cache": {"top_k": args.k, "vocab": vocab, "tokens": tokens, "bytes_per_token": float(per_token),
+                                "bytes_per_block": float(cache.bytes_per_example()), "file_bytes": file_bytes,
+                                "build_s": build_s, "max_abs_error": max_err}}
+    common.finish(result, "teacher_cache_lm", args)
 
 
 if __name__ == "__main__":

@@ -75,11 +75,15 @@ class Teacher(nn.Module):
         if problems := teacher_problems(dtype, cache_top_k):
             raise ValueError("Teacher: " + "; ".join(problems))
         self.model = model.eval().requires_grad_(False)
+        # jsonargparse 4.53 re-reads a dotted override under a class_path (`--model.init_args.teacher.checkpoint=null`)
+        # from an f-string, so null arrives here as the string "None"
+        checkpoint, cache = (None if v == "None" else v for v in (checkpoint, cache))
         self.checkpoint, self.dtype, self.offload = checkpoint, dtype, offload
         self.cache_path, self.cache_top_k = cache, cache_top_k
         self.placement = TeacherPlacement(self.model, offload=offload)
         self.store = None  # the attached lkd.cache.TeacherCache (module setup("fit"), when `cache` is set)
         self._loaded_from: str | None = None
+        self.train(False)  # the wrapper too (nn.Module starts in train mode; Lightning restores captured modes)
 
     def check_classes(self, num_classes: int) -> None:
         """Refuse (at build time) a classification teacher built for another number of classes than the data's."""

@@ -60,16 +60,21 @@ def tiny_mnist(tmp_path_factory) -> Path:
     return write_hub_dataset(root, "mnist", {"train": make_digits(600, 0), "test": make_digits(200, 1)})
 
 
-@pytest.fixture()
-def tiny_data_args(tiny_mnist) -> list[str]:
-    """CLI overrides that point any MNIST config at the tiny data set."""
+def mnist_tiny_args(root: Path) -> list[str]:
+    """CLI overrides that point any MNIST config at the tiny data set in ``root``."""
     return [
-        f"--data.init_args.hub_id={tiny_mnist}",
+        f"--data.init_args.hub_id={root}",
         "--data.init_args.train_size=500",
         "--data.init_args.val_size=100",
         "--data.init_args.batch_size=50",
         "--data.init_args.eval_batch_size=100",
     ]
+
+
+@pytest.fixture()
+def tiny_data_args(tiny_mnist) -> list[str]:
+    """CLI overrides that point any MNIST config at the tiny data set."""
+    return mnist_tiny_args(tiny_mnist)
 
 
 @pytest.fixture(autouse=True)

@@ -24,8 +24,9 @@ class SaveDKVBPerRank(Callback):
 class SaveRankState(Callback):
     """Every rank writes what a multi-process test compares: the module's final state, the callbacks' states,
     the logged metrics, its own validation loss sum (to check the logged value is the global one), how many
-    checkpoints it saved, its share of the training batches, the training rows it drew in each epoch and a
-    fingerprint of its first training batch."""
+    checkpoints it saved, its share of the training batches, the training rows it drew in each epoch, a
+    fingerprint of its first training batch, the DKVB codebook buffers (``..._codebook.*``) as they were
+    when training started (to check that the EMA moved them) and the optimizer steps after which it validated."""
 
     def __init__(self, out_dir: str):
         self.out_dir = Path(out_dir)
@@ -41,6 +42,12 @@ class SaveRankState(Callback):
             return save(*args, **kwargs)
 
         io.save_checkpoint = counting_save
+        self.codebooks_at_start: dict[str, torch.Tensor] = {}
+        self.val_at_steps: list[int] = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.codebooks_at_start = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()
+                                   if "._codebook." in k}
 
     def on_train_epoch_start(self, trainer, pl_module):
         # the rows this rank draws this epoch: indices into the training set, from the loader's sampler (under
@@ -54,6 +61,8 @@ class SaveRankState(Callback):
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self.val_sum, self.val_rows = 0.0, 0
+        if not trainer.sanity_checking:
+            self.val_at_steps.append(trainer.global_step)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if trainer.sanity_checking or not isinstance(outputs, dict):
@@ -72,7 +81,8 @@ class SaveRankState(Callback):
                 "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
                 "val_sum": self.val_sum, "val_rows": self.val_rows, "saves": self.saves,
                 "train_batches": trainer.num_training_batches, "first_batch": self.first_batch,
-                "epoch_rows": self.epoch_rows,
+                "epoch_rows": self.epoch_rows, "codebooks_at_start": self.codebooks_at_start,
+                "val_at_steps": self.val_at_steps, "global_step": trainer.global_step,
             },
             self.out_dir / f"rank{trainer.global_rank}.pt",
         )

@@ -52,14 +52,15 @@ def write_tiny_glue(root: Path, n_train: int = 64, n_val: int = 16, n_test: int 
 
 
 def tiny_model_args(config_path: Path) -> list[str]:
-    """CLI overrides: every TransformerClassifier of the config becomes a tiny random BERT with MiniLM's tokenizer."""
+    """CLI overrides: every TransformerClassifier of the config becomes a tiny random BERT with MiniLM's tokenizer
+    (the teacher's is the ``model`` of its :class:`lkd.teacher.Teacher` block: ``teacher.model.init_args``)."""
     import yaml
 
     init = yaml.safe_load(config_path.read_text())["model"]["init_args"]
     args = []
     for role in ("model", "student", "teacher"):
         if role in init:
-            key = f"--model.init_args.{role}.init_args"
+            key = f"--model.init_args.{role}.model.init_args" if role == "teacher" else f"--model.init_args.{role}.init_args"
             args += [f"{key}.encoder={MINILM}", f"{key}.pretrained=false", f"{key}.config_overrides={json.dumps(TINY_BERT)}"]
     return args
 

@@ -1,4 +1,5 @@
-"""Tiny language-model pieces for the LM tests: a WikiText-shaped corpus in hub layout and tiny models."""
+"""Tiny language-model pieces for the LM tests: a WikiText-shaped corpus in hub layout, tiny models, and the
+CLI overrides that shrink any configs/lm/*.yaml to them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from tests.conftest import write_hub_dataset
 
 WIKITEXT_CONFIG = "wikitext-2-raw-v1"
-VOCAB = 257  # lkd.models.causal_lm.ByteTokenizer
+VOCAB = 257  # lkd.hub.ByteTokenizer
 
 TINY_TEACHER = dict(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, head_dim=16,
                     intermediate_size=64, moe_intermediate_size=16, num_experts=8, top_k=2, max_position_embeddings=64)
@@ -34,6 +35,41 @@ def tiny_student(seed: int = 1, **kw):
 def as_class_arg(builder: str, init_args: dict) -> str:
     """A CLI value replacing a model argument: ``{"class_path": ..., "init_args": ...}`` as JSON."""
     return json.dumps({"class_path": builder, "init_args": init_args})
+
+
+MOE_BUILDERS = ("lkd.models.causal_lm.TinyMoELM", "lkd.models.causal_lm.PretrainedLM")
+
+
+def tiny_overrides(config: Path, data_root: Path) -> list[str]:
+    """CLI arguments that shrink an LM config's models and data; everything else stays as written.
+
+    The teacher's network is ``model.init_args.teacher.model`` (:class:`lkd.teacher.Teacher`); its checkpoint,
+    dtype and cache stay as the config writes them (override ``--model.init_args.teacher.checkpoint=...``).
+    """
+    import torch
+    import yaml
+
+    text = yaml.safe_load(config.read_text())
+    init = text["model"]["init_args"]
+    args = ["--model.init_args.tokenizer=bytes"]
+    for key in ("model", "teacher", "student"):
+        if key not in init:
+            continue
+        spec = init[key]["model"] if key == "teacher" else init[key]
+        moe = key == "teacher" or (key == "model" and spec["class_path"] in MOE_BUILDERS)
+        builder, size = ("TinyMoELM", TINY_TEACHER) if moe else ("TinyLlamaLM", TINY_STUDENT)
+        target = "teacher.model" if key == "teacher" else key
+        args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.causal_lm.' + builder, size)}")
+    args += [f"--data.init_args.hub_id={data_root}", f"--data.init_args.config={WIKITEXT_CONFIG}",
+             "--data.init_args.train_split=validation[:90%]", "--data.init_args.val_split=validation[90%:]",
+             "--data.init_args.test_split=test", "--data.init_args.block_size=16", "--data.init_args.batch_size=2"]
+    trainer = text.get("trainer", {})
+    if trainer.get("precision") == "16-mixed" and not torch.cuda.is_available():
+        args.append("--trainer.precision=bf16-mixed")  # fp16 autocast needs a GPU
+    if trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        # a multi-GPU (FSDP) config: its strategy is checked in tests/test_ddp_tracks.py; here the rest of it runs
+        args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
+    return args
 
 
 def make_lines(n: int, seed: int) -> list[str]:

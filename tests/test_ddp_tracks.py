@@ -81,14 +81,16 @@ MNIST_RUN = ["--trainer.max_epochs=2", "--trainer.limit_val_batches=1", "--train
 
 def test_response_kd_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
     ranks = lkd_two_processes(tmp_path, CONFIGS / "mnist" / "student_kd.yaml", *tiny_data_args, *MNIST_RUN,
-                              f"--model.init_args.teacher_ckpt={mnist_teacher}", "--best_checkpoint.path=best.ckpt")
+                              f"--model.init_args.teacher.checkpoint={mnist_teacher}", "--best_checkpoint.path=best.ckpt")
     rank0, rank1 = ranks
     assert_same_state(rank0, rank1, "student.")  # gradients all-reduced: one model
-    assert_same_state(rank0, rank1, "teacher.")  # the frozen teacher is the same on both and was not trained
+    assert_same_state(rank0, rank1, "teacher.model.")  # the frozen teacher is the same on both and was not trained
     trained = torch.load(mnist_teacher, weights_only=True)["state_dict"]
-    for key, value in trained.items():  # loaded from the teacher's checkpoint on both ranks
-        if key.startswith("model."):
-            torch.testing.assert_close(rank1["state"]["teacher." + key.removeprefix("model.")], value)
+    loaded = [key for key in trained if key.startswith("model.")]
+    assert loaded
+    for key in loaded:  # loaded from the teacher's checkpoint on both ranks (the network is `teacher.model`)
+        for rank in (rank0, rank1):
+            torch.testing.assert_close(rank["state"]["teacher." + key], trained[key])
     # 500 training rows in batches of 50: 10 batches on one process, 5 per rank on two, different rows
     assert rank0["train_batches"] == rank1["train_batches"] == 5
     assert rank0["first_batch"] != rank1["first_batch"]
@@ -104,7 +106,7 @@ def test_response_kd_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
 
 def test_dkvb_student_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
     rank0, rank1 = lkd_two_processes(tmp_path, CONFIGS / "mnist" / "student_dkvb_kd.yaml", *tiny_data_args, *MNIST_RUN,
-                                     f"--model.init_args.teacher_ckpt={mnist_teacher}")
+                                     f"--model.init_args.teacher.checkpoint={mnist_teacher}")
     assert_same_state(rank0, rank1, "student.")  # values (all-reduced gradients) and keys (synced EMA)
     assert any("keys" in k or "embed" in k for k in rank0["state"] if k.startswith("student."))
     assert rank0["callbacks"]["EMAKeyUpdate"] == rank1["callbacks"]["EMAKeyUpdate"]
@@ -114,10 +116,45 @@ def test_dkvb_student_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
 def test_glue_distillation_on_two_processes(tmp_path, tiny_glue):
     config = CONFIGS / "glue" / "student_kd.yaml"
     rank0, rank1 = lkd_two_processes(tmp_path, config, *glue_model_args(config), *glue_data_args(tiny_glue),
-                                     "--model.init_args.teacher_ckpt=null", "--trainer.max_steps=3",
+                                     "--model.init_args.teacher.checkpoint=null", "--trainer.max_steps=3",
                                      "--trainer.limit_val_batches=1", "--trainer.logger=false")
     assert_same_state(rank0, rank1, "student.")
     assert rank0["metrics"]["val/score"] == rank1["metrics"]["val/score"]
+
+
+def test_glue_dkvb_student_codebooks_synced_on_two_processes(tmp_path, tiny_glue):
+    """A GLUE student with a DKVB whose keys move by EMA (EMAKeyUpdate): the codebook's EMA statistics are
+    all-reduced, so both ranks, which draw different rows, end with the same keys, and the keys did move.
+    The run ends on a training step (3 steps, validation after step 2 only): torch DDP broadcasts rank 0's
+    buffers at the start of a forward, so a trailing validation would copy rank 0's keys over rank 1's and
+    hide unsynced codebooks."""
+    import yaml
+
+    settings = yaml.safe_load((CONFIGS / "glue" / "student_dkvb_kd.yaml").read_text())
+    ema = next(cb for cb in settings["trainer"]["callbacks"] if cb["class_path"] == "lkd.callbacks.EMAKeyUpdate")
+    ema["init_args"]["init_steps"] = 2  # of the 3 steps: 2 of key initialisation, then EMA with learning values
+    config = tmp_path / "student_dkvb_kd.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    rank0, rank1 = lkd_two_processes(tmp_path, config, *glue_model_args(config), *glue_data_args(tiny_glue),
+                                     "--model.init_args.teacher.checkpoint=null", "--trainer.max_steps=3",
+                                     "--trainer.limit_val_batches=1", "--trainer.logger=false")
+    assert rank0["global_step"] == 3 and rank0["val_at_steps"] == [2]  # the last forward was a training one
+    assert rank0["first_batch"] != rank1["first_batch"]  # the sampler gives each rank its own rows
+    a, b = rank0["epoch_rows"][0], rank1["epoch_rows"][0]
+    assert len(a) == len(b) == 32 and not set(a) & set(b)
+    codebook = [k for k in rank0["state"] if k.startswith("student.dkvb.") and "._codebook." in k]
+    names = {k.rsplit(".", 1)[1] for k in codebook}
+    assert {"embed", "embed_avg", "cluster_size"} <= names, names
+    differ = {}
+    for k in (k for k in codebook if k.rsplit(".", 1)[1] in ("embed", "embed_avg", "cluster_size")):
+        start, end0, end1 = rank0["codebooks_at_start"][k], rank0["state"][k], rank1["state"][k]
+        assert torch.equal(start, rank1["codebooks_at_start"][k]), k  # one seeded model on both ranks
+        assert not torch.equal(end0, start) and not torch.equal(end1, start), f"{k}: the EMA never moved the codebook"
+        if not torch.allclose(end0, end1, rtol=0, atol=1e-6):
+            differ[k] = f"max |rank0 - rank1| = {float((end0 - end1).abs().max()):.3g}"
+    assert not differ, f"DKVB codebooks differ between the ranks (EMA statistics not synced): {differ}"
+    assert_same_state(rank0, rank1, "student.")  # values and encoder (all-reduced gradients) and keys
+    assert rank0["callbacks"]["EMAKeyUpdate"] == rank1["callbacks"]["EMAKeyUpdate"]
 
 
 def test_glue_predictions_on_two_processes_are_one_file(tmp_path, tiny_glue, monkeypatch):
@@ -138,11 +175,11 @@ def test_glue_predictions_on_two_processes_are_one_file(tmp_path, tiny_glue, mon
 
 
 def test_routed_lm_distillation_on_two_processes(tmp_path, tiny_wikitext):  # noqa: F811
-    from tests.test_lm_configs import tiny_overrides
+    from tests.lm_fixtures import tiny_overrides
 
     config = CONFIGS / "lm" / "student_routed.yaml"
     rank0, rank1 = lkd_two_processes(tmp_path, config, *tiny_overrides(config, tiny_wikitext),
-                                     "--model.init_args.teacher_ckpt=null", "--trainer.max_steps=4",
+                                     "--model.init_args.teacher.checkpoint=null", "--trainer.max_steps=4",
                                      "--trainer.limit_val_batches=1", "--trainer.logger=false")
     for part in ("student.", "router.", "projections."):
         assert_same_state(rank0, rank1, part)

@@ -77,7 +77,7 @@ def test_glue_confusion_matrix_uses_label_names(tmp_path, tiny_glue):
 def test_config_is_written_as_hparams(tmp_path, monkeypatch, tiny_data_args):
     monkeypatch.chdir(tmp_path)
     LKDCLI(args=["fit", "-c", str(CONFIGS / "mnist" / "student_kd.yaml"), *tiny_data_args, "--trainer.max_epochs=1",
-                 "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--model.init_args.teacher_ckpt=null",
+                 "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--model.init_args.teacher.checkpoint=null",
                  "--model.init_args.temperature=3.5"])
     acc = events(tmp_path / "runs" / "mnist_student_kd")
     content = acc.PluginTagToContent("hparams")
@@ -97,12 +97,12 @@ def test_flatten_config():
 
 def test_router_expert_usage_over_training(tmp_path, monkeypatch, tiny_wikitext):
     from lkd.callbacks import RouterExpertUsage
-    from tests.test_lm_configs import tiny_overrides
+    from tests.lm_fixtures import tiny_overrides
 
     monkeypatch.chdir(tmp_path)
     config = CONFIGS / "lm" / "student_routed.yaml"
     usage = RouterExpertUsage(log_every_n_steps=1)
-    cli = LKDCLI(args=["-c", str(config), *tiny_overrides(config, tiny_wikitext), "--model.init_args.teacher_ckpt=null",
+    cli = LKDCLI(args=["-c", str(config), *tiny_overrides(config, tiny_wikitext), "--model.init_args.teacher.checkpoint=null",
                        "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0"], run=False)
     cli.trainer.callbacks.append(usage)
     cli.trainer.fit(cli.model, cli.datamodule)

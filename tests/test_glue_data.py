@@ -13,8 +13,7 @@ from tests.glue_fixtures import MINILM
 
 def _ready(root, task, stage="fit", **kwargs) -> GLUEDataModule:
     data = GLUEDataModule(task, hub_id=str(root), batch_size=4, eval_batch_size=5, **kwargs)
-    data.connect(MINILM, model_max_length=128)
-    data.trainer = None
+    data.connect(MINILM, model_max_length=128)  # what the LightningModule's setup does (model -> data)
     data.setup(stage)
     return data
 
@@ -22,12 +21,37 @@ def _ready(root, task, stage="fit", **kwargs) -> GLUEDataModule:
 def test_single_sentence_task(tiny_glue):
     data = _ready(tiny_glue, "sst2")
     assert data.text_columns == ["sentence"] and data.num_classes == 2 and not data.is_regression
-    assert len(data.splits["train"]) == 64 and len(data.splits["validation"]) == 16
+    assert len(data.split("train")) == 64 and len(data.split("validation")) == 16
     batch = next(iter(data.val_dataloader()))
     assert batch["input_ids"].shape[0] == 5 and batch["labels"].dtype == torch.long
     assert (batch["token_type_ids"] == 0).all()  # one segment
     # dynamic padding: the batch is as long as its longest example, not max_length
     assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max()) < 32
+    assert batch["idx"].tolist() == [0, 1, 2, 3, 4]  # sample ids (GLUE's idx), in order: the cache key
+
+
+def test_tokenisation_is_lazy_and_needs_the_connected_tokenizer(tiny_glue):
+    data = GLUEDataModule("sst2", hub_id=str(tiny_glue), batch_size=4)
+    data.setup("fit")  # checks the splits; tokenises nothing, and has no tokenizer to do it with
+    assert data.splits == {} and data.tokenizer is None
+    with pytest.raises(ValueError, match=r"no tokenizer yet: set data.init_args.tokenizer.*call connect\(tokenizer_name\)"):
+        data.split("train")
+    data.connect(MINILM, model_max_length=128)
+    assert data.tokenizer_name == MINILM and data.splits == {}  # still nothing tokenised
+    train = data.split("train")
+    assert list(data.splits) == ["train"] and data.split("train") is train  # once, on first use
+    # row 0 is "the film was awful and boring" (label 0), encoded with the connected tokenizer, not truncated
+    assert train[0]["input_ids"].tolist() == data.tokenizer("the film was awful and boring")["input_ids"]
+    assert train[0]["labels"] == 0 and train[0]["idx"] == 0
+
+
+def test_a_tokenizer_given_to_the_data_wins_over_the_models(tiny_glue):
+    data = GLUEDataModule("sst2", hub_id=str(tiny_glue), tokenizer=MINILM)
+    data.setup("fit")  # binds its own tokenizer
+    assert data.tokenizer_name == MINILM and data.tokenizer is not None
+    train = data.split("train")
+    data.connect("no-such-org/no-such-tokenizer", model_max_length=128)  # would fail to load if it were used
+    assert data.tokenizer_name == MINILM and data.split("train") is train  # kept, not tokenised again
 
 
 def test_pair_task_has_two_segments(tiny_glue):
@@ -46,9 +70,9 @@ def test_float_label_is_regression(tiny_glue):
 
 
 def test_train_subset_is_seeded(tiny_glue):
-    a = _ready(tiny_glue, "sst2", train_size=10, seed=3).splits["train"]["idx"][:].tolist()
-    b = _ready(tiny_glue, "sst2", train_size=10, seed=3).splits["train"]["idx"][:].tolist()
-    c = _ready(tiny_glue, "sst2", train_size=10, seed=4).splits["train"]["idx"][:].tolist()
+    a = _ready(tiny_glue, "sst2", train_size=10, seed=3).split("train")["idx"][:].tolist()
+    b = _ready(tiny_glue, "sst2", train_size=10, seed=3).split("train")["idx"][:].tolist()
+    c = _ready(tiny_glue, "sst2", train_size=10, seed=4).split("train")["idx"][:].tolist()
     assert len(a) == 10 and a == b and a != c
 
 
@@ -85,7 +109,7 @@ def test_real_mirror():
     assert mrpc.text_columns == ["sentence1", "sentence2"] and len(mrpc.raw["validation"]) == 408
     assert mrpc.has_labels("test")  # see the mirror's PROVENANCE.md
     rte = _ready(SHARED_DATA / "glue", "rte", stage="validate")
-    assert len(rte.splits["validation"]) == 277 and rte.label_names == ["entailment", "not_entailment"]
+    assert len(rte.split("validation")) == 277 and rte.label_names == ["entailment", "not_entailment"]
 
 
 def test_metrics_follow_the_task():

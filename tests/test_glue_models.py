@@ -14,6 +14,7 @@ from lkd.models import (
 )
 from lkd.models.transfer import WeightTransferError
 from lkd.modules import GLUEDistillModule
+from lkd.teacher import Teacher
 from tests.glue_fixtures import MINILM, TINY_BERT
 from tests.helpers import tiny_trainer
 
@@ -27,6 +28,11 @@ def tiny(num_classes=2, layers=None, dkvb=None, **overrides) -> TransformerClass
 
 def factory(**kwargs):
     return lambda n: tiny(n, **kwargs)
+
+
+def teacher(**kwargs) -> Teacher:
+    """A frozen tiny teacher with the weights it was built with (no checkpoint)."""
+    return Teacher(tiny(**kwargs))
 
 
 # ---- weight transfer -------------------------------------------------------------------------------
@@ -66,7 +72,7 @@ def test_pretrained_student_keeps_the_chosen_pretrained_layers():
     assert 22.5e6 < sum(p.numel() for p in full.encoder.parameters()) < 22.9e6
     torch.testing.assert_close(student.encoder.encoder.layer[2].output.dense.weight, full.encoder.encoder.layer[5].output.dense.weight)
     assert full.training and full.encoder.training  # fine-tuning needs dropout on (from_pretrained returns eval mode)
-    from lkd.models.pretrained import load_tokenizer
+    from lkd.hub import load_tokenizer
 
     batch = load_tokenizer(MINILM)(["a gripping, funny film", "dull"], padding=True, return_tensors="pt")
     full.eval()
@@ -75,7 +81,7 @@ def test_pretrained_student_keeps_the_chosen_pretrained_layers():
 
 
 def test_unknown_offline_model_is_a_clear_error(monkeypatch):
-    from lkd.models.pretrained import PretrainedNotFoundError
+    from lkd.hub import PretrainedNotFoundError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PretrainedNotFoundError, match=r"'bert-base-uncased' .*offline.*all-MiniLM-L6-v2"):
@@ -116,8 +122,7 @@ def test_init_keys_from_embeddings_lands_on_the_embedding_clusters():
 
 
 def test_discrete_key_init_callback_uses_teacher_embeddings(tmp_path, tiny_glue):
-    teacher, student = factory(dkvb=None), factory(layers=[0, 2, 5], dkvb=DKVB)
-    module = GLUEDistillModule(student, teacher, task="sst2")
+    module = GLUEDistillModule(factory(layers=[0, 2, 5], dkvb=DKVB), teacher(dkvb=None), task="sst2")
     data = GLUEDataModule("sst2", hub_id=str(tiny_glue), batch_size=8)
     before = module.student.dkvb.keys.clone()
     init = DiscreteKeyInit(source="teacher", dkvb="student.dkvb", num_batches=2, neighbours=4)
@@ -145,9 +150,9 @@ def test_discrete_key_init_callback_uses_teacher_embeddings(tmp_path, tiny_glue)
 
 # ---- key carrying -----------------------------------------------------------------------------------
 def _carry_module(student_dkvb=DKVB, **student_overrides):
-    module = GLUEDistillModule(factory(layers=[0, 2, 5], dkvb=student_dkvb, **student_overrides), factory(dkvb=DKVB), task="sst2")
+    module = GLUEDistillModule(factory(layers=[0, 2, 5], dkvb=student_dkvb, **student_overrides), teacher(dkvb=DKVB), task="sst2")
     g = torch.Generator().manual_seed(7)
-    t = module.teacher.dkvb
+    t = module.teacher.model.dkvb
     t.write_keys(torch.randn(t.keys.shape, generator=g) * 3)
     t.projection.copy_(torch.randn(t.projection.shape, generator=g))
     with torch.no_grad():
@@ -160,7 +165,7 @@ def test_key_carrying_copies_exactly_and_survives_training_steps(tmp_path, tiny_
     data = GLUEDataModule("sst2", hub_id=str(tiny_glue), batch_size=8)
     carry = KeyCarrying(every_n_steps=2, carry_values=True, freeze_student_keys=True)
     tiny_trainer(tmp_path, max_steps=3, callbacks=[carry], limit_val_batches=0).fit(module, data)
-    s, t = module.student.dkvb, module.teacher.dkvb
+    s, t = module.student.dkvb, module.teacher.model.dkvb
     assert carry.carries == 2 and carry.last_carried_step == 2  # at the start and after step 2
     torch.testing.assert_close(s.keys, t.keys)  # after step 3: frozen, so still exactly the teacher's
     torch.testing.assert_close(s.projection, t.projection)
@@ -172,7 +177,7 @@ def test_carried_keys_are_not_undone_by_the_ema(tmp_path, tiny_glue):
     old = module.student.dkvb.keys.clone()
     data = GLUEDataModule("sst2", hub_id=str(tiny_glue), batch_size=8)
     tiny_trainer(tmp_path, max_steps=1, callbacks=[KeyCarrying()], limit_val_batches=0).fit(module, data)
-    s, t = module.student.dkvb.keys, module.teacher.dkvb.keys
+    s, t = module.student.dkvb.keys, module.teacher.model.dkvb.keys
     assert not torch.equal(s, t)  # the student's EMA moved on ...
     assert (s - t).norm() < 0.2 * (old - t).norm()  # ... from the carried keys, not back to its own
 
@@ -193,30 +198,73 @@ def test_key_carrying_needs_matching_widths_or_a_projection(tmp_path, tiny_glue)
         tiny_trainer(tmp_path, max_steps=1, callbacks=[KeyCarrying()]).fit(module, data)
     projected = _carry_module(student_dkvb=DKVBSettings(num_codebooks=4, num_keys=8, key_dim=4, input_dim=32), **narrow)
     tiny_trainer(tmp_path, max_steps=1, callbacks=[KeyCarrying(freeze_student_keys=True)], limit_val_batches=0).fit(projected, data)
-    torch.testing.assert_close(projected.student.dkvb.keys, projected.teacher.dkvb.keys)
+    torch.testing.assert_close(projected.student.dkvb.keys, projected.teacher.model.dkvb.keys)
 
 
 # ---- distillation module checks ---------------------------------------------------------------------
 def test_vocabulary_mismatch_names_both_sizes():
     with pytest.raises(ValueError, match=r"teacher vocabulary .*30522.* student vocabulary .*1000"):
-        GLUEDistillModule(factory(vocab_size=1000), factory(), task="sst2")
+        GLUEDistillModule(factory(vocab_size=1000), teacher(), task="sst2")
 
 
 def test_layer_map_out_of_range():
     with pytest.raises(ValueError, match=r"layer_map \[0, 2, 9\] must give one teacher layer \(0..5\)"):
-        GLUEDistillModule(factory(layers=[0, 2, 5]), factory(), task="sst2", layer_map=[0, 2, 9])
+        GLUEDistillModule(factory(layers=[0, 2, 5]), teacher(), task="sst2", layer_map=[0, 2, 9])
 
 
 def test_student_init_from_teacher_copies_the_teacher(tmp_path, tiny_glue):
-    module = GLUEDistillModule(factory(layers=[0, 2, 5]), factory(), task="sst2", student_init="teacher", cos_weight=1.0)
+    module = GLUEDistillModule(factory(layers=[0, 2, 5]), teacher(), task="sst2", student_init="teacher", cos_weight=1.0)
     module.setup("fit")
     torch.testing.assert_close(module.student.encoder.encoder.layer[1].intermediate.dense.weight,
-                               module.teacher.encoder.encoder.layer[2].intermediate.dense.weight)
+                               module.teacher.model.encoder.encoder.layer[2].intermediate.dense.weight)
     data = GLUEDataModule("sst2", hub_id=str(tiny_glue), batch_size=8)
-    data.connect(MINILM, 128)
-    data.trainer = None
+    module.connect_data(data)  # what the module's setup does under a trainer: the model's tokenizer and limit
+    assert data.tokenizer_name == MINILM
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    _, loss, terms = module.compute_loss(batch, "train")
+    _, loss, terms = module.loss(batch, "train")
     assert set(terms) == {"kd", "ce", "cos"} and loss.isfinite()
     assert terms["cos"] < 0.5  # copied layers already point where the teacher's do (random net: not 0)
+
+
+def test_teacher_checkpoint_is_loaded_before_the_student_copies_it(tmp_path):
+    torch.manual_seed(3)
+    trained = tiny()  # stands in for a fine-tuned GLUEClassifierModule: its weights under `model.`
+    path = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, path)
+    module = GLUEDistillModule(factory(layers=[0, 2, 5]), Teacher(tiny(), checkpoint=str(path)), task="sst2",
+                               student_init="teacher")
+    weight = "encoder.encoder.layer.5.output.dense.weight"
+    assert not torch.equal(module.teacher.model.state_dict()[weight], trained.state_dict()[weight])  # another seed
+    module.setup("fit")
+    torch.testing.assert_close(module.teacher.model.state_dict()[weight], trained.state_dict()[weight])
+    torch.testing.assert_close(module.student.encoder.encoder.layer[2].output.dense.weight, trained.state_dict()[weight])
+    assert not module.teacher.training and not module.teacher.model.training
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+    module.train()
+    assert not module.teacher.model.training and module.student.training  # the teacher stays in eval mode
+
+
+def test_teacher_built_for_other_classes_is_refused():
+    with pytest.raises(ValueError, match=r"teacher was built with num_classes=2 but the data has 1 classes.*"
+                                         r"teacher.model.init_args.num_classes: 1"):
+        GLUEDistillModule(factory(), teacher(), num_classes=1, task="stsb")
+
+
+def test_teacher_settings_from_command_line_overrides(tmp_path, monkeypatch, tiny_glue):
+    """The documented overrides reach the Teacher: its network (``teacher.model.init_args.*``), ``checkpoint=null``
+    (None, not the string "None") and ``dtype``."""
+    from lkd.cli import LKDCLI
+    from tests.conftest import CONFIGS
+    from tests.glue_fixtures import tiny_data_args, tiny_model_args
+
+    config = CONFIGS / "glue" / "student_kd.yaml"
+    monkeypatch.chdir(tmp_path)
+    cli = LKDCLI(args=["-c", str(config), *tiny_model_args(config), *tiny_data_args(tiny_glue),
+                       "--model.init_args.teacher.checkpoint=null", "--model.init_args.teacher.dtype=bfloat16"], run=False)
+    teacher = cli.model.teacher
+    assert isinstance(teacher, Teacher) and teacher.checkpoint is None and teacher.dtype == "bfloat16"
+    assert (teacher.model.hidden_size, teacher.model.num_layers) == (32, 6)  # the tiny BERT, not MiniLM's 384
+    assert (cli.model.student.hidden_size, cli.model.student.num_layers) == (32, 3)
+    cli.model.setup("fit")  # no checkpoint to load: the teacher keeps its built weights, held in bfloat16
+    assert teacher.weight_dtype == torch.bfloat16

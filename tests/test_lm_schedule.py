@@ -8,7 +8,8 @@ from lightning.pytorch.callbacks import Callback
 from lkd.callbacks.routing_schedule import RoutingSchedule
 from lkd.data.text import TextDataModule
 from lkd.models.router import StudentAwareRouter
-from lkd.modules.lm_distill import LMDistillModule
+from lkd.modules.lm import LMDistillModule
+from lkd.teacher import Teacher
 from tests.lm_fixtures import WIKITEXT_CONFIG, tiny_student, tiny_teacher, tiny_wikitext, _one_torch_thread  # noqa: F401
 
 
@@ -40,7 +41,8 @@ def test_bad_arguments(kwargs, match):
 
 
 def _module():
-    return LMDistillModule(tiny_student(), tiny_teacher(), tokenizer="bytes", router=StudentAwareRouter(), loss_weights={"kl": 1.0})
+    return LMDistillModule(tiny_student(), Teacher(tiny_teacher()), tokenizer="bytes", router=StudentAwareRouter(),
+                           loss_weights={"kl": 1.0})
 
 
 def _trainer(tmp_path, callbacks, **kw):
@@ -56,7 +58,7 @@ def test_top_k_above_the_teachers_experts_is_a_setup_error(tiny_wikitext, tmp_pa
 
 def test_schedule_without_router_is_a_setup_error(tiny_wikitext, tmp_path):
     dm = TextDataModule(str(tiny_wikitext), WIKITEXT_CONFIG, block_size=16, batch_size=4)
-    module = LMDistillModule(tiny_student(), tiny_teacher(), tokenizer="bytes", loss_weights={"kl": 1.0})
+    module = LMDistillModule(tiny_student(), Teacher(tiny_teacher()), tokenizer="bytes", loss_weights={"kl": 1.0})
     with pytest.raises(ValueError, match="needs a module with a router"):
         _trainer(tmp_path, [RoutingSchedule()], max_steps=1).fit(module, dm)
 

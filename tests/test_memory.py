@@ -1,17 +1,16 @@
 """Fitting teacher and student in memory: the estimate and its error, teacher offloading, activation
 checkpointing, 16-bit true precision on the MNIST track."""
 
-from functools import partial
-
 import lightning.pytorch as pl
 import pytest
 import torch
 
-from lkd import memory
+from lkd import memory, teacher as teacher_lib
 from lkd.data import GLUEDataModule, MNISTDataModule
-from lkd.memory import TeacherMemoryError, TeacherPlacement, enable_activation_checkpointing, memory_needed, module_bytes
+from lkd.memory import TeacherMemoryError, enable_activation_checkpointing, memory_needed, module_bytes
 from lkd.models import MLP
 from lkd.modules import ClassifierModule, DistillModule
+from lkd.teacher import Teacher, TeacherPlacement
 from tests.glue_fixtures import MINILM, TINY_BERT
 from tests.helpers import tiny_cnn, tiny_trainer
 from tests.lm_fixtures import tiny_wikitext  # noqa: F401 - fixture
@@ -27,26 +26,26 @@ def test_memory_needed_counts_teacher_weights_grads_and_optimizer_state():
     assert memory_needed(10, 40, 30, offload=True) == 40 + 2 * 30 + 30
 
 
-def _distill_module(**kwargs) -> DistillModule:
-    return DistillModule(tiny_cnn, partial(MLP, hidden=(256,)), **kwargs)
+def _distill_module(**teacher_kwargs) -> DistillModule:
+    return DistillModule(tiny_cnn, Teacher(MLP(10, hidden=(256,)), **teacher_kwargs))
 
 
 def test_teacher_that_does_not_fit_is_refused_before_training_with_the_numbers(tmp_path, tiny_mnist, monkeypatch):
     module = _distill_module()
-    teacher, student = module_bytes(module.teacher), module_bytes(module.student)
+    teacher, student = module_bytes(module.teacher.model), module_bytes(module.student)
     need = memory_needed(teacher, student, student, offload=False)
-    monkeypatch.setattr(memory, "device_budget", lambda device: need - 1)  # one byte short on "this device"
+    monkeypatch.setattr(teacher_lib, "device_budget", lambda device: need - 1)  # one byte short on "this device"
     data = MNISTDataModule(str(tiny_mnist), train_size=100, val_size=50, batch_size=50)
     trainer = tiny_trainer(tmp_path, max_steps=1)
     with pytest.raises(TeacherMemoryError) as err:
         trainer.fit(module, datamodule=data)
     message = str(err.value)
     assert f"need at least {need / 2**30:.2f} GiB" in message and "in float32" in message
-    assert "teacher_dtype: bfloat16" in message and "teacher_offload: true" in message
+    assert "model.init_args.teacher.dtype: bfloat16" in message and "model.init_args.teacher.offload: true" in message
     assert trainer.global_step == 0
     # the ways out it names are real: offloading (or a bf16 teacher) brings the need under the budget
-    monkeypatch.setattr(memory, "device_budget", lambda device: memory_needed(teacher, student, student, offload=True))
-    fits = _distill_module(teacher_offload=True)
+    monkeypatch.setattr(teacher_lib, "device_budget", lambda device: memory_needed(teacher, student, student, offload=True))
+    fits = _distill_module(offload=True)
     tiny_trainer(tmp_path / "ok", max_steps=1, limit_val_batches=0).fit(fits, datamodule=data)
     assert fits.global_step == 1
 
@@ -54,7 +53,7 @@ def test_teacher_that_does_not_fit_is_refused_before_training_with_the_numbers(t
 def test_cpu_runs_are_not_checked():
     assert memory.device_budget(torch.device("cpu")) is None
     module = _distill_module()
-    assert memory.check_teacher_fits(module.teacher, module.student, torch.device("cpu"), offload=False) is None
+    assert teacher_lib.check_teacher_fits(module.teacher.model, module.student, torch.device("cpu"), offload=False) is None
 
 
 class _RecordingTeacher(torch.nn.Linear):
@@ -102,8 +101,9 @@ def test_offloaded_teacher_lives_in_cpu_memory_between_steps(tmp_path, tiny_mnis
         def on_train_batch_end(self, trainer, pl_module, *args):
             seen.append(next(pl_module.teacher.parameters()).device.type)
 
-    module = _distill_module(teacher_offload=True)
-    module.teacher.register_forward_pre_hook(lambda m, a: seen.append("forward on " + next(m.parameters()).device.type))
+    module = _distill_module(offload=True)
+    # on the network, after the placement's own hooks: where the weights are when the forward runs
+    module.teacher.model.register_forward_pre_hook(lambda m, a: seen.append("forward on " + next(m.parameters()).device.type))
     data = MNISTDataModule(str(tiny_mnist), train_size=100, val_size=50, batch_size=50)
     pl.Trainer(accelerator="cuda", devices=1, max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
                callbacks=[Where()]).fit(module, datamodule=data)
@@ -140,8 +140,9 @@ def test_activation_checkpointing_recomputes_layers_and_keeps_the_gradients():
 def test_activation_checkpointing_from_yaml_trains_the_glue_student(tmp_path, tiny_glue):
     from lkd.modules import GLUEDistillModule
 
-    module = GLUEDistillModule(lambda n: _tiny_bert_student(), lambda n: _tiny_bert_student(), task="sst2",
+    module = GLUEDistillModule(lambda n: _tiny_bert_student(), Teacher(_tiny_bert_student()), task="sst2",
                                activation_checkpointing=True)
+    assert not module.teacher.model.encoder.encoder.layer[0].gradient_checkpointing  # the student only
     assert module.student.encoder.encoder.layer[0].gradient_checkpointing
     trainer = tiny_trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=GLUEDataModule("sst2", hub_id=str(tiny_glue), batch_size=8))
@@ -169,11 +170,11 @@ def test_bf16_true_trains_the_mnist_student(tmp_path, tiny_mnist):
 def test_routed_lm_distillation_with_a_bf16_teacher_and_checkpointed_student(tiny_wikitext, tmp_path):
     from lkd.data.text import TextDataModule
     from lkd.models.router import StudentAwareRouter
-    from lkd.modules.lm_distill import LMDistillModule
+    from lkd.modules import LMDistillModule
     from tests.lm_fixtures import WIKITEXT_CONFIG, tiny_student, tiny_teacher
 
-    module = LMDistillModule(tiny_student(), tiny_teacher(), tokenizer="bytes", router=StudentAwareRouter(),
-                             router_top_k=2, teacher_dtype="bfloat16", activation_checkpointing=True)
+    module = LMDistillModule(tiny_student(), Teacher(tiny_teacher(), dtype="bfloat16"), tokenizer="bytes",
+                             router=StudentAwareRouter(), router_top_k=2, activation_checkpointing=True)
     recomputed = []
     module.student.model.layers[0].self_attn.register_forward_hook(lambda *a: recomputed.append(module.student.training))
     teacher_fp32 = module_bytes(module.teacher)
@@ -189,15 +190,13 @@ def test_routed_lm_distillation_with_a_bf16_teacher_and_checkpointed_student(tin
     assert any(not torch.equal(before[k], v) for k, v in module.router.state_dict().items())  # gradient reached it
 
 
-def test_teacher_offload_is_refused_under_fsdp(monkeypatch):
+def test_teacher_offload_is_refused_under_fsdp():
     from lightning.pytorch.strategies import FSDPStrategy
 
-    module = _distill_module(teacher_offload=True)
+    module = _distill_module(offload=True)
 
     class FakeTrainer:  # the strategy is all the check reads; FSDP itself needs CUDA GPUs
         strategy = FSDPStrategy()
 
-    monkeypatch.setattr(type(module), "trainer", property(lambda self: FakeTrainer()))
-    module._trainer = FakeTrainer()
-    with pytest.raises(ValueError, match="teacher_offload moves the whole teacher.*cpu_offload"):
-        module.check_teacher_fits()
+    with pytest.raises(ValueError, match="teacher.offload moves the whole teacher.*cpu_offload"):
+        module.teacher.check_fits(module.student, FakeTrainer())

@@ -10,11 +10,19 @@ def test_split_sizes_and_batches(tiny_mnist):
     dm = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=64)
     dm.setup("fit")
     assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (500, 100, 200)
-    # train and val are disjoint parts of the hub train split
-    images, labels = next(iter(dm.train_dataloader()))
+    # train and val are disjoint parts of the hub train split (sample ids: rows of that split)
+    train_ids, val_ids = set(dm.datasets["train"].sample_ids.tolist()), set(dm.datasets["val"].sample_ids.tolist())
+    assert len(train_ids) == 500 and len(val_ids) == 100 and not train_ids & val_ids and max(train_ids | val_ids) < 600
+    images, labels, sample_ids = next(iter(dm.train_dataloader()))
     assert images.shape == (64, 28, 28) and images.dtype == torch.uint8 and labels.shape == (64,)
-    images, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert sample_ids.shape == (64,) and set(sample_ids.tolist()) <= train_ids
+    # each id names the row its image and label came from
+    rows = {int(i): k for k, i in enumerate(dm.datasets["train"].sample_ids)}
+    picked = torch.tensor([rows[int(i)] for i in sample_ids])
+    assert torch.equal(images, dm.datasets["train"].images[picked]) and torch.equal(labels, dm.datasets["train"].labels[picked])
+    images, labels_after, ids_after = dm.on_after_batch_transfer((images, labels, sample_ids), 0)
     assert images.shape == (64, 1, 28, 28) and images.dtype == torch.float32
+    assert torch.equal(labels_after, labels) and torch.equal(ids_after, sample_ids)
 
 
 def test_class_subset_and_label_mapping(tiny_mnist):

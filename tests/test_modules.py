@@ -9,6 +9,7 @@ from lkd.checkpoint import CheckpointMismatchError
 from lkd.data import MNISTDataModule
 from lkd.models import MLP
 from lkd.modules import ClassifierModule, DistillModule, NonFiniteLossError
+from lkd.teacher import Teacher
 from tests.helpers import tiny_cnn, tiny_mlp, tiny_trainer
 
 teacher_mlp = partial(MLP, hidden=(32,), dropout=0.5)
@@ -47,7 +48,7 @@ class TeacherWatch(Callback):
         self.modes, self.grads = [], []
 
     def _record(self, pl_module):
-        self.modes.append(pl_module.teacher.training)
+        self.modes.append(any(m.training for m in pl_module.teacher.modules()))  # the Teacher and every layer
         self.grads.append(any(p.requires_grad or p.grad is not None for p in pl_module.teacher.parameters()))
 
     def on_train_batch_end(self, trainer, pl_module, *args):
@@ -59,17 +60,18 @@ class TeacherWatch(Callback):
 
 def test_teacher_stays_frozen_and_in_eval_mode(tmp_path, data, teacher_ckpt):
     pl.seed_everything(0)
-    module = DistillModule(tiny_cnn, teacher_mlp, teacher_ckpt=str(teacher_ckpt))
+    module = DistillModule(tiny_cnn, Teacher(teacher_mlp(10), checkpoint=str(teacher_ckpt)))
     module.setup("fit")
-    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    before = {k: v.clone() for k, v in module.teacher.model.state_dict().items()}
     trained = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
-    assert all(torch.equal(v, trained[f"model.{k}"]) for k, v in before.items())  # loaded from the checkpoint
+    assert before and all(torch.equal(v, trained[f"model.{k}"]) for k, v in before.items())  # loaded from the checkpoint
+    assert set(module.state_dict()) >= {f"teacher.model.{k}" for k in before}  # where the network lives
     watch = TeacherWatch()
     trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=[watch])
     trainer.fit(module, datamodule=data)
     # 2 epochs x 10 train batches + 1 sanity-check and 2 validation batches
     assert len(watch.modes) == 2 * 10 + 1 + 2 and not any(watch.modes) and not any(watch.grads)
-    for k, v in module.teacher.state_dict().items():
+    for k, v in module.teacher.model.state_dict().items():
         assert torch.equal(v, before[k]), f"teacher tensor {k} changed"
     # the teacher's own predictions are logged for reference and it learned the tiny digits
     assert trainer.callback_metrics["val/teacher_acc"] > 0.9
@@ -78,7 +80,7 @@ def test_teacher_stays_frozen_and_in_eval_mode(tmp_path, data, teacher_ckpt):
 def test_distilled_student_learns_from_teacher(tmp_path, data, teacher_ckpt):
     pl.seed_everything(0)
     module = DistillModule(
-        tiny_cnn, teacher_mlp, teacher_ckpt=str(teacher_ckpt), alpha=1.0, temperature=2.0,
+        tiny_cnn, Teacher(teacher_mlp(10), checkpoint=str(teacher_ckpt)), alpha=1.0, temperature=2.0,
         optimizer=partial(torch.optim.Adam, lr=1e-2),
     )
     trainer = tiny_trainer(tmp_path, max_epochs=4)
@@ -90,17 +92,26 @@ def test_distilled_student_learns_from_teacher(tmp_path, data, teacher_ckpt):
 
 def test_missing_teacher_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nope\.ckpt.*HINT"):
-        DistillModule(tiny_cnn, tiny_mlp, teacher_ckpt=str(tmp_path / "nope.ckpt")).setup("fit")
+        DistillModule(tiny_cnn, Teacher(tiny_mlp(10), checkpoint=str(tmp_path / "nope.ckpt"))).setup("fit")
 
 
 def test_teacher_checkpoint_of_another_architecture(teacher_ckpt):
     with pytest.raises(CheckpointMismatchError, match=r"(?s)does not fit the teacher.*net\.0\.weight: checkpoint \(32, 784\) vs teacher \(64, 784\)"):
-        DistillModule(tiny_cnn, partial(MLP, hidden=(64,), dropout=0.5), teacher_ckpt=str(teacher_ckpt)).setup("fit")
+        DistillModule(tiny_cnn, Teacher(MLP(10, hidden=(64,), dropout=0.5), checkpoint=str(teacher_ckpt))).setup("fit")
 
 
 def test_teacher_checkpoint_with_other_class_count(teacher_ckpt):
     with pytest.raises(CheckpointMismatchError, match=r"the checkpoint predicts \[10\] classes, this run has 8"):
-        DistillModule(tiny_cnn, teacher_mlp, teacher_ckpt=str(teacher_ckpt), num_classes=8).setup("fit")
+        DistillModule(tiny_cnn, Teacher(teacher_mlp(8), checkpoint=str(teacher_ckpt)), num_classes=8).setup("fit")
+
+
+def test_teacher_built_for_other_classes_than_the_data_is_refused_at_build():
+    # the teacher's num_classes is not linked from the data: a mismatch is named with the key to set
+    with pytest.raises(ValueError, match=r"teacher was built with num_classes=10 but the data has 8 classes\. HINT: set "
+                                         r"model\.init_args\.teacher\.model\.init_args\.num_classes: 8"):
+        DistillModule(tiny_cnn, Teacher(teacher_mlp(10)), num_classes=8)
+    fits = DistillModule(tiny_cnn, Teacher(teacher_mlp(8)), num_classes=8)
+    assert fits(torch.zeros(2, 1, 28, 28)).shape == (2, 8)
 
 
 @pytest.mark.parametrize(
@@ -109,7 +120,7 @@ def test_teacher_checkpoint_with_other_class_count(teacher_ckpt):
 )
 def test_bad_distillation_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        DistillModule(tiny_cnn, tiny_mlp, **kwargs)
+        DistillModule(tiny_cnn, Teacher(tiny_mlp(10)), **kwargs)
 
 
 def test_labels_out_of_range_are_named(tmp_path, tiny_mnist):

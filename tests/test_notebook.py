@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -42,6 +44,10 @@ def test_notebook_runs_on_cpu_with_smoke_settings(tmp_path):
     assert "precision: CPU (no CUDA device): bf16-mixed (as requested)" in text
     assert "| student_kd |" in text and "| teacher |" in text  # the MNIST table
     assert "| student_routed |" in text  # the LM table
+    # distilled students' rows carry the DistillationReport's numbers (KL, top-1 agreement, speed ratio)
+    for student in ("student_kd", "student_routed"):
+        assert re.search(rf"\| {student} \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+× \|", text), student
+        assert list((tmp_path / "runs" / "lm" / f"lm_{student}").rglob("retention.json")), student
     assert list((tmp_path / "runs").rglob("events.out.tfevents.*"))
 
 

@@ -12,6 +12,7 @@ from lkd.cache import StaleTeacherCacheError, TeacherCache, TeacherCacheError, b
 from lkd.data import GLUEDataModule, MNISTDataModule
 from lkd.data.transforms import normalize_uint8
 from lkd.modules import DistillModule, GLUEDistillModule
+from lkd.teacher import Teacher
 from tests.conftest import CONFIGS, make_digits, write_hub_dataset
 from tests.helpers import tiny_cnn, tiny_mlp, tiny_trainer
 
@@ -27,10 +28,10 @@ def save_teacher(path: Path, seed: int) -> str:
     return str(path)
 
 
-def module(teacher_ckpt: str, cache: str | None = None, **kwargs) -> DistillModule:
+def module(teacher_ckpt: str, cache: str | None = None, *, num_classes: int = 10, dtype: str = "float32") -> DistillModule:
     torch.manual_seed(0)  # the same student init for every module of a test
-    return DistillModule(tiny_cnn, tiny_mlp, teacher_ckpt=teacher_ckpt, teacher_cache=cache, lr_schedule="constant",
-                         **kwargs)
+    teacher = Teacher(tiny_mlp(num_classes), checkpoint=teacher_ckpt, dtype=dtype, cache=cache)
+    return DistillModule(tiny_cnn, teacher, num_classes=num_classes, lr_schedule="constant")
 
 
 @pytest.fixture()
@@ -45,10 +46,10 @@ def build(teacher_ckpt, data, path, dtype="float32") -> TeacherCache:
 def reference_logits(teacher_ckpt: str, data: MNISTDataModule, split: str) -> torch.Tensor:
     """The teacher over a whole split in one forward, outside any cache code."""
     m = module(teacher_ckpt)
-    m.load_teacher()
+    m.prepare_teacher()
     images = normalize_uint8(data.datasets[split].images.unsqueeze(1))  # (N, 1, 28, 28)
     with torch.no_grad():
-        return m.teacher(images)
+        return m.teacher.model(images)
 
 
 # ---- round trip ------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def test_a_copied_teacher_checkpoint_still_matches(tmp_path, tiny_mnist, teacher
     copy.parent.mkdir()
     copy.write_bytes(Path(teacher).read_bytes())
     m, trainer = fit_with_cache(tmp_path, str(copy), mnist(tiny_mnist), path)
-    assert trainer.state.finished and m._cache is not None
+    assert trainer.state.finished and m.teacher.store is not None
 
 
 def test_missing_rows_and_bad_files_are_clear_errors(tmp_path, tiny_mnist, teacher):
@@ -162,6 +163,17 @@ def test_missing_rows_and_bad_files_are_clear_errors(tmp_path, tiny_mnist, teach
 def test_augmentation_is_refused_with_a_cache(tmp_path, tiny_mnist, teacher):
     with pytest.raises(TeacherCacheError, match=r"max_shift=2 .*HINT: set data.init_args.max_shift=0"):
         fit_with_cache(tmp_path, teacher, mnist(tiny_mnist, max_shift=2), tmp_path / "c.pt")
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_changing_training_data_is_refused_with_a_cache(tmp_path, tiny_mnist, teacher):
+    from lkd.data import NonStationaryMNISTDataModule
+
+    data = NonStationaryMNISTDataModule(str(tiny_mnist), stages=[[0, 1], [2, 3]], train_size=500, val_size=100,
+                                        batch_size=50, eval_batch_size=100)
+    with pytest.raises(TeacherCacheError, match=r"does not support NonStationaryMNISTDataModule .*HINT: run the teacher "
+                                                r"live \(drop model\.init_args\.teacher\.cache\)"):
+        build(teacher, data, tmp_path / "c.pt")
     assert not (tmp_path / "c.pt").exists()
 
 
@@ -187,7 +199,7 @@ def test_distillation_from_cache_equals_live_distillation(tmp_path, tiny_mnist, 
     path = tmp_path / "c32.pt"
     build(teacher, mnist(tiny_mnist), path, dtype="float32")
     cached, cached_losses, cached_metrics = distil(tmp_path / "cached", tiny_mnist, teacher, cache=path)
-    assert cached._cache is not None
+    assert cached.teacher.store is not None and live.teacher.store is None
     assert len(cached_losses) == len(live_losses) == 20
     torch.testing.assert_close(torch.tensor(cached_losses), torch.tensor(live_losses), rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(live.student.state_dict().items(), cached.student.state_dict().values()):
@@ -209,10 +221,10 @@ def test_the_teacher_does_not_run_when_the_cache_serves(tmp_path, tiny_mnist, te
     build(teacher, mnist(tiny_mnist), path)
     m, data = module(teacher, str(path)), mnist(tiny_mnist)
     calls = []
-    m.teacher.register_forward_hook(lambda *args: calls.append(1))
+    m.teacher.model.register_forward_hook(lambda *args: calls.append(1))
     tiny_trainer(tmp_path, max_epochs=1).fit(m, datamodule=data)
     assert calls == []  # train and val both served from the cache
-    assert data.emit_sample_ids is False  # handed back as it was, for whatever uses it next
+    assert m.teacher.store.stages == ["train", "val"]
     tiny_trainer(tmp_path).test(m, datamodule=data)
     assert len(calls) == 2  # test runs the teacher live (200 images, batches of 100)
 
@@ -236,7 +248,7 @@ def test_cache_teacher_subcommand_then_fit(tmp_path, monkeypatch, tiny_data_args
     LKDCLI(args=["cache-teacher", "-c", config, *tiny_data_args, "--dtype=float32", "--overwrite=true"])
     assert TeacherCache.load("checkpoints/mnist/teacher_logits.pt").dtype == "float32"
     fit = LKDCLI(args=["fit", "-c", config, *tiny_data_args, "--trainer.fast_dev_run=true"])
-    assert fit.trainer.state.finished and fit.model._cache is not None
+    assert fit.trainer.state.finished and fit.model.teacher.store is not None
     with pytest.raises(StaleTeacherCacheError, match=r"train\.rows: cache 500 vs this run 450"):
         LKDCLI(args=["fit", "-c", config, *tiny_data_args, "--data.init_args.train_size=450",
                      "--trainer.fast_dev_run=true"])
@@ -248,17 +260,23 @@ def test_cache_teacher_needs_a_cache_path_and_a_distillation_module(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TeacherCacheError, match="needs a distillation module"):
         LKDCLI(args=["cache-teacher", "-c", str(CONFIGS / "mnist" / "student_scratch.yaml"), *tiny_data_args])
-    with pytest.raises(TeacherCacheError, match="teacher_cache, which is not set"):
+    with pytest.raises(TeacherCacheError, match=r"model\.init_args\.teacher\.cache, which is not set"):
         LKDCLI(args=["cache-teacher", "-c", str(CONFIGS / "mnist" / "student_kd.yaml"), *tiny_data_args])
 
 
 # ---- GLUE ------------------------------------------------------------------------------------------
-def glue_module(cache=None, **kwargs) -> GLUEDistillModule:
-    from tests.test_glue_models import factory
+def tiny_bert(num_classes: int = 2, layers=None):
+    from lkd.models import TransformerClassifier
+    from tests.glue_fixtures import MINILM, TINY_BERT
 
+    return TransformerClassifier(num_classes, MINILM, pretrained=False, keep_layers=layers, config_overrides=TINY_BERT)
+
+
+def glue_module(cache=None, *, dtype: str = "float32", **kwargs) -> GLUEDistillModule:
     torch.manual_seed(0)
-    return GLUEDistillModule(factory(layers=[0, 2, 5]), factory(), task="sst2", teacher_cache=cache,
-                             lr_schedule="constant", **kwargs)
+    teacher = Teacher(tiny_bert(), cache=cache, dtype=dtype)
+    return GLUEDistillModule(lambda n: tiny_bert(n, layers=[0, 2, 5]), teacher, task="sst2", lr_schedule="constant",
+                             **kwargs)
 
 
 def glue_data(root, **kwargs) -> GLUEDataModule:
@@ -280,7 +298,7 @@ def test_glue_cache_is_keyed_by_idx_of_a_seeded_subset_and_equals_live(tmp_path,
         tiny_trainer(tmp_path / name, max_steps=3, limit_val_batches=1, callbacks=[record]).fit(
             m, datamodule=glue_data(tiny_glue, train_size=40, seed=3))
         losses[name] = torch.tensor(record.losses)
-    assert m._cache is not None
+    assert m.teacher.store is not None
     torch.testing.assert_close(losses["cached"], losses["live"], rtol=1e-5, atol=1e-6)
 
     with pytest.raises(StaleTeacherCacheError, match=r"train\.sample_ids_sha256"):  # another subset
@@ -299,29 +317,32 @@ def test_glue_cache_refuses_the_hidden_state_loss():
 def test_bf16_teacher_is_cast_once_and_its_logits_stay_close(tmp_path, tiny_mnist, teacher):
     data = mnist(tiny_mnist)
     data.setup("fit")
-    fp32, bf16 = module(teacher), module(teacher, teacher_dtype="bfloat16")
+    fp32, bf16 = module(teacher), module(teacher, dtype="bfloat16")
     for m in (fp32, bf16):
-        m.load_teacher()
+        m.prepare_teacher()
     assert all(p.dtype == torch.bfloat16 for p in bf16.teacher.parameters())
     assert all(p.dtype == torch.float32 for p in bf16.student.parameters())
     images = normalize_uint8(data.datasets["train"].images[:200].unsqueeze(1))  # (200, 1, 28, 28)
-    ref, low = fp32.teacher_logits(images), bf16.teacher_logits(images)
+    with torch.no_grad():
+        ref, low = fp32.teacher(images), bf16.teacher(images)
     assert low.dtype == torch.float32
     scale = ref.abs().max()
     assert 0 < (low - ref).abs().max() <= 2e-2 * scale  # bf16: 8-bit significand, a few roundings deep
     assert (low.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.98
     record = RecordLosses()
     tiny_trainer(tmp_path, max_steps=3, limit_val_batches=1, callbacks=[record]).fit(bf16, datamodule=mnist(tiny_mnist))
-    assert bf16.teacher.net[0].weight.dtype == torch.bfloat16 and all(torch.isfinite(torch.tensor(record.losses)))
+    assert bf16.teacher.model.net[0].weight.dtype == torch.bfloat16 and all(torch.isfinite(torch.tensor(record.losses)))
 
 
 def test_teacher_follows_a_module_converted_to_half_precision(teacher):
-    # what Trainer(precision="bf16-true") does to the whole module, teacher_dtype notwithstanding
+    # what Trainer(precision="bf16-true") does to the whole module, teacher.dtype notwithstanding
     m = module(teacher)
-    m.load_teacher()
+    m.prepare_teacher()
     m.to(torch.bfloat16)
+    assert m.teacher.weight_dtype == torch.bfloat16
     images = torch.rand(4, 1, 28, 28)  # fp32 inputs
-    logits = m.teacher_logits(images)
+    with torch.no_grad():
+        logits = m.teacher(images)
     assert logits.dtype == torch.float32 and logits.shape == (4, 10) and torch.isfinite(logits).all()
 
 
@@ -329,16 +350,16 @@ def test_a_cache_records_the_teacher_dtype(tmp_path, tiny_mnist, teacher):
     path = tmp_path / "c.pt"
     build(teacher, mnist(tiny_mnist), path)
     with pytest.raises(StaleTeacherCacheError, match=r"teacher\.dtype: cache 'float32' vs this run 'bfloat16'"):
-        fit_with_cache(tmp_path, teacher, mnist(tiny_mnist), path, teacher_dtype="bfloat16")
+        fit_with_cache(tmp_path, teacher, mnist(tiny_mnist), path, dtype="bfloat16")
 
 
 def test_bad_teacher_dtype_is_named():
-    with pytest.raises(ValueError, match="teacher_dtype must be one of .* got 'int8'"):
-        DistillModule(tiny_cnn, tiny_mlp, teacher_dtype="int8")
+    with pytest.raises(ValueError, match=r"teacher\.dtype must be one of .* got 'int8'"):
+        Teacher(tiny_mlp(10), dtype="int8")
 
 
 def test_glue_bf16_teacher_with_hidden_state_loss_runs(tmp_path, tiny_glue):
-    m = glue_module(cos_weight=1.0, teacher_dtype="bfloat16", student_init="teacher")
+    m = glue_module(cos_weight=1.0, dtype="bfloat16", student_init="teacher")
     record = RecordLosses()
     tiny_trainer(tmp_path, max_steps=2, limit_val_batches=1, callbacks=[record]).fit(m, datamodule=glue_data(tiny_glue))
     assert next(m.teacher.parameters()).dtype == torch.bfloat16 and next(m.student.parameters()).dtype == torch.float32

@@ -10,15 +10,25 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from lkd.cache import StaleTeacherCacheError, TeacherCache, TeacherCacheError, build_teacher_cache
-from lkd.cache.sources import split_identity
-from lkd.cache.store import teacher_fingerprint
+from lkd.cache.store import CacheableData, teacher_fingerprint
+from lkd.callbacks import DistillationReport
 from lkd.data.text import TextDataModule
+from lkd.hub import ByteTokenizer
 from lkd.losses.kd import kd_kl_div, teacher_topk, topk_kd_kl_div
-from lkd.models.causal_lm import ByteTokenizer
 from lkd.models.router import StudentAwareRouter
-from lkd.modules.lm_distill import LMDistillModule
+from lkd.modules.lm import LMDistillModule
+from lkd.teacher import Teacher
 from tests.conftest import CONFIGS, write_hub_dataset
-from tests.lm_fixtures import VOCAB, WIKITEXT_CONFIG, make_lines, tiny_student, tiny_teacher, tiny_wikitext, _one_torch_thread  # noqa: F401
+from tests.lm_fixtures import (  # noqa: F401
+    VOCAB,
+    WIKITEXT_CONFIG,
+    _one_torch_thread,
+    make_lines,
+    tiny_overrides,
+    tiny_student,
+    tiny_teacher,
+    tiny_wikitext,
+)
 
 K = 8
 
@@ -29,10 +39,10 @@ def data(root, **kw) -> TextDataModule:
     return TextDataModule(str(root), WIKITEXT_CONFIG, **{**settings, **kw})
 
 
-def module(cache=None, *, teacher_seed=0, **kw) -> LMDistillModule:
-    kw = {"loss_weights": {"kl": 1.0}, "temperature": 2.0, "teacher_cache_top_k": K, **kw}
-    return LMDistillModule(tiny_student(), tiny_teacher(seed=teacher_seed), tokenizer="bytes",
-                           teacher_cache=None if cache is None else str(cache), **kw)
+def module(cache=None, *, teacher_seed=0, top_k=K, **kw) -> LMDistillModule:
+    kw = {"loss_weights": {"kl": 1.0}, "temperature": 2.0, **kw}
+    teacher = Teacher(tiny_teacher(seed=teacher_seed), cache=None if cache is None else str(cache), cache_top_k=top_k)
+    return LMDistillModule(tiny_student(), teacher, tokenizer="bytes", **kw)
 
 
 def build(path, root=None, dtype="float16", *, dm=None, **kw) -> TeacherCache:
@@ -95,7 +105,7 @@ def test_round_trip_keeps_the_teachers_top_k_within_float16(tmp_path, tiny_wikit
     teacher = tiny_teacher(seed=0).eval()
     for stage in ("train", "val"):
         stored = cache.content["splits"][stage]
-        blocks = dm.datasets[stage].blocks  # (N, 16)
+        blocks = dm.split(stage).blocks  # (N, 16)
         values, indices = reference_topk(teacher, blocks, 8, 2.0)
         assert stored["topk_logprobs"].dtype == torch.float16 and stored["topk_indices"].dtype == torch.int16
         assert stored["topk_logprobs"].shape == (len(blocks), 16, K)
@@ -162,7 +172,7 @@ def test_a_stale_cache_is_refused_before_any_step(tmp_path, tiny_wikitext, chang
             "test": __import__("datasets").Dataset.from_dict({"text": make_lines(100, 1)})})
         dm = data(other)
     elif change == "k":
-        kw = {"teacher_cache_top_k": 4}
+        kw = {"top_k": 4}
     elif change == "temperature":
         kw = {"temperature": 1.0}
     m = module(path, **kw)
@@ -172,6 +182,12 @@ def test_a_stale_cache_is_refused_before_any_step(tmp_path, tiny_wikitext, chang
         trainer(tmp_path).fit(m, datamodule=dm)
     assert "HINT: rebuild it with `lkd cache-teacher" in str(info.value)
     assert steps == []
+
+
+def test_a_missing_cache_file_says_how_to_write_it(tmp_path):
+    with pytest.raises(TeacherCacheError, match=r"teacher cache not found: .*nothing\.pt.*lkd cache-teacher.*"
+                                                r"drop model\.init_args\.teacher\.cache"):
+        TeacherCache.load(tmp_path / "nothing.pt")
 
 
 def test_missing_rows_are_refused(tmp_path, tiny_wikitext):
@@ -184,13 +200,28 @@ def test_missing_rows_are_refused(tmp_path, tiny_wikitext):
     build(small, dm=data(tiny_wikitext, max_blocks=10))
     with pytest.raises(StaleTeacherCacheError, match=rf"train\.rows: cache 10 vs this run {n}"):
         TeacherCache.load(small).check(teacher_fingerprint(tiny_teacher(seed=0), None),
-                                       {"train": split_identity(_ready(data(tiny_wikitext)), "train")},
-                                       targets=module().teacher_cache_targets())
+                                       {"train": _ready(data(tiny_wikitext)).cache_identity("train")},
+                                       targets=module().cache_description())
 
 
 def _ready(dm: TextDataModule) -> TextDataModule:
     dm.setup("fit")
     return dm
+
+
+def test_text_data_offers_the_cache_contract(tiny_wikitext):
+    dm = _ready(data(tiny_wikitext))
+    assert isinstance(dm, CacheableData)
+    assert dm.cache_stages() == ["train", "val"]
+    for stage in ("train", "val"):
+        batches = list(dm.cache_batches(stage))
+        ids = torch.cat([b["sample_id"] for b in batches])
+        assert torch.equal(ids, dm.cache_sample_ids(stage))  # the loader order is the key order
+        assert torch.equal(torch.cat([b["input_ids"] for b in batches]), dm.split(stage).blocks)
+        identity = dm.cache_identity(stage)
+        assert identity.rows == len(dm.split(stage)) and identity.tokenizer == "bytes"
+        assert identity.split == {"train": "validation[:90%]", "val": "validation[90%:]"}[stage]
+    assert dm.cache_identity("train").content_sha256 != dm.cache_identity("val").content_sha256
 
 
 # ---- what a logit cache cannot serve --------------------------------------------------------------------
@@ -201,9 +232,11 @@ def test_router_and_teacher_feature_losses_are_refused_with_a_cache(tmp_path):
     with pytest.raises(ValueError, match=r"loss_weights \{'feature': 0.5, 'contrastive': 0.1\} need the teacher's "
                                          r"hidden states.*set them to 0"):
         module(tmp_path / "c.pt", loss_weights=weights)
-    with pytest.raises(ValueError, match=r"teacher_cache_top_k must be in 1..257 \(the vocabulary\), got 300"):
-        module(tmp_path / "c.pt", teacher_cache_top_k=300)
-    assert module(tmp_path / "c.pt", loss_weights={"kl": 1.0, "ce": 0.5}).teacher_cache_targets()["k"] == K
+    with pytest.raises(ValueError, match=r"teacher\.cache_top_k must be in 1..257 \(the vocabulary\), got 300"):
+        module(tmp_path / "c.pt", top_k=300)
+    with pytest.raises(ValueError, match=r"teacher\.cache_top_k must be >= 1, got 0"):
+        module(tmp_path / "c.pt", top_k=0)
+    assert module(tmp_path / "c.pt", loss_weights={"kl": 1.0, "ce": 0.5}).cache_description()["k"] == K
 
 
 # ---- equivalence with live distillation --------------------------------------------------------------
@@ -227,13 +260,13 @@ def distil(tmp_path, root, cache=None, **kw):
 
 def test_distillation_from_a_full_vocabulary_cache_equals_live_distillation(tmp_path, tiny_wikitext):
     weights = {"kl": 1.0, "ce": 0.3}
-    live, live_losses, live_metrics, live_calls = distil(tmp_path / "live", tiny_wikitext, loss_weights=weights,
-                                                         teacher_cache_top_k=VOCAB)
+    live, live_losses, live_metrics, live_calls = distil(tmp_path / "live", tiny_wikitext, loss_weights=weights, top_k=VOCAB)
     path = tmp_path / "full.pt"
-    build(path, tiny_wikitext, dtype="float32", teacher_cache_top_k=VOCAB)
+    build(path, tiny_wikitext, dtype="float32", top_k=VOCAB)
     cached, cached_losses, cached_metrics, cached_calls = distil(tmp_path / "cached", tiny_wikitext, path,
-                                                                 loss_weights=weights, teacher_cache_top_k=VOCAB)
-    assert cached._cache is not None and cached_calls == [] and len(live_calls) > 0  # no teacher forward at all
+                                                                 loss_weights=weights, top_k=VOCAB)
+    assert live.teacher.store is None and cached.teacher.store is not None
+    assert cached_calls == [] and len(live_calls) > 0  # no teacher forward at all
     assert len(cached_losses) == len(live_losses) == 6
     torch.testing.assert_close(torch.tensor(cached_losses), torch.tensor(live_losses), rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(live.student.state_dict().items(), cached.student.state_dict().values()):
@@ -250,27 +283,30 @@ def test_a_top_k_cache_trains_and_test_runs_the_teacher_live(tmp_path, monkeypat
     assert metrics["train/kl_step"] > 0
     dm = data(tiny_wikitext)
     dm.setup("fit")
-    build_batches = -(-len(dm.datasets["train"]) // 4) + -(-len(dm.datasets["val"]) // 8)
+    build_batches = -(-len(dm.split("train")) // 4) + -(-len(dm.split("val")) // 8)
     assert len(calls) == build_batches  # the teacher ran only to write the cache: train and val read it
-    trainer(tmp_path, limit_test_batches=2).test(m, datamodule=dm)
+    assert m.teacher.store.stages == ["train", "val"]
+    trainer(tmp_path, limit_test_batches=2, callbacks=[DistillationReport()]).test(m, datamodule=dm)
     assert len(calls) == build_batches + 2 + 1 + 3  # test: live per batch, then the speed report (burn-in + 3)
     assert m.trainer.callback_metrics["test/kl"] > 0
-    assert dm.emit_sample_ids is False
+    # no logger, no report_dir: the report lands in runs/lm_report of the working directory
+    report = __import__("json").loads((tmp_path / "runs" / "lm_report" / "retention.json").read_text())
+    assert report["retention"]["kl"] == pytest.approx(float(m.trainer.callback_metrics["test/kl"]), rel=1e-5)
 
 
 # ---- the CLI -----------------------------------------------------------------------------------------
 def test_cache_teacher_subcommand_for_the_lm_config(tmp_path, monkeypatch, tiny_wikitext):
     from lkd.cli import LKDCLI
-    from tests.test_lm_configs import tiny_overrides
 
     monkeypatch.chdir(tmp_path)
     config = CONFIGS / "lm" / "student_kd_cached.yaml"
-    args = [*tiny_overrides(config, tiny_wikitext), "--model.init_args.teacher_ckpt=null"]
+    args = [*tiny_overrides(config, tiny_wikitext), "--model.init_args.teacher.checkpoint=null"]
     LKDCLI(args=["cache-teacher", "-c", str(config), *args])
     cache = TeacherCache.load("checkpoints/lm/teacher_moe_tiny.topk32.cache")
     assert cache.targets == {"kind": "lm_topk", "k": 32, "temperature": 4.0, "vocab": VOCAB}
     assert cache.content["splits"]["train"]["topk_indices"].dtype == torch.int16
     fit = LKDCLI(args=["fit", "-c", str(config), *args, "--trainer.fast_dev_run=true"])
-    assert fit.trainer.state.finished and fit.model._cache is not None
+    assert fit.trainer.state.finished and fit.model.teacher.store is not None
+    assert fit.model.teacher.checkpoint is None and fit.model.teacher.cache_top_k == 32
     with pytest.raises(StaleTeacherCacheError, match=r"train\.dataset"):
         LKDCLI(args=["fit", "-c", str(config), *args, "--data.init_args.block_size=12", "--trainer.fast_dev_run=true"])

@@ -19,7 +19,7 @@ A cache is one ``torch.save`` file of plain tensors, strings and numbers (read b
       },
     }
 
-Language models (:class:`lkd.modules.lm_distill.LMDistillModule`) store, instead of ``logits``, the teacher's
+Language models (:class:`lkd.modules.LMDistillModule`) store, instead of ``logits``, the teacher's
 top-k tokens at every position of every block, and the file says what it holds::
 
       "targets": {"kind": "lm_topk", "k": 32, "temperature": 4.0, "vocab": 49152},
@@ -179,7 +179,7 @@ class TeacherCache:
         if not path.is_file():
             raise TeacherCacheError(
                 f"teacher cache not found: {path}. HINT: write it first with `lkd cache-teacher -c <the distillation "
-                "config>` (same data and teacher overrides as the fit), or drop model.init_args.teacher_cache to run "
+                "config>` (same data and teacher overrides as the fit), or drop model.init_args.teacher.cache to run "
                 "the teacher live."
             )
         try:

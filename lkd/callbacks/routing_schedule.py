@@ -11,7 +11,7 @@ from typing_extensions import override
 
 
 class RoutingSchedule(Callback):
-    """Drives ``router_top_k`` and ``router_temperature`` of an :class:`lkd.modules.lm_distill.LMDistillModule`.
+    """Drives ``router_top_k`` and ``router_temperature`` of an :class:`lkd.modules.LMDistillModule`.
 
     Over ``total_steps`` optimizer steps (``trainer.global_step``, right under gradient accumulation;
     default ``trainer.estimated_stepping_batches``) the progress ``p = step / total`` follows ``mode``

@@ -186,12 +186,13 @@ def router_objective(student: Mapping[str, object], routed_teacher: Mapping[str,
     teacher a good language model, so the router cannot simply bend the teacher toward the student.
 
     Args:
-        student: the student's features (:func:`lm_loss_terms`), detached by the caller.
+        student: the student's features (:func:`lm_loss_terms`); detached here (sg), so no gradient reaches the student.
         routed_teacher: the routed teacher's features, with gradient to the router.
         lm_weight: λ >= 0.
     Returns:
         (L_router, the routed teacher's own next-token loss CE).
     """
+    student = {k: [x.detach() for x in v] if isinstance(v, (list, tuple)) else v.detach() for k, v in student.items()}  # sg
     distill, _ = combine_losses(lm_loss_terms(student, routed_teacher, input_ids, weights, temperature=temperature,
                                               contrastive_temperature=contrastive_temperature), weights)
     teacher_ce = lm_cross_entropy(routed_teacher["logits"], input_ids)

@@ -53,6 +53,7 @@ class ConvNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"ConvNet dropout must be in [0, 1), got {dropout}")
         self.in_channels, self.image_size = in_channels, image_size
+        self.num_classes = num_classes  # read by lkd.teacher.Teacher.check_classes (as MLP's and TransformerClassifier's)
         layers: list[nn.Module] = []
         width, size = in_channels, image_size
         for out in channels:

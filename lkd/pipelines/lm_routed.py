@@ -21,9 +21,8 @@ STUDENTS = ("student_scratch", "student_kd", "student_routed")
 
 def _smoke_args(config: str) -> list[str]:
     """Byte tokenizer and a 257-token vocabulary for every model of ``config``; tiny blocks and batches."""
-    roles = ("model",) if config == "teacher_moe_tiny" else ("student", "teacher")
-    if config == "student_scratch":
-        roles = ("model",)
+    # the teacher's network is model.init_args.teacher.model (lkd.teacher.Teacher)
+    roles = ("model",) if config in ("teacher_moe_tiny", "student_scratch") else ("student", "teacher.model")
     args = ["--model.init_args.tokenizer=bytes", "--data.init_args.block_size=32", "--data.init_args.batch_size=4",
             "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
             "--trainer.limit_test_batches=2"]
@@ -46,7 +45,7 @@ def run_lm_track(workdir: Path, *, precision: str = "32-true", smoke: bool = Fal
     """Teacher, then the students of :data:`STUDENTS` against it. Returns ``{"rows": {name: metrics}, "table": md}``."""
     workdir = Path(workdir)
     rows = {"teacher_moe_tiny": fit_and_test("teacher_moe_tiny", workdir, precision=precision, smoke=smoke, seed=seed)}
-    teacher = [f"--model.init_args.teacher_ckpt={workdir / 'teacher_moe_tiny.ckpt'}"]
+    teacher = [f"--model.init_args.teacher.checkpoint={workdir / 'teacher_moe_tiny.ckpt'}"]
     for name in STUDENTS:
         rows[name] = fit_and_test(name, workdir, precision=precision, smoke=smoke, seed=seed,
                                   extra=[] if name == "student_scratch" else teacher)

@@ -20,7 +20,7 @@ from torch import nn
 from lkd.cli import LKDCLI
 from lkd.data.transforms import normalize_uint8
 from lkd.evaluation import interleaved_inference_seconds
-from lkd.models import count_parameters
+from lkd.memory import count_parameters
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mnist"
 
@@ -105,7 +105,7 @@ def run(seed: int = 42, workdir: Path = Path("."), teacher_epochs: int | None = 
         results.append(
             train_and_test(name, CONFIG_DIR / f"{name}.yaml", workdir, seed,
                            student_epochs if name == "student_kd" else None,
-                           [*extra, f"--model.init_args.teacher_ckpt={teacher_ckpt}"], reuse=reuse)
+                           [*extra, f"--model.init_args.teacher.checkpoint={teacher_ckpt}"], reuse=reuse)
         )
     return results
 
