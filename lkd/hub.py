@@ -167,10 +167,18 @@ class ByteTokenizer:
     eos_token_id = 256
     name_or_path = "bytes"
 
-    def __call__(self, texts: str | list[str], **_) -> dict[str, list]:
+    supports_offsets = True
+    """Gives ``offset_mapping`` like a fast tokenizer (each byte maps to the character it is part of)."""
+
+    def __call__(self, texts: str | list[str], *, return_offsets_mapping: bool = False, **_) -> dict[str, list]:
         if isinstance(texts, str):
-            return {"input_ids": list(texts.encode("utf-8"))}
-        return {"input_ids": [list(t.encode("utf-8")) for t in texts]}
+            out = self([texts], return_offsets_mapping=return_offsets_mapping)
+            return {k: v[0] for k, v in out.items()}
+        out = {"input_ids": [list(t.encode("utf-8")) for t in texts]}
+        if return_offsets_mapping:  # every byte of character i has offsets (i, i + 1)
+            out["offset_mapping"] = [[(i, i + 1) for i, ch in enumerate(t) for _ in range(len(ch.encode("utf-8")))]
+                                     for t in texts]
+        return out
 
     def __len__(self) -> int:
         return self.vocab_size

@@ -37,6 +37,8 @@ def as_class_arg(builder: str, init_args: dict) -> str:
     return json.dumps({"class_path": builder, "init_args": init_args})
 
 
+CROSS_STUDENT_TOKENIZER = "checkpoints/lm/tiny_bpe"  # relative: the smoke tests run in a tmp folder
+CROSS_STUDENT_VOCAB = 300
 MOE_BUILDERS = ("lkd.models.causal_lm.TinyMoELM", "lkd.models.causal_lm.PretrainedLM")
 
 
@@ -51,13 +53,20 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
 
     text = yaml.safe_load(config.read_text())
     init = text["model"]["init_args"]
-    args = ["--model.init_args.tokenizer=bytes"]
+    cross = init.get("teacher_tokenizer") is not None
+    if cross:  # two tokenizers: the teacher reads bytes, the student a byte-level BPE trained on the tiny corpus
+        args = ["--model.init_args.teacher_tokenizer=bytes", f"--model.init_args.tokenizer={CROSS_STUDENT_TOKENIZER}",
+                f"--data.init_args.train_tokenizer={CROSS_STUDENT_VOCAB}", "--data.init_args.teacher_block_size=32"]
+    else:
+        args = ["--model.init_args.tokenizer=bytes"]
     for key in ("model", "teacher", "student"):
         if key not in init:
             continue
         spec = init[key]["model"] if key == "teacher" else init[key]
         moe = key == "teacher" or (key == "model" and spec["class_path"] in MOE_BUILDERS)
         builder, size = ("TinyMoELM", TINY_TEACHER) if moe else ("TinyLlamaLM", TINY_STUDENT)
+        if cross and key == "student":
+            size = {**size, "vocab_size": CROSS_STUDENT_VOCAB}
         target = "teacher.model" if key == "teacher" else key
         args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.causal_lm.' + builder, size)}")
     args += [f"--data.init_args.hub_id={data_root}", f"--data.init_args.config={WIKITEXT_CONFIG}",

@@ -150,11 +150,14 @@ def check_glue(cli, settings: dict, text: str) -> None:
 
 
 def check_lm(cli, settings: dict, text: str) -> None:
-    assert "checkpoint: {monitor: val/loss, mode: min" in text
+    assert re.search(r"checkpoint: \{monitor: val/(loss|bpb), mode: min", text)
     if "validation[:90%]" in text:  # offline configs say that they train on a validation slice
         assert "OFFLINE DATA" in text and "no train split" in text
     metrics = cli.trainer.callback_metrics
-    assert metrics["val/ppl"].isfinite()
+    assert metrics["val/ppl"].isfinite() and metrics["val/bpb"].isfinite()  # bits per byte beside perplexity
+    if getattr(cli.model, "cross_tokenizer", False):  # two tokenizers: the chunk alignment ran and fed the losses
+        assert metrics["train/chunks_per_block_step"] >= 2
+        assert {f"train/{k}_step" for k, w in cli.model.loss_weights.items() if w > 0} <= set(metrics)
     if getattr(cli.model, "router", None) is not None:
         assert metrics["train/router_loss_step"].isfinite()
         assert "router/top_k" in metrics  # the RoutingSchedule drove it

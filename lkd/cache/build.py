@@ -9,6 +9,8 @@ a :class:`lkd.teacher.Teacher`) says what to store per batch (``cache_targets``)
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -43,6 +45,7 @@ def build_teacher_cache(
     device: torch.device | str = "cpu",
     forward_context=contextlib.nullcontext,
     overwrite: bool = False,
+    shard_batches: int = 16,
 ) -> TeacherCache:
     """Run ``module``'s frozen teacher once over the training (and validation) split and store its targets.
 
@@ -51,6 +54,11 @@ def build_teacher_cache(
     ``module.cache_description()``). The data are read in order and unaugmented. ``forward_context`` wraps
     each teacher forward (the trainer's precision context, so cached targets are those a live teacher would
     give under the same precision).
+
+    A long build logs its progress (batches done, seconds per batch, time left) and keeps what it has done in
+    ``<path>.partial/`` (a shard every ``shard_batches`` batches): run it again after an interruption and it
+    continues from there, provided teacher, data and settings are unchanged (else the partial work is discarded,
+    and the log says so). The folder is removed once the cache is written.
 
     Returns the written cache, loaded back. Raises :class:`TeacherCacheError` for a data module that cannot
     feed a cache, an existing file without ``overwrite``, or logits that overflow ``dtype``.
@@ -68,17 +76,33 @@ def build_teacher_cache(
     module.connect_data(datamodule)
     module.prepare_teacher("fit")
     module.teacher.to(device)
+    identities = {stage: data.cache_identity(stage) for stage in data.cache_stages()}
+    progress = _Progress(path, {"teacher": module.teacher.fingerprint(), "targets": description, "dtype": dtype,
+                                "identities": {k: asdict(v) for k, v in identities.items()}}, shard_batches)
     splits = {}
-    for stage in data.cache_stages():
-        identity = data.cache_identity(stage)
+    for stage, identity in identities.items():
         ids, parts = [], {}
+        loader = data.cache_batches(stage)
+        total = len(loader)
+        stage_started, computed = time.perf_counter(), 0
         with torch.no_grad(), forward_context():
-            for batch in data.cache_batches(stage):
-                batch = datamodule.on_after_batch_transfer(move_data_to_device(batch, torch.device(device)), 0)
-                batch_ids, fields = module.cache_targets(batch)
-                ids.append(batch_ids.cpu())
+            for index, batch in enumerate(loader):
+                if (done := progress.done(stage, index)) is not None:  # written before an interruption
+                    batch_ids, fields = done
+                else:
+                    batch = datamodule.on_after_batch_transfer(move_data_to_device(batch, torch.device(device)), 0)
+                    batch_ids, fields = module.cache_targets(batch)
+                    batch_ids, fields = batch_ids.cpu(), {k: v.cpu() for k, v in fields.items()}
+                    progress.add(stage, index, batch_ids, fields)
+                    computed += 1
+                    if computed % max(1, total // 20) == 0 or index + 1 == total:
+                        rate = (time.perf_counter() - stage_started) / computed
+                        rank_zero_info(f"teacher cache {stage}: {index + 1}/{total} batches ({100 * (index + 1) / total:.0f} %), "
+                                       f"{rate:.2f} s/batch, about {rate * (total - index - 1) / 60:.1f} min left")
+                ids.append(batch_ids)
                 for name, value in fields.items():
-                    parts.setdefault(name, []).append(value.cpu())
+                    parts.setdefault(name, []).append(value)
+        progress.flush(stage)
         ids = torch.cat(ids).long()  # (N,)
         if not torch.equal(ids, data.cache_sample_ids(stage).long()):
             raise TeacherCacheError(f"the {stage} batches did not come in the split's order; cannot key the cache")
@@ -95,6 +119,7 @@ def build_teacher_cache(
         raise TeacherCacheError("the data module has an empty training split; nothing to cache")
     module.teacher.cpu()
     write_cache(path, teacher=module.teacher.fingerprint(), splits=splits, dtype=dtype, targets=description)
+    progress.remove()
     cache = TeacherCache.load(path)
     summary = ", ".join(f"{s} {len(v['sample_ids'])} rows (max |error| {v['max_abs_error']:.2e})" for s, v in splits.items())
     rank_zero_info(
@@ -102,6 +127,57 @@ def build_teacher_cache(
         f"{time.perf_counter() - started:.1f} s"
     )
     return cache
+
+
+class _Progress:
+    """The partial work of an interrupted cache build: shards of batches in ``<path>.partial/`` plus a manifest
+    of what they were computed for."""
+
+    def __init__(self, path: Path, manifest: dict, shard_batches: int):
+        self.folder = path.with_name(path.name + ".partial")
+        self.shard_batches = max(1, shard_batches)
+        self.pending: dict[str, list] = {}
+        self.loaded: dict[tuple[str, int], tuple] = {}
+        manifest_file = self.folder / "manifest.pt"
+        if self.folder.is_dir():
+            try:
+                previous = torch.load(manifest_file, weights_only=True)
+            except Exception:  # noqa: BLE001 - an unreadable manifest is the same as a different one
+                previous = None
+            if previous == manifest:
+                for shard in sorted(self.folder.glob("*-batches-*.pt")):
+                    try:
+                        content = torch.load(shard, weights_only=True)
+                    except Exception:  # noqa: BLE001 - a shard cut short by the interruption is recomputed
+                        continue
+                    for index, ids, fields in content["batches"]:
+                        self.loaded[(content["stage"], int(index))] = (ids, fields)
+                rank_zero_info(f"teacher cache: continuing an interrupted build from {self.folder} "
+                               f"({len(self.loaded)} batches already done)")
+            else:
+                rank_zero_info(f"teacher cache: {self.folder} was written for another teacher, data or settings; starting over")
+                shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(manifest, manifest_file)
+
+    def done(self, stage: str, index: int) -> tuple | None:
+        return self.loaded.get((stage, index))
+
+    def add(self, stage: str, index: int, ids: torch.Tensor, fields: dict) -> None:
+        self.pending.setdefault(stage, []).append((index, ids, fields))
+        if len(self.pending[stage]) >= self.shard_batches:
+            self.flush(stage)
+
+    def flush(self, stage: str) -> None:
+        batches = self.pending.pop(stage, [])
+        if batches:
+            name = self.folder / f"{stage}-batches-{batches[0][0]:06d}-{batches[-1][0]:06d}.pt"
+            tmp = name.with_suffix(".tmp")
+            torch.save({"stage": stage, "batches": batches}, tmp)
+            os.replace(tmp, name)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _to_storage(logits: torch.Tensor, dtype: str, stage: str) -> torch.Tensor:

@@ -98,8 +98,10 @@ class SplitIdentity:
         rows: number of examples.
         sample_ids_sha256: hash of the sample ids in loader order (which rows, in which order).
         content_sha256: hash of the model inputs and labels (the data version; for text, after tokenising).
-        tokenizer: tokenizer name, None for images.
+        tokenizer: tokenizer name (or fingerprint), None for images.
         augmentation: what is done to inputs before the teacher sees them; caches hold ``"none"``.
+        teacher_tokenizer: the teacher's tokenizer fingerprint when it differs from the student's (aligned
+            two-tokenizer blocks), else None.
     """
 
     dataset: str
@@ -109,6 +111,7 @@ class SplitIdentity:
     content_sha256: str
     tokenizer: str | None = None
     augmentation: str = "none"
+    teacher_tokenizer: str | None = None
 
 
 @runtime_checkable
@@ -204,7 +207,8 @@ class TeacherCache:
 
     @property
     def targets(self) -> dict:
-        """What the cache holds: ``{"kind": "logits"}`` or ``{"kind": "lm_topk", "k", "temperature", "vocab"}``."""
+        """What the cache holds: ``{"kind": "logits"}``, or ``{"kind": "lm_topk" | "lm_aligned", "k", "temperature",
+        "vocab"}`` (``lm_aligned``: two tokenizers, with ``token_logprobs`` (N, T) per block besides the top-k)."""
         return dict(self.content.get("targets", LOGITS_TARGETS))
 
     def num_classes(self) -> int | None:
@@ -264,6 +268,9 @@ class TeacherCache:
         cache ``{"topk": ((B, T, k) log-probabilities, (B, T, k) token ids)}``."""
         if self.targets["kind"] == "lm_topk":
             return {"topk": self.topk(stage, sample_ids)}
+        if self.targets["kind"] == "lm_aligned":  # two tokenizers: also the teacher's log-probability of its own tokens
+            return {"topk": self.topk(stage, sample_ids),
+                    "token_logprobs": self._rows(stage, sample_ids, "token_logprobs").float()}
         return {"logits": self.logits(stage, sample_ids)}
 
     def _rows(self, stage: str, sample_ids: torch.Tensor, *fields: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,6 +18,9 @@ from lkd.models.causal_lm import state_bytes
 from lkd.timing import peak_memory_mb, tokens_per_second
 
 
+_SUMS = ("student_nll_sum", "student_tokens", "student_bytes", "teacher_nll_sum", "teacher_tokens", "teacher_bytes")
+
+
 class DistillationReport(Callback):
     """At the end of ``lkd test`` of a :class:`lkd.modules.LMDistillModule`: how much of the teacher the student
     kept, at what size and speed.
@@ -27,6 +31,11 @@ class DistillationReport(Callback):
     * ``speed``: tokens/s of a no-grad forward of each model on the first test batch (at most
       ``timing_batch_size`` sequences; :func:`lkd.timing.tokens_per_second`, the benchmarks' timer) and the ratio;
     * ``peak_memory_mb`` of the process.
+
+    With two tokenizers (a cross-tokenizer module) the vocabularies differ, so ``retention`` holds what does
+    compare: both models' **bits per byte** on the same text and their ratio, and each model's perplexity per
+    own token; ``speed`` times each model on its own tokens of the same blocks (blocks/s ratio). With one
+    tokenizer ``retention`` also has both models' bits per byte.
 
     Every number is logged as ``test/<name>`` and, on rank 0 outside ``fast_dev_run``, written to
     ``retention.json`` and ``retention.md`` in ``report_dir`` (default: the logger's folder, else
@@ -45,31 +54,71 @@ class DistillationReport(Callback):
         self.report: dict = {}
         self._retention: RetentionMetrics | None = None
         self._timing_batch: torch.Tensor | None = None
+        self._teacher_timing_batch: torch.Tensor | None = None
+        self._sums = dict.fromkeys(_SUMS, 0.0)
 
     @override
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._retention = RetentionMetrics().to(pl_module.device)
         self._timing_batch = None
+        self._teacher_timing_batch = None
+        self._sums = dict.fromkeys(_SUMS, 0.0)
 
     @override
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not isinstance(outputs, dict) or "student_logits" not in outputs:
+        if not isinstance(outputs, dict):
+            return
+        if "teacher_nll_sum" in outputs:  # two tokenizers: sums over each model's own tokens of the same text
+            for key in _SUMS:
+                value = outputs.get(key)
+                self._sums[key] += float(value) if value is not None else float("nan")
+            if self._timing_batch is None:
+                self._timing_batch = batch["input_ids"][: self.timing_batch_size]
+                self._teacher_timing_batch = batch["teacher_input_ids"][: self.timing_batch_size]
+            return
+        if "student_logits" not in outputs:
             return
         self._retention.update(outputs["student_logits"], outputs["teacher_logits"], batch["input_ids"])
+        table = getattr(pl_module, "token_bytes", None)
+        if table is not None:
+            self._sums["student_bytes"] += float(table.to(batch["input_ids"].device)[batch["input_ids"][:, 1:]].sum())
         if self._timing_batch is None:
             self._timing_batch = batch["input_ids"][: self.timing_batch_size]
 
+    def _cross_retention(self) -> dict[str, float]:
+        s, ln2 = self._sums, math.log(2)
+        out = {"teacher_bpb": s["teacher_nll_sum"] / (ln2 * max(s["teacher_bytes"], 1)),
+               "student_bpb": s["student_nll_sum"] / (ln2 * max(s["student_bytes"], 1)),
+               "teacher_ppl": math.exp(s["teacher_nll_sum"] / max(s["teacher_tokens"], 1)),
+               "student_ppl": math.exp(s["student_nll_sum"] / max(s["student_tokens"], 1))}
+        out["bpb_ratio"] = out["student_bpb"] / out["teacher_bpb"]
+        return out
+
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._retention is None or not self._retention.update_called:
+        cross = self._sums["student_tokens"] > 0
+        if self._retention is None or not (cross or self._retention.update_called):
             return
         teacher, student = pl_module.teacher.model, pl_module.student
-        report = {"retention": self._retention.compute()}
+        if cross:
+            report = {"retention": self._cross_retention()}
+        else:
+            report = {"retention": self._retention.compute()}
+            if self._sums["student_bytes"] > 0:  # one tokenizer: both models predict the same tokens, same bytes
+                nbytes = math.log(2) * self._sums["student_bytes"]
+                report["retention"] |= {"teacher_bpb": float(self._retention.teacher_nll) / nbytes,
+                                        "student_bpb": float(self._retention.student_nll) / nbytes}
         compression = {"teacher_params": count_parameters(teacher), "student_params": count_parameters(student),
                        "teacher_bytes": state_bytes(teacher), "student_bytes": state_bytes(student)}
         compression["param_ratio"] = compression["teacher_params"] / compression["student_params"]
         report["compression"] = compression
-        if self._timing_batch is not None:
+        if self._timing_batch is not None and cross:  # each on its own tokens of the same text: blocks per second
+            speed = {"teacher_tokens_per_s": tokens_per_second(pl_module.teacher, self._teacher_timing_batch, repeats=self.repeats),
+                     "student_tokens_per_s": tokens_per_second(student, self._timing_batch, repeats=self.repeats)}
+            speed["speed_ratio"] = ((speed["student_tokens_per_s"] / self._timing_batch.numel())
+                                    / (speed["teacher_tokens_per_s"] / self._teacher_timing_batch.numel()))
+            report["speed"] = speed
+        elif self._timing_batch is not None:
             speed = {f"{name}_tokens_per_s": tokens_per_second(model, self._timing_batch, repeats=self.repeats)
                      for name, model in (("teacher", pl_module.teacher), ("student", student))}
             speed["speed_ratio"] = speed["student_tokens_per_s"] / speed["teacher_tokens_per_s"]

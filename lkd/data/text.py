@@ -13,8 +13,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from pathlib import Path
+
 from lkd.cache.store import SplitIdentity, sha256_tensors
+from lkd.data.alignment import pack_blocks, token_offsets
 from lkd.hub import as_tokenizer, load_hub_dataset, tokenizer_source
+from lkd.tokenizers import tokenizer_fingerprint, train_byte_level_bpe
 
 
 
@@ -42,6 +46,47 @@ class TokenBlocks(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.blocks[i], "sample_id": torch.tensor(i)}
+
+
+class AlignedTokenBlocks(Dataset):
+    """Blocks of text tokenised by the student and by the teacher, cut at a common token boundary
+    (:func:`lkd.data.alignment.pack_blocks`), padded to fixed shapes.
+
+    Item ``i``: ``input_ids`` (S,) and ``teacher_input_ids`` (T,) (right-padded with 0), their lengths
+    ``length`` / ``teacher_length``, ``chunks`` (S, 4) int64 ``[s0, s1, t0, t1]`` per aligned chunk (zero
+    rows after ``num_chunks``), ``num_bytes`` (UTF-8 bytes of the block's text) and ``sample_id``.
+    """
+
+    FIELDS = ("input_ids", "length", "teacher_input_ids", "teacher_length", "chunks", "num_chunks", "num_bytes")
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    @classmethod
+    def from_rows(cls, rows: datasets.Dataset, student_block: int, teacher_block: int) -> AlignedTokenBlocks:
+        n = len(rows)
+        t = {"input_ids": torch.zeros(n, student_block, dtype=torch.long), "length": torch.zeros(n, dtype=torch.long),
+             "teacher_input_ids": torch.zeros(n, teacher_block, dtype=torch.long),
+             "teacher_length": torch.zeros(n, dtype=torch.long), "chunks": torch.zeros(n, student_block, 4, dtype=torch.long),
+             "num_chunks": torch.zeros(n, dtype=torch.long), "num_bytes": torch.tensor(rows["num_bytes"], dtype=torch.long)}
+        for i, (s_ids, t_ids, chunks) in enumerate(zip(rows["student_ids"], rows["teacher_ids"], rows["chunks"])):
+            t["input_ids"][i, : len(s_ids)] = torch.tensor(s_ids)
+            t["teacher_input_ids"][i, : len(t_ids)] = torch.tensor(t_ids)
+            t["length"][i], t["teacher_length"][i] = len(s_ids), len(t_ids)
+            table = torch.tensor(chunks, dtype=torch.long).view(-1, 4)  # (C, 4)
+            t["chunks"][i, : len(table)] = table
+            t["num_chunks"][i] = len(table)
+        return cls(t)
+
+    @property
+    def sample_ids(self) -> torch.Tensor:
+        return torch.arange(len(self))
+
+    def __len__(self) -> int:
+        return self.tensors["input_ids"].shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {**{k: v[i] for k, v in self.tensors.items()}, "sample_id": torch.tensor(i)}
 
 
 def detect_text_column(features: datasets.Features, text_column: str | None = None) -> str:
@@ -88,6 +133,21 @@ class _Tokenize:
         return {"input_ids": ids}
 
 
+class _AlignedTokenize:
+    """Picklable batched map: the rows' text joined (one line per row), tokenised by both tokenizers, aligned and
+    packed into blocks (one output row per block)."""
+
+    def __init__(self, student, teacher, column: str, student_block: int, teacher_block: int):
+        self.student, self.teacher, self.column = student, teacher, column
+        self.student_block, self.teacher_block = student_block, teacher_block
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        text = "".join(t if t.endswith("\n") else t + "\n" for t in batch[self.column] if t)
+        blocks = pack_blocks(text, self.teacher, self.student, student_block=self.student_block, teacher_block=self.teacher_block)
+        return {"student_ids": [b.student_ids for b in blocks], "teacher_ids": [b.teacher_ids for b in blocks],
+                "chunks": [b.chunks.reshape(-1).tolist() for b in blocks], "num_bytes": [b.num_bytes for b in blocks]}
+
+
 class TextDataModule(pl.LightningDataModule):
     """Tokenised, concatenated, blocked text for causal-LM training and distillation.
 
@@ -100,6 +160,12 @@ class TextDataModule(pl.LightningDataModule):
     so teacher, student and data share one; pass ``tokenizer`` (a name for :func:`lkd.hub.load_tokenizer` or a
     tokenizer object) to use the module on its own. Batches are ``{"input_ids": (B, block_size), "sample_id": (B,)}``.
 
+    **Two tokenizers** (a teacher of another family; the model connects ``teacher_tokenizer``): the text is
+    read as one stream (rows joined by newlines, ``group_rows`` rows at a time), tokenised by both, aligned
+    into chunks (:mod:`lkd.data.alignment`) and cut at common boundaries into blocks of at most
+    ``block_size`` student and ``teacher_block_size`` teacher tokens (:class:`AlignedTokenBlocks`: padded,
+    fixed-shape batches with the chunk table). With one tokenizer nothing of this runs.
+
     Args:
         hub_id: data set id or folder (resolved to a local mirror by :mod:`lkd.hub`).
         config: data set config name.
@@ -108,6 +174,10 @@ class TextDataModule(pl.LightningDataModule):
         block_size: tokens per training sequence (at most the model's context).
         batch_size, eval_batch_size: sequences per batch.
         tokenizer: tokenizer name or object; default: the LightningModule's.
+        teacher_block_size: teacher tokens per block with two tokenizers (default ``block_size``).
+        group_rows: rows tokenised and aligned together with two tokenizers.
+        train_tokenizer: vocabulary size of a byte-level BPE to train on the training split when the tokenizer
+            is a folder that does not exist yet (saved there, so later runs and the exported student reuse it).
         max_blocks: keep at most this many blocks per split (quick runs); None = all.
         num_workers: DataLoader workers.
     """
@@ -125,6 +195,9 @@ class TextDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         tokenizer: Any = None,
+        teacher_block_size: int | None = None,
+        group_rows: int = 256,
+        train_tokenizer: int | None = None,
         max_blocks: int | None = None,
         num_workers: int = 0,
     ):
@@ -134,6 +207,12 @@ class TextDataModule(pl.LightningDataModule):
             problems.append(f"block_size must be >= 2 (one input and one target token), got {block_size}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             problems.append(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
+        if teacher_block_size is not None and teacher_block_size < 2:
+            problems.append(f"teacher_block_size must be >= 2, got {teacher_block_size}")
+        if group_rows < 1:
+            problems.append(f"group_rows must be >= 1, got {group_rows}")
+        if train_tokenizer is not None and train_tokenizer <= 257:
+            problems.append(f"train_tokenizer (a BPE vocabulary size) must be > 257, got {train_tokenizer}")
         if max_blocks is not None and max_blocks < 1:
             problems.append(f"max_blocks must be >= 1 or None, got {max_blocks}")
         if problems:
@@ -143,23 +222,42 @@ class TextDataModule(pl.LightningDataModule):
         self.text_column, self.block_size = text_column, block_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.tokenizer_arg, self.max_blocks, self.num_workers = tokenizer, max_blocks, num_workers
+        self.teacher_block_size, self.group_rows, self.train_tokenizer = teacher_block_size or block_size, group_rows, train_tokenizer
         self.tokenizer = None
         self.tokenizer_name: str | None = None
-        self.datasets: dict[str, TokenBlocks] = {}
+        self.teacher_tokenizer = None
+        self.teacher_tokenizer_name: str | None = None
+        self.datasets: dict[str, TokenBlocks | AlignedTokenBlocks] = {}
 
     # ---- tokenizer and context ------------------------------------------------------------------------
-    def connect(self, tokenizer: Any, *, context_length: int | None = None, vocab_size: int | None = None) -> None:
+    def connect(self, tokenizer: Any, *, context_length: int | None = None, vocab_size: int | None = None,
+                teacher_tokenizer: Any = None, teacher_context_length: int | None = None) -> None:
         """Bind the model's tokenizer (a ``tokenizer`` given to the constructor wins) and check the blocks fit the
-        model: ``block_size`` within ``context_length``, every token id below ``vocab_size``."""
+        model: ``block_size`` within ``context_length``, every token id below ``vocab_size``. A
+        ``teacher_tokenizer`` switches to aligned two-tokenizer blocks (:class:`AlignedTokenBlocks`)."""
         if context_length is not None and self.block_size > context_length:
             raise BlockSizeError(
                 f"block_size={self.block_size} is longer than the model's context ({context_length} positions). "
                 f"HINT: set data.init_args.block_size <= {context_length}"
             )
+        if teacher_tokenizer is not None and teacher_context_length is not None and self.teacher_block_size > teacher_context_length:
+            raise BlockSizeError(
+                f"teacher_block_size={self.teacher_block_size} is longer than the teacher's context ({teacher_context_length} "
+                f"positions). HINT: set data.init_args.teacher_block_size <= {teacher_context_length}"
+            )
         source = self.tokenizer_arg if self.tokenizer_arg is not None else tokenizer
+        self._train_tokenizer_if_missing(source)
         if self.tokenizer is None or tokenizer_source(source) != self.tokenizer_name:
             self.tokenizer, self.tokenizer_name = as_tokenizer(source), tokenizer_source(source)  # the name keys the data
             self.datasets = {}
+        teacher_name = None if teacher_tokenizer is None else tokenizer_source(teacher_tokenizer)
+        if teacher_name != self.teacher_tokenizer_name:
+            self.teacher_tokenizer = None if teacher_tokenizer is None else as_tokenizer(teacher_tokenizer)
+            self.teacher_tokenizer_name = teacher_name
+            self.datasets = {}
+        if self.teacher_tokenizer is not None:  # fail now, not at the first batch, for a tokenizer without offsets
+            for side in (self.tokenizer, self.teacher_tokenizer):
+                token_offsets(side, "a")
         vocab = len(self.tokenizer)
         if vocab_size is not None and vocab > vocab_size:
             raise ValueError(
@@ -167,7 +265,37 @@ class TextDataModule(pl.LightningDataModule):
                 "would be out of range. HINT: build the models with vocab_size >= the tokenizer's"
             )
 
+    def _train_tokenizer_if_missing(self, source: Any) -> None:
+        """With ``train_tokenizer``: train a byte-level BPE on the training split into the folder ``source``
+        when that folder has no tokenizer yet."""
+        if self.train_tokenizer is None or not isinstance(source, str):
+            return
+        folder = Path(source).expanduser()
+        if (folder / "tokenizer.json").is_file():
+            return
+        ds = load_hub_dataset(self.hub_id, self.config, split=self.splits["train"])
+        column = detect_text_column(ds.features, self.text_column)
+        rank_zero_info(f"training a byte-level BPE of {self.train_tokenizer} tokens on {self.splits['train']} into {folder}")
+        train_byte_level_bpe((t for t in ds[column] if t), self.train_tokenizer, folder)
+
+    @property
+    def aligned(self) -> bool:
+        """True when blocks are tokenised by two tokenizers (a teacher tokenizer is connected)."""
+        return self.teacher_tokenizer is not None
+
     # ---- data -----------------------------------------------------------------------------------------
+    def aligned_blocks(self, split: str) -> AlignedTokenBlocks:
+        """Two-tokenizer blocks of one split name (a cached ``datasets.map``)."""
+        ds = load_hub_dataset(self.hub_id, self.config, split=split)
+        column = detect_text_column(ds.features, self.text_column)
+        fn = _AlignedTokenize(self.tokenizer, self.teacher_tokenizer, column, self.block_size, self.teacher_block_size)
+        rows = ds.map(fn, batched=True, batch_size=self.group_rows, remove_columns=ds.column_names, desc=f"tokenise and align {split}")
+        if self.max_blocks is not None:
+            rows = rows.select(range(min(self.max_blocks, len(rows))))
+        if len(rows) == 0:
+            raise ValueError(f"split {split!r} of {self.hub_id} gives no aligned block; lower block_size or check the text column")
+        return AlignedTokenBlocks.from_rows(rows, self.block_size, self.teacher_block_size)
+
     def blocks(self, split: str) -> torch.Tensor:
         """Token blocks (N, block_size) of one split name (slicing allowed)."""
         ds = load_hub_dataset(self.hub_id, self.config, split=split)
@@ -195,8 +323,13 @@ class TextDataModule(pl.LightningDataModule):
                 "(trainer.fit(model, datamodule=...) with an lkd LM module does), or call connect(tokenizer)"
             )
         if key not in self.datasets:
-            self.datasets[key] = TokenBlocks(self.blocks(self.splits[key]))
-            rank_zero_info(f"{key}: {len(self.datasets[key])} blocks of {self.block_size} tokens ({self.splits[key]})")
+            if self.aligned:
+                self.datasets[key] = self.aligned_blocks(self.splits[key])
+                rank_zero_info(f"{key}: {len(self.datasets[key])} aligned blocks of <= {self.block_size} student / "
+                               f"{self.teacher_block_size} teacher tokens ({self.splits[key]})")
+            else:
+                self.datasets[key] = TokenBlocks(self.blocks(self.splits[key]))
+                rank_zero_info(f"{key}: {len(self.datasets[key])} blocks of {self.block_size} tokens ({self.splits[key]})")
         return self.datasets[key]
 
     # ---- the teacher-cache contract (lkd.cache.store.CacheableData): key = the block's row --------------
@@ -206,6 +339,13 @@ class TextDataModule(pl.LightningDataModule):
     def cache_identity(self, stage: str) -> SplitIdentity:
         """The blocks themselves (so tokenizer, block size and text) are the content hash."""
         blocks = self.split(stage)
+        if isinstance(blocks, AlignedTokenBlocks):  # both tokenizers' fingerprints: a cache for another pair is refused
+            return SplitIdentity(
+                dataset=f"TextDataModule {self.hub_id}/{self.config} block_size={self.block_size} "
+                        f"teacher_block_size={self.teacher_block_size} group_rows={self.group_rows}",
+                split=self.splits[stage], rows=len(blocks), sample_ids_sha256=sha256_tensors({"ids": blocks.sample_ids}),
+                content_sha256=sha256_tensors(blocks.tensors), tokenizer=tokenizer_fingerprint(self.tokenizer),
+                teacher_tokenizer=tokenizer_fingerprint(self.teacher_tokenizer))
         return SplitIdentity(dataset=f"TextDataModule {self.hub_id}/{self.config} block_size={self.block_size}",
                              split=self.splits[stage], rows=len(blocks), sample_ids_sha256=sha256_tensors({"ids": blocks.sample_ids}),
                              content_sha256=sha256_tensors({"blocks": blocks.blocks}), tokenizer=self.tokenizer_name)

@@ -17,11 +17,15 @@ from lkd.losses.hidden import layerwise_loss
 from lkd.losses.kd import kd_kl_div, topk_kd_kl_div
 
 LOSS_NAMES = ("kl", "ce", "feature", "attention", "layer", "contrastive")
+"""Losses between a teacher and a student that share one tokenizer (:func:`lm_loss_terms`)."""
+ALL_LOSS_NAMES = (*LOSS_NAMES, "alm", "uld", "shared_kl")
+"""Every name ``loss_weights`` accepts: with two tokenizers the KL is replaced by the cross-tokenizer losses
+of :mod:`lkd.losses.cross_tokenizer` (``alm``, ``uld``, ``shared_kl``)."""
 DEFAULT_LOSS_WEIGHTS = {"kl": 0.7, "feature": 0.1, "attention": 0.1, "layer": 0.05, "contrastive": 0.05}
 """The original project's weights (KL 0.7, feature 0.1, attention 0.1, layer-wise 0.05, contrastive 0.05)."""
 
 __all__ = [
-    "DEFAULT_LOSS_WEIGHTS", "LOSS_NAMES", "attention_transfer_loss", "combine_losses", "contrastive_loss",
+    "ALL_LOSS_NAMES", "DEFAULT_LOSS_WEIGHTS", "LOSS_NAMES", "attention_transfer_loss", "combine_losses", "contrastive_loss",
     "feature_loss", "kd_kl_div", "layerwise_loss", "lm_cross_entropy", "lm_loss_terms", "router_objective",
     "validate_loss_weights",
 ]
@@ -109,9 +113,9 @@ def contrastive_loss(student_repr: torch.Tensor, teacher_repr: torch.Tensor, tem
 def validate_loss_weights(weights: Mapping[str, float]) -> dict[str, float]:
     """Check loss weights from a config: known names, none negative, not all zero. Returns a plain dict."""
     problems = []
-    unknown = sorted(set(weights) - set(LOSS_NAMES))
+    unknown = sorted(set(weights) - set(ALL_LOSS_NAMES))
     if unknown:
-        problems.append(f"unknown loss names {unknown} (available: {list(LOSS_NAMES)})")
+        problems.append(f"unknown loss names {unknown} (available: {list(ALL_LOSS_NAMES)})")
     negative = {k: v for k, v in weights.items() if v < 0}
     if negative:
         problems.append(f"negative weights {negative}")

@@ -2,7 +2,7 @@
 
 from lkd.metrics.continual import ContinualAccuracyMatrix, average_accuracy, forgetting
 from lkd.metrics.glue import glue_metric_names, glue_metrics, glue_score
-from lkd.metrics.retention import Perplexity, RetentionMetrics
+from lkd.metrics.retention import BitsPerByte, Perplexity, RetentionMetrics
 
-__all__ = ["ContinualAccuracyMatrix", "Perplexity", "RetentionMetrics", "average_accuracy", "forgetting", "glue_metric_names",
+__all__ = ["BitsPerByte", "ContinualAccuracyMatrix", "Perplexity", "RetentionMetrics", "average_accuracy", "forgetting", "glue_metric_names",
            "glue_metrics", "glue_score"]

@@ -73,9 +73,35 @@ class Perplexity(Metric):
         self.add_state("nll_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("tokens", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, nll: torch.Tensor, tokens: int) -> None:
+    def update(self, nll: torch.Tensor, tokens: int, num_bytes: torch.Tensor | int | None = None) -> None:
         self.nll_sum += nll.detach().double() * tokens
         self.tokens += tokens
 
     def compute(self) -> torch.Tensor:
         return torch.exp(self.nll_sum / self.tokens.clamp_min(1)).float()
+
+
+class BitsPerByte(Metric):
+    """Bits per UTF-8 byte of text over an epoch: Σ NLL / (ln 2 · Σ bytes of the predicted tokens).
+
+    Unlike perplexity it does not depend on the tokenizer, so models with different tokenizers compare on
+    it. ``update(nll, tokens, num_bytes)``: a batch's mean NLL per token (nats, 0-d), its token count, and the
+    bytes those tokens spell (:func:`lkd.tokenizers.token_byte_lengths`); a batch without ``num_bytes`` is skipped.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("nll_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_bytes", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, nll: torch.Tensor, tokens: int, num_bytes: torch.Tensor | int | None = None) -> None:
+        if num_bytes is None:
+            return
+        self.nll_sum += nll.detach().double() * tokens
+        self.num_bytes += torch.as_tensor(num_bytes, dtype=torch.float64, device=self.num_bytes.device)
+
+    def compute(self) -> torch.Tensor:
+        return (self.nll_sum / (math.log(2) * self.num_bytes.clamp_min(1))).float()

@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
+from lkd.losses.cross_tokenizer import CROSS_LOSS_NAMES, ChunkIndex, cross_tokenizer_loss_terms, token_logprobs
 from lkd.losses.kd import kd_problems, teacher_topk
 from lkd.losses.lm import (
     DEFAULT_LOSS_WEIGHTS,
@@ -21,13 +22,14 @@ from lkd.losses.lm import (
     validate_loss_weights,
 )
 from lkd.memory import enable_activation_checkpointing
-from lkd.metrics.retention import Perplexity
+from lkd.metrics.retention import BitsPerByte, Perplexity
 from lkd.models import causal_lm
 from lkd.models.router import RoutingContext, StudentAwareRouter, gap_features, require_moe_gates, route_teacher, validate_top_k
 from lkd.models.transfer import check_layer_map, default_layer_map
 from lkd.modules.base import LKDModule, StepOutput
 from lkd.schedules import ScheduleName
 from lkd.teacher import Teacher
+from lkd.tokenizers import shared_vocabulary, token_byte_lengths
 
 
 class VocabularyMismatchError(ValueError):
@@ -65,12 +67,26 @@ class LMModule(LKDModule):
 
     @override
     def make_metrics(self) -> MetricCollection:
-        return MetricCollection({"ppl": Perplexity()})
+        return MetricCollection({"ppl": Perplexity(), "bpb": BitsPerByte()})
 
     @override
     def connect_data(self, datamodule) -> None:
         if hasattr(datamodule, "connect"):
             datamodule.connect(self.tokenizer, context_length=self.context_length, vocab_size=self.vocab_size)
+        self.bind_tokenizers(datamodule)
+
+    def bind_tokenizers(self, datamodule) -> None:
+        """Tables from the data's tokenizer: bytes per token id (bits per byte)."""
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        self.token_bytes = None if tokenizer is None else token_byte_lengths(tokenizer).to(self.device)
+
+    def predicted_bytes(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """UTF-8 bytes of the predicted tokens ``input_ids[:, 1:]`` (where ``mask[:, 1:]``), or None without a table."""
+        table = getattr(self, "token_bytes", None)
+        if table is None:
+            return None
+        counted = table.to(input_ids.device)[input_ids[:, 1:]]  # (B, T-1)
+        return (counted if mask is None else counted * mask[:, 1:]).sum()
 
     @override
     def sample_ids(self, batch) -> torch.Tensor | None:
@@ -119,7 +135,7 @@ class CausalLMModule(LMModule):
             terms["aux_loss"] = out.aux_loss
             loss = nll + float(causal_lm.lm_config(self.model).router_aux_loss_coef) * out.aux_loss
         tokens = input_ids[:, 1:].numel()
-        return StepOutput(loss, tokens, terms, metric_args=(nll, tokens))
+        return StepOutput(loss, tokens, terms, metric_args=(nll, tokens, self.predicted_bytes(input_ids)))
 
 
 class LMDistillModule(LMModule):
@@ -143,11 +159,25 @@ class LMDistillModule(LMModule):
     ``lkd cache-teacher``) the train and validation targets are read from it: only ``kl`` and ``ce`` can be
     served, and routing needs the live teacher. The test report is :class:`lkd.callbacks.DistillationReport`.
 
+    **Two tokenizers** (``teacher_tokenizer`` set, e.g. a Qwen-family teacher and a SmolLM student): the data
+    module yields aligned blocks (:class:`lkd.data.text.AlignedTokenBlocks`): the student's tokens, the
+    teacher's tokens of the same text and the chunk table. The KL (one vocabulary) is replaced by the
+    cross-tokenizer losses of :mod:`lkd.losses.cross_tokenizer`: ``alm`` (chunk likelihoods, ALM), ``uld``
+    (sorted distributions, ULD) and ``shared_kl`` (KL over the tokens both spell the same, with the teacher's
+    mass on them logged as ``teacher_mass_shared``); ``feature`` / ``layer`` / ``contrastive`` read the hidden
+    states at chunk ends. A cache (``teacher.cache``) stores the teacher's token log-probabilities and top-k
+    per position, keyed by both tokenizers. Every stage logs ``{stage}/bpb`` (bits per byte, comparable
+    across tokenizers) beside ``{stage}/ppl``.
+
     Args:
         student: the model to train (YAML ``class_path``, e.g. :func:`lkd.models.causal_lm.tiny_llama_lm`).
         teacher: the frozen teacher (:class:`lkd.teacher.Teacher`; a :class:`CausalLMModule` checkpoint, or
             None to keep built / pretrained weights).
-        tokenizer: tokenizer name shared by both models and the data module.
+        tokenizer: the student's tokenizer name (and the teacher's, without ``teacher_tokenizer``); a folder
+            path together with ``data.init_args.train_tokenizer`` trains a byte-level BPE there first.
+        teacher_tokenizer: the teacher's tokenizer when it differs from the student's (cross-tokenizer
+            distillation); None = one tokenizer for both.
+        alm_temperature: τ of the ``alm`` loss.
         router: student-aware router, or None for plain distillation.
         loss_weights: ``{name: weight}``; missing names weigh 0.
         temperature: T of the KL term.
@@ -181,18 +211,20 @@ class LMDistillModule(LMModule):
         warmup_steps: float = 0.05,
         min_lr_ratio: float = 0.1,
         activation_checkpointing: bool = False,
+        teacher_tokenizer: str | None = None,
+        alm_temperature: float = 1.0,
     ):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio)
         self.student, self.teacher = student, teacher
+        self.teacher_tokenizer = teacher_tokenizer
+        self.cross_tokenizer = teacher_tokenizer is not None
         t_model = teacher.model
         sv, tv = causal_lm.vocab_size(student), causal_lm.vocab_size(t_model)
-        if sv != tv:
-            raise VocabularyMismatchError(
-                f"teacher vocabulary has {tv} tokens, student vocabulary has {sv}: the KL needs one vocabulary. "
-                "HINT: build both with the same tokenizer (vocab_size) or pick a student of the teacher's family"
-            )
         self.loss_weights = validate_loss_weights(DEFAULT_LOSS_WEIGHTS if loss_weights is None else loss_weights)
+        self._check_tokenizer_losses(sv, tv, router)
         problems = kd_problems(temperature=temperature)
+        if alm_temperature <= 0:
+            problems.append(f"alm_temperature must be > 0, got {alm_temperature}")
         for name, value in (("contrastive_temperature", contrastive_temperature), ("router_temperature", router_temperature)):
             if value <= 0:
                 problems.append(f"{name} must be > 0, got {value}")
@@ -202,7 +234,7 @@ class LMDistillModule(LMModule):
             problems += self._cache_problems(router, self.loss_weights, teacher.cache_top_k, tv)
         if problems:
             raise ValueError("LMDistillModule: " + "; ".join(problems))
-        self.temperature, self.contrastive_temperature = temperature, contrastive_temperature
+        self.temperature, self.contrastive_temperature, self.alm_temperature = temperature, contrastive_temperature, alm_temperature
         self.router_lm_weight, self.router_lr, self.projection_lr = router_lm_weight, router_lr, projection_lr
 
         w = self.loss_weights
@@ -238,6 +270,35 @@ class LMDistillModule(LMModule):
             enable_activation_checkpointing(self.student)
         self.save_hyperparameters(ignore=["student", "teacher", "router", "optimizer"])
 
+    def _check_tokenizer_losses(self, student_vocab: int, teacher_vocab: int, router) -> None:
+        """The losses asked for must fit one tokenizer or two; raise naming the losses and the fix."""
+        w = self.loss_weights
+        cross = sorted(k for k in CROSS_LOSS_NAMES if w.get(k, 0) > 0)
+        if not self.cross_tokenizer:
+            if student_vocab != teacher_vocab:
+                raise VocabularyMismatchError(
+                    f"teacher vocabulary has {teacher_vocab} tokens, student vocabulary has {student_vocab}: the KL needs one "
+                    "vocabulary. HINT: for a teacher with its own tokenizer set model.init_args.teacher_tokenizer to it and use "
+                    "the cross-tokenizer losses (loss_weights: {alm: 1.0}, or uld / shared_kl); else build both with the same "
+                    "tokenizer (vocab_size)"
+                )
+            if cross:
+                raise ValueError(f"loss_weights {cross} compare two tokenizers, but model.init_args.teacher_tokenizer is not set. "
+                                 "HINT: set it to the teacher's tokenizer, or use kl with one tokenizer")
+            return
+        problems = []
+        if w.get("kl", 0) > 0:
+            problems.append(f"loss_weights.kl={w['kl']} needs one vocabulary, but teacher ({self.teacher_tokenizer}, {teacher_vocab} "
+                            f"tokens) and student ({self.tokenizer}, {student_vocab} tokens) tokenise differently. HINT: use the "
+                            "cross-tokenizer losses alm, uld or shared_kl instead (e.g. loss_weights: {alm: 1.0, ce: 0.5})")
+        if w.get("attention", 0) > 0:
+            problems.append("loss_weights.attention compares attention maps position by position, which two tokenizers do not "
+                            "share. HINT: set it to 0 (feature, layer and contrastive work across tokenizers, at chunk ends)")
+        if router is not None:
+            problems.append("routing the teacher's experts is not available across two tokenizers yet; drop model.init_args.router")
+        if problems:
+            raise VocabularyMismatchError("LMDistillModule (two tokenizers): " + "; ".join(problems))
+
     @staticmethod
     def _cache_problems(router, weights: dict[str, float], top_k: int, vocab: int) -> list[str]:
         """Why a top-k logit cache cannot serve this configuration (empty: it can)."""
@@ -245,7 +306,7 @@ class LMDistillModule(LMModule):
         if router is not None:
             problems.append("teacher.cache cannot serve routed distillation (the router re-runs the teacher's experts "
                             "every step); drop model.init_args.router or the cache")
-        needs_teacher = {k: v for k, v in weights.items() if k not in ("kl", "ce") and v > 0}
+        needs_teacher = {k: v for k, v in weights.items() if k not in ("kl", "ce", *CROSS_LOSS_NAMES) and v > 0}
         if needs_teacher:
             problems.append(f"teacher.cache holds top-k log-probabilities only, but loss_weights {needs_teacher} need the "
                             "teacher's hidden states or attentions; set them to 0 (kl and ce only) or drop the cache")
@@ -263,16 +324,58 @@ class LMDistillModule(LMModule):
         return min(causal_lm.context_length(self.student), causal_lm.context_length(self.teacher.model))
 
     @override
+    def connect_data(self, datamodule) -> None:
+        if hasattr(datamodule, "connect"):
+            extra = {}
+            if self.cross_tokenizer:
+                extra = {"teacher_tokenizer": self.teacher_tokenizer,
+                         "teacher_context_length": causal_lm.context_length(self.teacher.model)}
+            datamodule.connect(self.tokenizer, context_length=self.context_length, vocab_size=causal_lm.vocab_size(self.student), **extra)
+        self.bind_tokenizers(datamodule)
+
+    @override
+    def bind_tokenizers(self, datamodule) -> None:
+        """Bytes per token of both sides and, with two tokenizers, the teacher → student map of shared tokens."""
+        super().bind_tokenizers(datamodule)
+        if not self.cross_tokenizer:
+            self.teacher_token_bytes = self.token_bytes
+            return
+        if not getattr(datamodule, "aligned", False):
+            raise ValueError(f"cross-tokenizer distillation needs aligned two-tokenizer blocks, but {type(datamodule).__name__} "
+                             "does not provide them. HINT: use lkd.data.text.TextDataModule")
+        teacher_tok, student_tok = datamodule.teacher_tokenizer, datamodule.tokenizer
+        self.teacher_token_bytes = token_byte_lengths(teacher_tok).to(self.device)
+        self.teacher_to_student = shared_vocabulary(teacher_tok, student_tok).to(self.device)
+        shared = int((self.teacher_to_student >= 0).sum())
+        if self.loss_weights.get("shared_kl", 0) > 0 and shared == 0:
+            raise ValueError(f"loss_weights.shared_kl: the teacher's and the student's vocabularies share no token spelled the "
+                             "same way. HINT: use alm or uld")
+
+    @property
+    def cache_kind(self) -> str:
+        return "lm_aligned" if self.cross_tokenizer else "lm_topk"
+
+    @override
     def cache_description(self) -> dict:
-        return {"kind": "lm_topk", "k": int(self.teacher.cache_top_k), "temperature": float(self.temperature),
+        return {"kind": self.cache_kind, "k": int(self.teacher.cache_top_k), "temperature": float(self.temperature),
                 "vocab": int(causal_lm.vocab_size(self.teacher.model))}
 
     @override
     def cache_targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(block ids (B,), {"topk_logprobs": (B, T, k), "topk_indices": (B, T, k)})`` of a batch."""
+        """``(block ids (B,), {"topk_logprobs": (B, T, k), "topk_indices": (B, T, k)})`` of a batch; with two
+        tokenizers also ``"token_logprobs"`` (B, T) (the teacher's log-probability of each of its own tokens)."""
+        if self.cross_tokenizer:
+            t_ids = batch["teacher_input_ids"]
+            return batch["sample_id"], self.aligned_teacher_targets(self.teacher(input_ids=t_ids).logits, t_ids)
         logits = self.teacher(input_ids=batch["input_ids"]).logits  # (B, T, V)
         logprobs, indices = teacher_topk(logits, self.teacher.cache_top_k, self.temperature)
         return batch["sample_id"], {"topk_logprobs": logprobs, "topk_indices": indices}
+
+    def aligned_teacher_targets(self, logits: torch.Tensor, teacher_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the cross-tokenizer losses read from the teacher (live or cached alike): its token
+        log-probabilities (B, T) at T = 1 and its top-k (B, T, k) at the distillation temperature."""
+        logprobs, indices = teacher_topk(logits, self.teacher.cache_top_k, self.temperature)
+        return {"token_logprobs": token_logprobs(logits, teacher_ids), "topk_logprobs": logprobs, "topk_indices": indices}
 
     @override
     def parameter_groups(self) -> list[dict]:
@@ -327,8 +430,46 @@ class LMDistillModule(LMModule):
             return self.teacher(input_ids=input_ids, output_hidden_states=hidden, output_attentions=attentions)
 
     # ---- steps ----------------------------------------------------------------------------------------
+    def aligned_step(self, batch, stage: str) -> StepOutput:
+        """One batch of two-tokenizer distillation (:mod:`lkd.losses.cross_tokenizer`)."""
+        s_ids, t_ids = batch["input_ids"], batch["teacher_input_ids"]  # (B, S), (B, T)
+        index = ChunkIndex.from_table(batch["chunks"], batch["num_chunks"])
+        hidden, _ = self._needs()
+        s_out = self.student(input_ids=s_ids, output_hidden_states=hidden)
+        s_feats = self.student_features(s_out)
+        s_feats["token_logprobs"] = token_logprobs(s_out.logits, s_ids)  # (B, S)
+        if (cached := self.teacher.cached(stage, batch["sample_id"])) is not None:
+            t_feats = cached  # {"token_logprobs": (B, T), "topk": ((B, T, k), (B, T, k))}
+        else:
+            with torch.no_grad():
+                t_out = self.teacher(input_ids=t_ids, output_hidden_states=hidden)
+            t_feats = self.teacher_features(t_out)
+            targets = self.aligned_teacher_targets(t_out.logits, t_ids)
+            t_feats |= {"token_logprobs": targets["token_logprobs"], "topk": (targets["topk_logprobs"], targets["topk_indices"])}
+        terms, logs = cross_tokenizer_loss_terms(
+            s_feats, _detach(t_feats), index, self.loss_weights, teacher_to_student=getattr(self, "teacher_to_student", None),
+            temperature=self.temperature, alm_temperature=self.alm_temperature, contrastive_temperature=self.contrastive_temperature)
+        s_mask = _predicted(batch["length"], s_ids.shape[1])  # (B, S) tokens with a prediction
+        tokens = s_mask.sum()
+        nll = -(s_feats["token_logprobs"] * s_mask).sum() / tokens.clamp_min(1)
+        if self.loss_weights.get("ce", 0) > 0:
+            terms["ce"] = nll
+        loss, terms = combine_losses(terms, self.loss_weights)
+        s_bytes = self.predicted_bytes(s_ids, s_mask)
+        outputs = {}
+        if stage == "test":
+            t_mask = _predicted(batch["teacher_length"], t_ids.shape[1])
+            t_table = getattr(self, "teacher_token_bytes", None)
+            outputs = {"student_nll_sum": nll.detach() * tokens, "student_tokens": tokens, "student_bytes": s_bytes,
+                       "teacher_nll_sum": -(t_feats["token_logprobs"] * t_mask).sum(), "teacher_tokens": t_mask.sum(),
+                       "teacher_bytes": None if t_table is None else (t_table.to(t_ids.device)[t_ids] * t_mask).sum()}
+        return StepOutput(loss, int(tokens), terms | logs | {"nll": nll.detach()},
+                          metric_args=(nll.detach(), int(tokens), s_bytes), outputs=outputs)
+
     @override
     def step(self, batch, stage: str) -> StepOutput:
+        if self.cross_tokenizer:
+            return self.aligned_step(batch, stage)
         input_ids = batch["input_ids"]  # (B, T)
         hidden, attn = self._needs()
         s_out = self.student(input_ids=input_ids, output_hidden_states=hidden, output_attentions=attn)
@@ -363,12 +504,18 @@ class LMDistillModule(LMModule):
         nll = lm_cross_entropy(s_out.logits, input_ids).detach()
         tokens = input_ids[:, 1:].numel()
         outputs = {"student_logits": s_out.logits.detach(), "teacher_logits": t_native.logits} if stage == "test" else {}
-        return StepOutput(total, tokens, terms | logs | {"nll": nll}, metric_args=(nll, tokens), logged_loss=student_loss,
-                          outputs=outputs)
+        return StepOutput(total, tokens, terms | logs | {"nll": nll}, metric_args=(nll, tokens, self.predicted_bytes(input_ids)),
+                          logged_loss=student_loss, outputs=outputs)
 
     @override
     def on_after_backward(self) -> None:
         self.teacher.placement.release()  # routed: off the device once the backward through it is done
+
+
+def _predicted(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) float mask of right-padded sequences' positions 1..length−1 (the tokens with a prediction)."""
+    positions = torch.arange(width, device=lengths.device)[None, :]
+    return ((positions >= 1) & (positions < lengths[:, None])).float()
 
 
 def _detach(feats: dict) -> dict:

@@ -1,0 +1,132 @@
+"""What lkd needs to know about a tokenizer's vocabulary: the bytes each token stands for (bits per byte),
+the tokens two tokenizers share (KL over a shared vocabulary), a fingerprint (cache keys), and a byte-level
+BPE trained on a corpus (a student tokenizer of its own). Loading tokenizers by name is :mod:`lkd.hub`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from lkd.hub import ByteTokenizer
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (the printable character each byte is written as), inverted: printable
+    Latin-1 bytes stand for themselves, the other 68 bytes for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return {c: b for b, c in chars.items()}
+
+
+def _backend_json(tokenizer) -> dict:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.loads(backend.to_str()) if backend is not None else {}
+
+
+def _decoder_types(spec: dict) -> set[str]:
+    decoder = spec.get("decoder") or {}
+    types = {decoder.get("type")}
+    for d in decoder.get("decoders", []) or []:
+        types.add(d.get("type"))
+    return types
+
+
+def token_bytes(tokenizer) -> list[bytes | None]:
+    """The text bytes each token id stands for (None for special / added control tokens).
+
+    Exact for byte-level BPE (GPT-2, Qwen, SmolLM, Llama 3 style) and :class:`lkd.hub.ByteTokenizer`; for
+    SentencePiece (``▁`` → space, ``<0xNN>`` → the byte) and WordPiece (``##`` continuation marker dropped)
+    it is the token's surface text, so bits per byte of such a tokenizer are approximate.
+    """
+    if isinstance(tokenizer, ByteTokenizer):
+        return [bytes([i]) for i in range(256)] + [None]
+    n = len(tokenizer)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for tok_id, added in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
+        if getattr(added, "special", True):
+            special.add(int(tok_id))
+    kinds = _decoder_types(_backend_json(tokenizer))
+    out: list[bytes | None] = []
+    decoder = _byte_decoder()
+    for i, tok in enumerate(tokens):
+        if tok is None or i in special:
+            out.append(None)
+        elif "ByteLevel" in kinds:
+            try:
+                out.append(bytes(decoder[c] for c in tok))
+            except KeyError:  # an added plain-text token
+                out.append(tok.encode("utf-8"))
+        elif tok.startswith("<0x") and tok.endswith(">") and len(tok) == 6:  # SentencePiece byte fallback
+            out.append(bytes([int(tok[3:5], 16)]))
+        else:
+            out.append(tok.replace("\u2581", " ").removeprefix("##").encode("utf-8"))
+    return out
+
+
+def token_byte_lengths(tokenizer) -> torch.Tensor:
+    """(V,) int64: UTF-8 bytes of each token's text (0 for specials), for bits per byte."""
+    return torch.tensor([len(b) if b is not None else 0 for b in token_bytes(tokenizer)], dtype=torch.long)
+
+
+def shared_vocabulary(teacher, student) -> torch.Tensor:
+    """(V_teacher,) int64: the student id whose text bytes equal each teacher token's, −1 where none does.
+
+    Special tokens never match. Two byte-level BPEs share the tokens with identical byte strings; a
+    tokenizer paired with itself maps every (non-special) id to itself.
+    """
+    student_id: dict[bytes, int] = {}
+    for i, b in enumerate(token_bytes(student)):
+        if b is not None and b not in student_id:
+            student_id[b] = i
+    mapping = [student_id.get(b, -1) if b is not None else -1 for b in token_bytes(teacher)]
+    return torch.tensor(mapping, dtype=torch.long)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short, stable id of what a tokenizer does: its class plus a hash of its serialised pipeline
+    (vocabulary, merges, normaliser, pre-tokeniser), so a cache written with one tokenizer is not read with another."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return "bytes"
+    spec = _backend_json(tokenizer)
+    payload = json.dumps(spec, sort_keys=True) if spec else json.dumps(sorted(tokenizer.get_vocab().items()))
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    return f"{Path(str(name)).name} sha256:{hashlib.sha256(payload.encode()).hexdigest()[:16]} vocab={len(tokenizer)}"
+
+
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, folder: str | Path, *, min_frequency: int = 2):
+    """Train a lossless byte-level BPE (GPT-2 style: every byte is a token, no unknown token) on ``texts``
+    with the ``tokenizers`` library and save it as a Hugging Face tokenizer folder.
+
+    The vocabulary is the 256 byte tokens, ``<|endoftext|>`` (id 0) and merges up to ``vocab_size``.
+    Returns the loaded ``PreTrainedTokenizerFast``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 257 + 1:
+        raise ValueError(f"vocab_size must be > 257 (256 bytes + <|endoftext|>) for a byte-level BPE, got {vocab_size}")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                        unk_token=None, pad_token="<|endoftext|>")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
