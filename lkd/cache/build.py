@@ -90,10 +90,11 @@ def build_teacher_cache(
                 if (done := progress.done(stage, index)) is not None:  # written before an interruption
                     batch_ids, fields = done
                 else:
+                    tic = time.perf_counter()
                     batch = datamodule.on_after_batch_transfer(move_data_to_device(batch, torch.device(device)), 0)
                     batch_ids, fields = module.cache_targets(batch)
                     batch_ids, fields = batch_ids.cpu(), {k: v.cpu() for k, v in fields.items()}
-                    progress.add(stage, index, batch_ids, fields)
+                    progress.add(stage, index, batch_ids, fields, time.perf_counter() - tic)
                     computed += 1
                     if computed % max(1, total // 20) == 0 or index + 1 == total:
                         rate = (time.perf_counter() - stage_started) / computed
@@ -118,7 +119,9 @@ def build_teacher_cache(
     if "train" not in splits:
         raise TeacherCacheError("the data module has an empty training split; nothing to cache")
     module.teacher.cpu()
-    write_cache(path, teacher=module.teacher.fingerprint(), splits=splits, dtype=dtype, targets=description)
+    build = {"teacher_seconds": progress.seconds, "batches": progress.batches, "resumed_batches": len(progress.loaded),
+             "device": str(device)}
+    write_cache(path, teacher=module.teacher.fingerprint(), splits=splits, dtype=dtype, targets=description, build=build)
     progress.remove()
     cache = TeacherCache.load(path)
     summary = ", ".join(f"{s} {len(v['sample_ids'])} rows (max |error| {v['max_abs_error']:.2e})" for s, v in splits.items())
@@ -138,6 +141,7 @@ class _Progress:
         self.shard_batches = max(1, shard_batches)
         self.pending: dict[str, list] = {}
         self.loaded: dict[tuple[str, int], tuple] = {}
+        self.seconds, self.batches = 0.0, 0  # teacher time over every session of this build, batches done
         manifest_file = self.folder / "manifest.pt"
         if self.folder.is_dir():
             try:
@@ -152,6 +156,8 @@ class _Progress:
                         continue
                     for index, ids, fields in content["batches"]:
                         self.loaded[(content["stage"], int(index))] = (ids, fields)
+                    self.seconds += float(content.get("seconds", 0.0))
+                    self.batches += len(content["batches"])
                 rank_zero_info(f"teacher cache: continuing an interrupted build from {self.folder} "
                                f"({len(self.loaded)} batches already done)")
             else:
@@ -163,8 +169,11 @@ class _Progress:
     def done(self, stage: str, index: int) -> tuple | None:
         return self.loaded.get((stage, index))
 
-    def add(self, stage: str, index: int, ids: torch.Tensor, fields: dict) -> None:
+    def add(self, stage: str, index: int, ids: torch.Tensor, fields: dict, seconds: float) -> None:
         self.pending.setdefault(stage, []).append((index, ids, fields))
+        self.pending_seconds = getattr(self, "pending_seconds", 0.0) + seconds
+        self.seconds += seconds
+        self.batches += 1
         if len(self.pending[stage]) >= self.shard_batches:
             self.flush(stage)
 
@@ -173,8 +182,9 @@ class _Progress:
         if batches:
             name = self.folder / f"{stage}-batches-{batches[0][0]:06d}-{batches[-1][0]:06d}.pt"
             tmp = name.with_suffix(".tmp")
-            torch.save({"stage": stage, "batches": batches}, tmp)
+            torch.save({"stage": stage, "batches": batches, "seconds": getattr(self, "pending_seconds", 0.0)}, tmp)
             os.replace(tmp, name)
+            self.pending_seconds = 0.0
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -299,11 +299,14 @@ class TeacherCache:
 
 
 def write_cache(path: str | Path, *, teacher: Mapping, splits: Mapping[str, dict], dtype: str,
-                targets: Mapping | None = None) -> Path:
-    """Write a cache file atomically (a temporary file renamed into place)."""
+                targets: Mapping | None = None, build: Mapping | None = None) -> Path:
+    """Write a cache file atomically (a temporary file renamed into place). ``build``: how it was made
+    (``teacher_seconds``: teacher time summed over every session of an interrupted build, ``batches``, ...)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     content = {"format": FORMAT, "dtype": dtype, "teacher": dict(teacher), "splits": dict(splits)}
+    if build is not None:
+        content["build"] = dict(build)
     if targets is not None and dict(targets) != LOGITS_TARGETS:
         content["targets"] = dict(targets)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

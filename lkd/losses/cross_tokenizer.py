@@ -204,7 +204,7 @@ def shared_vocab_kl(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor
     s_top = s.gather(-1, mapped.clamp_min(0))  # (N, k)
     head = torch.where(shared, p * (teacher_logprobs.float() - s_top), torch.zeros_like(p)).sum(-1)
     # the same student token can be the image of two teacher tokens only if they spell the same bytes: count it once
-    s_mass = torch.zeros_like(s).scatter(-1, mapped.clamp_min(0), shared.float()).clamp_max(1)  # (N, V_s) 0/1 marks
+    s_mass = torch.zeros_like(s).scatter_reduce(-1, mapped.clamp_min(0), shared.float(), reduce="amax")  # (N, V_s) 0/1 marks
     p_tail = (1 - p.sum(-1)).clamp_min(1e-12)
     q_tail = (1 - (s.exp() * s_mass).sum(-1)).clamp_min(1e-12)
     kl = head + p_tail * (p_tail.log() - q_tail.log())
