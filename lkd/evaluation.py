@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
 import torch
 from torch import nn
+
+
+@torch.inference_mode()
+def bits_per_byte(model: nn.Module, loader, token_bytes: torch.Tensor, *, side: str = "student",
+                  max_batches: int | None = None) -> dict[str, float]:
+    """Bits per byte (and perplexity per own token) of a causal LM over a text loader, as the training modules
+    count them: every predicted token (positions 1..length−1 of each block), nats / (ln 2 · the UTF-8 bytes those
+    tokens spell).
+
+    Args:
+        model: a transformers causal LM (or anything returning ``.logits`` for ``input_ids``).
+        loader: batches of :class:`lkd.data.text.TokenBlocks` or :class:`lkd.data.text.AlignedTokenBlocks`.
+        token_bytes: (V,) bytes per token id (:func:`lkd.tokenizers.token_byte_lengths`).
+        side: ``"student"`` reads ``input_ids``, ``"teacher"`` reads ``teacher_input_ids`` (aligned blocks).
+    Returns:
+        ``{"bpb", "ppl", "nll_sum", "tokens", "bytes", "seconds"}``.
+    """
+    from lkd.losses.cross_tokenizer import predicted_mask, token_logprobs
+
+    ids_key, length_key = ("input_ids", "length") if side == "student" else ("teacher_input_ids", "teacher_length")
+    was_training = model.training
+    model.eval()
+    nll = tokens = nbytes = 0.0
+    start = time.perf_counter()
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            device = next(model.parameters()).device
+            ids = batch[ids_key].to(device)
+            lengths = batch[length_key].to(device) if length_key in batch else torch.full((len(ids),), ids.shape[1], device=device)
+            mask = predicted_mask(lengths, ids.shape[1])
+            lp = token_logprobs(model(input_ids=ids).logits, ids)
+            nll -= float((lp * mask).sum())
+            tokens += float(mask.sum())
+            nbytes += float((token_bytes.to(device)[ids] * mask).sum())
+    finally:
+        model.train(was_training)
+    return {"bpb": nll / (math.log(2) * max(nbytes, 1.0)), "ppl": math.exp(nll / max(tokens, 1.0)), "nll_sum": nll,
+            "tokens": tokens, "bytes": nbytes, "seconds": time.perf_counter() - start}
 
 
 def _one_pass(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> float:

@@ -2,6 +2,7 @@
 step (and where its two objectives send gradient), the DistillationReport callback."""
 
 import json
+import math
 
 import lightning.pytorch as pl
 import pytest
@@ -191,7 +192,8 @@ def test_distillation_report_writes_retention_equal_to_token_kl(tiny_wikitext, t
     assert report == json.loads(json.dumps(report_cb.report))  # the callback keeps what it wrote
     assert set(report) == {"retention", "compression", "speed", "peak_memory_mb"}
     r = report["retention"]
-    assert set(r) == {"kl", "top1_agreement", "top5_agreement", "teacher_ppl", "student_ppl", "ppl_ratio"}
+    assert set(r) == {"kl", "top1_agreement", "top5_agreement", "teacher_ppl", "student_ppl", "ppl_ratio",
+                      "teacher_bpb", "student_bpb"}
     # the retention KL is token_kl averaged over every position of the test batches, computed here on its own
     blocks = dm.split("test").blocks[:6]  # 2 batches of 3
     with torch.no_grad():
@@ -202,6 +204,11 @@ def test_distillation_report_writes_retention_equal_to_token_kl(tiny_wikitext, t
     assert 0 <= r["top1_agreement"] <= r["top5_agreement"] <= 1
     assert r["teacher_ppl"] > 1 and r["student_ppl"] > 1
     assert r["ppl_ratio"] == pytest.approx(r["student_ppl"] / r["teacher_ppl"])
+    # bits per byte: the same NLLs over the bytes the predicted tokens spell (bytes: 1 per token, 0 for end-of-text)
+    targets = blocks[:, 1:]
+    nbytes = int((targets < 256).sum())
+    assert r["student_bpb"] == pytest.approx(math.log(r["student_ppl"]) * targets.numel() / (math.log(2) * nbytes), rel=1e-5)
+    assert r["teacher_bpb"] == pytest.approx(math.log(r["teacher_ppl"]) * targets.numel() / (math.log(2) * nbytes), rel=1e-5)
     c = report["compression"]
     assert set(c) == {"teacher_params", "student_params", "teacher_bytes", "student_bytes", "param_ratio"}
     assert c["teacher_params"] == sum(p.numel() for p in module.teacher.parameters())

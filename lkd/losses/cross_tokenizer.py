@@ -284,21 +284,17 @@ def cross_tokenizer_loss_terms(student: Mapping[str, object], teacher: Mapping[s
     return terms, logs
 
 
-def masked_next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token NLL of right-padded sequences: position i < length − 1 predicts token i + 1.
+def predicted_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) float mask of right-padded sequences' positions 1..length−1: the tokens with a prediction.
 
     Args:
-        logits: (B, L, V); input_ids: (B, L); lengths: (B,).
-    Returns:
-        (summed NLL in nats (0-d), number of predicted tokens (0-d)).
+        lengths: (B,) real tokens per sequence.
     """
-    lp = token_logprobs(logits, input_ids)  # (B, L)
-    positions = repeat(torch.arange(input_ids.shape[1], device=input_ids.device), "l -> b l", b=input_ids.shape[0])
-    mask = (positions >= 1) & (positions < lengths[:, None])
-    return -(lp * mask).sum(), mask.sum()
+    positions = repeat(torch.arange(width, device=lengths.device), "l -> b l", b=lengths.shape[0])
+    return ((positions >= 1) & (positions < lengths[:, None])).float()
 
 
 __all__ = [
     "CROSS_LOSS_NAMES", "ChunkIndex", "alm_loss", "binary_kl", "chunk_sums", "cross_tokenizer_loss_terms",
-    "gather_positions", "masked_mse", "masked_next_token_nll", "shared_vocab_kl", "token_logprobs", "uld_loss",
+    "gather_positions", "masked_mse", "predicted_mask", "shared_vocab_kl", "token_logprobs", "uld_loss",
 ]

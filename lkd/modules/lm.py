@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
-from lkd.losses.cross_tokenizer import CROSS_LOSS_NAMES, ChunkIndex, cross_tokenizer_loss_terms, token_logprobs
+from lkd.losses.cross_tokenizer import CROSS_LOSS_NAMES, ChunkIndex, cross_tokenizer_loss_terms, predicted_mask, token_logprobs
 from lkd.losses.kd import kd_problems, teacher_topk
 from lkd.losses.lm import (
     DEFAULT_LOSS_WEIGHTS,
@@ -449,7 +449,7 @@ class LMDistillModule(LMModule):
         terms, logs = cross_tokenizer_loss_terms(
             s_feats, _detach(t_feats), index, self.loss_weights, teacher_to_student=getattr(self, "teacher_to_student", None),
             temperature=self.temperature, alm_temperature=self.alm_temperature, contrastive_temperature=self.contrastive_temperature)
-        s_mask = _predicted(batch["length"], s_ids.shape[1])  # (B, S) tokens with a prediction
+        s_mask = predicted_mask(batch["length"], s_ids.shape[1])  # (B, S) tokens with a prediction
         tokens = s_mask.sum()
         nll = -(s_feats["token_logprobs"] * s_mask).sum() / tokens.clamp_min(1)
         if self.loss_weights.get("ce", 0) > 0:
@@ -458,7 +458,7 @@ class LMDistillModule(LMModule):
         s_bytes = self.predicted_bytes(s_ids, s_mask)
         outputs = {}
         if stage == "test":
-            t_mask = _predicted(batch["teacher_length"], t_ids.shape[1])
+            t_mask = predicted_mask(batch["teacher_length"], t_ids.shape[1])
             t_table = getattr(self, "teacher_token_bytes", None)
             outputs = {"student_nll_sum": nll.detach() * tokens, "student_tokens": tokens, "student_bytes": s_bytes,
                        "teacher_nll_sum": -(t_feats["token_logprobs"] * t_mask).sum(), "teacher_tokens": t_mask.sum(),
@@ -510,12 +510,6 @@ class LMDistillModule(LMModule):
     @override
     def on_after_backward(self) -> None:
         self.teacher.placement.release()  # routed: off the device once the backward through it is done
-
-
-def _predicted(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, width) float mask of right-padded sequences' positions 1..length−1 (the tokens with a prediction)."""
-    positions = torch.arange(width, device=lengths.device)[None, :]
-    return ((positions >= 1) & (positions < lengths[:, None])).float()
 
 
 def _detach(feats: dict) -> dict:
