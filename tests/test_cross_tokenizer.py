@@ -395,3 +395,29 @@ def test_interrupted_cache_build_continues_where_it_stopped(tiny_wikitext, byte_
         for name, value in reference.content["splits"][stage].items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(value, resumed.content["splits"][stage][name]), (stage, name)
+
+
+def test_test_report_gives_both_models_bits_per_byte_as_the_evaluation_counts_them(tiny_wikitext, byte_bpe, tmp_path):
+    from lkd.callbacks import DistillationReport
+    from lkd.evaluation import bits_per_byte
+
+    torch.manual_seed(0)
+    model = module({"alm": 1.0, "ce": 1.0})
+    dm = aligned_data(tiny_wikitext, byte_bpe, max_blocks=8)
+    report = DistillationReport(report_dir=str(tmp_path / "report"), timing_batch_size=2, repeats=1)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[report])
+    trainer.test(model, datamodule=dm)
+    r = report.report["retention"]
+    student = bits_per_byte(model.student, dm.test_dataloader(), token_byte_lengths(byte_bpe))
+    teacher = bits_per_byte(model.teacher.model, dm.test_dataloader(), token_byte_lengths(ByteTokenizer()), side="teacher")
+    assert r["student_bpb"] == pytest.approx(student["bpb"], rel=1e-5)
+    assert r["teacher_bpb"] == pytest.approx(teacher["bpb"], rel=1e-5)
+    assert r["bpb_ratio"] == pytest.approx(student["bpb"] / teacher["bpb"], rel=1e-5)
+    assert trainer.callback_metrics["test/bpb"] == pytest.approx(student["bpb"], rel=1e-4)  # the logged metric agrees
+    # the same text on both sides: the bytes the teacher's predicted tokens spell are those of the student's,
+    # up to each block's first token (which neither predicts)
+    items = [dm.split("test")[i] for i in range(8)]
+    first = sum(int(token_byte_lengths(byte_bpe)[b["input_ids"][0]]) for b in items)
+    total = sum(int(b["num_bytes"]) for b in items)
+    assert student["bytes"] + first == total == teacher["bytes"] + 8  # the teacher's first token: one byte
+    assert report.report["speed"]["speed_ratio"] > 0

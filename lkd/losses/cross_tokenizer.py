@@ -88,6 +88,14 @@ def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index)
 
 
+def select_positions(x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The rows of x (B, L, ...) at ``positions`` (B, C) where ``mask`` (B, C): (N, ...) with N = mask.sum(),
+    copied once (the vocabulary-wide rows of logits are large)."""
+    batch = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(positions)
+    flat = (batch * x.shape[1] + positions)[mask]  # (N,) row index into (B·L, ...)
+    return x.reshape(-1, *x.shape[2:]).index_select(0, flat)
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Log-probability of each token given the ones before it.
 
@@ -176,7 +184,8 @@ def uld_loss(student_logits: torch.Tensor, teacher_sorted_probs: torch.Tensor, t
 
 
 def shared_vocab_kl(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
-                    teacher_to_student: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    teacher_to_student: torch.Tensor, temperature: float = 1.0,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """KL over the vocabulary both tokenizers share, with a tail bucket (the exact-match mapping of cross-
     tokenizer methods such as DSKD's and GOLD's, restricted to tokens spelled identically).
 
@@ -194,6 +203,7 @@ def shared_vocab_kl(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor
         teacher_logprobs: (N, k) the teacher's top-k log-probabilities at temperature T.
         teacher_ids: (N, k) their teacher token ids.
         teacher_to_student: (V_t,) student id per teacher id, −1 where none.
+        mask: (N,) bool, the rows to average over (None: all).
     Returns:
         (0-d loss, (N,) teacher mass on shared tokens).
     """
@@ -203,12 +213,15 @@ def shared_vocab_kl(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor
     p = teacher_logprobs.float().exp() * shared  # (N, k) teacher mass on shared tokens
     s_top = s.gather(-1, mapped.clamp_min(0))  # (N, k)
     head = torch.where(shared, p * (teacher_logprobs.float() - s_top), torch.zeros_like(p)).sum(-1)
-    # the same student token can be the image of two teacher tokens only if they spell the same bytes: count it once
-    s_mass = torch.zeros_like(s).scatter_reduce(-1, mapped.clamp_min(0), shared.float(), reduce="amax")  # (N, V_s) 0/1 marks
+    # two teacher tokens can map to one student token (same bytes, e.g. an added duplicate): its mass counts once
+    order = mapped.sort(-1)
+    first = F.pad(order.values[:, 1:] != order.values[:, :-1], (1, 0), value=True) & (order.values >= 0)  # (N, k)
+    q_shared = (s_top.gather(-1, order.indices).exp() * first).sum(-1)  # (N,)
     p_tail = (1 - p.sum(-1)).clamp_min(1e-12)
-    q_tail = (1 - (s.exp() * s_mass).sum(-1)).clamp_min(1e-12)
-    kl = head + p_tail * (p_tail.log() - q_tail.log())
-    loss = kl.mean() * temperature**2 if len(kl) else student_logits.sum() * 0
+    q_tail = (1 - q_shared).clamp_min(1e-12)
+    kl = head + p_tail * (p_tail.log() - q_tail.log())  # (N,)
+    m = torch.ones_like(kl) if mask is None else mask.float()
+    loss = (kl * m).sum() / m.sum().clamp_min(1) * temperature**2
     return loss, p.sum(-1)
 
 
@@ -251,21 +264,19 @@ def cross_tokenizer_loss_terms(student: Mapping[str, object], teacher: Mapping[s
         t_lp = chunk_sums(teacher["token_logprobs"], index.t_start, index.t_end)
         terms["alm"] = alm_loss(s_lp, t_lp, pred, alm_temperature)
     needs_next = w.get("uld", 0) > 0 or w.get("shared_kl", 0) > 0
-    if needs_next:
+    if needs_next:  # the next-token distributions at chunk starts, each row copied once
         t_lp_k, t_ids_k = teacher["topk"]
+        s_next = select_positions(student["logits"], index.s_prev, pred)  # (N, V_s)
+        t_next = select_positions(t_lp_k, index.t_prev, pred)  # (N, k)
     if w.get("uld", 0) > 0:
-        s_next = gather_positions(student["logits"], index.s_prev)[pred]  # (N, V_s)
-        t_next = gather_positions(t_lp_k, index.t_prev)[pred]  # (N, k)
         terms["uld"] = uld_loss(s_next, t_next.float().exp(), temperature)
     if w.get("shared_kl", 0) > 0:
         if teacher_to_student is None:
             raise ValueError("shared_kl needs the teacher → student token map (lkd.tokenizers.shared_vocabulary)")
-        single = index.single
-        s_next = gather_positions(student["logits"], index.s_prev)[single]  # (N1, V_s)
-        t_next = gather_positions(t_lp_k, index.t_prev)[single]  # (N1, k)
-        t_next_ids = gather_positions(t_ids_k, index.t_prev)[single]
-        terms["shared_kl"], mass = shared_vocab_kl(s_next, t_next, t_next_ids, teacher_to_student, temperature)
-        logs["teacher_mass_shared"] = mass.mean() if len(mass) else mass.sum()
+        single = index.single[pred]  # (N,) of the predicted chunks, those of one token a side (masked, not copied)
+        t_next_ids = select_positions(t_ids_k, index.t_prev, pred)
+        terms["shared_kl"], mass = shared_vocab_kl(s_next, t_next, t_next_ids, teacher_to_student, temperature, mask=single)
+        logs["teacher_mass_shared"] = (mass * single).sum() / single.sum().clamp_min(1)
         logs["single_token_chunks"] = single.sum() / n_pred
     valid = index.valid
     if w.get("feature", 0) > 0 or w.get("contrastive", 0) > 0:
@@ -296,5 +307,5 @@ def predicted_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
 
 __all__ = [
     "CROSS_LOSS_NAMES", "ChunkIndex", "alm_loss", "binary_kl", "chunk_sums", "cross_tokenizer_loss_terms",
-    "gather_positions", "masked_mse", "predicted_mask", "shared_vocab_kl", "token_logprobs", "uld_loss",
+    "gather_positions", "masked_mse", "select_positions", "predicted_mask", "shared_vocab_kl", "token_logprobs", "uld_loss",
 ]
