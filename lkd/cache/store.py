@@ -27,7 +27,12 @@ top-k tokens at every position of every block, and the file says what it holds::
                                 "topk_indices": Tensor (N, T, k),    # token ids, int16 (offset) or int32
                                 ...}}
 
-so a cache is ``k · (2 + 2)`` bytes per token for vocabularies up to 65,536 (ids stored as int16 minus
+With two tokenizers (cross-tokenizer distillation) the kind is ``"lm_aligned"``: the same top-k per teacher
+position plus ``token_logprobs`` (N, T), the teacher's log-probability of each of its own tokens at T = 1 (ALM's
+chunk likelihoods and the teacher's bits per byte), and each split's identity names both tokenizers'
+fingerprints (``tokenizer``, ``teacher_tokenizer``), so a cache written for another pair is refused.
+
+So a cache is ``k · (2 + 2)`` bytes per token for vocabularies up to 65,536 (ids stored as int16 minus
 32,768), ``k · (2 + 4)`` above; the full fp16 distribution would be ``2 · V``. The distillation loss reads
 them through :func:`lkd.losses.kd.topk_kd_kl_div`: a **tail bucket**, not top-k renormalised. The teacher is
 k + 1 outcomes (its k tokens and "anything else", mass 1 − Σ p), the student is bucketed the same way, and the
