@@ -31,6 +31,29 @@ from lkd.callbacks.hparams import HParamsConfigCallback
 from lkd.distributed import check_strategy, check_trainer_settings
 
 CACHE_TEACHER = "cache-teacher"
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+class ResumeMismatchError(ValueError):
+    """``--ckpt_path`` names a checkpoint of another module, or one whose settings differ from the command's."""
+
+
+def _as_dict(value) -> dict:
+    if value is None:
+        return {}
+    return value.as_dict() if hasattr(value, "as_dict") else dict(value)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """``{"init_args": {"alpha": 0.9}}`` -> ``{"init_args.alpha": 0.9}`` (lists and scalars are leaves)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 class LKDCLI(LightningCLI):
@@ -60,6 +83,40 @@ class LKDCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PublishBestCheckpoint, "best_checkpoint")
+
+    # ---- --ckpt_path: checked first, and never silently overriding the command line ---------------------
+    @override
+    def _parse_ckpt_path(self) -> None:
+        """Before any data or model is built: the checkpoint exists and is readable, was written by the module
+        class this config builds, and its saved hyperparameters (which LightningCLI puts over the config) change
+        nothing the command line or config says; otherwise stop, listing each value."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_ALIASES:
+            return super()._parse_ckpt_path()
+        from lkd.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(ckpt_path, what="--ckpt_path checkpoint")
+        hparams = dict(ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {})
+        saved_class = hparams.get("_class_path")
+        model = self.config[subcommand].get("model")
+        current_class = getattr(model, "class_path", None) if model is not None else None
+        if saved_class and current_class and saved_class != current_class:
+            raise ResumeMismatchError(
+                f"--ckpt_path {ckpt_path} was written by {saved_class}, but the config builds {current_class}. HINT: "
+                f"pass the config that trained it (runs/<name>/version_N/config.yaml), or a checkpoint of {current_class}"
+            )
+        before = _flat(_as_dict(model))
+        super()._parse_ckpt_path()
+        after = _flat(_as_dict(self.config[subcommand].get("model")))
+        changed = {k: (before[k], after[k]) for k in sorted(set(before) & set(after)) if before[k] != after[k]}
+        if changed:
+            lines = "\n".join(f"  model.{k}: the checkpoint has {old!r}, this command {new!r}" for k, (new, old) in changed.items())
+            raise ResumeMismatchError(
+                f"--ckpt_path {ckpt_path} carries the model settings it was trained with, and they differ from this "
+                f"command's:\n{lines}\nLightning would run with the checkpoint's values.\nHINT: to resume exactly, drop "
+                "those changes; to train with new settings, start a new run (`lkd fit` without --ckpt_path) from the weights"
+            )
 
     # ---- the `cache-teacher` subcommand ----------------------------------------------------------------
     # LightningCLI makes one subcommand per Trainer method (`subcommands()`); a command that is not a Trainer

@@ -88,16 +88,99 @@ def load_hub_dataset(hub_id: str, config: str | None = None, **kwargs):
     """
     import datasets
 
+    if Path(hub_id).expanduser().is_file():
+        file = Path(hub_id).expanduser().resolve()
+        root = next((p for p in file.parents if (p / "README.md").is_file()), file.parent)
+        raise DatasetNotFoundError(
+            f"hub_id {hub_id!r} is a file, but a data set is a folder (hub layout: data files plus a README.md with "
+            f"`configs:`) or a hub id. HINT: set hub_id to the folder {str(root)!r} (and the config/task inside it)"
+        )
     path = resolve_dataset_path(hub_id)
     is_local = path != hub_id or Path(hub_id).is_dir()
     if not is_local and hub_is_offline():
         raise DatasetNotFoundError(_dataset_not_found(hub_id, config, "the hub is switched off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)"))
+    if is_local and "cache_dir" not in kwargs:  # the cache follows the files' content: an edited mirror is read again
+        kwargs["cache_dir"] = mirror_cache_dir(Path(path))
+    import pyarrow
+
     try:
         return datasets.load_dataset(path, config, **kwargs)
+    except pyarrow.ArrowException as err:  # a data file that is not what its name says (corrupt, truncated)
+        raise DataFileError(
+            f"reading the data of '{hub_id}' ({path}, config {config!r}) failed: {type(err).__name__}: {err}. "
+            "HINT: check that the data files are readable and complete (re-copy the mirror)"
+        ) from err
     except (FileNotFoundError, ConnectionError, OSError) as err:  # hub unreachable, or no such repo/config
         if is_local:
             raise DatasetNotFoundError(f"The mirror of '{hub_id}' at {path} could not be loaded with config {config!r}: {err}") from err
         raise DatasetNotFoundError(_dataset_not_found(hub_id, config, f"the hub said: {err}")) from err
+    except datasets.exceptions.DatasetGenerationError as err:  # a data file that cannot be read or parsed
+        cause = err.__cause__ or err.__context__ or err
+        raise DataFileError(
+            f"reading the data of '{hub_id}' ({path}, config {config!r}) failed: {type(cause).__name__}: {cause}. "
+            "HINT: check that the data files are readable and complete (re-copy the mirror)"
+        ) from err
+
+
+@lru_cache(maxsize=32)
+def split_names(hub_id: str, config: str | None = None) -> tuple[str, ...] | None:
+    """The split names of a data set / config without reading its data (None when they cannot be listed)."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(resolve_dataset_path(hub_id), config)
+    except Exception:  # noqa: BLE001 - listing is a courtesy; loading reports the real problem
+        return None
+    files = getattr(builder.config, "data_files", None)
+    if files:
+        return tuple(files)
+    return tuple(builder.info.splits) if builder.info.splits else None
+
+
+def check_split(hub_id: str, config: str | None, split: str, option: str) -> None:
+    """Refuse a split (``datasets`` slicing allowed: ``validation[:90%]``) the data set does not have, naming the
+    option that asked for it and the splits there are."""
+    base = split.split("[", 1)[0].split("+")[0].strip()
+    names = split_names(hub_id, config)
+    if names is not None and base not in names:
+        raise ValueError(
+            f"{option}={split!r}: {hub_id} (config {config!r}) has no split {base!r}; its splits: {', '.join(names)}. "
+            f"HINT: set {option} to one of them (slicing such as '{names[0]}[:90%]' works)"
+        )
+
+
+class DataFileError(OSError):
+    """A data file of a local mirror that cannot be read (permissions, corrupt or truncated file)."""
+
+
+def mirror_data_files(folder: Path) -> list[Path]:
+    """The files of a local mirror that ``datasets`` reads (data files and the README with its configs)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def mirror_cache_dir(folder: Path) -> str:
+    """A ``datasets`` cache folder keyed by the mirror's content: every file's path, size and modification
+    and change times, so a file edited in place or replaced (even with the same size) is read again instead of
+    being served from the cache of the old content.
+
+    Raises:
+        DataFileError: a data file cannot be opened (named), checked on every load.
+    """
+    import hashlib
+
+    import datasets
+
+    digest = hashlib.sha256()
+    for file in mirror_data_files(folder):
+        try:
+            with file.open("rb"):
+                pass
+        except OSError as err:
+            raise DataFileError(f"data file {file} cannot be read ({type(err).__name__}: {err.strerror or err}). "
+                                "HINT: fix its permissions or re-copy the mirror") from None
+        st = file.stat()
+        digest.update(f"{file.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "lkd-mirrors" / f"{folder.name}-{digest.hexdigest()[:16]}")
 
 
 def _dataset_not_found(hub_id: str, config: str | None, why: str) -> str:
@@ -199,7 +282,15 @@ def load_tokenizer(name: str = "smollm2", *, trust_remote_code: bool = False):
     if name == "smollm2":
         gguf = smollm2_gguf_path()
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    return AutoTokenizer.from_pretrained(resolve_pretrained(name), trust_remote_code=trust_remote_code)
+    source = resolve_pretrained(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:  # not on the hub, the hub unreachable, or a folder without tokenizer files
+        raise PretrainedNotFoundError(
+            f"tokenizer {name!r} could not be loaded ({str(err).strip().splitlines()[0][:200]}). Available offline: 'bytes', "
+            f"'smollm2', {', '.join(repr(k) for k in PACKAGED_MODELS)}, or a folder with tokenizer.json (data.init_args."
+            "train_tokenizer trains one). HINT: name one of those, or set HF_HUB_OFFLINE=0 on a machine with hub access"
+        ) from None
 
 
 def tokenizer_source(tokenizer) -> str:

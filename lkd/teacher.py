@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lkd.checkpoint import load_network_weights
+from lkd.checkpoint import TeacherMismatchError, load_checkpoint, load_network_weights
 from lkd.memory import GIB, TeacherMemoryError, device_budget, memory_needed, module_bytes, trainable_bytes
 
 TeacherDType = Literal["float32", "bfloat16", "float16"]
@@ -67,10 +67,12 @@ class Teacher(nn.Module):
             targets are read from it instead of running the teacher; written at the first fit if missing,
             refused if made for another teacher or other data.
         cache_top_k: language models: the teacher's most likely tokens per position the cache keeps.
+        allow_mismatch: let a teacher checkpoint trained for another task or tokenizer than the run's through
+            (logged); by default it is refused (:meth:`check_trained_for`).
     """
 
     def __init__(self, model: nn.Module, checkpoint: str | None = None, *, dtype: TeacherDType = "float32",
-                 offload: bool = False, cache: str | None = None, cache_top_k: int = 32):
+                 offload: bool = False, cache: str | None = None, cache_top_k: int = 32, allow_mismatch: bool = False):
         super().__init__()
         if problems := teacher_problems(dtype, cache_top_k):
             raise ValueError("Teacher: " + "; ".join(problems))
@@ -79,7 +81,8 @@ class Teacher(nn.Module):
         # from an f-string, so null arrives here as the string "None"
         checkpoint, cache = (None if v == "None" else v for v in (checkpoint, cache))
         self.checkpoint, self.dtype, self.offload = checkpoint, dtype, offload
-        self.cache_path, self.cache_top_k = cache, cache_top_k
+        self.cache_path, self.cache_top_k, self.allow_mismatch = cache, cache_top_k, allow_mismatch
+        self.trained_with: dict = {}  # the teacher checkpoint's saved hyperparameters (task, tokenizer, ...)
         self.placement = TeacherPlacement(self.model, offload=offload)
         self.store = None  # the attached lkd.cache.TeacherCache (module setup("fit"), when `cache` is set)
         self._loaded_from: str | None = None
@@ -105,9 +108,31 @@ class Teacher(nn.Module):
         """Load ``checkpoint`` into the model (once; shape-checked, ``weights_only``). Call before :meth:`hold`."""
         if self.checkpoint is None or self._loaded_from == self.checkpoint:
             return
-        load_network_weights(self.model, self.checkpoint, prefixes=("model.", "student."), what="teacher", num_classes=num_classes)
+        ckpt = load_checkpoint(self.checkpoint, what="teacher checkpoint")
+        state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
+        load_network_weights(self.model, self.checkpoint, prefixes=("model.", "student."), what="teacher",
+                             num_classes=num_classes, state=state)
+        self.trained_with = dict(ckpt.get("hyper_parameters", {})) if isinstance(ckpt, dict) else {}
         self._loaded_from = self.checkpoint
         rank_zero_info(f"teacher weights from {self.checkpoint}")
+
+    def check_trained_for(self, **expected) -> None:
+        """Refuse a teacher checkpoint whose saved hyperparameters say it was trained for another task, label
+        set or tokenizer than this run's (``task="cola"``, ``tokenizer="bytes"``; None values and keys the
+        checkpoint does not record are skipped), naming both values; ``allow_mismatch`` lets it through."""
+        saved = getattr(self, "trained_with", {})
+        lines = [f"  {k}: the teacher was trained with {saved[k]!r}, this run has {v!r}"
+                 for k, v in expected.items() if v is not None and k in saved and saved[k] is not None and saved[k] != v]
+        if not lines:
+            return
+        if self.allow_mismatch:
+            rank_zero_info(f"teacher {self.checkpoint} was trained for other data (allow_mismatch: true):\n" + "\n".join(lines))
+            return
+        raise TeacherMismatchError(
+            f"teacher checkpoint {self.checkpoint} was trained for other data than this run's:\n" + "\n".join(lines)
+            + "\nHINT: use the teacher trained for this task (its lkd fit config), or set "
+            "model.init_args.teacher.allow_mismatch: true if that is what you mean"
+        )
 
     def hold(self) -> None:
         """Cast the model to ``dtype`` (after loading, and after any copy of its fp32 weights into the student)."""

@@ -266,3 +266,20 @@ def test_test_split_without_labels_is_refused(tmp_path, monkeypatch, tiny_glue):
     with pytest.raises(ValueError, match="split 'test' has no labels.*lkd predict"):
         LKDCLI(args=["test", "-c", str(config), *glue_model_args(config), *glue_data_args(tiny_glue),
                      "--data.init_args.test_split=test"])
+
+
+def test_a_teacher_trained_for_another_task_is_refused(tmp_path, monkeypatch, data_roots, built_teachers):
+    """configs/glue/student_kd.yaml on MRPC with the SST-2 teacher (both 2 classes): refused, both tasks named."""
+    from lkd.checkpoint import TeacherMismatchError
+
+    monkeypatch.chdir(tmp_path)
+    config = CONFIGS / "glue" / "student_kd.yaml"
+    checkpoint = teacher_settings(config)["checkpoint"]
+    built = built_teachers(teacher_config_for(config, checkpoint), checkpoint, data_roots)
+    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(built, checkpoint)
+    args = ["fit", "-c", str(config), *tiny_args(config, data_roots), "--trainer.fast_dev_run=true"]
+    with pytest.raises(TeacherMismatchError, match=r"task: the teacher was trained with 'sst2', this run has 'mrpc'.*\nHINT"):
+        LKDCLI(args=[*args, "--data.init_args.task=mrpc"])
+    cli = LKDCLI(args=[*args, "--data.init_args.task=mrpc", "--model.init_args.teacher.allow_mismatch=true"])  # said so
+    assert cli.trainer.state.finished

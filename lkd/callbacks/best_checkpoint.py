@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 
@@ -34,6 +34,11 @@ class PublishBestCheckpoint(Callback):
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
         if self.path is None or not best or best == self._published or not trainer.is_global_zero:
+            return
+        if not Path(best).is_file():  # a run resumed from another folder: its best file is not where it was recorded
+            rank_zero_warn(f"best checkpoint {best} (recorded in the resumed checkpoint) is not there from {Path.cwd()}; "
+                           f"{self.path} is left as it is until a new best is written")
+            self._published = best
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")

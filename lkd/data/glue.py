@@ -8,6 +8,8 @@ names, a float label is regression (``num_classes = 1``). The tokenizer is bound
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from functools import cached_property
 
 import datasets
@@ -91,8 +93,17 @@ class GLUEDataModule(pl.LightningDataModule):
         except Exception:  # noqa: BLE001 - offline hub or no config list: load_hub_dataset reports it later
             return
         if available and self.task not in available:
+            folder = Path(path)
+            parent_configs = _config_names(folder.parent) if folder.is_dir() else []
+            if self.task in parent_configs or folder.name == self.task:  # the task's own folder given as the data set
+                raise ValueError(
+                    f"hub_id {self.hub_id!r} is the folder of one task ({folder.name}), not the data set: its only config is "
+                    f"{', '.join(sorted(available))}. HINT: set data.init_args.hub_id to {str(folder.parent)!r} (or the hub id, "
+                    f"e.g. nyu-mll/glue) and data.init_args.task to {self.task!r}"
+                )
             raise ValueError(
-                f"unknown task {self.task!r} for {self.hub_id} ({path}); available configs: {', '.join(sorted(available))}"
+                f"unknown task {self.task!r} for {self.hub_id} ({path}); available configs: {', '.join(sorted(available))}. "
+                "HINT: set data.init_args.task to one of them"
             )
 
     @cached_property
@@ -296,3 +307,13 @@ def arrow_columns(data: datasets.Dataset) -> dict[str, torch.Tensor]:
         else:
             out[name] = torch.from_numpy(np.asarray(column.to_numpy(zero_copy_only=False)).copy())
     return out
+
+
+def _config_names(folder: Path) -> list[str]:
+    """Config names of a hub-layout folder (its README's ``configs:``), [] when it is not one."""
+    if not (folder / "README.md").is_file():
+        return []
+    try:
+        return list(datasets.get_dataset_config_names(str(folder)))
+    except Exception:  # noqa: BLE001 - not a data set folder
+        return []

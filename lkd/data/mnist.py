@@ -115,8 +115,6 @@ class MNISTDataModule(pl.LightningDataModule):
                 problems.append(f"{name} must be > 0, got {value}")
         if val_size < 0:
             problems.append(f"val_size must be >= 0, got {val_size}")
-        if val_size > train_size:
-            problems.append(f"val_size ({val_size}) must not be larger than train_size ({train_size})")
         if max_shift < 0:
             problems.append(f"max_shift must be >= 0 pixels, got {max_shift}")
         if classes is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lkd.cache.store import SplitIdentity, sha256_tensors
 from lkd.data.alignment import pack_blocks, token_offsets
-from lkd.hub import as_tokenizer, load_hub_dataset, tokenizer_source
+from lkd.hub import as_tokenizer, check_split, load_hub_dataset, tokenizer_source
 from lkd.tokenizers import tokenizer_fingerprint, train_byte_level_bpe
 
 
@@ -228,6 +228,7 @@ class TextDataModule(pl.LightningDataModule):
         self.teacher_tokenizer = None
         self.teacher_tokenizer_name: str | None = None
         self.datasets: dict[str, TokenBlocks | AlignedTokenBlocks] = {}
+        self._checked: set[str] = set()
 
     # ---- tokenizer and context ------------------------------------------------------------------------
     def connect(self, tokenizer: Any, *, context_length: int | None = None, vocab_size: int | None = None,
@@ -312,6 +313,10 @@ class TextDataModule(pl.LightningDataModule):
 
     @override
     def setup(self, stage: str) -> None:
+        for key, split in self.splits.items():  # a missing split fails now, naming the option, not deep in datasets
+            if split and key not in self._checked:
+                check_split(self.hub_id, self.config, split, f"data.init_args.{key}_split")
+                self._checked.add(key)
         if self.tokenizer is None and self.tokenizer_arg is not None:
             self.connect(self.tokenizer_arg)
 

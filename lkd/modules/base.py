@@ -39,6 +39,10 @@ from lkd.teacher import Teacher
 STAGES = ("train", "val", "test")
 
 
+class ScheduleLengthError(ValueError):
+    """A resumed run is longer than the learning-rate schedule it restored."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
 
@@ -226,8 +230,14 @@ class LKDModule(pl.LightningModule):
         """Load the teacher's checkpoint and hold it in its dtype; before any step, so a missing or mismatched
         teacher fails before training (a resumed run then restores the identical teacher from its own checkpoint)."""
         self.teacher.load(num_classes=getattr(self, "num_classes", None))
+        self.teacher.check_trained_for(**self.teacher_expectations())
         self.before_teacher_hold(stage)
         self.teacher.hold()
+
+    def teacher_expectations(self) -> dict:
+        """What the teacher checkpoint's saved hyperparameters must agree with (``{"task": "sst2"}``);
+        :meth:`lkd.teacher.Teacher.check_trained_for` refuses a mismatch. Default: nothing."""
+        return {}
 
     def before_teacher_hold(self, stage: str) -> None:
         """Runs with the teacher's fp32 weights loaded, before it is cast (GLUE: copy it into the student)."""
@@ -265,6 +275,22 @@ class LKDModule(pl.LightningModule):
     @override
     def on_fit_start(self) -> None:
         self._park_teacher()
+
+    @override
+    def on_train_start(self) -> None:
+        """After a resume restored the schedule: refuse a one-cycle schedule shorter than this run before its first
+        step (raising max_epochs on a finished one-cycle run would fail there, deep in torch)."""
+        total = self.trainer.estimated_stepping_batches
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            planned = getattr(scheduler, "total_steps", None)
+            if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and planned is not None and planned < total:
+                raise ScheduleLengthError(
+                    f"the one-cycle learning-rate schedule restored from the checkpoint plans {planned} optimizer steps, "
+                    f"but this run takes {int(total)} (max_epochs or max_steps raised after it finished?): it would fail at "
+                    f"step {planned + 1}. HINT: to train longer, start a new run from the weights (e.g. as a teacher or an "
+                    "initial checkpoint) or use lr_schedule: cosine / linear; to resume as it was, keep max_epochs"
+                )
 
     @override
     def on_validation_start(self) -> None:

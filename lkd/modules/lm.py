@@ -351,6 +351,11 @@ class LMDistillModule(LMModule):
             raise ValueError(f"loss_weights.shared_kl: the teacher's and the student's vocabularies share no token spelled the "
                              "same way. HINT: use alm or uld")
 
+    @override
+    def teacher_expectations(self) -> dict:
+        """A teacher checkpoint (a CausalLMModule's) records the tokenizer it was trained with."""
+        return {"tokenizer": self.teacher_tokenizer if self.cross_tokenizer else self.tokenizer}
+
     @property
     def cache_kind(self) -> str:
         return "lm_aligned" if self.cross_tokenizer else "lm_topk"

@@ -1,0 +1,124 @@
+"""Bad input stops early with an error that names the value and the fix (issue 18): checkpoints given to
+``--ckpt_path`` or as a teacher, resumed runs whose settings the checkpoint would override."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lkd.checkpoint import CheckpointReadError, load_checkpoint
+from lkd.cli import LKDCLI, ResumeMismatchError
+from tests.conftest import CONFIGS
+from tests.lm_fixtures import tiny_wikitext  # noqa: F401 - fixture
+
+RUN = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+       "--trainer.num_sanity_val_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def mnist_checkpoint(tmp_path_factory, tiny_mnist) -> Path:
+    """A real `lkd fit` checkpoint of configs/mnist/teacher.yaml (ClassifierModule, label_smoothing 0)."""
+    import os
+
+    from tests.conftest import mnist_tiny_args
+
+    folder = tmp_path_factory.mktemp("ckpt_run")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        cli = LKDCLI(args=["fit", "-c", str(CONFIGS / "mnist" / "teacher.yaml"), *mnist_tiny_args(tiny_mnist), *RUN])
+    finally:
+        os.chdir(cwd)
+    latest = next(cb for cb in cli.trainer.checkpoint_callbacks if cb.filename == "latest")
+    return folder / latest.best_model_path
+
+
+def test_truncated_or_foreign_files_are_named_and_unsafe_loading_never_advised(tmp_path, mnist_checkpoint):
+    truncated = tmp_path / "cut.ckpt"
+    truncated.write_bytes(mnist_checkpoint.read_bytes()[:1000])
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    pickled = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}, "extra": Path("x")}, pickled)  # a pickled object beyond tensors
+    for path, why in ((truncated, "truncated or corrupt"), (text, "not a torch checkpoint|truncated or corrupt"),
+                      (pickled, "pickled Python objects")):
+        with pytest.raises(CheckpointReadError) as info:
+            load_checkpoint(path, what="teacher checkpoint")
+        message = str(info.value)
+        assert str(path) in message and any(w in message for w in why.split("|")), message
+        assert "weights_only=False" not in message and "HINT" in message.splitlines()[-1]
+
+
+def test_ckpt_path_problems_are_reported_before_anything_is_built(tmp_path, monkeypatch, tiny_data_args, mnist_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "-c", str(CONFIGS / "mnist" / "teacher.yaml"), *tiny_data_args, *RUN]
+    started = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path checkpoint not found: .*missing\.ckpt.*HINT"):
+        LKDCLI(args=[*base, "--ckpt_path=missing.ckpt"])
+    assert time.perf_counter() - started < 2.0  # before data, models or the trainer
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"\0" * 100)
+    with pytest.raises(CheckpointReadError, match=r"broken\.ckpt cannot be read"):
+        LKDCLI(args=[*base, f"--ckpt_path={broken}"])
+    # a checkpoint of another module class (ClassifierModule) given to a distillation config
+    with pytest.raises(ResumeMismatchError, match=r"written by lkd\.modules\.ClassifierModule, but the config builds "
+                                                  r"lkd\.modules\.DistillModule.*HINT"):
+        LKDCLI(args=["test", "-c", str(CONFIGS / "mnist" / "student_kd.yaml"), *tiny_data_args, f"--ckpt_path={mnist_checkpoint}"])
+
+
+def test_resume_that_would_drop_command_line_changes_stops_and_lists_them(tmp_path, monkeypatch, tiny_data_args, mnist_checkpoint):
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "-c", str(CONFIGS / "mnist" / "teacher.yaml"), *tiny_data_args, *RUN, "--trainer.max_epochs=2"]
+    with pytest.raises(ResumeMismatchError, match=r"(?s)label_smoothing: the checkpoint has 0\.0, this command 0\.2.*\nHINT"):
+        LKDCLI(args=[*base, "--model.init_args.label_smoothing=0.2", f"--ckpt_path={mnist_checkpoint}"])
+    # the same settings, but more epochs than the finished one-cycle schedule has: said before the first step
+    from lkd.modules.base import ScheduleLengthError
+
+    with pytest.raises(ScheduleLengthError, match=r"(?s)one-cycle .* plans 2 optimizer steps, but this run takes 4.*HINT"):
+        LKDCLI(args=[*base, f"--ckpt_path={mnist_checkpoint}"])
+    same = [a for a in base if a != "--trainer.max_epochs=2"]
+    cli = LKDCLI(args=[*same, f"--ckpt_path={mnist_checkpoint}"])  # exactly as it was: resumes (nothing left to do)
+    assert cli.trainer.state.finished and cli.trainer.current_epoch == 1
+
+
+def test_an_edited_or_broken_mirror_is_read_again_not_served_from_the_cache(tmp_path):
+    """A local data set edited in place (same folder and config) is re-read; a broken file fails every time."""
+    import datasets
+
+    from lkd.hub import DataFileError, load_hub_dataset
+    from tests.conftest import write_hub_dataset
+
+    root = write_hub_dataset(tmp_path / "mirror", "default", {"train": datasets.Dataset.from_dict({"x": list(range(50))})})
+    assert len(load_hub_dataset(str(root), "default", split="train")) == 50
+    parquet = next(root.rglob("*.parquet"))
+    datasets.Dataset.from_dict({"x": list(range(7))}).to_parquet(str(parquet))  # same name, new content
+    assert len(load_hub_dataset(str(root), "default", split="train")) == 7
+    parquet.write_bytes(b"garbage, not parquet")
+    for _ in range(2):  # not hidden by a cache of the previous content, either time
+        with pytest.raises(DataFileError, match=r"reading the data of .* failed: .*HINT"):
+            load_hub_dataset(str(root), "default", split="train")
+
+
+def test_data_options_that_name_what_is_wrong(tmp_path, tiny_glue, tiny_wikitext, tiny_mnist):
+    from lkd.data.glue import GLUEDataModule
+    from lkd.data.mnist import MNISTDataModule
+    from lkd.data.text import TextDataModule
+    from lkd.hub import DatasetNotFoundError, PretrainedNotFoundError, load_hub_dataset, load_tokenizer
+
+    parquet = next(tiny_wikitext.rglob("*.parquet"))
+    with pytest.raises(DatasetNotFoundError, match=r"is a file, but a data set is a folder.*HINT: set hub_id to the folder"):
+        load_hub_dataset(str(parquet), "wikitext-2-raw-v1")
+    with pytest.raises(ValueError, match=r"is the folder of one task \(sst2\).*HINT: set data.init_args.hub_id to .*task to 'sst2'"):
+        GLUEDataModule(task="sst2", hub_id=str(tiny_glue / "sst2"))
+    dm = TextDataModule(str(tiny_wikitext), "wikitext-2-raw-v1", train_split="train", tokenizer="bytes")
+    with pytest.raises(ValueError, match=r"data.init_args.train_split='train': .* has no split 'train'; its splits: "
+                                         r"validation, test\. HINT"):
+        dm.setup("fit")
+    with pytest.raises(PretrainedNotFoundError, match=r"tokenizer '.*' could not be loaded.*Available offline: 'bytes'"):
+        load_tokenizer(str(tmp_path))  # a folder without tokenizer files
+    quick = MNISTDataModule(hub_id=str(tiny_mnist), train_size=100, val_size=500)  # a quick run on few training images
+    quick.setup("fit")
+    assert len(quick.train_dataloader().dataset) == 100 and len(quick.val_dataloader().dataset) == 500
