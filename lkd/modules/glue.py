@@ -232,11 +232,11 @@ class GLUEDistillModule(GLUEModule):
         s_h, t_h = self.student.hidden_size, t_net.hidden_size
         self.cos_projection = nn.Linear(s_h, t_h) if cos_weight > 0 and s_h != t_h else None
 
-    @staticmethod
     @override
     def teacher_expectations(self) -> dict:
         return {"task": self.task, "num_classes": self.num_classes}
 
+    @staticmethod
     def _check_pair(s: TransformerClassifier, t: TransformerClassifier) -> None:
         s_vocab, t_vocab = s.config.vocab_size, t.config.vocab_size
         if s_vocab != t_vocab:
