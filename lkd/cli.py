@@ -18,6 +18,7 @@ the top-k log-probabilities and token ids of every position) to
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Literal
 
@@ -36,6 +37,30 @@ LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 
 class ResumeMismatchError(ValueError):
     """``--ckpt_path`` names a checkpoint of another module, or one whose settings differ from the command's."""
+
+
+class ConfigError(ValueError):
+    """A value of the config refused by the class it configures (the class's own message, last)."""
+
+
+_UNION_FAILURE = "Does not validate against any of the Union subtypes"
+
+
+def innermost_reason(message: str) -> str | None:
+    """The class's own error out of jsonargparse's "Does not validate against any of the Union subtypes ...
+    Given value: Namespace(...)" message (nested ones unwrapped), prefixed with the class it came from; None
+    for any other message."""
+    if _UNION_FAILURE not in message:
+        return None
+    where = re.search(r"class_path='([\w.]+)'", message)
+    body = message.split("Errors:", 1)[-1].split("Given value type:", 1)[0]
+    reasons = [line.strip()[2:] for line in body.splitlines() if line.strip().startswith("- ")
+               and not line.strip().startswith("- Expected a <class 'NoneType'>")]
+    if not reasons:
+        return None
+    reason = "\n".join(reasons)
+    inner = innermost_reason(reason) if _UNION_FAILURE in reason else None
+    return inner or (f"{where.group(1)}: {reason}" if where else reason)
 
 
 def _as_dict(value) -> dict:
@@ -83,6 +108,18 @@ class LKDCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PublishBestCheckpoint, "best_checkpoint")
+
+    @override
+    def instantiate_classes(self) -> None:
+        """Build the classes; a check that fails inside a module's or data module's ``__init__`` is re-raised with
+        its own message last (jsonargparse would end it with a dump of the whole namespace)."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            reason = innermost_reason(str(err))
+            if reason is None:
+                raise
+            raise ConfigError(reason) from None
 
     # ---- --ckpt_path: checked first, and never silently overriding the command line ---------------------
     @override

@@ -122,3 +122,14 @@ def test_data_options_that_name_what_is_wrong(tmp_path, tiny_glue, tiny_wikitext
     quick = MNISTDataModule(hub_id=str(tiny_mnist), train_size=100, val_size=500)  # a quick run on few training images
     quick.setup("fit")
     assert len(quick.train_dataloader().dataset) == 100 and len(quick.val_dataloader().dataset) == 500
+
+
+def test_a_refused_value_ends_the_error_not_a_namespace_dump(tmp_path, monkeypatch, tiny_data_args):
+    from lkd.cli import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        LKDCLI(args=["fit", "-c", str(CONFIGS / "mnist" / "teacher.yaml"), *tiny_data_args, "--model.init_args.label_smoothing=2"])
+    message = str(info.value)
+    assert message.splitlines()[-1] == "lkd.modules.ClassifierModule: label_smoothing must be in [0, 1), got 2.0"
+    assert "Namespace(" not in message and "Union subtypes" not in message
