@@ -78,6 +78,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--timing-steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--test-blocks", type=int, default=None, help="evaluate on the first N test blocks (default: all)")
+    p.add_argument("--timing-from", type=Path, default=None,
+                   help="take the timing rounds from this earlier result file of this script instead of measuring again")
     p.add_argument("--workdir", type=Path, default=common.ROOT / "runs" / "cross_tokenizer")
     common.add_output_options(p)
     return p.parse_args()
@@ -211,12 +213,19 @@ def section(results: list[dict], teacher: dict, caches: dict, timed: common.Pair
         by_row.setdefault(r["row"], []).append(r)
     rows = [{"name": "teacher: SmolLM2-135M (pretrained, its own tokenizer)", "bpb": [teacher["bpb"]],
              "params": teacher["params"], "train_s": None}]
+    timed_rows = {"alone": "student alone", "alm": "ALM + CE, cached teacher", "shared_kl": "shared KL + CE, cached teacher",
+                  "combined": "ALM + shared KL + CE, cached teacher"}
+    cache_of = {"bpe": "(SmolLM2, BPE-8192)", "same": "(SmolLM2, SmolLM2)"}
     for row in ROWS:
         if row not in by_row:
             continue
         runs = sorted(by_row[row], key=lambda r: r["seed"])
+        pair, weights = ROWS[row]
+        distills = any(k != "ce" for k in weights)
         rows.append({"name": LABELS[row], "bpb": [r["bpb"] for r in runs], "params": runs[0]["params"],
-                     "train_s": statistics.mean(r["train_s"] for r in runs)})
+                     "train_s": statistics.mean(r["train_s"] for r in runs),
+                     "step_ratio": timed.ratio(timed_rows[row]) if timed is not None and row in timed_rows else None,
+                     "cache_bpt": caches.get(cache_of[pair], {}).get("bytes_per_token") if distills else None})
     result = common.new_result("Cross-tokenizer distillation", args, seeds=args.seeds, threads=True)
     del cfg
     mean = lambda row: statistics.mean(r["bpb"] for r in by_row[row]) if row in by_row else None  # noqa: E731
@@ -237,7 +246,9 @@ def section(results: list[dict], teacher: dict, caches: dict, timed: common.Pair
     ]
     columns = [column("row", "name"), column("test bits per byte", "bpb", format="{:.4f}", aggregate="mean_std"),
                column("per seed", "bpb", format="{:.4f}", aggregate="list"), column("parameters", "params", format="{:,}"),
-               column("train time (s, mean)", "train_s", format="{:.0f}")]
+               column("train time (s, mean)", "train_s", format="{:.0f}"),
+               column("step vs student alone", "step_ratio", format="{:.2f}×", missing=""),
+               column("cache bytes / teacher token", "cache_bpt", format="{:.0f}", missing="")]
     tables = [table(columns, rows)]
     if timed is not None:
         timing_cols = [column("mode", "name"), *common.timing_columns(f"{args.timing_steps} steps (s, median)", "rounds (s)",
@@ -302,7 +313,10 @@ def main() -> None:
             results.append(run(row, seed, teacher_model, cfg, args))
             with (args.workdir / "runs.jsonl").open("a") as f:
                 f.write(json.dumps({"key": run_key(args), **results[-1]}) + "\n")
-    timed = timing(teacher_model, cfg, args) if args.repeats > 0 and args.timing_steps > 0 else None
+    if args.timing_from is not None:  # the rounds an earlier run of this script measured (same settings)
+        timed = common.PairedTiming(json.loads(args.timing_from.read_text())["data"]["timing"], baseline="student alone")
+    else:
+        timed = timing(teacher_model, cfg, args) if args.repeats > 0 and args.timing_steps > 0 else None
     common.finish(section(results, teacher, caches, timed, args, cfg), "cross_tokenizer", args)
 
 
