@@ -320,6 +320,12 @@ class TextDataModule(pl.LightningDataModule):
         if self.tokenizer is None and self.tokenizer_arg is not None:
             self.connect(self.tokenizer_arg)
 
+    def prepare_stage(self, stage: str) -> None:
+        """Tokenise the splits a trainer stage will read (``fit``: train and val; ``validate``: val; ``test``: test)."""
+        for key in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
+            if self.splits.get(key):
+                self.split(key)
+
     def split(self, key: str) -> TokenBlocks:
         """The token blocks of ``train``, ``val`` or ``test``, tokenised on first use (a cached ``datasets.map``)."""
         if self.tokenizer is None:

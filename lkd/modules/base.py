@@ -208,6 +208,8 @@ class LKDModule(pl.LightningModule):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
             self.connect_data(datamodule)
+            if hasattr(datamodule, "prepare_stage"):  # tokenise now: problems surface before training, and no data
+                datamodule.prepare_stage(stage)     # progress bar runs under a live (Rich) training bar
         if self.frozen_teacher is not None:
             self.prepare_teacher(stage)
             if stage == "fit" and self._trainer is not None:
