@@ -80,6 +80,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--test-blocks", type=int, default=None, help="evaluate on the first N test blocks (default: all)")
     p.add_argument("--skip-missing", action="store_true",
                    help="train nothing: report the runs kept in --workdir/runs.jsonl (the per-seed column shows which ran)")
+    p.add_argument("--note", default=None, help="a note printed after the command (how the kept runs were made)")
     p.add_argument("--timing-from", type=Path, default=None,
                    help="take the timing rounds from this earlier result file of this script instead of measuring again")
     p.add_argument("--workdir", type=Path, default=common.ROOT / "runs" / "cross_tokenizer")
@@ -229,6 +230,8 @@ def section(results: list[dict], teacher: dict, caches: dict, timed: common.Pair
                      "step_ratio": timed.ratio(timed_rows[row]) if timed is not None and row in timed_rows else None,
                      "cache_bpt": caches.get(cache_of[pair], {}).get("bytes_per_token") if distills else None})
     result = common.new_result("Cross-tokenizer distillation", args, seeds=args.seeds, threads=True)
+    if args.note:
+        result["command_note"] = args.note
     del cfg
     mean = lambda row: statistics.mean(r["bpb"] for r in by_row[row]) if row in by_row else None  # noqa: E731
     std = lambda row: statistics.stdev([r["bpb"] for r in by_row[row]]) if row in by_row and len(by_row[row]) > 1 else 0.0  # noqa: E731
