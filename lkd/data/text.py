@@ -17,9 +17,12 @@ from pathlib import Path
 
 from lkd.cache.store import SplitIdentity, sha256_tensors
 from lkd.data.alignment import pack_blocks, token_offsets
-from lkd.hub import as_tokenizer, check_split, load_hub_dataset, tokenizer_source
+from lkd.hub import PACKAGED_MODELS, as_tokenizer, check_split, load_hub_dataset, tokenizer_source
 from lkd.tokenizers import tokenizer_fingerprint, train_byte_level_bpe
 
+
+
+BUILTIN_TOKENIZERS = ("bytes", "smollm2", *PACKAGED_MODELS)
 
 
 class TextColumnError(ValueError):
@@ -269,8 +272,8 @@ class TextDataModule(pl.LightningDataModule):
     def _train_tokenizer_if_missing(self, source: Any) -> None:
         """With ``train_tokenizer``: train a byte-level BPE on the training split into the folder ``source``
         when that folder has no tokenizer yet."""
-        if self.train_tokenizer is None or not isinstance(source, str):
-            return
+        if self.train_tokenizer is None or not isinstance(source, str) or source in BUILTIN_TOKENIZERS:
+            return  # a tokenizer lkd loads by name is never a folder to train into
         folder = Path(source).expanduser()
         if (folder / "tokenizer.json").is_file():
             return
