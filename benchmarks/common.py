@@ -233,8 +233,9 @@ def lm_teacher(seed: int, **sizes):
     return tiny_moe_lm(BYTE_VOCAB, **{**LM_TEACHER, **sizes}, seed=seed)
 
 
-def lm_student(seed: int, **sizes):
-    """The byte-level Llama student (random weights from ``seed``): :data:`LM_STUDENT` unless ``sizes`` say otherwise."""
+def lm_student(seed: int, vocab_size: int = BYTE_VOCAB, **sizes):
+    """The Llama student (random weights from ``seed``; bytes unless ``vocab_size``): :data:`LM_STUDENT` unless
+    ``sizes`` say otherwise."""
     from lkd.models.causal_lm import tiny_llama_lm
 
-    return tiny_llama_lm(BYTE_VOCAB, **{**LM_STUDENT, **sizes}, seed=seed)
+    return tiny_llama_lm(vocab_size, **{**LM_STUDENT, **sizes}, seed=seed)

@@ -1,18 +1,26 @@
-"""Language-model distillation benchmark: a tiny Qwen3-MoE teacher, then four students with equal steps and data.
+"""Language-model distillation benchmark: a tiny Qwen3-MoE teacher, then students distilled through every
+routing mode of :mod:`lkd.models.routing`, equal steps and batches, several seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py                 # benchmarks/results/lm_distill.json, "Language models"
-    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py --teacher-steps 50 --student-steps 20 --no-write  # quick look
+    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py                       # everything missing, then the section
+    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py --variants sar --seeds 0 1 --no-render   # a share of the runs
+    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py --render-only         # the section from the kept runs
+    OMP_NUM_THREADS=1 python benchmarks/lm_distill.py --teacher-steps 50 --student-steps 20 --seeds 0 --out /tmp/lm --no-write
 
-Variants (same student architecture, same initial weights, same batches, same number of optimizer steps):
-``scratch`` (next-token CE only), ``kl`` (T²·KL only), ``multi`` (KL 0.7, feature 0.1, attention 0.1,
-layer-wise 0.05, contrastive 0.05) and ``routed`` (multi + the student-aware router, top-k 1 → 4,
-temperature 2 → 0.5). Every student is then tested the same way (an :class:`LMDistillModule` test with the
-:class:`lkd.callbacks.DistillationReport` callback, against the teacher's own top-2 routing): test perplexity,
-KL(teacher ‖ student), top-1 / top-5 agreement, tokens/s (:func:`lkd.timing.tokens_per_second`).
+Rows (same student architecture, the same initial weights and batches per seed, the same optimizer steps;
+every distilled row uses one loss, T²·KL at T = 1, so only the routing differs): ``scratch`` (next-token CE),
+``teacher`` (the teacher's own top-2 gating: plain KD), ``all`` (all 8 experts), ``ka`` (Knowledge
+Augmentation: 7 experts, 5 % of tokens a sampled set, 2 teacher passes averaged), ``sar`` (the paper's
+student-aware gate retraining), ``student_aware`` (lkd's router, top-k 1 → 4, τ 2 → 0.5). Two rows run across
+tokenizers: the same byte-level teacher and a student that reads a 512-token byte-level BPE, ALM + CE, without
+(``cross_teacher``) and with the student-aware router (``cross_student_aware``).
 
-Offline data: the WikiText-2 mirror has no train split, so training uses ``validation[:90%]`` and the test
-uses the first ``--test-blocks`` blocks of ``test``. Tokens are UTF-8 bytes (vocab 257): with SmolLM2's 49152-token
-vocabulary the softmax alone costs ~1 s per step on this CPU, too slow for four students here.
+Each run is kept as one line of ``OUT/runs.jsonl`` (several processes may share the work); the section is
+rendered from the kept runs: test perplexity per byte (bits per byte for the cross rows) mean ± std, the 95 %
+interval of each mode's paired difference to plain KD, and the train time per step; a separate timing pass
+(modes interleaved in one process) gives each mode's step cost against plain KD.
+
+Offline data: the WikiText-2 mirror has no train split, so training uses ``validation[:90%]`` and the test the
+first ``--test-blocks`` blocks of ``test``.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
+import statistics
 import sys
 import time
 import warnings
@@ -33,23 +43,28 @@ common.offline_hub()
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 
 from benchmarks.report import RATIO, column, table  # noqa: E402
 from lkd.callbacks import DistillationReport  # noqa: E402
-from lkd.callbacks.figures import RouterExpertUsage  # noqa: E402
 from lkd.callbacks.routing_schedule import RoutingSchedule  # noqa: E402
 from lkd.data.text import TextDataModule  # noqa: E402
-from lkd.losses.lm import DEFAULT_LOSS_WEIGHTS  # noqa: E402
+from lkd.evaluation import expert_specialisation  # noqa: E402
 from lkd.memory import count_parameters  # noqa: E402
 from lkd.models.router import StudentAwareRouter  # noqa: E402
+from lkd.models.routing import AllExperts, KnowledgeAugmentation, StudentAwareGate  # noqa: E402
 from lkd.modules import CausalLMModule, LMDistillModule  # noqa: E402
 from lkd.teacher import Teacher  # noqa: E402
 
-VARIANTS = ("scratch", "kl", "multi", "routed")
+MODES = ("teacher", "all", "ka", "sar", "student_aware")
+VARIANTS = ("scratch", *MODES, "cross_teacher", "cross_student_aware")
+LABELS = {"scratch": "scratch (CE, no teacher)", "teacher": "teacher: its own routing (plain KD)", "all": "all: every expert",
+          "ka": "ka: Knowledge Augmentation", "sar": "sar: student-aware gate retraining",
+          "student_aware": "student_aware: lkd's router", "cross_teacher": "two tokenizers, plain ALM + CE",
+          "cross_student_aware": "two tokenizers, student_aware router"}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student's t, 97.5 %
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher-steps", type=int, default=1200)
     p.add_argument("--student-steps", type=int, default=500)
@@ -58,27 +73,40 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--test-blocks", type=int, default=400)
     p.add_argument("--teacher-lr", type=float, default=2e-3)
     p.add_argument("--student-lr", type=float, default=2e-3)
-    p.add_argument("--router-lr", type=float, default=4e-3, help="2x the student's, as 1e-4 vs 5e-5 in the configs")
-    p.add_argument("--router-lm-weight", type=float, default=1.0, help="λ of the routed teacher's LM loss")
-    p.add_argument("--start-top-k", type=int, default=1)
+    p.add_argument("--router-lr", type=float, default=4e-3, help="student_aware router (2x the student's)")
+    p.add_argument("--router-lm-weight", type=float, default=1.0, help="λ of the routed teacher's LM loss (student_aware)")
+    p.add_argument("--sar-lr", type=float, default=1e-3, help="learning rate of the sar gate copy")
+    p.add_argument("--sar-balance", type=float, default=0.01, help="load-balance weight of sar (the paper's 0.01)")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--cross-vocab", type=int, default=512, help="the cross rows' student BPE vocabulary")
+    p.add_argument("--cross-block-size", type=int, default=64, help="student tokens per block in the cross rows")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    common.add_seeds_option(p, [0, 1], help="student initialisation and batch order; one run each")
+    common.add_seeds_option(p, [0, 1, 2, 3, 4], help="student initialisation and batch order; one run each")
     p.add_argument("--teacher-seed", type=int, default=0)
-    p.add_argument("--out", default="runs/lm_benchmark", help="folder for results.json and the teacher")
-    common.add_output_options(p, "do not touch BENCHMARKS.md or benchmarks/results (results go to OUT/results_no_write.json)")
-    p.add_argument("--log-dir", default=None, help="TensorBoard logs of every student run here (routed runs also log "
-                   "the router/expert_usage and router/schedule figures); default: no logger")
-    p.add_argument("--render-only", action="store_true", help="rewrite the result file and the section from OUT/results.json "
-                   "without training")
-    return p.parse_args()
+    p.add_argument("--teacher-experts", type=int, default=8, help="experts per MoE layer of the teacher")
+    p.add_argument("--teacher-top-k", type=int, default=2, help="experts per token of the teacher's own routing")
+    p.add_argument("--teacher-expert-size", type=int, default=192, help="intermediate size of each expert")
+    p.add_argument("--teacher-aux", type=float, default=0.01, help="the teacher's load-balancing loss coefficient")
+    p.add_argument("--teacher-only", action="store_true", help="train and describe the teacher, nothing else")
+    p.add_argument("--timing-steps", type=int, default=30, help="steps per mode and round of the timing pass (0: none)")
+    p.add_argument("--timing-rounds", type=int, default=3)
+    p.add_argument("--out", default="runs/lm_benchmark", help="folder for the teacher, runs.jsonl and timing.json")
+    common.add_output_options(p, "do not touch BENCHMARKS.md or benchmarks/results")
+    p.add_argument("--no-render", action="store_true", help="train the missing runs only (another process renders)")
+    p.add_argument("--render-only", action="store_true", help="render from OUT/runs.jsonl and OUT/timing.json, train nothing")
+    p.add_argument("--note", default="", help="appended to the command line in the section (how the kept runs were made)")
+    return p.parse_args(argv)
 
 
-def data(args, test_blocks: int | None = None) -> TextDataModule:
-    dm = TextDataModule("Salesforce/wikitext", "wikitext-2-raw-v1", train_split="validation[:90%]",
-                        val_split="validation[90%:]", test_split="test", block_size=args.block_size,
-                        batch_size=args.batch_size, tokenizer="bytes", max_blocks=test_blocks)
-    return dm
+# ---- pieces ----------------------------------------------------------------------------------------------
+def data(args, *, cross: bool = False, test_blocks: int | None = None) -> TextDataModule:
+    kw = dict(tokenizer="bytes")
+    if cross:
+        kw = dict(tokenizer=str(Path(args.out) / f"bpe{args.cross_vocab}"), train_tokenizer=args.cross_vocab,
+                  teacher_block_size=args.block_size)
+    return TextDataModule("Salesforce/wikitext", "wikitext-2-raw-v1", train_split="validation[:90%]", val_split="validation[90%:]",
+                          test_split="test", block_size=args.cross_block_size if cross else args.block_size,
+                          batch_size=args.batch_size, max_blocks=test_blocks, **kw)
 
 
 def trainer(max_steps: int, callbacks=(), logger=False) -> pl.Trainer:
@@ -91,141 +119,272 @@ def adamw(lr: float):
 
 
 class Report(DistillationReport):
-    """:class:`lkd.callbacks.DistillationReport` that keeps its report in memory only (the numbers go to
-    results.json and BENCHMARKS.md, not retention.json)."""
+    """The test report kept in memory only."""
 
     @staticmethod
     def write(report: dict, folder: Path) -> Path:
         return folder
 
 
-def evaluate(student, teacher, args) -> dict:
-    """Test perplexity and retention of ``student`` against ``teacher`` (its own top-2 routing): the test report
-    of :class:`lkd.callbacks.DistillationReport` (``retention``, ``compression``, ``speed``, ``peak_memory_mb``)."""
-    module = LMDistillModule(student, Teacher(teacher), tokenizer="bytes", loss_weights={"kl": 1.0})
-    report = Report()
-    dm = data(args)
-    dm.max_blocks = args.test_blocks
-    trainer(1, [report]).test(module, dm, verbose=False)
-    return report.report
+def teacher_name(args) -> str:
+    shape = getattr(args, "teacher_experts", 8), getattr(args, "teacher_top_k", 2), getattr(args, "teacher_expert_size", 192)
+    aux = getattr(args, "teacher_aux", 0.01)
+    suffix = "" if (shape, aux) == ((8, 2, 192), 0.01) else f"_e{shape[0]}k{shape[1]}m{shape[2]}aux{aux:g}"
+    return f"teacher_seed{args.teacher_seed}_steps{args.teacher_steps}{suffix}"
 
 
-def unwrapped(state: dict) -> dict:
-    """A teacher's state dict without the ``model.`` prefix of the former ``CausalLM`` wrapper (files it saved put
-    every key under ``model.``; the transformers model's own ``lm_head.weight`` is outside it)."""
-    if all(key.startswith("model.") for key in state):
-        return {key.removeprefix("model."): value for key, value in state.items()}
-    return state
+def teacher_sizes(args) -> dict:
+    return dict(num_experts=getattr(args, "teacher_experts", 8), top_k=getattr(args, "teacher_top_k", 2),
+                moe_intermediate_size=getattr(args, "teacher_expert_size", 192), router_aux_loss_coef=getattr(args, "teacher_aux", 0.01))
 
 
 def train_teacher(args, out: Path) -> torch.nn.Module:
-    seed = args.teacher_seed
-    path = out / f"teacher_seed{seed}_steps{args.teacher_steps}.pt"
-    teacher = common.lm_teacher(seed)
+    path = out / f"{teacher_name(args)}.pt"
+    teacher = common.lm_teacher(args.teacher_seed, **teacher_sizes(args))
     if path.is_file():
-        teacher.load_state_dict(unwrapped(torch.load(path, map_location="cpu", weights_only=True)))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if all(key.startswith("model.") for key in state):  # saved by the former CausalLM wrapper
+            state = {key.removeprefix("model."): value for key, value in state.items()}
+        teacher.load_state_dict(state)
         return teacher
     module = CausalLMModule(teacher, tokenizer="bytes", optimizer=adamw(args.teacher_lr))
-    pl.seed_everything(seed)
+    pl.seed_everything(args.teacher_seed)
     start = time.perf_counter()
     trainer(args.teacher_steps).fit(module, data(args))
-    teacher.train_seconds = time.perf_counter() - start
+    (out / f"{teacher_name(args)}_train_s.json").write_text(json.dumps({"train_s": time.perf_counter() - start}))
     torch.save(teacher.state_dict(), path)
     return teacher
 
 
-def train_student(variant: str, teacher, args, seed: int) -> tuple[torch.nn.Module, float]:
-    student = common.lm_student(seed + 1)  # the same initial weights for every variant
-    callbacks = []
+def teacher_facts(teacher, args, out: Path) -> dict:
+    """Test perplexity and expert specialisation of the teacher (cached in OUT/teacher.json)."""
+    path = out / f"{teacher_name(args)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    report = evaluate(copy.deepcopy(teacher), teacher, args, cross=False)
+    dm = data(args, test_blocks=args.test_blocks)
+    dm.setup("test")
+    spec = expert_specialisation(teacher, dm.test_dataloader())
+    facts = {"ppl": report["retention"]["student_ppl"], "params": count_parameters(teacher), "specialisation": spec}
+    train = out / f"{teacher_name(args)}_train_s.json"
+    facts["train_s"] = json.loads(train.read_text())["train_s"] if train.is_file() else None
+    path.write_text(json.dumps(facts, indent=2))
+    return facts
+
+
+def make_module(variant: str, teacher, args, seed: int):
+    """The LightningModule and callbacks of one row (a fresh student from ``seed``)."""
+    cross = variant.startswith("cross_")
+    mode = variant.removeprefix("cross_")
+    vocab = {"vocab_size": args.cross_vocab} if cross else {}
+    student = common.lm_student(seed + 1, **vocab)  # the same initial weights for every row of a seed
     if variant == "scratch":
-        module = CausalLMModule(student, tokenizer="bytes", optimizer=adamw(args.student_lr))
-    else:
-        weights = {"kl": 1.0} if variant == "kl" else DEFAULT_LOSS_WEIGHTS
-        router = StudentAwareRouter() if variant == "routed" else None
-        if router is not None:
-            callbacks.append(RoutingSchedule(start_top_k=args.start_top_k, end_top_k=4, start_temperature=2.0, end_temperature=0.5, mode="cosine"))
-            if args.log_dir:
-                callbacks.append(RouterExpertUsage(log_every_n_steps=50))
-        module = LMDistillModule(student, Teacher(copy.deepcopy(teacher)), tokenizer="bytes", router=router, loss_weights=weights,
-                                 temperature=args.temperature, layer_map=[0, 1, 2, 3], router_lr=args.router_lr,
-                                 router_lm_weight=args.router_lm_weight, optimizer=adamw(args.student_lr))
-    pl.seed_everything(seed)  # the same batches for every variant
+        return CausalLMModule(student, tokenizer="bytes", optimizer=adamw(args.student_lr)), []
+    routing, callbacks, extra = None, [], {}
+    if mode == "all":
+        routing = AllExperts()
+    elif mode == "ka":
+        routing = KnowledgeAugmentation(sampling_prob=0.05, repeats=2)
+    elif mode == "sar":
+        routing = StudentAwareGate()
+        extra = dict(router_lr=args.sar_lr, router_lm_weight=0.0, router_balance_weight=args.sar_balance)
+    elif mode == "student_aware":
+        routing = StudentAwareRouter()
+        end_k = min(4, teacher_sizes(args)["num_experts"])  # bounded by the teacher's experts
+        callbacks.append(RoutingSchedule(start_top_k=1, end_top_k=end_k, start_temperature=2.0, end_temperature=0.5, mode="cosine"))
+        extra = dict(router_lr=args.router_lr, router_lm_weight=args.router_lm_weight)
+    weights = {"alm": 1.0, "ce": 1.0} if cross else {"kl": 1.0}
+    tok = dict(tokenizer=str(Path(args.out) / f"bpe{args.cross_vocab}"), teacher_tokenizer="bytes") if cross else dict(tokenizer="bytes")
+    module = LMDistillModule(student, Teacher(copy.deepcopy(teacher)), router=routing, loss_weights=weights,
+                             temperature=args.temperature, optimizer=adamw(args.student_lr), **tok, **extra)
+    return module, callbacks
+
+
+def train_student(variant: str, teacher, args, seed: int):
+    module, callbacks = make_module(variant, teacher, args, seed)
+    pl.seed_everything(seed)  # the same batches for every row of a seed
     start = time.perf_counter()
-    logger = TensorBoardLogger(args.log_dir, name=f"{variant}_seed{seed}") if args.log_dir else False
-    t = trainer(args.student_steps, callbacks, logger)
-    t.fit(module, data(args))
+    t = trainer(args.student_steps, callbacks)
+    t.fit(module, data(args, cross=variant.startswith("cross_")))
     seconds = time.perf_counter() - start
-    degradation = t.callback_metrics.get("train/teacher_lm_degradation_step")
-    student.teacher_lm_degradation = None if degradation is None else float(degradation)
-    return student, seconds
+    last = {k.removeprefix("train/").removesuffix("_step"): float(v) for k, v in t.callback_metrics.items()
+            if k.startswith("train/") and k.endswith("_step") and v.numel() == 1}
+    return module, seconds, last
 
 
-COLUMNS = [
-    column("student", "student"), column("test ppl (mean)", "ppl", format="{:.3f}"),
-    column("ppl per seed", "ppl_per_seed", aggregate="list", format="{:.3f}", sep=" / "),
-    column("KL(teacher‖student)", "kl", format="{:.4f}"), column("top-1 agree", "top1", format="{:.3f}"),
-    column("top-5 agree", "top5", format="{:.3f}"), column("student/teacher tokens/s", "speed_ratio", format=RATIO),
-    column("train s", "train_s", format="{:.0f}"),
-]
+def evaluate(student, teacher, args, *, cross: bool = False) -> dict:
+    """The test report (:class:`lkd.callbacks.DistillationReport`) of ``student`` against ``teacher``'s own routing."""
+    if cross:
+        m = LMDistillModule(student, Teacher(teacher), tokenizer=str(Path(args.out) / f"bpe{args.cross_vocab}"),
+                            teacher_tokenizer="bytes", loss_weights={"alm": 1.0}, temperature=args.temperature)
+    else:
+        m = LMDistillModule(student, Teacher(teacher), tokenizer="bytes", loss_weights={"kl": 1.0})
+    report = Report()
+    trainer(1, [report]).test(m, data(args, cross=cross, test_blocks=args.test_blocks), verbose=False)
+    return report.report
 
 
-def targets(students: dict, variants: list[str]) -> str:
-    """The paragraph on the two targets (distilled beats scratch; router beats plain KL) and the routed
-    teacher's LM degradation, for the variants that ran."""
-    s, lines = students, []
-    if "scratch" in s:
-        distilled = [v for v in variants if v != "scratch"]
-        beats = [v for v in distilled if s[v]["ppl"] < s["scratch"]["ppl"]]
-        lines.append(f"Target 1 (every distilled variant beats scratch on test perplexity): "
-                     f"**{'met' if len(beats) == len(distilled) else 'not met'}** ({len(beats)} of {len(distilled)} beat it: "
-                     f"{', '.join(beats) or 'none'}).")
-    if "routed" in s and "kl" in s:
-        ok = s["routed"]["ppl"] < s["kl"]["ppl"]
-        wins = sum(s["routed"]["per_seed"][k]["ppl"] < s["kl"]["per_seed"][k]["ppl"] for k in s["routed"]["per_seed"])
-        lines.append(f"Target 2 (router beats plain KL): **{'met' if ok else 'not met'}** on the mean "
-                     f"({s['routed']['ppl']:.3f} vs {s['kl']['ppl']:.3f}); the router wins on {wins} of {len(s['routed']['per_seed'])} seeds.")
-    if "routed" in s and s["routed"].get("teacher_lm_degradation_last_step") is not None:
-        lines.append(f"Routed teacher's own LM loss minus its top-2 loss at the last training step (mean over seeds): "
-                     f"{s['routed']['teacher_lm_degradation_last_step']:+.4f} nats/byte.")
-    return "\n".join(lines)
+def run_one(variant: str, seed: int, teacher, args) -> dict:
+    module, seconds, last = train_student(variant, teacher, args, seed)
+    student = module.model if variant == "scratch" else module.student
+    rep = evaluate(student, teacher, args, cross=variant.startswith("cross_"))
+    r = rep["retention"]
+    row = {"variant": variant, "seed": seed, "steps": args.student_steps, "train_s": seconds, "s_per_step": seconds / args.student_steps,
+           "speed_ratio": rep["speed"]["speed_ratio"], "last_step": last}
+    if variant.startswith("cross_"):
+        row |= {"bpb": r["student_bpb"], "teacher_bpb": r["teacher_bpb"]}
+    else:
+        row |= {"ppl": r["student_ppl"], "kl": r["kl"], "top1": r["top1_agreement"], "bpb": math.log2(r["student_ppl"])}
+    return row
 
 
-def section(results: dict, args) -> dict:
-    """The result file of the "Language models" section from this script's ``results.json`` content."""
-    t, students = results["teacher"], results["students"]
-    seeds = list(students[args.variants[0]]["per_seed"])
-    result = common.new_result("Language models", args, seeds=[int(seed) for seed in seeds])
-    result["command"] = results.get("command") or result["command"]
-    result["machine"] = results.get("machine") or result["machine"]
-    result["intro"] = [
-        f"Total wall time: {results['wall_minutes']:.1f} min. Student seeds {', '.join(seeds)} "
-        f"(initial weights and batch order), one teacher (seed {args.teacher_seed}); the table gives means over seeds.",
-        "Offline setting: WikiText-2 raw, **trained on `validation[:90%]`** (the mirror has no train split), tested on the "
-        f"first {args.test_blocks} blocks of `test` ({args.test_blocks * args.block_size:,} tokens); byte-level tokens "
-        f"(vocab 257), blocks of {args.block_size}, batch {args.batch_size}. Teacher: Qwen3-MoE, 8 experts, top-2, "
-        f"{t['params'] / 1e6:.2f} M params, {args.teacher_steps} steps. Students: Llama architecture, "
-        f"{results['student_params'] / 1e6:.2f} M params ({t['params'] / results['student_params']:.1f}x fewer), "
-        f"{args.student_steps} AdamW steps each (lr {args.student_lr}, warm-up + cosine), same initial weights and "
-        f"batches; KD temperature T = {args.temperature}; router lr {args.router_lr}. Perplexities are per byte.",
-        f"Teacher test perplexity: **{t['ppl']:.3f}**.",
-    ]
-    rows = [{"student": v, **students[v], "ppl_per_seed": [run["ppl"] for run in students[v]["per_seed"].values()]}
-            for v in args.variants]
-    result["tables"] = [table(COLUMNS, rows)]
-    result["notes"] = [paragraph for paragraph in [targets(students, args.variants)] if paragraph] + [
-        "Variants: scratch = next-token CE; kl = T²·KL only; multi = KL 0.7 + feature 0.1 + attention 0.1 + layer-wise "
-        "0.05 + contrastive 0.05; routed = multi with the student-aware router (top-k 1→4, temperature 2→0.5, cosine) "
-        "replacing the teacher's top-2 gating in the targets and trained on the same objective + the routed teacher's LM "
-        "loss. Retention is measured against the teacher's own top-2 routing. Speed: no-grad forward of 4 × "
-        f"{args.block_size} tokens, 1 thread; all students share one architecture, so the spread of that column is "
-        "timing noise on this shared machine."
-    ]
-    result["data"] = {"teacher": t, "student_params": results["student_params"], "wall_minutes": results["wall_minutes"]}
+def kept_runs(out: Path) -> list[dict]:
+    path = out / "runs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+# ---- timing ----------------------------------------------------------------------------------------------
+def timing_pass(teacher, args, out: Path) -> dict:
+    """Every mode trained ``timing_steps`` steps per round from fresh weights, modes interleaved in this process."""
+
+    def run(variant):
+        def go() -> float:
+            module, callbacks = make_module(variant, teacher, args, seed=0)
+            pl.seed_everything(0)
+            timer = common.train_timer()
+            trainer(args.timing_steps + 3, [*callbacks, timer]).fit(module, data(args, cross=variant.startswith("cross_")))
+            return sum(timer.step_seconds[3:])  # after 3 burn-in steps
+        return go
+
+    names = [v for v in ("teacher", "all", "ka", "sar", "student_aware", "cross_teacher", "cross_student_aware") if v in args.variants]
+    timing = common.paired_timing({v: run(v) for v in names}, baseline="teacher", repeats=args.timing_rounds,
+                                  burn_in={v: (lambda: None) for v in names})
+    result = {v: timing.row(v) for v in names}
+    if "cross_teacher" in result:  # the cross rows against their own plain row
+        for v in names:
+            if v.startswith("cross_"):
+                result[v]["ratio"] = timing.median(v) / timing.median("cross_teacher")
+    (out / "timing.json").write_text(json.dumps({"steps": args.timing_steps, "rounds": args.timing_rounds, "rows": result}, indent=2))
     return result
 
 
+# ---- the section -----------------------------------------------------------------------------------------
+def paired_interval(values: dict[int, float], base: dict[int, float]) -> tuple[float, float, float, int] | None:
+    """Mean of the per-seed differences ``values − base`` and its 95 % t interval: (mean, low, high, n)."""
+    seeds = sorted(set(values) & set(base))
+    if len(seeds) < 2:
+        return None
+    d = [values[s] - base[s] for s in seeds]
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    half = T975[len(d) - 1] * sd / math.sqrt(len(d))
+    return mean, mean - half, mean + half, len(d)
+
+
+def mean_std(xs: list[float], fmt: str) -> str:
+    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs))}" if len(xs) > 1 else fmt.format(xs[0])
+
+
+COLUMNS = [column("row", "row"), column("test ppl per byte (mean ± std)", "ppl_ms"), column("bits per byte", "bpb_ms"),
+           column("per seed", "per_seed"), column("Δ to plain KD, 95 % interval", "delta"),
+           column("KL(teacher‖student)", "kl", format="{:.4f}"), column("routed teacher LM loss − own (nats, last step)", "degr", format="{:+.4f}"),
+           column("gate KL (last step)", "gate_kl", format="{:.4f}"), column("train s / step", "s_step", format="{:.3f}"),
+           column("step vs plain KD (timing pass)", "step_ratio", format=RATIO)]
+
+
+def section(runs: list[dict], teacher: dict, timing: dict | None, args) -> dict:
+    by = {}
+    for r in runs:
+        if r["variant"] in args.variants and r["steps"] == args.student_steps:
+            by.setdefault(r["variant"], {})[r["seed"]] = r
+    seeds = sorted({s for v in by.values() for s in v})
+    result = common.new_result("Language models", args, seeds=seeds)
+    if args.note:
+        result["command"] = f"{result['command']} — {args.note}"
+    spec = teacher["specialisation"]
+    result["intro"] = [
+        "Offline setting: WikiText-2 raw, **trained on `validation[:90%]`** (the mirror has no train split), tested on the "
+        f"first {args.test_blocks} blocks of `test`; byte-level tokens (vocab 257), blocks of {args.block_size}, batch "
+        f"{args.batch_size}. Teacher: Qwen3-MoE, {args.teacher_experts} experts of width {args.teacher_expert_size}, top-{args.teacher_top_k}, load-balance coefficient {args.teacher_aux}, {teacher['params'] / 1e6:.2f} M params, {args.teacher_steps} "
+        f"steps (seed {args.teacher_seed}). Students: Llama architecture, {args.student_steps} AdamW steps each (lr "
+        f"{args.student_lr}, warm-up + cosine), the same initial weights and batches within a seed; every distilled "
+        f"one-tokenizer row uses T²·KL at T = {args.temperature} only, so the rows differ in the routing alone. Perplexities "
+        "are per byte. The cross rows: the same teacher (bytes) and a student reading a "
+        f"{args.cross_vocab}-token byte-level BPE trained on the training split, blocks of {args.cross_block_size} student "
+        "tokens, ALM + CE.",
+        f"Teacher test perplexity **{teacher['ppl']:.3f}** ({math.log2(teacher['ppl']):.4f} bits per byte). Its experts: "
+        f"usage entropy {spec['usage_entropy']:.3f} of the maximum (1 = all used equally), mean gate entropy "
+        f"{spec['gate_entropy']:.3f}; next-byte loss {spec['nll_own']:.4f} nats with its own routing, "
+        f"{spec['nll_next_best']:.4f} forced to the next-best {spec['top_k']} expert(s) (ranks {spec['top_k'] + 1}..{2 * spec['top_k']}) (+{spec['nll_next_best'] - spec['nll_own']:.4f}), "
+        f"{spec['nll_random']:.4f} with {spec['top_k']} random expert(s) (+{spec['nll_random'] - spec['nll_own']:.4f}), on the test blocks.",
+    ]
+    base = {s: r["ppl"] for s, r in by.get("teacher", {}).items()}
+    cross_base = {s: r["bpb"] for s, r in by.get("cross_teacher", {}).items()}
+    rows = []
+    for v in args.variants:
+        if v not in by:
+            continue
+        rs = [by[v][s] for s in sorted(by[v])]
+        cross = v.startswith("cross_")
+        row = {"row": LABELS[v], "bpb_ms": mean_std([r["bpb"] for r in rs], "{:.4f}"),
+               "s_step": statistics.mean(r["s_per_step"] for r in rs)}
+        if not cross:
+            row["ppl_ms"] = mean_std([r["ppl"] for r in rs], "{:.3f}")
+            row["per_seed"] = ", ".join(f"{r['ppl']:.3f}" for r in rs)
+            row["kl"] = statistics.mean(r["kl"] for r in rs)
+            ref, values = base, {s: r["ppl"] for s, r in by[v].items()}
+        else:
+            row["per_seed"] = ", ".join(f"{r['bpb']:.4f}" for r in rs)
+            ref, values = cross_base, {s: r["bpb"] for s, r in by[v].items()}
+        if v not in ("teacher", "cross_teacher", "scratch") and (ci := paired_interval(values, ref)) is not None:
+            mean, lo, hi, n = ci
+            fmt = "{:+.4f}" if cross else "{:+.3f}"
+            verdict = "better" if hi < 0 else "worse" if lo > 0 else "no difference shown"
+            row["delta"] = f"{fmt.format(mean)} [{fmt.format(lo)}, {fmt.format(hi)}] ({verdict}, {n} seeds)"
+        degr = [r["last_step"].get("teacher_lm_degradation") for r in rs if r["last_step"].get("teacher_lm_degradation") is not None]
+        if degr:
+            row["degr"] = statistics.mean(degr)
+        gkl = [r["last_step"]["gate_kl"] for r in rs if "gate_kl" in r["last_step"]]
+        if gkl:
+            row["gate_kl"] = statistics.mean(gkl)
+        if timing and v in timing:
+            row["step_ratio"] = timing[v]["ratio"]
+        rows.append(row)
+    result["tables"] = [table(COLUMNS, rows)]
+    result["notes"] = notes(by, base, cross_base, timing, args)
+    result["data"] = {"teacher": teacher, "runs": by, "timing": timing}
+    return result
+
+
+def notes(by, base, cross_base, timing, args) -> list[str]:
+    lines = []
+    wins = []
+    for v in MODES[1:]:
+        if v in by and (ci := paired_interval({s: r["ppl"] for s, r in by[v].items()}, base)) is not None and ci[2] < 0:
+            wins.append(f"{v} ({ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}])")
+    lines.append("Target 1 (a routing mode beats plain KD on the mean of 5 seeds, 95 % interval of the difference below 0): "
+                 + (f"**met** by {', '.join(wins)}." if wins else "**not met**: no mode's interval lies below zero (table)."))
+    if timing:
+        cost = {v: timing[v]["ratio"] for v in MODES[1:] if v in timing}
+        ok = [v for v, r in cost.items() if r <= 1.5]
+        lines.append("Target 2 (routing costs ≤ 1.5× a plain-KD step): " + ", ".join(f"{v} {r:.2f}×" for v, r in cost.items())
+                     + f" — met by {', '.join(ok) or 'none'}. Timing pass: {args.timing_steps} steps per mode and round, "
+                     f"{args.timing_rounds} rounds, modes interleaved in one process, fresh weights each time; the cross "
+                     "row's ratio is to the plain cross row.")
+    lines.append(
+        f"Modes: `teacher` = the teacher's own top-{args.teacher_top_k}; `all` = every expert, weighted by the teacher's gate; `ka` = "
+        f"Knowledge Augmentation (the E − 1 = {args.teacher_experts - 1} best experts, per token with probability 0.05 a set sampled from the gate, "
+        "2 teacher passes per batch with the loss averaged); `sar` = a trainable copy of the gate weights, all experts, "
+        f"trained on KL(teacher ‖ sg student) + {args.sar_balance} · load balance at lr {args.sar_lr}; `student_aware` = "
+        f"lkd's router (student state, knowledge gap, the teacher's gate), top-k 1 → 4 and τ 2 → 0.5 (cosine, k bounded by the expert count), lr "
+        f"{args.router_lr}, λ = {args.router_lm_weight}. All modes share the teacher's gate mass among the experts they "
+        "pick (lkd.models.routing). Test perplexity and KL are against the teacher's own routing. The Δ column pairs each "
+        "seed with plain KD of the same seed (same initial weights and batches): mean of the differences and its 95 % "
+        "Student-t interval.")
+    return lines
+
+
 def prepare(args) -> Path:
-    """Quiet warnings, torch's threads from ``OMP_NUM_THREADS``; returns the ``--out`` folder (the teacher, results.json)."""
+    """Quiet warnings, torch's threads from ``OMP_NUM_THREADS``; returns the ``--out`` folder."""
     warnings.filterwarnings("ignore")
     common.threads_from_env()
     out = Path(args.out)
@@ -233,36 +392,31 @@ def prepare(args) -> Path:
     return out
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
     out = prepare(args)
-    if args.render_only:
-        common.finish(section(json.loads((out / "results.json").read_text()), args), "lm_distill", args)
-        return
-    start = time.perf_counter()
     teacher = train_teacher(args, out)
-    teacher_report = evaluate(copy.deepcopy(teacher), teacher, args)  # the teacher against itself: its ppl
-    results = {"teacher": {"ppl": teacher_report["retention"]["student_ppl"], "params": count_parameters(teacher),
-                           "train_s": getattr(teacher, "train_seconds", None)}, "students": {}}
-    for variant in args.variants:
-        runs = {}
+    facts = teacher_facts(teacher, args, out)
+    print(f"teacher: {json.dumps(facts)}", flush=True)
+    if args.teacher_only:
+        return
+    if not args.render_only:
+        done = {(r["variant"], r["seed"]) for r in kept_runs(out) if r["steps"] == args.student_steps}
         for seed in args.seeds:
-            student, seconds = train_student(variant, teacher, args, seed)
-            rep = evaluate(student, teacher, args)
-            r = rep["retention"]
-            runs[str(seed)] = {"ppl": r["student_ppl"], "kl": r["kl"], "top1": r["top1_agreement"], "top5": r["top5_agreement"],
-                               "speed_ratio": rep["speed"]["speed_ratio"], "train_s": seconds,
-                               "teacher_lm_degradation_last_step": getattr(student, "teacher_lm_degradation", None)}
-            results["student_params"] = count_parameters(student)
-            print(f"{variant} seed {seed}: {runs[str(seed)]}", flush=True)  # a script, not library code
-        mean = {k: sum(run[k] for run in runs.values()) / len(runs) for k in ("ppl", "kl", "top1", "top5", "speed_ratio", "train_s")}
-        degr = [run["teacher_lm_degradation_last_step"] for run in runs.values() if run["teacher_lm_degradation_last_step"] is not None]
-        mean["teacher_lm_degradation_last_step"] = sum(degr) / len(degr) if degr else None
-        results["students"][variant] = {**mean, "per_seed": runs}
-    results["wall_minutes"] = (time.perf_counter() - start) / 60
-    results["command"], results["machine"] = common.command(), common.machine()
-    (out / ("results_no_write.json" if args.no_write else "results.json")).write_text(json.dumps(results, indent=2))
-    common.finish(section(results, args), "lm_distill", args)
+            for variant in args.variants:
+                if (variant, seed) in done:
+                    continue
+                row = run_one(variant, seed, teacher, args)
+                with (out / "runs.jsonl").open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"{variant} seed {seed}: {json.dumps(row)}", flush=True)  # a script, not library code
+        if args.timing_steps > 0 and not args.no_render:
+            timing_pass(teacher, args, out)
+    if args.no_render:
+        return
+    timing_path = out / "timing.json"
+    timing = json.loads(timing_path.read_text())["rows"] if timing_path.is_file() else None
+    common.finish(section(kept_runs(out), facts, timing, args), "lm_distill", args)
 
 
 if __name__ == "__main__":

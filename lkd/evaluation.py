@@ -7,6 +7,7 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -95,3 +96,51 @@ def read_scalars(log_dir, tags: list[str] | None = None) -> dict[str, list[tuple
             if tags is None or tag in tags:
                 out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return {tag: sorted(values) for tag, values in out.items()}
+
+
+@torch.inference_mode()
+def expert_specialisation(teacher: nn.Module, batches) -> dict[str, float]:
+    """How much a Mixture-of-Experts LM's experts specialise, from next-token losses over ``batches``
+    (iterables of ``{"input_ids": (B, T)}``):
+
+    * ``nll_own``: its loss with its own routing; ``nll_next_best``: forced to the experts its gate ranks k+1..2k
+      (:class:`lkd.models.routing.RankedExperts`); ``nll_random``: k experts drawn uniformly per token. A
+      teacher whose experts are interchangeable loses little when forced elsewhere; routing can only matter when
+      ``nll_next_best − nll_own`` is large.
+    * ``usage_entropy``: entropy of the share of top-k slots each expert gets, over log E (1: all used equally);
+      ``gate_entropy``: mean per-token entropy of the gate distribution, over log E (low: confident routing).
+    """
+    from lkd.losses.lm import lm_cross_entropy
+    from lkd.models.routing import RankedExperts, Route, Routing, moe_gates, route_teacher, share_mass
+
+    class RandomExperts(Routing):
+        def forward(self, layer, gate, hidden, logits, ctx) -> Route:
+            probs = F.softmax(logits.float(), dim=-1)
+            indices = torch.rand_like(probs).argsort(-1)[:, : int(gate.top_k)]
+            return Route(share_mass(probs, indices, self.teacher_mass(gate, logits)), indices, probs)
+
+    gates = moe_gates(teacher)
+    E, k = int(gates[0].num_experts), int(gates[0].top_k)
+    was_training = teacher.training
+    teacher.eval()
+    sums = {"own": 0.0, "next_best": 0.0, "random": 0.0}
+    counts = torch.zeros(E)
+    gate_entropy, n_batches = 0.0, 0
+    try:
+        for batch in batches:
+            ids = batch["input_ids"].to(next(teacher.parameters()).device)
+            out = teacher(input_ids=ids, output_router_logits=True)
+            sums["own"] += float(lm_cross_entropy(out.logits, ids))
+            probs = torch.cat([F.softmax(r.float(), dim=-1) for r in out.router_logits])  # (L·N, E)
+            counts += torch.bincount(probs.topk(k, dim=-1).indices.flatten().cpu(), minlength=E).float()
+            gate_entropy += float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()) / math.log(E)
+            for name, routing in (("next_best", RankedExperts(first_rank=k)), ("random", RandomExperts())):
+                with route_teacher(teacher, routing):
+                    sums[name] += float(lm_cross_entropy(teacher(input_ids=ids).logits, ids))
+            n_batches += 1
+    finally:
+        teacher.train(was_training)
+    share = counts / counts.sum()
+    result = {f"nll_{name}": value / n_batches for name, value in sums.items()}
+    return result | {"usage_entropy": float(-(share * share.clamp_min(1e-12).log()).sum()) / math.log(E),
+                     "gate_entropy": gate_entropy / n_batches, "num_experts": E, "top_k": k}

@@ -11,7 +11,8 @@ import torch
 from lkd.callbacks import DistillationReport
 from lkd.data.text import TextDataModule
 from lkd.losses.kd import token_kl
-from lkd.models.router import NoMoELayersError, StudentAwareRouter
+from lkd.models.router import StudentAwareRouter
+from lkd.models.routing import NoMoELayersError
 from lkd.models.transfer import LayerMapError
 from lkd.modules.lm import CausalLMModule, LMDistillModule, VocabularyMismatchError
 from lkd.schedules import lr_factor

@@ -4,16 +4,8 @@ routed targets that differ and pass gradient back to the router."""
 import pytest
 import torch
 
-from lkd.models.router import (
-    NoMoELayersError,
-    RoutingContext,
-    StudentAwareRouter,
-    gap_features,
-    moe_gates,
-    require_moe_gates,
-    route_teacher,
-    teacher_gate_mass,
-)
+from lkd.models.router import StudentAwareRouter, gap_features
+from lkd.models.routing import NoMoELayersError, RoutingContext, moe_gates, require_moe_gates, route_teacher, teacher_gate_mass
 from tests.lm_fixtures import VOCAB, tiny_student, tiny_teacher, _one_torch_thread  # noqa: F401
 
 E, L, D = 8, 4, 24
@@ -37,7 +29,7 @@ def trained_router(seed: int = 0) -> StudentAwareRouter:
 def test_router_shapes_and_top_k_mask(k):
     router = trained_router()
     logits = torch.randn(10, E)
-    weights, idx = router(0, logits, ctx_for(10, k))
+    weights, idx, _ = router.choose(0, logits, ctx_for(10, k))
     assert weights.shape == idx.shape == (10, k)
     dense = router.dense_weights(0, logits, ctx_for(10, k))
     assert dense.shape == (10, E)
@@ -46,7 +38,7 @@ def test_router_shapes_and_top_k_mask(k):
     assert torch.equal(idx.sort(-1).values, z.topk(k, -1).indices.sort(-1).values)  # the k best scores
     assert (weights.sum(-1) <= 1 + 1e-6).all()
     mass = torch.rand(10)
-    w_mass, idx_mass = router(0, logits, ctx_for(10, k), mass=mass)
+    w_mass, idx_mass, _ = router.choose(0, logits, ctx_for(10, k), mass=mass)
     torch.testing.assert_close(w_mass.sum(-1), mass)  # the teacher's gate mass, shared among the k experts
     torch.testing.assert_close(w_mass / mass[:, None], weights / weights.sum(-1, keepdim=True))
     assert torch.equal(idx_mass, idx)
@@ -55,7 +47,7 @@ def test_router_shapes_and_top_k_mask(k):
 def test_router_gets_gradient_even_at_top_1():
     router = StudentAwareRouter(D, E, L)
     logits = torch.randn(6, E)
-    weights, _ = router(0, logits, ctx_for(6, 1), mass=torch.full((6,), 0.7))
+    weights, _, _ = router.choose(0, logits, ctx_for(6, 1), mass=torch.full((6,), 0.7))
     torch.testing.assert_close(weights, torch.full((6, 1), 0.7))  # forward: all the mass on one expert
     (weights * torch.arange(1.0, 7.0)[:, None]).sum().backward()
     assert router.capacity.grad.abs().sum() > 0 and router.bias.grad.abs().sum() > 0
@@ -70,13 +62,13 @@ def test_temperature_flattens_the_weights():
     assert entropy(hot) > entropy(cold) + 0.5
     assert cold.max(-1).values.mean() > hot.max(-1).values.mean()
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        router(0, logits, ctx_for(50, 2, temperature=0.0))
+        router.choose(0, logits, ctx_for(50, 2, temperature=0.0))
 
 
 def test_top_k_above_expert_count_is_an_error():
     router = trained_router()
     with pytest.raises(ValueError, match=r"top-k must be in \[1, 8\].*got 9"):
-        router(0, torch.randn(3, E), ctx_for(3, 9))
+        router.choose(0, torch.randn(3, E), ctx_for(3, 9))
 
 
 def test_untrained_router_reproduces_the_teachers_gating():

@@ -28,7 +28,8 @@ class RoutingSchedule(Callback):
     without a router, is an error at setup.
 
     Args:
-        start_top_k, end_top_k: experts per token at the start and the end (1 → 4 by default).
+        start_top_k, end_top_k: experts per token at the start and the end (1 → 4 by default); ``end_top_k:
+            null`` = all of the teacher's experts per MoE layer (read from the teacher at setup).
         start_temperature, end_temperature: router softmax temperature at the start and the end (> 0).
         mode: ``"linear"`` or ``"cosine"`` progress.
         total_steps: steps over which to anneal; None = all training steps.
@@ -38,7 +39,7 @@ class RoutingSchedule(Callback):
     def __init__(
         self,
         start_top_k: int = 1,
-        end_top_k: int = 4,
+        end_top_k: int | None = 4,
         start_temperature: float = 2.0,
         end_temperature: float = 0.5,
         mode: Literal["linear", "cosine"] = "linear",
@@ -46,7 +47,7 @@ class RoutingSchedule(Callback):
         figure_every_n_steps: int | None = 200,
     ):
         problems = []
-        if start_top_k < 1 or end_top_k < 1:
+        if start_top_k < 1 or (end_top_k is not None and end_top_k < 1):
             problems.append(f"top-k values must be >= 1, got start_top_k={start_top_k}, end_top_k={end_top_k}")
         if start_temperature <= 0 or end_temperature <= 0:
             problems.append(f"temperatures must be > 0, got {start_temperature} and {end_temperature}")
@@ -85,7 +86,15 @@ class RoutingSchedule(Callback):
                 f"RoutingSchedule needs a module with a router, {type(pl_module).__name__} has none. HINT: give "
                 "model.init_args.router (StudentAwareRouter) or drop the callback for plain distillation"
             )
+        mode = getattr(pl_module.router, "mode", "student_aware")
+        if mode != "student_aware":
+            raise ValueError(
+                f"RoutingSchedule drives the top-k and temperature of the student_aware router, but the router's mode is "
+                f"{mode!r}, which has neither. HINT: drop the callback, or use lkd.models.router.StudentAwareRouter"
+            )
         experts = getattr(pl_module, "teacher_num_experts", None)
+        if self.end_top_k is None:
+            self.end_top_k = experts
         if experts is not None and max(self.start_top_k, self.end_top_k) > experts:
             raise ValueError(
                 f"RoutingSchedule top-k goes up to {max(self.start_top_k, self.end_top_k)} but the teacher has "

@@ -203,6 +203,27 @@ def router_objective(student: Mapping[str, object], routed_teacher: Mapping[str,
     return distill + lm_weight * teacher_ce, teacher_ce
 
 
+def load_balance_loss(router_probs: Sequence[torch.Tensor], top_k: int) -> torch.Tensor:
+    """The Switch Transformer auxiliary loss (Fedus et al. 2022, arXiv:2101.03961; transformers'
+    ``load_balancing_loss_func``), averaged over MoE layers:
+
+        L_bal = E · Σ_e f_e · P_e,   f_e = share of tokens with e among their top-k,  P_e = mean_n p_n(e)
+
+    k (uniform routing) at its minimum. The paper's SAR adds 0.01 · L_bal to the gate's objective.
+
+    Args:
+        router_probs: per MoE layer, (N, E) routing probabilities (with gradient).
+        top_k: experts counted per token for f.
+    """
+    losses = []
+    for probs in router_probs:
+        probs = probs.float()
+        chosen = probs.topk(top_k, dim=-1).indices  # (N, k)
+        f = torch.zeros_like(probs).scatter_(-1, chosen, 1.0).mean(0)  # (E,) no gradient: counts
+        losses.append(probs.shape[-1] * (f * probs.mean(0)).sum())
+    return torch.stack(losses).mean()
+
+
 def _same_shape(what: str, s: torch.Tensor, t: torch.Tensor) -> None:
     if s.shape != t.shape:
         raise ValueError(f"{what} loss: student {tuple(s.shape)} and teacher {tuple(t.shape)} differ (project the student to the teacher's width first)")

@@ -19,7 +19,11 @@ a teacher with ``norm_topk_prob``). So the router decides *which* k experts shar
 gradient through ``p`` even at k = 1. ``U``, ``V`` and ``b`` start at zero and ``a`` at one, so with ``k`` =
 the teacher's top-k and ``τ = 1`` the router reproduces the teacher's own gating exactly (tested).
 
-**How it enters the losses.** :func:`route_teacher` patches every MoE gate of the teacher for the
+Across two tokenizers (:mod:`lkd.losses.cross_tokenizer`) the teacher's token at position j reads the
+student's hidden state at the end of the previous aligned chunk (the most text both have read) and the gap
+features of that chunk, from the two models' likelihoods of its text (:func:`chunk_gap_features`).
+
+**How it enters the losses.** :func:`lkd.models.routing.route_teacher` patches every MoE gate of the teacher for the
 duration of one forward pass so that the experts are mixed with ``w`` instead of the teacher's top-2
 weights. That forward's logits, hidden states and attentions are the distillation *targets*: the student
 learns from a teacher in which ``k`` experts chosen by the router contribute to every token.
@@ -35,64 +39,17 @@ student's 5e-5). The teacher's weights stay frozen.
 from __future__ import annotations
 
 import math
-import types
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from lkd.losses.cross_tokenizer import ChunkIndex, chunk_sums, gather_positions
 from lkd.losses.kd import token_kl
+from lkd.models.routing import Route, Routing, RoutingContext, share_mass, validate_top_k
 
 GAP_FEATURES = 3  # KL(p_t ‖ p_s), H(p_t), H(p_s)
-
-
-class NoMoELayersError(ValueError):
-    """Routing was asked of a teacher without (supported) Mixture-of-Experts gates."""
-
-
-def moe_gates(model: nn.Module) -> list[nn.Module]:
-    """The top-k gates of a transformers MoE model, in layer order.
-
-    Supported: gates in the Qwen-MoE / Mixtral / OLMoE style of transformers 5 (``*TopKRouter`` modules with a
-    ``weight`` of shape (E, D), ``top_k`` and ``num_experts``, returning ``(logits, weights, indices)``).
-    """
-    return [
-        m for m in model.modules()
-        if type(m).__name__.endswith("TopKRouter") and isinstance(getattr(m, "weight", None), torch.Tensor)
-        and hasattr(m, "top_k") and hasattr(m, "num_experts")
-    ]
-
-
-def require_moe_gates(model: nn.Module, what: str = "teacher") -> list[nn.Module]:
-    gates = moe_gates(model)
-    if not gates:
-        raise NoMoELayersError(
-            f"routing needs a Mixture-of-Experts {what}, but {type(model).__name__} has no MoE gates (no "
-            "*TopKRouter modules). HINT: drop the router (and the RoutingSchedule callback) for plain "
-            "distillation from a dense teacher, or use an MoE teacher such as lkd.models.causal_lm.tiny_moe_lm."
-        )
-    return gates
-
-
-@dataclass
-class RoutingContext:
-    """Per-token inputs of the router for one distillation forward.
-
-    Attributes:
-        student_hidden: (N, D_s) the student's last hidden state per token, N = B·T, detached.
-        gap: (N, 3) per-token knowledge-gap features, detached (see :func:`gap_features`).
-        top_k: experts per token, 1 <= k <= E.
-        temperature: τ > 0 of the softmax over expert scores.
-    """
-
-    student_hidden: torch.Tensor
-    gap: torch.Tensor
-    top_k: int
-    temperature: float
 
 
 def gap_features(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -112,8 +69,57 @@ def gap_features(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> 
         return rearrange(feats, "b t f -> (b t) f")
 
 
-class StudentAwareRouter(nn.Module):
-    """Per-token expert weights for every MoE layer of the teacher (formula in the module docstring).
+def chunk_owner(index: ChunkIndex, teacher_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The aligned chunk each teacher position belongs to: ``(chunk (B, T) int64, inside (B, T) bool)``;
+    positions in no chunk (specials, padding) have ``inside`` False."""
+    big = torch.iinfo(torch.int64).max
+    ends = torch.where(index.valid, index.t_end, big).contiguous()  # (B, C) ascending over valid chunks
+    positions = torch.arange(teacher_length, device=ends.device).expand(ends.shape[0], -1).contiguous()  # (B, T)
+    chunk = torch.searchsorted(ends, positions, right=True).clamp_max(ends.shape[1] - 1)  # first chunk ending after j
+    inside = index.valid.gather(1, chunk) & (index.t_start.gather(1, chunk) <= positions) & (positions < index.t_end.gather(1, chunk))
+    return chunk, inside
+
+
+def chunk_gap_features(student_hidden: torch.Tensor, student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor,
+                       index: ChunkIndex, student_token_bytes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The router's inputs when teacher and student tokenise differently (no shared next-token distribution).
+
+    A teacher token in chunk c gets what both models had read before c: the student's hidden state at the
+    last token of chunk c − 1, and the gap on that chunk's text from the two likelihoods of it,
+
+        g = [ℓ_t − ℓ_s, −ℓ_t, −ℓ_s] / (bytes · ln 256),   ℓ = log p(chunk c − 1 | text before it)
+
+    (per byte, in units of 8 bits: the cross-tokenizer analogue of [KL, H_t, H_s] / log V). The chunk's own
+    text is never used: it is what the teacher's token is about to predict. Tokens of the first two chunks and
+    tokens outside every chunk get zeros.
+
+    Args:
+        student_hidden: (B, S, D_s) the student's last hidden states.
+        student_logprobs, teacher_logprobs: (B, S), (B, T) each token's log-probability
+            (:func:`lkd.losses.cross_tokenizer.token_logprobs`).
+        index: the batch's :class:`lkd.losses.cross_tokenizer.ChunkIndex`.
+        student_token_bytes: (B, S) UTF-8 bytes of each student token (None: count tokens instead of bytes).
+    Returns:
+        ``(hidden (B·T, D_s), gap (B·T, 3))`` per teacher token, detached.
+    """
+    with torch.no_grad():
+        B, T = teacher_logprobs.shape
+        chunk, inside = chunk_owner(index, T)  # (B, T)
+        prev = (chunk - 1).clamp_min(0)
+        usable = inside & (chunk >= 2)  # chunk c − 1 >= 1 has a prediction on both sides
+        l_t = chunk_sums(teacher_logprobs, index.t_start, index.t_end)  # (B, C)
+        l_s = chunk_sums(student_logprobs, index.s_start, index.s_end)
+        size = (chunk_sums(student_token_bytes, index.s_start, index.s_end) if student_token_bytes is not None
+                else (index.s_end - index.s_start).float()).clamp_min(1) * math.log(256)
+        gap = torch.stack([l_t - l_s, -l_t, -l_s], dim=-1) / size[..., None]  # (B, C, 3)
+        gap = gather_positions(gap, prev) * usable[..., None]  # (B, T, 3)
+        hidden = gather_positions(gather_positions(student_hidden, index.s_last), prev) * usable[..., None]  # (B, T, D_s)
+        return rearrange(hidden.float(), "b t d -> (b t) d"), rearrange(gap.float(), "b t f -> (b t) f")
+
+
+class StudentAwareRouter(Routing):
+    """``student_aware``: per-token expert weights for every MoE layer of the teacher (formula in the module
+    docstring), a :class:`lkd.models.routing.Routing` that reads the student (``needs_student``).
 
     The sizes can be left out and filled in by the distillation module with :meth:`bind` (the student's
     hidden size, the teacher's expert count and number of MoE layers), so a YAML names only the router.
@@ -123,6 +129,9 @@ class StudentAwareRouter(nn.Module):
         num_experts: E, experts per MoE layer of the teacher.
         num_layers: L, MoE layers of the teacher.
     """
+
+    mode = "student_aware"
+    needs_student = True
 
     def __init__(self, student_dim: int | None = None, num_experts: int | None = None, num_layers: int | None = None):
         super().__init__()
@@ -148,6 +157,9 @@ class StudentAwareRouter(nn.Module):
             self._make_parameters()
         return self
 
+    def bind_teacher(self, gates: list[nn.Module], student_dim: int) -> StudentAwareRouter:
+        return self.bind(student_dim, int(gates[0].num_experts), len(gates))
+
     def _make_parameters(self) -> None:
         L, E, D = self.num_layers, self.num_experts, self.student_dim
         self.capacity = nn.Parameter(torch.zeros(L, E, D))  # U_l: student capacity → expert scores
@@ -166,19 +178,18 @@ class StudentAwareRouter(nn.Module):
         z = z + torch.einsum("nd,ed->ne", s, self.capacity[layer]) + torch.einsum("nf,ef->ne", ctx.gap.float(), self.gap[layer])
         return z + self.bias[layer]
 
-    def forward(
-        self, layer: int, teacher_gate_logits: torch.Tensor, ctx: RoutingContext, *, mass: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def choose(self, layer: int, teacher_gate_logits: torch.Tensor, ctx: RoutingContext, *,
+               mass: torch.Tensor | None = None) -> Route:
         """Top-k expert weights and indices for the tokens of one MoE layer.
 
         Args:
             layer: index of the MoE layer (0..L-1).
             teacher_gate_logits: (N, E) the teacher gate's raw logits for these tokens.
             ctx: student features, gap features, k and τ.
-            mass: (N,) gate mass to share among the k experts (:func:`teacher_gate_mass`); None gives the
-                plain top-k probabilities ``p_S``.
+            mass: (N,) gate mass to share among the k experts (:func:`lkd.models.routing.teacher_gate_mass`);
+                None gives the plain top-k probabilities ``p_S``.
         Returns:
-            weights (N, k) and expert indices (N, k).
+            :class:`lkd.models.routing.Route`: weights (N, k), expert indices (N, k), p = softmax(z / τ) (N, E).
         """
         validate_top_k(ctx.top_k, self.num_experts)
         if ctx.temperature <= 0:
@@ -187,67 +198,14 @@ class StudentAwareRouter(nn.Module):
         probs = F.softmax(z / ctx.temperature, dim=-1)
         weights, indices = torch.topk(probs, ctx.top_k, dim=-1)  # (N, k)
         if mass is not None:
-            weights = weights * (mass[:, None] / weights.sum(dim=-1, keepdim=True).detach())
-        return weights, indices
+            weights = share_mass(probs, indices, mass)
+        return Route(weights, indices, probs)
+
+    def forward(self, layer: int, gate: nn.Module, hidden: torch.Tensor, logits: torch.Tensor, ctx: RoutingContext) -> Route:
+        """:meth:`choose` with the teacher's own gate mass (the :class:`lkd.models.routing.Routing` interface)."""
+        return self.choose(layer, logits.float(), ctx, mass=self.teacher_mass(gate, logits).float())
 
     def dense_weights(self, layer: int, teacher_gate_logits: torch.Tensor, ctx: RoutingContext, *, mass: torch.Tensor | None = None) -> torch.Tensor:
         """The same weights scattered into (N, E), zero outside the top-k (for tests and inspection)."""
-        weights, indices = self(layer, teacher_gate_logits, ctx, mass=mass)
+        weights, indices, _ = self.choose(layer, teacher_gate_logits, ctx, mass=mass)
         return torch.zeros(weights.shape[0], self.num_experts, dtype=weights.dtype, device=weights.device).scatter(-1, indices, weights)
-
-
-def teacher_gate_mass(gate_logits: torch.Tensor, top_k: int, normalized: bool) -> torch.Tensor:
-    """(N,) the gate mass the teacher's own routing gives each token: the sum of its top-k probabilities, or 1
-    when the gate renormalises them (``norm_topk_prob``)."""
-    if normalized:
-        return gate_logits.new_ones(gate_logits.shape[0], dtype=torch.float32)
-    probs = F.softmax(gate_logits.float(), dim=-1)
-    return probs.topk(top_k, dim=-1).values.sum(-1)
-
-
-def validate_top_k(top_k: int, num_experts: int | None) -> None:
-    if top_k < 1 or (num_experts is not None and top_k > num_experts):
-        raise ValueError(
-            f"router top-k must be in [1, {num_experts}] (the teacher's experts per MoE layer), got {top_k}. "
-            "HINT: lower the RoutingSchedule's end_top_k."
-        )
-
-
-@contextmanager
-def route_teacher(teacher: nn.Module, router: StudentAwareRouter, ctx: RoutingContext) -> Iterator[None]:
-    """Inside this block every MoE gate of ``teacher`` mixes its experts with ``router``'s weights.
-
-    Each gate's forward is replaced (on the instance, restored on exit) by one that computes the teacher's
-    gate logits as before (so ``output_router_logits`` still reports them) and returns the router's k
-    weights (sharing the teacher's own gate mass, :func:`teacher_gate_mass`) and indices instead of the
-    teacher's top-k. Gradients flow from the teacher's outputs through
-    the expert mixture into the router; the teacher's own parameters may stay frozen.
-    """
-    gates = require_moe_gates(teacher)
-    if router.num_layers != len(gates):
-        raise ValueError(f"router has {router.num_layers} layers, the teacher has {len(gates)} MoE layers")
-
-    def make_forward(layer: int, gate: nn.Module):
-        def forward(self, hidden_states: torch.Tensor):
-            hidden_states = hidden_states.reshape(-1, self.weight.shape[-1])  # (N, D_t)
-            logits = F.linear(hidden_states, self.weight)  # (N, E)
-            if ctx.student_hidden.shape[0] != logits.shape[0]:
-                raise ValueError(
-                    f"router context has {ctx.student_hidden.shape[0]} tokens, the teacher's MoE layer {layer} "
-                    f"sees {logits.shape[0]}: student and teacher must read the same input_ids"
-                )
-            mass = teacher_gate_mass(logits, int(self.top_k), bool(getattr(self, "norm_topk_prob", False))).detach()  # (N,)
-            weights, indices = router(layer, logits.float(), ctx, mass=mass.float())  # fp32 router, any teacher dtype
-            return logits, weights.to(hidden_states.dtype), indices
-
-        return types.MethodType(forward, gate)
-
-    patched = []
-    try:
-        for layer, gate in enumerate(gates):
-            gate.forward = make_forward(layer, gate)
-            patched.append(gate)
-        yield
-    finally:
-        for gate in patched:
-            del gate.forward  # back to the class's forward

@@ -18,13 +18,15 @@ from lkd.losses.lm import (
     combine_losses,
     lm_cross_entropy,
     lm_loss_terms,
+    load_balance_loss,
     router_objective,
     validate_loss_weights,
 )
 from lkd.memory import enable_activation_checkpointing
 from lkd.metrics.retention import BitsPerByte, Perplexity
 from lkd.models import causal_lm
-from lkd.models.router import RoutingContext, StudentAwareRouter, gap_features, require_moe_gates, route_teacher, validate_top_k
+from lkd.models.router import chunk_gap_features, gap_features
+from lkd.models.routing import Routing, RoutingContext, RoutingRecord, require_moe_gates, route_teacher, validate_top_k
 from lkd.models.transfer import check_layer_map, default_layer_map
 from lkd.modules.base import LKDModule, StepOutput
 from lkd.schedules import ScheduleName
@@ -197,7 +199,7 @@ class LMDistillModule(LMModule):
         student: nn.Module,
         teacher: Teacher,
         tokenizer: str = "smollm2",
-        router: StudentAwareRouter | None = None,
+        router: Routing | None = None,
         loss_weights: dict[str, float] | None = None,
         temperature: float = 4.0,
         layer_map: list[int] | None = None,
@@ -213,6 +215,7 @@ class LMDistillModule(LMModule):
         activation_checkpointing: bool = False,
         teacher_tokenizer: str | None = None,
         alm_temperature: float = 1.0,
+        router_balance_weight: float = 0.0,
     ):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio)
         self.student, self.teacher = student, teacher
@@ -228,14 +231,16 @@ class LMDistillModule(LMModule):
         for name, value in (("contrastive_temperature", contrastive_temperature), ("router_temperature", router_temperature)):
             if value <= 0:
                 problems.append(f"{name} must be > 0, got {value}")
-        if router_lm_weight < 0:
-            problems.append(f"router_lm_weight must be >= 0, got {router_lm_weight}")
+        for name, value in (("router_lm_weight", router_lm_weight), ("router_balance_weight", router_balance_weight)):
+            if value < 0:
+                problems.append(f"{name} must be >= 0, got {value}")
         if teacher.cache_path is not None:
             problems += self._cache_problems(router, self.loss_weights, teacher.cache_top_k, tv)
         if problems:
             raise ValueError("LMDistillModule: " + "; ".join(problems))
         self.temperature, self.contrastive_temperature, self.alm_temperature = temperature, contrastive_temperature, alm_temperature
         self.router_lm_weight, self.router_lr, self.projection_lr = router_lm_weight, router_lr, projection_lr
+        self.router_balance_weight = router_balance_weight
 
         w = self.loss_weights
         ls, lt = causal_lm.num_layers(student), causal_lm.num_layers(t_model)
@@ -260,7 +265,8 @@ class LMDistillModule(LMModule):
         if router is not None:
             gates = require_moe_gates(t_model)
             self.teacher_num_experts = int(gates[0].num_experts)
-            router.bind(ds, self.teacher_num_experts, len(gates))
+            self.teacher_top_k = int(gates[0].top_k)
+            router.bind_teacher(gates, ds)
             self.router_top_k = int(router_top_k if router_top_k is not None else gates[0].top_k)
             validate_top_k(self.router_top_k, self.teacher_num_experts)
         else:
@@ -294,8 +300,6 @@ class LMDistillModule(LMModule):
         if w.get("attention", 0) > 0:
             problems.append("loss_weights.attention compares attention maps position by position, which two tokenizers do not "
                             "share. HINT: set it to 0 (feature, layer and contrastive work across tokenizers, at chunk ends)")
-        if router is not None:
-            problems.append("routing the teacher's experts is not available across two tokenizers yet; drop model.init_args.router")
         if problems:
             raise VocabularyMismatchError("LMDistillModule (two tokenizers): " + "; ".join(problems))
 
@@ -303,7 +307,7 @@ class LMDistillModule(LMModule):
     def _cache_problems(router, weights: dict[str, float], top_k: int, vocab: int) -> list[str]:
         """Why a top-k logit cache cannot serve this configuration (empty: it can)."""
         problems = []
-        if router is not None:
+        if router is not None and router.mode != "teacher":
             problems.append("teacher.cache cannot serve routed distillation (the router re-runs the teacher's experts "
                             "every step); drop model.init_args.router or the cache")
         needs_teacher = {k: v for k, v in weights.items() if k not in ("kl", "ce", *CROSS_LOSS_NAMES) and v > 0}
@@ -397,7 +401,7 @@ class LMDistillModule(LMModule):
     # ---- features the losses compare --------------------------------------------------------------------
     def _needs(self) -> tuple[bool, bool]:
         w = self.loss_weights
-        hidden = any(w.get(k, 0) > 0 for k in ("feature", "layer", "contrastive")) or self.router is not None
+        hidden = any(w.get(k, 0) > 0 for k in ("feature", "layer", "contrastive")) or bool(self.routed and self.router.needs_student)
         return hidden, w.get("attention", 0) > 0
 
     def student_features(self, out) -> dict[str, object]:
@@ -421,7 +425,14 @@ class LMDistillModule(LMModule):
             feats["attention"] = [out.attentions[t] for t in self.layer_map]
         return feats
 
+    # ---- routing ---------------------------------------------------------------------------------------
+    @property
+    def routed(self) -> bool:
+        """A routing other than the teacher's own shapes the targets (``teacher`` mode is plain distillation)."""
+        return self.router is not None and self.router.mode != "teacher"
+
     def routing_context(self, student_out, teacher_logits: torch.Tensor) -> RoutingContext:
+        """One tokenizer: the student's last hidden state and the gap features at every position."""
         return RoutingContext(
             student_hidden=rearrange(student_out.hidden_states[-1].detach(), "b t d -> (b t) d"),  # (N, D_s)
             gap=gap_features(teacher_logits, student_out.logits),  # (N, 3)
@@ -429,10 +440,54 @@ class LMDistillModule(LMModule):
             temperature=float(self.router_temperature),
         )
 
-    def routed_teacher_forward(self, input_ids: torch.Tensor, ctx: RoutingContext, *, hidden: bool, attentions: bool):
-        """The teacher's forward with its MoE gates replaced by the router (differentiable in the router)."""
-        with route_teacher(self.teacher.model, self.router, ctx):
-            return self.teacher(input_ids=input_ids, output_hidden_states=hidden, output_attentions=attentions)
+    def aligned_routing_context(self, student_out, s_feats: dict, teacher_logprobs: torch.Tensor, index: ChunkIndex,
+                                s_ids: torch.Tensor) -> RoutingContext:
+        """Two tokenizers: per teacher token, the student's state and the gap of the previous aligned chunk."""
+        table = getattr(self, "token_bytes", None)
+        s_bytes = None if table is None else table.to(s_ids.device)[s_ids]  # (B, S)
+        hidden, gap = chunk_gap_features(student_out.hidden_states[-1].detach(), s_feats["token_logprobs"].detach(),
+                                         teacher_logprobs, index, s_bytes)
+        return RoutingContext(student_hidden=hidden, gap=gap, top_k=int(self.router_top_k), temperature=float(self.router_temperature))
+
+    def routed_teacher_passes(self, teacher_ids: torch.Tensor, stage: str, context, *, hidden: bool, attentions: bool):
+        """The teacher's forwards under the router: ``(routed outputs, their RoutingRecords, native output or None)``.
+
+        The teacher's own forward (no gradient) runs first when the routing reads the student (``context``
+        turns it into a :class:`RoutingContext`) and outside training (drift and the test report compare with
+        it). Training runs ``router.repeats`` routed passes (Knowledge Augmentation), with gradient into a
+        trainable routing; evaluation one pass.
+        """
+        train = stage == "train"
+        native = None
+        if self.router.needs_student or not train:
+            with torch.no_grad():
+                native = self.teacher(input_ids=teacher_ids)
+        ctx = context(native) if self.router.needs_student else RoutingContext(top_k=int(self.router_top_k or 1),
+                                                                               temperature=float(self.router_temperature))
+        grad = train and self.router.trainable
+        self.teacher.placement.hold = grad  # the backward runs through the routed teacher
+        outs, records = [], []
+        for _ in range(self.router.repeats if train else 1):
+            with torch.set_grad_enabled(grad), route_teacher(self.teacher.model, self.router, ctx) as record:
+                outs.append(self.teacher(input_ids=teacher_ids, output_hidden_states=hidden, output_attentions=attentions))
+            records.append(record)
+        return outs, records, native
+
+    def routing_logs(self, stage: str, records: list[RoutingRecord], teacher_ce: torch.Tensor, native_ce: torch.Tensor | None) -> dict:
+        """How far the routing moved the teacher: its LM loss under routing (and minus its own routing's) and
+        the KL between the routed and the teacher's gate distributions (mean over layers; per layer outside training)."""
+        per_layer = torch.stack([torch.stack(r.gate_kl()) for r in records]).mean(0).detach()  # (L,)
+        logs = {"teacher_ce_routed": teacher_ce.detach(), "gate_kl": per_layer.mean()}
+        if stage != "train":
+            logs |= {f"gate_kl/layer{layer}": value for layer, value in enumerate(per_layer)}
+        if native_ce is not None:
+            logs["teacher_lm_degradation"] = teacher_ce.detach() - native_ce
+        return logs
+
+    def balance_loss(self, records: list[RoutingRecord]) -> torch.Tensor | None:
+        if self.router_balance_weight <= 0 or not self.router.trainable:
+            return None
+        return torch.stack([load_balance_loss(r.routed_probs, self.teacher_top_k) for r in records]).mean()
 
     # ---- steps ----------------------------------------------------------------------------------------
     def aligned_step(self, batch, stage: str) -> StepOutput:
@@ -443,33 +498,63 @@ class LMDistillModule(LMModule):
         s_out = self.student(input_ids=s_ids, output_hidden_states=hidden)
         s_feats = self.student_features(s_out)
         s_feats["token_logprobs"] = token_logprobs(s_out.logits, s_ids)  # (B, S)
+        t_mask = predicted_mask(batch["teacher_length"], t_ids.shape[1])  # (B, T) teacher tokens with a prediction
+
+        def teacher_feats(out) -> dict:
+            feats = self.teacher_features(out)
+            targets = self.aligned_teacher_targets(out.logits, t_ids)
+            return feats | {"token_logprobs": targets["token_logprobs"], "topk": (targets["topk_logprobs"], targets["topk_indices"])}
+
+        def teacher_ce(feats) -> torch.Tensor:
+            return -(feats["token_logprobs"] * t_mask).sum() / t_mask.sum().clamp_min(1)
+
+        loss_kwargs = {"teacher_to_student": getattr(self, "teacher_to_student", None), "temperature": self.temperature,
+                       "alm_temperature": self.alm_temperature, "contrastive_temperature": self.contrastive_temperature}
+        logs: dict[str, torch.Tensor] = {}
+        router_loss = None
         if (cached := self.teacher.cached(stage, batch["sample_id"])) is not None:
-            t_feats = cached  # {"token_logprobs": (B, T), "topk": ((B, T, k), (B, T, k))}
-        else:
+            passes, own = [cached], cached  # {"token_logprobs": (B, T), "topk": ((B, T, k), (B, T, k))}
+        elif not self.routed:
             with torch.no_grad():
-                t_out = self.teacher(input_ids=t_ids, output_hidden_states=hidden)
-            t_feats = self.teacher_features(t_out)
-            targets = self.aligned_teacher_targets(t_out.logits, t_ids)
-            t_feats |= {"token_logprobs": targets["token_logprobs"], "topk": (targets["topk_logprobs"], targets["topk_indices"])}
-        terms, logs = cross_tokenizer_loss_terms(
-            s_feats, _detach(t_feats), index, self.loss_weights, teacher_to_student=getattr(self, "teacher_to_student", None),
-            temperature=self.temperature, alm_temperature=self.alm_temperature, contrastive_temperature=self.contrastive_temperature)
+                passes = [teacher_feats(self.teacher(input_ids=t_ids, output_hidden_states=hidden))]
+            own = passes[0]
+        else:
+            def context(native):
+                logprobs = token_logprobs(native.logits, t_ids)
+                return self.aligned_routing_context(s_out, s_feats, logprobs, index, s_ids)
+
+            outs, records, native = self.routed_teacher_passes(t_ids, stage, context, hidden=hidden, attentions=False)
+            passes = [teacher_feats(out) for out in outs]
+            own = None if native is None else {"token_logprobs": token_logprobs(native.logits, t_ids)}
+            routed_ce = torch.stack([teacher_ce(f) for f in passes]).mean()
+            logs = self.routing_logs(stage, records, routed_ce, None if own is None else teacher_ce(own).detach())
+            if stage == "train" and self.router.trainable:
+                sg, weights = _detach(s_feats), {k: v for k, v in self.loss_weights.items() if k != "ce"}  # ce: the student's own
+                objective = torch.stack([combine_losses(cross_tokenizer_loss_terms(sg, f, index, weights, **loss_kwargs)[0],
+                                                        weights)[0] for f in passes]).mean()
+                router_loss = objective + self.router_lm_weight * routed_ce
+                if (balance := self.balance_loss(records)) is not None:
+                    router_loss = router_loss + self.router_balance_weight * balance
+                    logs["router_balance"] = balance.detach()
+                logs["router_loss"] = router_loss
+        terms, term_logs = _mean_terms([cross_tokenizer_loss_terms(s_feats, _detach(f), index, self.loss_weights, **loss_kwargs)
+                                        for f in passes])
         s_mask = predicted_mask(batch["length"], s_ids.shape[1])  # (B, S) tokens with a prediction
         tokens = s_mask.sum()
         nll = -(s_feats["token_logprobs"] * s_mask).sum() / tokens.clamp_min(1)
         if self.loss_weights.get("ce", 0) > 0:
             terms["ce"] = nll
-        loss, terms = combine_losses(terms, self.loss_weights)
+        student_loss, terms = combine_losses(terms, self.loss_weights)
+        total = student_loss if router_loss is None else student_loss + router_loss
         s_bytes = self.predicted_bytes(s_ids, s_mask)
         outputs = {}
         if stage == "test":
-            t_mask = predicted_mask(batch["teacher_length"], t_ids.shape[1])
             t_table = getattr(self, "teacher_token_bytes", None)
             outputs = {"student_nll_sum": nll.detach() * tokens, "student_tokens": tokens, "student_bytes": s_bytes,
-                       "teacher_nll_sum": -(t_feats["token_logprobs"] * t_mask).sum(), "teacher_tokens": t_mask.sum(),
+                       "teacher_nll_sum": -(own["token_logprobs"].detach() * t_mask).sum(), "teacher_tokens": t_mask.sum(),
                        "teacher_bytes": None if t_table is None else (t_table.to(t_ids.device)[t_ids] * t_mask).sum()}
-        return StepOutput(loss, int(tokens), terms | logs | {"nll": nll.detach()},
-                          metric_args=(nll.detach(), int(tokens), s_bytes), outputs=outputs)
+        return StepOutput(total, int(tokens), terms | term_logs | logs | {"nll": nll.detach()},
+                          metric_args=(nll.detach(), int(tokens), s_bytes), logged_loss=student_loss, outputs=outputs)
 
     @override
     def step(self, batch, stage: str) -> StepOutput:
@@ -478,34 +563,33 @@ class LMDistillModule(LMModule):
         input_ids = batch["input_ids"]  # (B, T)
         hidden, attn = self._needs()
         s_out = self.student(input_ids=input_ids, output_hidden_states=hidden, output_attentions=attn)
-        routed = self.router is not None
-        self.teacher.placement.hold = routed and stage == "train"  # the backward runs through the routed teacher
         s_feats = self.student_features(s_out)
-        logs: dict[str, torch.Tensor] = {}
-        t_native = None
-        if (cached := self.teacher.cached(stage, self.sample_ids(batch))) is not None:  # no teacher forward
-            t_feats = cached  # {"topk": ((B, T, k) log-probs, (B, T, k) token ids)}
-        else:
-            with torch.no_grad():
-                t_native = self.teacher(input_ids=input_ids, output_hidden_states=hidden and not routed,
-                                        output_attentions=attn and not routed)
-            if routed:
-                ctx = self.routing_context(s_out, t_native.logits)
-                with torch.set_grad_enabled(stage == "train"):
-                    t_out = self.routed_teacher_forward(input_ids, ctx, hidden=hidden, attentions=attn)
-                t_feats = self.teacher_features(t_out)
-            else:
-                t_feats = self.teacher_features(t_native)
         kwargs = {"temperature": self.temperature, "contrastive_temperature": self.contrastive_temperature}
-        terms = lm_loss_terms(s_feats, _detach(t_feats), input_ids, self.loss_weights, **kwargs)
+        logs: dict[str, torch.Tensor] = {}
+        router_loss, t_native = None, None
+        if (cached := self.teacher.cached(stage, self.sample_ids(batch))) is not None:  # no teacher forward
+            passes = [cached]  # {"topk": ((B, T, k) log-probs, (B, T, k) token ids)}
+        elif not self.routed:
+            with torch.no_grad():
+                t_native = self.teacher(input_ids=input_ids, output_hidden_states=hidden, output_attentions=attn)
+            passes = [self.teacher_features(t_native)]
+        else:
+            outs, records, t_native = self.routed_teacher_passes(
+                input_ids, stage, lambda native: self.routing_context(s_out, native.logits), hidden=hidden, attentions=attn)
+            passes = [self.teacher_features(out) for out in outs]
+            routed_ce = torch.stack([lm_cross_entropy(f["logits"], input_ids) for f in passes]).mean()
+            native_ce = None if t_native is None else lm_cross_entropy(t_native.logits, input_ids)
+            logs = self.routing_logs(stage, records, routed_ce, native_ce)
+            if stage == "train" and self.router.trainable:
+                router_loss = torch.stack([router_objective(_detach(s_feats), f, input_ids, self.loss_weights,
+                                                            lm_weight=self.router_lm_weight, **kwargs)[0] for f in passes]).mean()
+                if (balance := self.balance_loss(records)) is not None:
+                    router_loss = router_loss + self.router_balance_weight * balance
+                    logs["router_balance"] = balance.detach()
+                logs["router_loss"] = router_loss
+        terms, _ = _mean_terms([lm_loss_terms(s_feats, _detach(f), input_ids, self.loss_weights, **kwargs) for f in passes])
         student_loss, terms = combine_losses(terms, self.loss_weights)
-        total = student_loss
-        if routed:
-            router_loss, teacher_ce = router_objective(_detach(s_feats), t_feats, input_ids, self.loss_weights,
-                                                       lm_weight=self.router_lm_weight, **kwargs)
-            total = total + router_loss if stage == "train" else total
-            logs = {"router_loss": router_loss, "teacher_ce_routed": teacher_ce,
-                    "teacher_lm_degradation": teacher_ce - lm_cross_entropy(t_native.logits, input_ids)}
+        total = student_loss if router_loss is None else student_loss + router_loss
         nll = lm_cross_entropy(s_out.logits, input_ids).detach()
         tokens = input_ids[:, 1:].numel()
         outputs = {"student_logits": s_out.logits.detach(), "teacher_logits": t_native.logits} if stage == "test" else {}
@@ -515,6 +599,15 @@ class LMDistillModule(LMModule):
     @override
     def on_after_backward(self) -> None:
         self.teacher.placement.release()  # routed: off the device once the backward through it is done
+
+
+def _mean_terms(results: list) -> tuple[dict, dict]:
+    """Average loss tables over teacher passes (Knowledge Augmentation); a table may come with a dict of logs."""
+    pairs = [r if isinstance(r, tuple) else (r, {}) for r in results]
+    if len(pairs) == 1:
+        return pairs[0]
+    mean = lambda dicts: {k: torch.stack([d[k] for d in dicts]).mean() for k in dicts[0]}  # noqa: E731
+    return mean([t for t, _ in pairs]), mean([lg for _, lg in pairs])
 
 
 def _detach(feats: dict) -> dict:
