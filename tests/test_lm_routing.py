@@ -22,7 +22,7 @@ from lkd.models.routing import (
 )
 from lkd.modules import LMDistillModule
 from lkd.teacher import Teacher
-from tests.lm_fixtures import VOCAB, _one_torch_thread, tiny_student, tiny_teacher  # noqa: F401
+from tests.lm_fixtures import VOCAB, _one_torch_thread, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
 
 E, L = 8, 4
 
@@ -194,3 +194,27 @@ def test_expert_specialisation_of_a_teacher_whose_experts_differ():
         native = teacher(input_ids=ids).logits
         with route_teacher(teacher, RankedExperts(first_rank=0)):  # ranks 0..k-1 are the teacher's own top-k
             torch.testing.assert_close(teacher(input_ids=ids).logits, native, rtol=1e-5, atol=1e-5)
+
+
+def test_a_trained_routing_learns_every_n_steps_only(tiny_wikitext):
+    import lightning.pytorch as pl
+
+    from lkd.data.text import TextDataModule
+    from tests.lm_fixtures import WIKITEXT_CONFIG
+
+    m = module(StudentAwareGate(), router_every_n_steps=2, router_lr=1e-2)
+    moved = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.before = pl_module.router.weight.detach().clone()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            moved.append(not torch.equal(self.before, pl_module.router.weight))
+
+    dm = TextDataModule(str(tiny_wikitext), WIKITEXT_CONFIG, block_size=16, batch_size=2, tokenizer="bytes")
+    pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               limit_val_batches=0, callbacks=[Watch()]).fit(m, dm)
+    assert moved == [True, False, True, False]
+    with pytest.raises(ValueError, match="router_every_n_steps must be >= 1, got 0"):
+        module(StudentAwareGate(), router_every_n_steps=0)

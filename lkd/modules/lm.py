@@ -180,7 +180,9 @@ class LMDistillModule(LMModule):
         teacher_tokenizer: the teacher's tokenizer when it differs from the student's (cross-tokenizer
             distillation); None = one tokenizer for both.
         alm_temperature: τ of the ``alm`` loss.
-        router: student-aware router, or None for plain distillation.
+        router: how the teacher's experts are mixed while it teaches (:mod:`lkd.models.routing`: ``TeacherRouting``,
+            ``AllExperts``, ``KnowledgeAugmentation``, ``StudentAwareGate`` or :class:`lkd.models.router.StudentAwareRouter`);
+            None = the teacher's own gating (plain distillation).
         loss_weights: ``{name: weight}``; missing names weigh 0.
         temperature: T of the KL term.
         layer_map: teacher layer (0-based) for each student layer (:func:`lkd.models.transfer.check_layer_map`);
@@ -190,6 +192,11 @@ class LMDistillModule(LMModule):
         router_top_k, router_temperature: routing used when no RoutingSchedule drives them (default: the
             teacher's own top-k, τ = 1).
         router_lr, projection_lr: learning rates of those parameter groups (None: the optimizer's).
+        router_balance_weight: weight of the load-balance term (:func:`lkd.losses.lm.load_balance_loss`) in a
+            trained routing's objective (0.01 for ``sar`` in the paper).
+        router_every_n_steps: a trained routing (``sar``, ``student_aware``) learns on every n-th optimizer step
+            only; the steps between use it without the backward through the teacher (cheaper). Under DDP with
+            n > 1 use ``strategy: ddp_find_unused_parameters_true`` (the routing's parameters idle on those steps).
         activation_checkpointing: recompute the student's decoder layers in the backward instead of storing
             their activations (transformers gradient checkpointing).
     """
@@ -216,6 +223,7 @@ class LMDistillModule(LMModule):
         teacher_tokenizer: str | None = None,
         alm_temperature: float = 1.0,
         router_balance_weight: float = 0.0,
+        router_every_n_steps: int = 1,
     ):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio)
         self.student, self.teacher = student, teacher
@@ -236,8 +244,11 @@ class LMDistillModule(LMModule):
                 problems.append(f"{name} must be >= 0, got {value}")
         if teacher.cache_path is not None:
             problems += self._cache_problems(router, self.loss_weights, teacher.cache_top_k, tv)
+        if router_every_n_steps < 1:
+            problems.append(f"router_every_n_steps must be >= 1, got {router_every_n_steps}")
         if problems:
             raise ValueError("LMDistillModule: " + "; ".join(problems))
+        self.router_every_n_steps = router_every_n_steps
         self.temperature, self.contrastive_temperature, self.alm_temperature = temperature, contrastive_temperature, alm_temperature
         self.router_lm_weight, self.router_lr, self.projection_lr = router_lm_weight, router_lr, projection_lr
         self.router_balance_weight = router_balance_weight
@@ -464,7 +475,7 @@ class LMDistillModule(LMModule):
                 native = self.teacher(input_ids=teacher_ids)
         ctx = context(native) if self.router.needs_student else RoutingContext(top_k=int(self.router_top_k or 1),
                                                                                temperature=float(self.router_temperature))
-        grad = train and self.router.trainable
+        grad = train and self.router.trainable and self.global_step % self.router_every_n_steps == 0
         self.teacher.placement.hold = grad  # the backward runs through the routed teacher
         outs, records = [], []
         for _ in range(self.router.repeats if train else 1):
@@ -528,7 +539,7 @@ class LMDistillModule(LMModule):
             own = None if native is None else {"token_logprobs": token_logprobs(native.logits, t_ids)}
             routed_ce = torch.stack([teacher_ce(f) for f in passes]).mean()
             logs = self.routing_logs(stage, records, routed_ce, None if own is None else teacher_ce(own).detach())
-            if stage == "train" and self.router.trainable:
+            if stage == "train" and self.router.trainable and passes[0]["token_logprobs"].requires_grad:
                 sg, weights = _detach(s_feats), {k: v for k, v in self.loss_weights.items() if k != "ce"}  # ce: the student's own
                 objective = torch.stack([combine_losses(cross_tokenizer_loss_terms(sg, f, index, weights, **loss_kwargs)[0],
                                                         weights)[0] for f in passes]).mean()
@@ -580,7 +591,7 @@ class LMDistillModule(LMModule):
             routed_ce = torch.stack([lm_cross_entropy(f["logits"], input_ids) for f in passes]).mean()
             native_ce = None if t_native is None else lm_cross_entropy(t_native.logits, input_ids)
             logs = self.routing_logs(stage, records, routed_ce, native_ce)
-            if stage == "train" and self.router.trainable:
+            if stage == "train" and self.router.trainable and passes[0]["logits"].requires_grad:
                 router_loss = torch.stack([router_objective(_detach(s_feats), f, input_ids, self.loss_weights,
                                                             lm_weight=self.router_lm_weight, **kwargs)[0] for f in passes]).mean()
                 if (balance := self.balance_loss(records)) is not None:
