@@ -94,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     common.add_output_options(p, "do not touch BENCHMARKS.md or benchmarks/results")
     p.add_argument("--no-render", action="store_true", help="train the missing runs only (another process renders)")
     p.add_argument("--render-only", action="store_true", help="render from OUT/runs.jsonl and OUT/timing.json, train nothing")
+    p.add_argument("--log-dir", default=None, help="TensorBoard logs of every student run here (routed runs also log the "
+                   "router/expert_usage and router/schedule figures); default: no logger")
     p.add_argument("--note", default="", help="appended to the command line in the section (how the kept runs were made)")
     return p.parse_args(argv)
 
@@ -202,9 +204,18 @@ def make_module(variant: str, teacher, args, seed: int):
 
 def train_student(variant: str, teacher, args, seed: int):
     module, callbacks = make_module(variant, teacher, args, seed)
+    logger = False
+    if args.log_dir:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from lkd.callbacks.figures import RouterExpertUsage
+
+        logger = TensorBoardLogger(args.log_dir, name=f"{variant}_seed{seed}")
+        if getattr(module, "routed", False):
+            callbacks.append(RouterExpertUsage(log_every_n_steps=50))
     pl.seed_everything(seed)  # the same batches for every row of a seed
     start = time.perf_counter()
-    t = trainer(args.student_steps, callbacks)
+    t = trainer(args.student_steps, callbacks, logger)
     t.fit(module, data(args, cross=variant.startswith("cross_")))
     seconds = time.perf_counter() - start
     last = {k.removeprefix("train/").removesuffix("_step"): float(v) for k, v in t.callback_metrics.items()

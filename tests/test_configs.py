@@ -97,7 +97,7 @@ def test_there_are_configs():
     assert {f"glue/{n}.yaml" for n in ("teacher", "student_alone", "student_kd", "student_dkvb_kd", "student_dkvb_keyinit",
                                         "student_dkvb_carry", "teacher_dkvb")} <= names
     assert {f"lm/{n}.yaml" for n in ("teacher_moe_tiny", "student_scratch", "student_kd", "student_multiloss",
-                                      "student_routed", "smollm2_finetune", "hub_huihui_moe_smollm", "hub_huihui_moe_routed",
+                                      "student_routed", "student_sar", "smollm2_finetune", "hub_huihui_moe_smollm", "hub_huihui_moe_routed",
                                       "cross_tokenizer_smollm2")} <= names
 
 

@@ -91,10 +91,10 @@ class ConfusionMatrixFigure(Callback):
 
 
 class RouterExpertUsage(Callback):
-    """Counts which teacher experts the student-aware router picks (every MoE layer, every token) and logs,
+    """Counts which teacher experts the routing picks (every MoE layer, every token) and logs,
     every ``log_every_n_steps`` optimizer steps, ``router/experts_used`` (perplexity of the selection shares:
     E = all equally, 1 = one expert) and a ``router/expert_usage`` figure with one row per interval so far
-    (usage over training). Needs a LightningModule with a ``router`` (:class:`lkd.models.router.StudentAwareRouter`).
+    (usage over training). Needs a LightningModule with a ``router`` (any :class:`lkd.models.routing.Routing`).
     The history is kept in the checkpoint."""
 
     def __init__(self, log_every_n_steps: int = 50):
