@@ -63,6 +63,47 @@ def innermost_reason(message: str) -> str | None:
     return inner or (f"{where.group(1)}: {reason}" if where else reason)
 
 
+def parse_error_summary(message: str) -> str | None:
+    """One line out of jsonargparse's nested parse error ("Parser key "model": Does not validate ... Parser key
+    "temperature": Expected a <class 'float'>. Got value: abc ... Given value: NestedArg(...)"): the option as a
+    user writes it and the innermost complaint, e.g. ``--model.init_args.temperature: Expected a <class 'float'>.
+    Got value: abc``. None when the message is not nested."""
+    path, detail, listed = [], None, None
+    for line in message.splitlines():
+        text = line.strip()
+        if key := re.match(r'Parser key "([^"]+)":', text):
+            path.append(key.group(1))
+            detail = listed = None
+        elif "Problem with given class_path" in text:
+            path.append("init_args")
+        elif listed is None and text.startswith("- Expected") and "NoneType" not in text:
+            listed = text[2:]
+        elif detail is None and path and text and not text.startswith(("Does not validate", "Subtypes:", "Errors:", "- ", "Given value")):
+            detail = text
+    detail = detail or listed
+    if not path or detail is None or "Given value" not in message:
+        return None
+    given = re.search(r"^\s*Given value: (.*)$", message, re.MULTILINE)
+    if "Got value" not in detail and given and not given.group(1).startswith(("NestedArg", "Namespace")):
+        detail = f"{detail.rstrip('.')}. Got value: {given.group(1)}"
+    dotted = ".".join(path)
+    return f"--{dotted}: {detail}"
+
+
+class LKDArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser whose errors end on the line that matters: the option and what was wrong with it
+    (jsonargparse ends a nested type error with a dump of the given value)."""
+
+    @override
+    def error(self, message: str, ex: Exception | None = None):
+        summary = parse_error_summary(message)
+        if summary is not None:
+            words = self.prog.replace(" [options]", "").split()
+            command = " ".join(["lkd", *words[1:]])  # the subcommand's parser is "<prog> [options] fit"
+            message = f"{message}\n{summary}. HINT: `{command} --help` lists every option with its type"
+        return super().error(message, ex)
+
+
 def _as_dict(value) -> dict:
     if value is None:
         return {}
@@ -91,6 +132,7 @@ class LKDCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", HParamsConfigCallback)  # config.yaml + TensorBoard hparams
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_class", LKDArgumentParser)
         super().__init__(pl.LightningModule, pl.LightningDataModule, *args, **kwargs)
 
     @override

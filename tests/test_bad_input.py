@@ -133,3 +133,16 @@ def test_a_refused_value_ends_the_error_not_a_namespace_dump(tmp_path, monkeypat
     message = str(info.value)
     assert message.splitlines()[-1] == "lkd.modules.ClassifierModule: label_smoothing must be in [0, 1), got 2.0"
     assert "Namespace(" not in message and "Union subtypes" not in message
+
+
+@pytest.mark.parametrize("option, last_line", [
+    ("--model.init_args.temperature=abc", "--model.init_args.temperature: Expected a <class 'float'>. Got value: abc."),
+    ("--trainer.max_epochs=abc", "--trainer.max_epochs: Expected a <class 'int'>. Got value: abc."),
+    ("--model.init_args.tempreature=2", "--model.init_args: Option 'tempreature' is not accepted."),
+])
+def test_a_mistyped_option_ends_the_error_with_the_option_and_the_problem(option, last_line, capsys):
+    with pytest.raises(SystemExit) as info:
+        LKDCLI(args=["fit", "-c", str(CONFIGS / "mnist" / "student_kd.yaml"), option])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(last_line) and last.endswith("HINT: `lkd fit --help` lists every option with its type"), last
