@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -146,3 +147,32 @@ def test_a_mistyped_option_ends_the_error_with_the_option_and_the_problem(option
     assert info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(last_line) and last.endswith("HINT: `lkd fit --help` lists every option with its type"), last
+
+
+KA_BAD = '{"class_path": "lkd.models.routing.KnowledgeAugmentation", "init_args": {"sampling_prob": 2.0}}'
+DENSE_TEACHER = '{"class_path": "lkd.models.causal_lm.TinyLlamaLM", "init_args": {"vocab_size": 49152, "hidden_size": 64, "num_layers": 4}}'
+BAD_INPUTS = [  # (config, overrides, what the last line of the error must say), each refused when the classes are built
+    ("mnist/student_kd.yaml", ["--model.init_args.temperature=0"], r"temperature must be > 0, got 0\.0$"),
+    ("mnist/student_kd.yaml", ["--model.init_args.alpha=1.5"], r"alpha must be in \[0, 1\], got 1\.5$"),
+    ("glue/student_kd.yaml", ["--data.init_args.task=sst3"], r"unknown task 'sst3'.*available configs: cola, mrpc, rte, sst2\. HINT"),
+    ("lm/student_kd.yaml", ["--model.init_args.loss_weights={kl: -1}"], r"negative weights \{'kl': -1\.0\}\. HINT"),
+    ("lm/student_kd.yaml", ["--model.init_args.teacher_tokenizer=bytes"], r"kl=1\.0 needs one vocabulary.*HINT: use the cross-tokenizer losses"),
+    ("lm/student_multiloss.yaml", ["--model.init_args.teacher_tokenizer=bytes", "--model.init_args.loss_weights={alm: 1.0, attention: 0.1}"],
+     r"attention compares attention maps position by position.*HINT: set it to 0 \(feature, layer and contrastive work"),
+    ("lm/student_sar.yaml", [f"--model.init_args.router={KA_BAD}"], r"KnowledgeAugmentation: sampling_prob must be in \[0, 1\], got 2\.0$"),
+    ("lm/student_sar.yaml", ["--model.init_args.router_every_n_steps=0"], r"router_every_n_steps must be >= 1, got 0$"),
+    ("lm/student_sar.yaml", ["--model.init_args.router_balance_weight=-1"], r"router_balance_weight must be >= 0, got -1\.0$"),
+    ("lm/student_routed.yaml", [f"--model.init_args.teacher.model={DENSE_TEACHER}"], r"TinyLlamaLM has no MoE gates.*HINT: drop the router"),
+]
+
+
+@pytest.mark.parametrize("config, overrides, last_line", BAD_INPUTS, ids=[f"{c}:{o[-1][:40]}" for c, o, _ in BAD_INPUTS])
+def test_bad_input_table(config, overrides, last_line, tmp_path, monkeypatch):
+    """A refused value stops before any data or training, its reason on the error's last line."""
+    from lkd.cli import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        LKDCLI(args=["-c", str(CONFIGS / config), *overrides], run=False)
+    assert re.search(last_line, str(info.value).strip().splitlines()[-1]), str(info.value)
+    assert not any(tmp_path.iterdir())  # nothing written
