@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lkd.callbacks import LearningRateLogger, PublishBestCheckpoint
@@ -32,6 +34,7 @@ from lkd.callbacks.hparams import HParamsConfigCallback
 from lkd.distributed import check_strategy, check_trainer_settings
 
 CACHE_TEACHER = "cache-teacher"
+EXPORT = "export"
 LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 
 
@@ -213,11 +216,68 @@ class LKDCLI(LightningCLI):
         self._subcommand_method_arguments[CACHE_TEACHER] = []
         parser._subcommands_action.add_subcommand(CACHE_TEACHER, sub, help=description)
 
+        description = "Export the config's student from a checkpoint: a Hugging Face / safetensors folder, ONNX, int8, a model card."
+        sub = self.init_parser(description=description)
+        self._add_arguments(sub)
+        sub.add_argument("--ckpt_path", type=str, required=True, help="the checkpoint whose student to export")
+        sub.add_argument("--to", type=str, required=True, help="the folder to write (must be empty or absent, or --overwrite)")
+        sub.add_argument("--format", type=Literal["hf", "onnx", "all"], default="hf",
+                         help="hf: the folder (safetensors + config + tokenizer); onnx / all: also model.onnx")
+        sub.add_argument("--quantize", type=Literal["int8"] | None, default=None, help="int8: also model.int8.onnx")
+        sub.add_argument("--overwrite", type=bool, default=False, help="replace an existing folder")
+        sub.add_argument("--test", type=bool, default=True, help="run the test split on the checkpoint for the card's metrics")
+        self._subcommand_parsers[EXPORT] = sub
+        self._subcommand_method_arguments[EXPORT] = []
+        parser._subcommands_action.add_subcommand(EXPORT, sub, help=description)
+
     @override
     def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand == EXPORT:
+            return self.export(**{k: self.config_init[subcommand][k] for k in ("ckpt_path", "to", "format", "quantize", "overwrite", "test")})
         if subcommand != CACHE_TEACHER:
             return super()._run_subcommand(subcommand)
         self.cache_teacher(**{k: self.config_init[subcommand][k] for k in ("dtype", "overwrite")})
+
+    def export(self, ckpt_path: str, to: str, format: str = "hf", quantize: str | None = None, overwrite: bool = False,
+               test: bool = True):
+        """``lkd export``: the student of ``ckpt_path`` (this config's module) into ``to`` (:mod:`lkd.export`)."""
+        from lkd.checkpoint import load_checkpoint
+        from lkd.export import ExportError, export_student, prepare_folder, student_network
+
+        if quantize and format == "hf":
+            raise ExportError("--quantize int8 quantizes the ONNX file, but --format hf writes none. HINT: --format all --quantize int8")
+        if Path(to).exists() and any(Path(to).iterdir()) and not overwrite:
+            prepare_folder(Path(to), overwrite=False)  # raises, naming the folder; nothing written
+        state = load_checkpoint(ckpt_path)["state_dict"]
+        network, kind, role = student_network(self.model)
+        prefix = f"{role}."
+        own = {k for k in self.model.state_dict() if k.startswith(prefix)}
+        given = {k for k in state if k.startswith(prefix)}
+        if own != given:
+            raise ExportError(
+                f"{ckpt_path} does not fit this config's {role}: missing {sorted(own - given)[:4]}, unexpected "
+                f"{sorted(given - own)[:4]}. HINT: export with the config the checkpoint was trained with")
+        try:
+            self.model.load_state_dict({k: v for k, v in state.items() if k.startswith(prefix)}, strict=False)
+        except RuntimeError as err:
+            raise ExportError(f"{ckpt_path} does not fit this config's {role}: {str(err).splitlines()[-1].strip()}. HINT: export "
+                              "with the config the checkpoint was trained with") from None
+        metrics = {}
+        if test:
+            (metrics,) = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+            metrics = {k: float(v) for k, v in metrics.items() if k.startswith("test/")}
+        config = self.config[EXPORT]
+        spec = _student_spec(config, role, self.model)
+        configs = [str(c) for c in (config.get("config") or [])]
+        card = {"name": Path(to).name, "teacher": _teacher_line(self.model), "data": _data_line(self.datamodule),
+                "method": f"`{type(self.model).__name__}`" + (f", {_method_line(self.model)}" if role == "student" else ""),
+                "checkpoint": f"`{ckpt_path}`", "metrics": metrics,
+                "commands": [f"lkd fit {' '.join('--config ' + c for c in configs)}",
+                             f"lkd export {' '.join('--config ' + c for c in configs)} --ckpt_path {ckpt_path} --to {to} --format {format}"
+                             + (f" --quantize {quantize}" if quantize else "")]}
+        result = export_student(self.model, to, formats=format, quantize=quantize, overwrite=overwrite, spec=spec, card=card)
+        rank_zero_info(f"exported the {role} ({kind}) to {result.folder}: " + ", ".join(p.name for p in result.files.values()))
+        return result
 
     def cache_teacher(self, dtype: str = "float16", overwrite: bool = False) -> None:
         """Write ``model.teacher.cache`` from the model's teacher and the data's training/validation splits."""
@@ -256,6 +316,53 @@ class LKDCLI(LightningCLI):
         trainer = super()._instantiate_trainer(config, callbacks)
         check_strategy(trainer)  # DDP/FSDP asked for with a single process: say so before anything runs
         return trainer
+
+
+def _student_spec(config, role: str, module) -> dict:
+    """``{"class_path", "init_args"}`` of the config's student (a factory's ``num_classes`` filled in)."""
+    import inspect
+
+    node = _as_dict(config["model"]).get("init_args", {}).get(role)
+    if not isinstance(node, dict) or "class_path" not in node:
+        return {}
+    init = dict(node.get("init_args") or {})
+    num_classes = getattr(module, "num_classes", None)
+    if num_classes is not None:
+        module_name, _, name = node["class_path"].rpartition(".")
+        import importlib
+
+        params = list(inspect.signature(getattr(importlib.import_module(module_name), name)).parameters)
+        if params and params[0] == "num_classes":
+            init["num_classes"] = int(num_classes)
+    return {"class_path": node["class_path"], "init_args": init}
+
+
+def _teacher_line(module) -> str | None:
+    teacher = getattr(module, "teacher", None)
+    if teacher is None:
+        return None
+    net = getattr(teacher, "model", teacher)
+    name = getattr(getattr(net, "config", None), "_name_or_path", "") or type(net).__name__
+    where = getattr(teacher, "checkpoint", None)
+    return f"`{type(net).__name__}` ({name})" + (f" from `{where}`" if where else "")
+
+
+def _data_line(datamodule) -> str | None:
+    if datamodule is None:
+        return None
+    parts = [getattr(datamodule, k, None) for k in ("hub_id", "config", "task")]
+    splits = [f"{k.removesuffix('_split')}: {getattr(datamodule, k)}" for k in ("train_split", "val_split", "test_split")
+              if getattr(datamodule, k, None)]
+    return f"`{type(datamodule).__name__}` " + " / ".join(str(p) for p in parts if p) + (f" ({', '.join(splits)})" if splits else "")
+
+
+def _method_line(module) -> str:
+    keys = ("temperature", "alpha", "loss_weights", "cos_weight", "alm_temperature")
+    parts = [f"{k} {getattr(module, k)}" for k in keys if getattr(module, k, None) is not None]
+    router = getattr(module, "router", None)
+    if router is not None:
+        parts.append(f"routing `{type(router).__name__}`")
+    return ", ".join(parts)
 
 
 def default_trainer_settings() -> dict:

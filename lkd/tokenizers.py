@@ -130,3 +130,19 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, folder: str | Pa
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(folder))
     return tokenizer
+
+
+def byte_tokenizer_fast():
+    """lkd's byte tokenizer (:class:`lkd.hub.ByteTokenizer`: UTF-8 byte b is id b, ``<|endoftext|>`` is 256) as a
+    Hugging Face ``PreTrainedTokenizerFast``, so an exported byte-level student runs in ``transformers``: a
+    byte-level BPE with the 256 byte tokens in byte order and no merges (every byte its own token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    char_of = {b: ch for ch, b in _byte_decoder().items()}  # byte -> GPT-2 printable character
+    vocab = {char_of[b]: b for b in range(256)} | {"<|endoftext|>": 256}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    bpe.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token=None)

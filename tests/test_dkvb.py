@@ -265,3 +265,31 @@ def test_callback_errors_name_the_problem(tmp_path, data):
     trainer = tiny_trainer(tmp_path, max_steps=1, callbacks=[EMAKeyUpdate(module_attr="student")])
     with pytest.raises(ValueError, match=r"module_attr='student' is not a DiscreteKeyValueBottleneck in ClassifierModule; DKVBs there: \['model'\]"):
         trainer.fit(make_module(), datamodule=data)
+
+
+def test_fast_lookup_picks_the_same_keys_and_gives_the_same_logits_as_the_quantiser():
+    from einops import rearrange
+
+    from lkd.models.dkvb import nearest_keys
+
+    torch.manual_seed(0)
+    m = DiscreteKeyValueBottleneck(in_features=784, num_codebooks=16, num_keys=128, key_dim=8, decoder="concat")
+    m.train()(torch.rand(512, 784))  # EMA: trained keys, not the initial ones
+    before = m.keys.clone()
+    m.train()(torch.rand(64, 784))
+    assert not torch.equal(before, m.keys) and not m.uses_fast_lookup  # training still runs the library's EMA
+    m.eval()
+    assert m.uses_fast_lookup
+    x = torch.rand(3000, 784)
+    q = m.project(x)
+    with torch.no_grad():
+        _, library, _ = m.vq(rearrange(q, "b c d -> b (c d)"))
+        fast = nearest_keys(q, m.keys.float(), max_elements=5000)  # several chunks
+        assert torch.equal(fast, library)
+        out = m.forward_with_codes(x)
+        assert torch.equal(out.indices, library)
+        selected = m.values[torch.arange(16)[None], library]
+        torch.testing.assert_close(out.logits, m.head(rearrange(selected, "b c v -> b (c v)")), rtol=0, atol=0)
+    m.train()
+    m.freeze_keys()
+    assert m.uses_fast_lookup  # frozen keys, no dead-code re-draw: the fast path in training too

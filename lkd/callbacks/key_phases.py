@@ -175,7 +175,7 @@ class EMAKeyUpdate(Callback):
         if self.init_data == "all_train_images" and self.phase == "init":
             self.init_on_all_train_images(trainer, pl_module)
         self._apply_phase(self._dkvb)  # again after a restore: the freeze flag is not in the checkpoint
-        self._hook = self._dkvb.vq.register_forward_hook(self._count_codes)
+        self._hook = self._dkvb.codes.register_forward_hook(self._count_codes)  # both lookups (library EMA, fast)
         self._last_logged = trainer.global_step
 
     def fit_encoder_if_needed(self, trainer: pl.Trainer) -> None:
@@ -214,8 +214,8 @@ class EMAKeyUpdate(Callback):
         rank_zero_info(f"DKVB keys initialised on {len(images)} unlabelled training images ({max(self.init_epochs, 1)} passes)")
 
     def _count_codes(self, module, args, output) -> None:
-        if module.training:
-            counts = code_counts(output[1], self._dkvb.num_keys)  # output: (quantized, indices (B, C), loss)
+        if self._dkvb.training:
+            counts = code_counts(output, self._dkvb.num_keys)  # output: the indices (B, C)
             self._counts = counts if self._counts is None else self._counts + counts
 
     @override

@@ -74,6 +74,31 @@ class DKVBOutput:
         return code_usage(self.indices, self.num_keys)
 
 
+def nearest_keys(queries: Tensor, keys: Tensor, *, max_elements: int = 1 << 24) -> Tensor:
+    """The nearest key of every codebook for every query, all codebooks in one batched matrix product.
+
+    Args:
+        queries: (B, C, Dk); keys: (C, K, Dk).
+    Returns:
+        (B, C) int64: argmin_k ‖q_bc − k_ck‖² = argmin_k (‖k_ck‖² − 2 q_bc·k_ck) (‖q‖² is the same for every k), from
+        one ``baddbmm`` with the keys' cached squared norms. The batch is cut into chunks of at most
+        ``max_elements`` distances (B_chunk · C · K) to bound memory. ``VectorQuantize``'s Euclidean codebook
+        ranks the same distances (it adds ‖q‖², clamps and takes the square root, which keeps the order), so the
+        same keys win up to float rounding of exact near-ties (tested equal on trained keys).
+    """
+    k2 = rearrange((keys * keys).sum(-1), "c k -> c 1 k")  # (C, 1, K)
+    keys_t = rearrange(keys, "c k d -> c d k")
+    step = max(1, max_elements // max(1, keys.shape[0] * keys.shape[1]))
+    if torch.compiler.is_exporting():  # one symbolic batch for ONNX / torch.export: no Python loop over it
+        step = None
+    out = []
+    for start in (range(0, queries.shape[0], step) if step else [0]):
+        q = rearrange(queries[start:start + step] if step else queries, "b c d -> c b d")
+        dist = torch.baddbmm(k2, q, keys_t, alpha=-2)  # (C, b, K): ‖k‖² − 2 q·k
+        out.append(rearrange(dist.argmin(-1), "c b -> b c"))
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
 class DiscreteKeyValueBottleneck(nn.Module):
     """[frozen encoder] -> flatten -> fixed random projection -> per-codebook nearest key -> values -> decoder.
 
@@ -185,6 +210,7 @@ class DiscreteKeyValueBottleneck(nn.Module):
         self.sync_codebook = sync_codebook
         self.vq = VectorQuantize(**self._vq_kwargs, sync_codebook=bool(sync_codebook))
 
+        self.codes = nn.Identity()  # sees the (B, C) key indices of every forward, either lookup: a place for hooks
         init = torch.zeros if decoder == "mean" else torch.randn
         self.values = nn.Parameter(init(num_codebooks, num_keys, value_dim))  # (C, K, V)
         self.head = nn.Linear(num_codebooks * value_dim, num_classes) if decoder == "concat" else None
@@ -263,12 +289,21 @@ class DiscreteKeyValueBottleneck(nn.Module):
                 x = x @ self.projection.float()  # (B, C·Dk)
         return rearrange(x, "b (c d) -> b c d", c=self.num_codebooks)
 
+    @property
+    def uses_fast_lookup(self) -> bool:
+        """Whether :meth:`forward` looks the keys up with :func:`nearest_keys` (eval mode, or frozen keys that
+        no dead-code re-draw can change) instead of the library's quantiser (which updates the EMA)."""
+        return not self.training or (self.keys_frozen and self.vq._codebook.threshold_ema_dead_code == 0)
+
     def forward_with_codes(self, x: Tensor) -> DKVBOutput:
         """Logits and the keys behind them. In train mode (and unless frozen) this updates the keys' EMA."""
         keys_in = self.project(x)  # (B, C, Dk)
         with torch.no_grad(), torch.autocast(keys_in.device.type, enabled=False):
-            _, indices, _ = self.vq(rearrange(keys_in, "b c d -> b (c d)"))  # (B, C), or (B,) if C = 1
-        indices = rearrange(indices, "b ... -> b (...)")  # (B, C)
+            if self.uses_fast_lookup:
+                indices = nearest_keys(keys_in, self.keys.float())  # (B, C), the same keys as the quantiser picks
+            else:
+                _, indices, _ = self.vq(rearrange(keys_in, "b c d -> b (c d)"))  # (B, C), or (B,) if C = 1
+        indices = self.codes(rearrange(indices, "b ... -> b (...)"))  # (B, C)
         codebook = torch.arange(self.num_codebooks, device=indices.device)
         selected = self.values[rearrange(codebook, "c -> 1 c"), indices]  # (B, C, V)
         if self.decoder == "mean":

@@ -1,0 +1,150 @@
+"""Exported students (issue 17): Hugging Face folders that transformers loads, lkd folders that load_student
+builds back, ONNX run in onnxruntime, int8, the model card, and the errors of `lkd export`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lkd.cli import LKDCLI
+from lkd.export import ExportError, export_student, load_student
+from lkd.modules import LMDistillModule
+from lkd.teacher import Teacher
+from tests.conftest import CONFIGS
+from tests.lm_fixtures import VOCAB, _one_torch_thread, tiny_student, tiny_teacher  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def lm_export(tmp_path_factory):
+    torch.manual_seed(0)
+    module = LMDistillModule(tiny_student(), Teacher(tiny_teacher()), tokenizer="bytes", loss_weights={"kl": 1.0})
+    folder = tmp_path_factory.mktemp("export") / "lm"
+    return module, export_student(module, folder, formats="all", quantize="int8", card={"teacher": "tiny MoE"})
+
+
+def test_lm_student_folder_loads_in_transformers_with_equal_logits_and_generates(lm_export):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    module, result = lm_export
+    folder = result.folder
+    assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                                                   "model.onnx", "model.int8.onnx", "README.md"}
+    assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))  # no pickles
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, module.student(input_ids=ids).logits, rtol=0, atol=1e-5)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    assert tok("café 🙂")["input_ids"] == list("café 🙂".encode())  # the byte tokenizer, as an HF tokenizer
+    out = pipeline("text-generation", model=str(folder), device="cpu")("The cat", max_new_tokens=5, do_sample=False)
+    assert out[0]["generated_text"].startswith("The cat") and len(out[0]["generated_text"].encode()) == len("The cat") + 5
+
+
+def test_lm_onnx_and_int8_run_in_onnxruntime_with_dynamic_shapes(lm_export):
+    import onnxruntime as ort
+
+    module, result = lm_export
+    assert result.max_abs_diff["onnx"] < 1e-4
+    ids = torch.randint(0, VOCAB, (3, 21))  # another batch and length than the export's example
+    with torch.no_grad():
+        ref = module.student(input_ids=ids).logits.numpy()
+    for name, tol in (("model.onnx", 1e-4), ("model.int8.onnx", 0.5)):
+        session = ort.InferenceSession(str(result.folder / name), providers=["CPUExecutionProvider"])
+        out = session.run(None, {"input_ids": ids.numpy()})[0]
+        assert out.shape == ref.shape and abs(out - ref).max() < tol, name
+    assert 0 < result.max_abs_diff["onnx_int8"] < 0.5  # quantized: close, not equal
+    card = (result.folder / "README.md").read_text()
+    assert "LlamaForCausalLM" in card and "tiny MoE" in card and "model.int8.onnx" in card and "from_pretrained" in card
+
+
+def test_export_refuses_and_writes_nothing(tmp_path, lm_export):
+    module, _ = lm_export
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match=r"taken exists and is not empty; nothing was written\. HINT: pass --overwrite"):
+        export_student(module, folder)
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+    with pytest.raises(ExportError, match=r"--quantize int8 quantizes the ONNX file, but --format hf writes none"):
+        export_student(module, tmp_path / "new", formats="hf", quantize="int8")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.fixture(scope="module")
+def mnist_teacher_run(tmp_path_factory, tiny_mnist):
+    """A real `lkd fit` of configs/mnist/teacher.yaml on the tiny data: (its checkpoint, the data overrides)."""
+    import os
+
+    from tests.conftest import mnist_tiny_args
+
+    folder = tmp_path_factory.mktemp("mnist_run")
+    data = mnist_tiny_args(tiny_mnist)
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        cli = LKDCLI(args=["fit", "-c", str(CONFIGS / "mnist" / "teacher.yaml"), *data, "--trainer.max_epochs=1",
+                           "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0"])
+    finally:
+        os.chdir(cwd)
+    latest = next(cb for cb in cli.trainer.checkpoint_callbacks if cb.filename == "latest")
+    return folder / latest.best_model_path, data, cli.model
+
+
+def test_lkd_export_of_an_mnist_checkpoint_round_trips_in_lkd_and_onnxruntime(tmp_path, mnist_teacher_run):
+    import onnxruntime as ort
+
+    ckpt, data, _ = mnist_teacher_run
+    to = tmp_path / "mnist"
+    LKDCLI(args=["export", "-c", str(CONFIGS / "mnist" / "teacher.yaml"), *data, f"--ckpt_path={ckpt}", f"--to={to}",
+                 "--format=all", "--quantize=int8"])
+    spec = json.loads((to / "lkd_student.json").read_text())
+    assert spec["class_path"] == "lkd.models.ConvNet" and spec["init_args"]["num_classes"] == 10
+    student = load_student(to)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in student.state_dict().items():  # the checkpoint's weights, not the config's fresh ones
+        torch.testing.assert_close(value, state[f"model.{key}"], rtol=0, atol=0, msg=key)
+    images = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        ref = student(images).numpy()
+    for name, tol in (("model.onnx", 1e-4), ("model.int8.onnx", 0.5)):
+        out = ort.InferenceSession(str(to / name), providers=["CPUExecutionProvider"]).run(None, {"x": images.numpy()})[0]
+        assert abs(out - ref).max() < tol, name
+    card = (to / "README.md").read_text()
+    assert "trains one model without a teacher" in card and "## Metrics of this checkpoint" in card and "test/acc" in card
+    assert f"--ckpt_path {ckpt}" in card and "lkd.load_student" in card
+
+
+def test_lkd_export_refuses_a_checkpoint_of_another_architecture(tmp_path, mnist_teacher_run):
+    ckpt, data, _ = mnist_teacher_run
+    with pytest.raises(ExportError, match=r"does not fit this config's model: missing .*HINT: export with the config the checkpoint"):
+        LKDCLI(args=["export", "-c", str(CONFIGS / "mnist" / "teacher_mlp.yaml"), *data, f"--ckpt_path={ckpt}",
+                     f"--to={tmp_path / 'x'}", "--test=false"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_dkvb_student_round_trips_through_safetensors_and_onnx(tmp_path):
+    """The DKVB's eval path (one batched nearest-key search) exports to ONNX; its keys and values come back."""
+    import onnxruntime as ort
+    from torch import nn
+
+    from lkd.models import DiscreteKeyValueBottleneck
+
+    init = {"in_features": 784, "num_codebooks": 4, "num_keys": 16, "key_dim": 4, "num_classes": 10}
+    holder = nn.Module()
+    holder.student = DiscreteKeyValueBottleneck(**init)
+    holder.student.train()(torch.rand(64, 784))  # EMA updates: keys that differ from a fresh build
+    with torch.no_grad():
+        holder.student.values.normal_()
+    result = export_student(holder, tmp_path / "dkvb", formats="onnx",
+                            spec={"class_path": "lkd.models.DiscreteKeyValueBottleneck", "init_args": init})
+    loaded = load_student(result.folder)
+    x = torch.rand(7, 784)
+    holder.student.eval()
+    with torch.no_grad():
+        ref = holder.student(x)
+        torch.testing.assert_close(loaded(x), ref, rtol=0, atol=0)
+    out = ort.InferenceSession(str(result.folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    assert abs(out - ref.numpy()).max() < 1e-5
