@@ -275,7 +275,12 @@ class LKDCLI(LightningCLI):
                 "commands": [f"lkd fit {' '.join('--config ' + c for c in configs)}",
                              f"lkd export {' '.join('--config ' + c for c in configs)} --ckpt_path {ckpt_path} --to {to} --format {format}"
                              + (f" --quantize {quantize}" if quantize else "")]}
-        result = export_student(self.model, to, formats=format, quantize=quantize, overwrite=overwrite, spec=spec, card=card)
+        try:
+            label_names = getattr(self.datamodule, "label_names", None)
+        except Exception:  # noqa: BLE001 - data not read (--test false): the card and folder use LABEL_i
+            label_names = None
+        result = export_student(self.model, to, formats=format, quantize=quantize, overwrite=overwrite, spec=spec, card=card,
+                                label_names=label_names)
         rank_zero_info(f"exported the {role} ({kind}) to {result.folder}: " + ", ".join(p.name for p in result.files.values()))
         return result
 

@@ -10,7 +10,10 @@ What a folder holds, by student:
   ``config.json``, ``generation_config.json``) and its tokenizer, so ``AutoModelForCausalLM.from_pretrained(DIR)``
   and ``pipeline("text-generation", model=DIR)`` load it offline. lkd's byte tokenizer is written as an
   equivalent byte-level ``tokenizer.json`` (:func:`lkd.tokenizers.byte_tokenizer_fast`).
-* **every other student** (the MNIST MLP / ConvNet / DKVB students, the GLUE ``TransformerClassifier``):
+* **text classifiers** without a DKVB on a BERT-like encoder (the GLUE students): an
+  ``AutoModelForSequenceClassification`` folder with ``id2label`` / ``label2id`` (or the regression head), weight
+  for weight (:func:`hf_sequence_classifier`), so ``pipeline("text-classification", model=DIR)`` runs it.
+* **every other student** (the MNIST MLP / ConvNet / DKVB students, text classifiers with a DKVB):
   ``model.safetensors`` and ``lkd_student.json`` (its ``class_path`` and ``init_args``), which
   :func:`load_student` builds back without the Lightning checkpoint and without pickles.
 * ``model.onnx`` (``--format onnx``; dynamic batch and sequence axes, torch's dynamo exporter) and
@@ -108,6 +111,46 @@ def save_causal_lm(model: nn.Module, tokenizer, folder: Path) -> dict[str, Path]
     return {"weights": folder / "model.safetensors", "config": folder / "config.json", "tokenizer": folder / "tokenizer.json"}
 
 
+def hf_sequence_classifier(network: nn.Module, label_names: list[str] | None = None):
+    """A :class:`lkd.models.TransformerClassifier` without a DKVB as the equivalent transformers
+    ``AutoModelForSequenceClassification``, or None when its encoder has no such head to map onto.
+
+    lkd's head is BERT's: ``classifier(dropout(tanh(pre_classifier(h_CLS))))`` is the pooler (dense + tanh) then
+    dropout then ``classifier``, so a BERT-like encoder maps weight for weight; ``num_classes = 1`` is the
+    regression head (``problem_type="regression"``)."""
+    from transformers import AutoModelForSequenceClassification
+
+    if getattr(network, "dkvb", None) is not None or not hasattr(network, "pre_classifier"):
+        return None
+    config = network.config.__class__.from_dict(network.config.to_dict())
+    n = int(network.num_classes)
+    names = label_names if label_names and len(label_names) == n else [f"LABEL_{i}" for i in range(n)]
+    config.num_labels = n
+    config.id2label, config.label2id = dict(enumerate(names)), {name: i for i, name in enumerate(names)}
+    config.problem_type = "regression" if n == 1 else "single_label_classification"
+    try:
+        hf = AutoModelForSequenceClassification.from_config(config)
+    except ValueError:
+        return None
+    pooler = getattr(hf.base_model, "pooler", None)
+    if pooler is None or not hasattr(pooler, "dense") or not hasattr(hf, "classifier"):
+        return None
+    missing, unexpected = hf.base_model.load_state_dict(network.encoder.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("pooler.") for k in missing):
+        return None
+    pooler.dense.load_state_dict(network.pre_classifier.state_dict())
+    hf.classifier.load_state_dict(network.classifier.state_dict())
+    return hf.eval()
+
+
+def save_sequence_classifier(hf, tokenizer_name: str, folder: Path) -> dict[str, Path]:
+    from lkd.hub import load_tokenizer
+
+    hf.save_pretrained(str(folder), safe_serialization=True)
+    load_tokenizer(tokenizer_name).save_pretrained(str(folder))
+    return {"weights": folder / "model.safetensors", "config": folder / "config.json", "tokenizer": folder / "tokenizer.json"}
+
+
 def save_lkd_student(network: nn.Module, spec: dict, folder: Path) -> dict[str, Path]:
     """``model.safetensors`` + ``lkd_student.json`` (``{"class_path", "init_args"}``)."""
     from safetensors.torch import save_file
@@ -192,6 +235,9 @@ def example_inputs(network: nn.Module, kind: str, example: dict[str, torch.Tenso
         return example
     if kind == "causal_lm":
         return {"input_ids": torch.randint(0, int(network.config.vocab_size), (2, 16))}
+    if hasattr(network, "encoder_name"):  # a text classifier
+        ids = torch.randint(0, int(network.config.vocab_size), (2, 16))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if hasattr(network, "in_features"):
         return {"x": torch.rand(2, int(network.in_features))}
     if hasattr(network, "image_size"):
@@ -239,7 +285,7 @@ def quantize_int8(fp32: Path, int8: Path) -> None:
 # ---- the whole export ------------------------------------------------------------------------------------
 def export_student(module: nn.Module, to: str | Path, *, formats: Format = "hf", quantize: Literal["int8"] | None = None,
                    overwrite: bool = False, spec: dict | None = None, tokenizer=None, example: dict | None = None,
-                   card: dict | None = None) -> ExportResult:
+                   card: dict | None = None, label_names: list[str] | None = None) -> ExportResult:
     """Export ``module``'s student into the folder ``to`` (see the module docstring).
 
     Args:
@@ -249,6 +295,7 @@ def export_student(module: nn.Module, to: str | Path, *, formats: Format = "hf",
         tokenizer: the LM student's tokenizer (a name or object; default the module's ``tokenizer``).
         example: named example inputs for ONNX (default: made from the network's sizes).
         card: what :func:`model_card` writes (source, data, method, metrics, commands).
+        label_names: class names of a text classifier (its ``id2label``; default ``LABEL_i``).
     """
     if formats not in ("hf", "onnx", "all"):
         raise ExportError(f"--format must be hf, onnx or all, got {formats!r}")
@@ -263,6 +310,9 @@ def export_student(module: nn.Module, to: str | Path, *, formats: Format = "hf",
     result = ExportResult(folder, kind)
     if kind == "causal_lm":
         result.files |= save_causal_lm(network, tokenizer if tokenizer is not None else getattr(module, "tokenizer", "bytes"), folder)
+    elif (hf := hf_sequence_classifier(network, label_names)) is not None:
+        result.kind = kind = "sequence_classifier"
+        result.files |= save_sequence_classifier(hf, network.encoder_name, folder)
     else:
         result.files |= save_lkd_student(network, spec or {}, folder)
     if formats in ("onnx", "all"):
@@ -305,7 +355,11 @@ def model_card(network: nn.Module, kind: str, role: str, result: ExportResult, i
             lines.append(f"| {path.name} | {path.stat().st_size:,} | "
                          f"{'' if check is None else f'max abs logit difference to torch {check:.2e}'} |")
     lines += ["", "## Loading", ""]
-    if kind == "causal_lm":
+    if kind == "sequence_classifier":
+        lines += ["```python", "from transformers import AutoModelForSequenceClassification, pipeline",
+                  f'model = AutoModelForSequenceClassification.from_pretrained("{result.folder.name}")',
+                  f'classify = pipeline("text-classification", model="{result.folder.name}")', "```"]
+    elif kind == "causal_lm":
         lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
                   f'model = AutoModelForCausalLM.from_pretrained("{result.folder.name}")',
                   f'generate = pipeline("text-generation", model="{result.folder.name}")', "```"]

@@ -148,3 +148,32 @@ def test_dkvb_student_round_trips_through_safetensors_and_onnx(tmp_path):
         torch.testing.assert_close(loaded(x), ref, rtol=0, atol=0)
     out = ort.InferenceSession(str(result.folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     assert abs(out - ref.numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("num_classes", [2, 1])
+def test_glue_student_becomes_a_sequence_classification_folder_that_pipeline_runs(tmp_path, num_classes):
+    from torch import nn
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from lkd.models import TransformerClassifier
+    from tests.glue_fixtures import MINILM, TINY_BERT
+
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.student = TransformerClassifier(num_classes, MINILM, pretrained=False, config_overrides=TINY_BERT).eval()
+    names = ["negative", "positive"] if num_classes == 2 else None
+    result = export_student(holder, tmp_path / "glue", formats="onnx", label_names=names)
+    assert result.kind == "sequence_classifier" and not (result.folder / "lkd_student.json").exists()
+    hf = AutoModelForSequenceClassification.from_pretrained(str(result.folder)).eval()
+    tok = AutoTokenizer.from_pretrained(str(result.folder))
+    batch = tok(["a fine film", "dull and far too long"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = holder.student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
+        torch.testing.assert_close(hf(**batch).logits, ours, rtol=0, atol=1e-5)
+    assert result.max_abs_diff["onnx"] < 1e-4
+    if num_classes == 2:
+        assert hf.config.id2label == {0: "negative", 1: "positive"}
+        out = pipeline("text-classification", model=str(result.folder), device="cpu")("a fine film")
+        assert out[0]["label"] == names[int(ours[0].argmax())]
+    else:
+        assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
