@@ -144,3 +144,47 @@ def expert_specialisation(teacher: nn.Module, batches) -> dict[str, float]:
     result = {f"nll_{name}": value / n_batches for name, value in sums.items()}
     return result | {"usage_entropy": float(-(share * share.clamp_min(1e-12).log()).sum()) / math.log(E),
                      "gate_entropy": gate_entropy / n_batches, "num_experts": E, "top_k": k}
+
+
+def lm_eval_perplexity(folder, texts, *, max_length: int | None = None, batch_size: int = 8, limit: int | None = None,
+                       workdir=None) -> dict[str, float]:
+    """An exported causal-LM folder evaluated by lm-evaluation-harness (``lm_eval``, model type ``hf``) on a local
+    task over ``texts`` (one document each; empty ones dropped), as its ``wikitext`` task counts:
+    ``loglikelihood_rolling`` over each document (disjoint windows of ``max_length`` tokens, the first predicted
+    after the tokenizer's prefix token), ``bits_per_byte`` = Σ NLL / (ln 2 · Σ UTF-8 bytes), ``byte_perplexity``,
+    ``word_perplexity``.
+
+    How it differs from lkd's ``test/bpb`` over :class:`lkd.data.text.TextDataModule` blocks: lkd concatenates the
+    rows (an end-of-text token after each, whose NLL counts and whose bytes are 0), cuts fixed blocks and does not
+    predict a block's first token; lm-eval scores each row on its own, every token, from the row's start.
+
+    Returns ``{"bits_per_byte", "byte_perplexity", "word_perplexity", "documents"}``.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    docs = [t for t in texts if t and t.strip()]
+    if limit is not None:
+        docs = docs[:limit]
+    if not docs:
+        raise ValueError("lm_eval_perplexity: no non-empty documents to evaluate")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        (tmp / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        (tmp / "lkd_local_text.yaml").write_text("\n".join([
+            "task: lkd_local_text", "dataset_path: json", "dataset_kwargs:", "  data_files:", f"    test: {tmp / 'docs.jsonl'}",
+            "test_split: test", "output_type: loglikelihood_rolling", 'doc_to_text: ""', 'doc_to_target: "{{text}}"',
+            "metric_list:", "  - metric: word_perplexity", "  - metric: byte_perplexity", "  - metric: bits_per_byte",
+            "metadata:", "  version: 1.0", ""]))
+        model_args = f"pretrained={folder},dtype=float32" + (f",max_length={max_length}" if max_length else "")
+        results = simple_evaluate(model="hf", model_args=model_args, tasks=["lkd_local_text"], batch_size=batch_size,
+                                  device="cpu", task_manager=TaskManager(include_path=str(tmp), include_defaults=False),
+                                  bootstrap_iters=0, verbosity="ERROR")
+    metrics = results["results"]["lkd_local_text"]
+    pick = lambda name: float(next(v for k, v in metrics.items() if k.split(",")[0] == name))  # noqa: E731 - "name,none"
+    return {"bits_per_byte": pick("bits_per_byte"), "byte_perplexity": pick("byte_perplexity"),
+            "word_perplexity": pick("word_perplexity"), "documents": len(docs)}

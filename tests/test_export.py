@@ -177,3 +177,24 @@ def test_glue_student_becomes_a_sequence_classification_folder_that_pipeline_run
         assert out[0]["label"] == names[int(ours[0].argmax())]
     else:
         assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
+
+
+def test_lm_evaluation_harness_scores_the_exported_folder_as_counted_by_hand(lm_export, tmp_path):
+    """lm-eval (model type hf) on the exported byte-level student: its bits per byte equal Σ NLL / (ln 2 · bytes)
+    computed here from the student itself, each document predicted from the tokenizer's prefix token."""
+    import math
+
+    from lkd.evaluation import lm_eval_perplexity
+
+    module, result = lm_export
+    docs = ["The cat sat on the mat.", "", "Résumé: naïve café", "A third line of text."]
+    scores = lm_eval_perplexity(result.folder, docs, batch_size=2, workdir=tmp_path)
+    nll = nbytes = 0.0
+    with torch.no_grad():
+        for doc in (d for d in docs if d):
+            ids = torch.tensor([[256, *doc.encode()]])  # prefix token (end of text), then the bytes
+            logp = module.student(input_ids=ids).logits.log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None])
+            nll, nbytes = nll - float(logp.sum()), nbytes + len(doc.encode())
+    assert scores["documents"] == 3
+    assert scores["bits_per_byte"] == pytest.approx(nll / (math.log(2) * nbytes), rel=1e-4)
+    assert scores["byte_perplexity"] == pytest.approx(math.exp(nll / nbytes), rel=1e-4)
