@@ -1,0 +1,263 @@
+"""Export benchmark: each track's student trained briefly by its config, exported by ``lkd export`` (HF /
+safetensors folder, ONNX, int8), then sizes, CPU latency at batch 1, throughput at a larger batch and the
+task metric for torch eager fp32, onnxruntime fp32 and onnxruntime int8 (ratios to torch eager in the same run).
+
+    OMP_NUM_THREADS=2 python benchmarks/export.py            # benchmarks/results/export.json, BENCHMARKS.md "Export"
+    OMP_NUM_THREADS=2 python benchmarks/export.py --tracks mnist --no-write
+
+Students: MNIST ``configs/mnist/student_scratch.yaml`` (a ConvNet, 1 epoch), GLUE ``configs/glue/student_alone.yaml``
+(MiniLM-L6's layers 0, 2, 5 on SST-2, a seeded subset, 1 epoch), LM ``configs/lm/student_scratch.yaml`` with lkd's byte
+tokenizer (vocab 257) for a few hundred steps. Timing: the three runtimes take turns (one warm-up each, then the
+median of ``--repeats`` rounds), one process, the threads of ``OMP_NUM_THREADS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+
+common.offline_hub()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.report import RATIO, column, table  # noqa: E402
+from lkd.cli import LKDCLI  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACKS = ("mnist", "glue", "lm")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tracks", nargs="+", default=list(TRACKS), choices=TRACKS)
+    p.add_argument("--out", type=Path, default=Path("runs/export_benchmark"))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--glue-train-size", type=int, default=2000)
+    p.add_argument("--lm-steps", type=int, default=300)
+    p.add_argument("--lm-test-blocks", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    common.add_output_options(p)
+    return p.parse_args(argv)
+
+
+def fit(config: str, workdir: Path, extra: list[str]) -> LKDCLI:
+    ckpt = workdir / "student.ckpt"
+    args = ["fit", "-c", str(ROOT / "configs" / config), f"--trainer.default_root_dir={workdir}",
+            f"--trainer.logger.init_args.save_dir={workdir}", "--trainer.enable_progress_bar=false", f"--best_checkpoint.path={ckpt}", *extra]
+    return LKDCLI(args=args)
+
+
+def export(config: str, ckpt: Path, to: Path, extra: list[str]) -> None:
+    LKDCLI(args=["export", "-c", str(ROOT / "configs" / config), f"--ckpt_path={ckpt}", f"--to={to}", "--format=all",
+                 "--quantize=int8", "--overwrite=true", "--test=false", *extra])
+
+
+def sessions(folder: Path) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    return {name: ort.InferenceSession(str(folder / f), opts, providers=["CPUExecutionProvider"])
+            for name, f in (("onnxruntime fp32", "model.onnx"), ("onnxruntime int8", "model.int8.onnx"))}
+
+
+def runners(network, folder: Path, input_names: list[str]) -> dict:
+    """name -> f(list of numpy inputs) -> numpy logits."""
+    def torch_run(arrays):
+        with torch.inference_mode():
+            out = network(*[torch.from_numpy(a) for a in arrays])
+        return getattr(out, "logits", out).float().numpy()
+
+    runs = {"torch eager fp32": torch_run}
+    for name, s in sessions(folder).items():
+        runs[name] = (lambda s: lambda arrays: s.run(None, dict(zip(input_names, arrays)))[0])(s)
+    return runs
+
+
+def timing(runs: dict, single: list, batch: list, repeats: int) -> dict:
+    """Median seconds per call at batch 1 (``single``) and per batch (``batch``), runtimes interleaved."""
+    out = {name: {"b1": [], "bn": []} for name in runs}
+    for run in runs.values():
+        run(single), run(batch)
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            for _ in range(20):
+                run(single)
+            out[name]["b1"].append((time.perf_counter() - t) / 20)
+            t = time.perf_counter()
+            run(batch)
+            out[name]["bn"].append(time.perf_counter() - t)
+    return {name: {"latency_ms": 1000 * statistics.median(v["b1"]), "batch_s": statistics.median(v["bn"])} for name, v in out.items()}
+
+
+def sizes(folder: Path) -> dict:
+    weights = folder / "model.safetensors"
+    return {"torch eager fp32": weights.stat().st_size, "onnxruntime fp32": (folder / "model.onnx").stat().st_size
+            + sum(p.stat().st_size for p in folder.glob("model.onnx.data")), "onnxruntime int8": (folder / "model.int8.onnx").stat().st_size}
+
+
+# ---- tracks ----------------------------------------------------------------------------------------------
+def mnist(args) -> dict:
+    work = args.out / "mnist"
+    cli = fit("mnist/student_scratch.yaml", work, [f"--seed_everything={args.seed}", "--trainer.max_epochs=1"])
+    export("mnist/student_scratch.yaml", work / "student.ckpt", work / "exported", [])
+    from lkd import load_student
+
+    network = load_student(work / "exported")
+    dm = cli.datamodule
+    dm.setup("test")
+    images, labels = map(torch.cat, zip(*[(b[0], b[1]) for b in dm.test_dataloader()]))
+    runs = runners(network, work / "exported", ["x"])
+    metric = {name: 100 * float((np.argmax(run([images.numpy()]), -1) == labels.numpy()).mean()) for name, run in runs.items()}
+    t = timing(runs, [images[:1].numpy()], [images[:256].numpy()], args.repeats)
+    return {"student": f"ConvNet ({sum(p.numel() for p in network.parameters()):,} params)", "metric": "test accuracy %",
+            "batch": 256, "unit": "images", "scores": metric, "timing": t, "bytes": sizes(work / "exported")}
+
+
+def glue(args) -> dict:
+    work = args.out / "glue"
+    cli = fit("glue/student_alone.yaml", work, [f"--seed_everything={args.seed}", "--trainer.max_epochs=1", "--data.init_args.task=sst2",
+                                               f"--data.init_args.train_size={args.glue_train_size}", "--trainer.val_check_interval=1.0"])
+    export("glue/student_alone.yaml", work / "student.ckpt", work / "exported", ["--data.init_args.task=sst2"])
+    network = cli.model.network.eval()
+    dm = cli.datamodule
+    batches = list(dm.val_dataloader())
+    runs = runners(_IdsMask(network), work / "exported", ["input_ids", "attention_mask"])
+    metric = {}
+    for name, run in runs.items():
+        correct = total = 0
+        for b in batches:
+            logits = run([b["input_ids"].numpy(), b["attention_mask"].numpy()])
+            correct += int((np.argmax(logits, -1) == b["labels"].numpy()).sum())
+            total += len(logits)
+        metric[name] = 100 * correct / total
+    ids = torch.cat([b["input_ids"][:, :64] for b in batches])[:32]
+    ids = torch.nn.functional.pad(ids, (0, 64 - ids.shape[1])) if ids.shape[1] < 64 else ids
+    mask = (ids != 0).long()
+    t = timing(runs, [ids[:1].numpy(), mask[:1].numpy()], [ids.numpy(), mask.numpy()], args.repeats)
+    return {"student": f"MiniLM-L6 layers 0, 2, 5 ({sum(p.numel() for p in network.parameters()):,} params)",
+            "metric": "SST-2 dev accuracy %", "batch": 32, "unit": "sentences (64 tokens)", "scores": metric, "timing": t,
+            "bytes": sizes(work / "exported")}
+
+
+class _IdsMask(torch.nn.Module):
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, input_ids, attention_mask):
+        return self.network(input_ids, attention_mask).logits
+
+
+class _Ids(torch.nn.Module):
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, input_ids):
+        return self.network(input_ids=input_ids, use_cache=False).logits
+
+
+def lm(args) -> dict:
+    work = args.out / "lm"
+    byte = ["--model.init_args.tokenizer=bytes", "--model.init_args.model.init_args.vocab_size=257"]
+    cli = fit("lm/student_scratch.yaml", work, [f"--seed_everything={args.seed}", *byte, f"--trainer.max_steps={args.lm_steps}",
+                                               "--trainer.limit_val_batches=20", "--trainer.val_check_interval=1.0"])
+    export("lm/student_scratch.yaml", work / "student.ckpt", work / "exported", byte)
+    from transformers import AutoModelForCausalLM
+
+    network = AutoModelForCausalLM.from_pretrained(str(work / "exported")).eval()
+    dm = cli.datamodule
+    dm.max_blocks = args.lm_test_blocks
+    dm.setup("test")
+    blocks = torch.cat([b["input_ids"] for b in dm.test_dataloader()])[: args.lm_test_blocks]
+    runs = runners(_Ids(network), work / "exported", ["input_ids"])
+    metric = {}
+    for name, run in runs.items():
+        nll = 0.0
+        for chunk in blocks.split(16):
+            logp = torch.from_numpy(run([chunk.numpy()])).log_softmax(-1)[:, :-1]
+            nll += float(-logp.gather(-1, chunk[:, 1:, None]).sum())
+        metric[name] = math.exp(nll / (blocks.shape[0] * (blocks.shape[1] - 1)))
+    t = timing(runs, [blocks[:1].numpy()], [blocks[:16].numpy()], args.repeats)
+    return {"student": f"Llama (byte-level, {sum(p.numel() for p in network.parameters()):,} params)",
+            "metric": "test perplexity per byte", "batch": 16, "unit": f"blocks of {blocks.shape[1]} tokens", "scores": metric,
+            "timing": t, "bytes": sizes(work / "exported")}
+
+
+COLUMNS = [column("student", "student"), column("runtime", "runtime"), column("size on disk (MB)", "mb", format="{:.2f}"),
+           column("latency, batch 1 (ms)", "latency", format="{:.2f}"), column("vs torch", "lat_ratio", format=RATIO),
+           column("throughput (per s)", "throughput", format="{:.0f}"), column("vs torch", "thr_ratio", format=RATIO),
+           column("task metric", "score", format="{:.3f}"), column("change vs fp32", "delta")]
+
+
+def section(results: dict, args) -> dict:
+    result = common.new_result("Export", args, threads=True)
+    result["intro"] = [
+        "Each track's student trained briefly by its config (the metric is of these short runs, not of the benchmarks' "
+        "students), exported by `lkd export --format all --quantize int8`, then run by torch (eager, fp32, the loaded "
+        "folder), onnxruntime (the fp32 ONNX file) and onnxruntime on the int8 file (dynamic quantization of the weights). "
+        f"Latency: median over {args.repeats} rounds of 20 calls at batch 1; throughput: the larger batch named in the "
+        "row, median of the rounds; runtimes interleaved. Ratios are speed-ups over torch eager measured in the same run.",
+    ]
+    rows = []
+    for track in args.tracks:
+        r = results[track]
+        base = r["timing"]["torch eager fp32"]
+        fp32 = r["scores"]["torch eager fp32"]
+        for runtime, t in r["timing"].items():
+            score = r["scores"][runtime]
+            change = score - fp32
+            delta = "" if runtime == "torch eager fp32" else (f"{change:+.3f}" + (f" ({100 * change / fp32:+.2f} %)" if track == "lm" else " points"))
+            rows.append({"student": f"{track}: {r['student']} — {r['metric']}, batch {r['batch']} {r['unit']}", "runtime": runtime,
+                         "mb": r["bytes"][runtime] / 1e6, "latency": t["latency_ms"], "lat_ratio": base["latency_ms"] / t["latency_ms"],
+                         "throughput": r["batch"] / t["batch_s"], "thr_ratio": base["batch_s"] / t["batch_s"], "score": score, "delta": delta})
+    result["tables"] = [table(COLUMNS, rows)]
+    notes = []
+    if "glue" in results:
+        g = results["glue"]
+        thr = g["timing"]["torch eager fp32"]["batch_s"] / g["timing"]["onnxruntime int8"]["batch_s"]
+        drop = g["scores"]["torch eager fp32"] - g["scores"]["onnxruntime int8"]
+        notes.append(f"Target (GLUE int8 ≥ 2× torch fp32 throughput at ≤ 0.5 points lower dev score): {thr:.2f}×, "
+                     f"{drop:+.2f} points lower — **{'met' if thr >= 2 and drop <= 0.5 else 'not met'}**.")
+    if "mnist" in results:
+        m = results["mnist"]
+        drop = m["scores"]["torch eager fp32"] - m["scores"]["onnxruntime int8"]
+        notes.append(f"Target (MNIST int8 ≤ 0.1 points lower test accuracy): {drop:+.2f} points — **{'met' if drop <= 0.1 else 'not met'}**.")
+    if "lm" in results:
+        lm_r = results["lm"]
+        rise = 100 * (lm_r["scores"]["onnxruntime int8"] / lm_r["scores"]["torch eager fp32"] - 1)
+        notes.append(f"Target (LM int8 ≤ 3 % higher perplexity): {rise:+.2f} % — **{'met' if rise <= 3 else 'not met'}**.")
+    result["notes"] = notes
+    result["data"] = results
+    return result
+
+
+def main(argv=None) -> None:
+    import json
+    import warnings
+
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    common.threads_from_env()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for track in args.tracks:
+        results[track] = {"mnist": mnist, "glue": glue, "lm": lm}[track](args)
+        print(f"[export] {track}: {json.dumps(results[track])}", flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    common.finish(section(results, args), "export", args)
+
+
+if __name__ == "__main__":
+    main()
