@@ -45,12 +45,17 @@ def parse_args(argv=None):
     p.add_argument("--lm-steps", type=int, default=300)
     p.add_argument("--lm-test-blocks", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="a few batches per fit (checks the script, numbers meaningless)")
     common.add_output_options(p)
     return p.parse_args(argv)
 
 
+SMOKE: list[str] = []
+
+
 def fit(config: str, workdir: Path, extra: list[str]) -> LKDCLI:
     ckpt = workdir / "student.ckpt"
+    extra = [*extra, *SMOKE]
     args = ["fit", "-c", str(ROOT / "configs" / config), f"--trainer.default_root_dir={workdir}",
             f"--trainer.logger.init_args.save_dir={workdir}", "--trainer.enable_progress_bar=false", f"--best_checkpoint.path={ckpt}", *extra]
     return LKDCLI(args=args)
@@ -116,7 +121,7 @@ def mnist(args) -> dict:
     network = load_student(work / "exported")
     dm = cli.datamodule
     dm.setup("test")
-    images, labels = map(torch.cat, zip(*[(b[0], b[1]) for b in dm.test_dataloader()]))
+    images, labels = map(torch.cat, zip(*[dm.on_after_batch_transfer(b, 0)[:2] for b in dm.test_dataloader()]))  # (N, 1, 28, 28)
     runs = runners(network, work / "exported", ["x"])
     metric = {name: 100 * float((np.argmax(run([images.numpy()]), -1) == labels.numpy()).mean()) for name, run in runs.items()}
     t = timing(runs, [images[:1].numpy()], [images[:256].numpy()], args.repeats)
@@ -141,8 +146,7 @@ def glue(args) -> dict:
             correct += int((np.argmax(logits, -1) == b["labels"].numpy()).sum())
             total += len(logits)
         metric[name] = 100 * correct / total
-    ids = torch.cat([b["input_ids"][:, :64] for b in batches])[:32]
-    ids = torch.nn.functional.pad(ids, (0, 64 - ids.shape[1])) if ids.shape[1] < 64 else ids
+    ids = torch.cat([torch.nn.functional.pad(b["input_ids"][:, :64], (0, max(0, 64 - b["input_ids"].shape[1]))) for b in batches])[:32]
     mask = (ids != 0).long()
     t = timing(runs, [ids[:1].numpy(), mask[:1].numpy()], [ids.numpy(), mask.numpy()], args.repeats)
     return {"student": f"MiniLM-L6 layers 0, 2, 5 ({sum(p.numel() for p in network.parameters()):,} params)",
@@ -248,6 +252,8 @@ def main(argv=None) -> None:
     import warnings
 
     args = parse_args(argv)
+    if args.smoke:
+        SMOKE.extend(["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.max_steps=3"])
     warnings.filterwarnings("ignore")
     common.threads_from_env()
     args.out.mkdir(parents=True, exist_ok=True)

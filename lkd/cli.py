@@ -281,7 +281,7 @@ class LKDCLI(LightningCLI):
             label_names = None
         result = export_student(self.model, to, formats=format, quantize=quantize, overwrite=overwrite, spec=spec, card=card,
                                 label_names=label_names)
-        rank_zero_info(f"exported the {role} ({kind}) to {result.folder}: " + ", ".join(p.name for p in result.files.values()))
+        rank_zero_info(f"exported the {role} ({result.kind}) to {result.folder}: " + ", ".join(p.name for p in result.files.values()))
         return result
 
     def cache_teacher(self, dtype: str = "float16", overwrite: bool = False) -> None:
