@@ -14,7 +14,7 @@ from lkd.export import ExportError, export_student, load_student
 from lkd.modules import LMDistillModule
 from lkd.teacher import Teacher
 from tests.conftest import CONFIGS
-from tests.lm_fixtures import VOCAB, _one_torch_thread, tiny_student, tiny_teacher  # noqa: F401
+from tests.lm_fixtures import VOCAB, _one_torch_thread, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +198,24 @@ def test_lm_evaluation_harness_scores_the_exported_folder_as_counted_by_hand(lm_
     assert scores["documents"] == 3
     assert scores["bits_per_byte"] == pytest.approx(nll / (math.log(2) * nbytes), rel=1e-4)
     assert scores["byte_perplexity"] == pytest.approx(math.exp(nll / nbytes), rel=1e-4)
+
+
+def test_lkd_export_of_an_lm_config_writes_a_folder_transformers_loads(tmp_path, monkeypatch, tiny_wikitext):
+    from transformers import AutoModelForCausalLM
+
+    from tests.lm_fixtures import tiny_overrides
+
+    monkeypatch.chdir(tmp_path)
+    config = CONFIGS / "lm" / "student_scratch.yaml"
+    tiny = tiny_overrides(config, tiny_wikitext)
+    cli = LKDCLI(args=["fit", "-c", str(config), *tiny, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+                       "--trainer.num_sanity_val_steps=0", "--best_checkpoint.path=student.ckpt"])
+    LKDCLI(args=["export", "-c", str(config), *tiny, "--ckpt_path=student.ckpt", "--to=out"])
+    loaded = AutoModelForCausalLM.from_pretrained("out").eval()
+    ids = torch.randint(0, VOCAB, (1, 10))
+    state = torch.load("student.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    cli.model.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, cli.model.model(input_ids=ids).logits, rtol=0, atol=1e-5)
+    card = Path("out/README.md").read_text()
+    assert "test/ppl" in card and "TextDataModule" in card and "lkd export --config" in card
