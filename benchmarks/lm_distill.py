@@ -75,8 +75,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--student-lr", type=float, default=2e-3)
     p.add_argument("--router-lr", type=float, default=4e-3, help="student_aware router (2x the student's)")
     p.add_argument("--router-lm-weight", type=float, default=1.0, help="λ of the routed teacher's LM loss (student_aware)")
+    p.add_argument("--sa-top-k", type=int, nargs=2, default=[1, 4], metavar=("START", "END"),
+                   help="student_aware's top-k schedule (END bounded by the teacher's experts)")
+    p.add_argument("--sa-temperature", type=float, nargs=2, default=[2.0, 0.5], metavar=("START", "END"),
+                   help="student_aware's routing temperature schedule")
     p.add_argument("--sar-lr", type=float, default=1e-3, help="learning rate of the sar gate copy")
     p.add_argument("--sar-balance", type=float, default=0.01, help="load-balance weight of sar (the paper's 0.01)")
+    p.add_argument("--sar-lm-weight", type=float, default=0.0, help="λ of the routed teacher's LM loss for sar (the paper: 0)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--cross-vocab", type=int, default=512, help="the cross rows' student BPE vocabulary")
     p.add_argument("--cross-block-size", type=int, default=64, help="student tokens per block in the cross rows")
@@ -189,11 +194,12 @@ def make_module(variant: str, teacher, args, seed: int):
         routing = KnowledgeAugmentation(sampling_prob=0.05, repeats=2)
     elif mode == "sar":
         routing = StudentAwareGate()
-        extra = dict(router_lr=args.sar_lr, router_lm_weight=0.0, router_balance_weight=args.sar_balance)
+        extra = dict(router_lr=args.sar_lr, router_lm_weight=args.sar_lm_weight, router_balance_weight=args.sar_balance)
     elif mode == "student_aware":
         routing = StudentAwareRouter()
-        end_k = min(4, teacher_sizes(args)["num_experts"])  # bounded by the teacher's experts
-        callbacks.append(RoutingSchedule(start_top_k=1, end_top_k=end_k, start_temperature=2.0, end_temperature=0.5, mode="cosine"))
+        start_k, end_k = (min(k, teacher_sizes(args)["num_experts"]) for k in args.sa_top_k)  # bounded by the teacher's experts
+        (t0, t1) = args.sa_temperature
+        callbacks.append(RoutingSchedule(start_top_k=start_k, end_top_k=end_k, start_temperature=t0, end_temperature=t1, mode="cosine"))
         extra = dict(router_lr=args.router_lr, router_lm_weight=args.router_lm_weight)
     weights = {"alm": 1.0, "ce": 1.0} if cross else {"kl": 1.0}
     tok = dict(tokenizer=str(Path(args.out) / f"bpe{args.cross_vocab}"), teacher_tokenizer="bytes") if cross else dict(tokenizer="bytes")
@@ -235,12 +241,26 @@ def evaluate(student, teacher, args, *, cross: bool = False) -> dict:
     return report.report
 
 
+def hyperparameters(variant: str, args) -> dict:
+    """The settings a row depends on beyond the shared ones: rows with other values are kept (a search) but not
+    mixed into the table."""
+    mode = variant.removeprefix("cross_")
+    hp = {"teacher": teacher_name(args), "temperature": args.temperature, "student_lr": args.student_lr}
+    if mode == "sar":
+        hp |= {"sar_lr": args.sar_lr, "sar_balance": args.sar_balance, "sar_lm_weight": args.sar_lm_weight}
+    if mode == "student_aware":
+        hp |= {"router_lr": args.router_lr, "router_lm_weight": args.router_lm_weight}
+        if list(args.sa_top_k) != [1, 4] or list(args.sa_temperature) != [2.0, 0.5]:  # rows before these options: the defaults
+            hp |= {"top_k": list(args.sa_top_k), "router_temperature": list(args.sa_temperature)}
+    return hp
+
+
 def run_one(variant: str, seed: int, teacher, args) -> dict:
     module, seconds, last = train_student(variant, teacher, args, seed)
     student = module.model if variant == "scratch" else module.student
     rep = evaluate(student, teacher, args, cross=variant.startswith("cross_"))
     r = rep["retention"]
-    row = {"variant": variant, "seed": seed, "steps": args.student_steps, "train_s": seconds, "s_per_step": seconds / args.student_steps,
+    row = {"variant": variant, "seed": seed, "steps": args.student_steps, "hp": hyperparameters(variant, args), "train_s": seconds, "s_per_step": seconds / args.student_steps,
            "speed_ratio": rep["speed"]["speed_ratio"], "last_step": last}
     if variant.startswith("cross_"):
         row |= {"bpb": r["student_bpb"], "teacher_bpb": r["teacher_bpb"]}
@@ -249,9 +269,13 @@ def run_one(variant: str, seed: int, teacher, args) -> dict:
     return row
 
 
-def kept_runs(out: Path) -> list[dict]:
+def kept_runs(out: Path, args=None) -> list[dict]:
+    """The rows of OUT/runs.jsonl; with ``args``, those made with its steps and hyperparameters."""
     path = out / "runs.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if args is not None:
+        rows = [r for r in rows if r["steps"] == args.student_steps and r.get("hp") == hyperparameters(r["variant"], args)]
+    return rows
 
 
 # ---- timing ----------------------------------------------------------------------------------------------
@@ -302,7 +326,7 @@ COLUMNS = [column("row", "row"), column("test ppl per byte (mean ± std)", "ppl_
            column("step vs plain KD (timing pass)", "step_ratio", format=RATIO)]
 
 
-def section(runs: list[dict], teacher: dict, timing: dict | None, args) -> dict:
+def section(runs: list[dict], teacher: dict, timing: dict | None, args, search: list[dict] = ()) -> dict:
     by = {}
     for r in runs:
         if r["variant"] in args.variants and r["steps"] == args.student_steps:
@@ -361,7 +385,7 @@ def section(runs: list[dict], teacher: dict, timing: dict | None, args) -> dict:
             row["step_ratio"] = timing[v]["ratio"]
         rows.append(row)
     result["tables"] = [table(COLUMNS, rows)]
-    result["notes"] = notes(by, base, cross_base, timing, args)
+    result["notes"] = notes(by, base, cross_base, timing, args) + search_notes(search, runs, base)
     result["data"] = {"teacher": teacher, "runs": by, "timing": timing}
     return result
 
@@ -403,6 +427,23 @@ def prepare(args) -> Path:
     return out
 
 
+def search_notes(search: list[dict], used: list[dict], base: dict) -> list[str]:
+    """One line per setting tried besides the table's (kept rows with other hyperparameters)."""
+    used_keys = {(r["variant"], r["seed"], json.dumps(r.get("hp"), sort_keys=True)) for r in used}
+    groups = {}
+    for r in search:
+        if (r["variant"], r["seed"], json.dumps(r.get("hp"), sort_keys=True)) in used_keys or "ppl" not in r:
+            continue
+        hp = {k: v for k, v in (r.get("hp") or {}).items() if k not in ("teacher", "temperature", "student_lr")}
+        groups.setdefault((r["variant"], json.dumps(hp, sort_keys=True)), []).append(r)
+    lines = []
+    for (variant, hp), rs in sorted(groups.items()):
+        cells = ", ".join(f"seed {r['seed']}: {r['ppl']:.3f}" + (f" (plain KD {base[r['seed']]:.3f})" if r["seed"] in base else "")
+                          for r in sorted(rs, key=lambda r: r["seed"]))
+        lines.append(f"Also tried, {variant} with {hp}: test ppl {cells}.")
+    return ["Search (rows not in the table): " + " ".join(lines)] if lines else []
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = prepare(args)
@@ -412,7 +453,7 @@ def main(argv=None) -> None:
     if args.teacher_only:
         return
     if not args.render_only:
-        done = {(r["variant"], r["seed"]) for r in kept_runs(out) if r["steps"] == args.student_steps}
+        done = {(r["variant"], r["seed"]) for r in kept_runs(out, args)}
         for seed in args.seeds:
             for variant in args.variants:
                 if (variant, seed) in done:
@@ -427,7 +468,7 @@ def main(argv=None) -> None:
         return
     timing_path = out / "timing.json"
     timing = json.loads(timing_path.read_text())["rows"] if timing_path.is_file() else None
-    common.finish(section(kept_runs(out), facts, timing, args), "lm_distill", args)
+    common.finish(section(kept_runs(out, args), facts, timing, args, search=kept_runs(out)), "lm_distill", args)
 
 
 if __name__ == "__main__":

@@ -219,3 +219,23 @@ def test_lkd_export_of_an_lm_config_writes_a_folder_transformers_loads(tmp_path,
         torch.testing.assert_close(loaded(input_ids=ids).logits, cli.model.model(input_ids=ids).logits, rtol=0, atol=1e-5)
     card = Path("out/README.md").read_text()
     assert "test/ppl" in card and "TextDataModule" in card and "lkd export --config" in card
+
+
+class Branchy(torch.nn.Module):
+    """A network torch.export cannot trace (its forward branches on a tensor's value)."""
+
+    in_features = 4
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.linear(x) if float(x.sum()) > 0 else -self.linear(x)
+
+
+def test_an_architecture_without_an_onnx_exporter_names_the_formats_it_supports(tmp_path):
+    holder = torch.nn.Module()
+    holder.student = Branchy()
+    with pytest.raises(ExportError, match=r"Branchy could not be exported to ONNX .*It exports as --format hf"):
+        export_student(holder, tmp_path / "b", formats="onnx", spec={"class_path": "tests.test_export.Branchy", "init_args": {}})
