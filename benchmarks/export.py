@@ -194,9 +194,31 @@ def lm(args) -> dict:
             nll += float(-logp.gather(-1, chunk[:, 1:, None]).sum())
         metric[name] = math.exp(nll / (blocks.shape[0] * (blocks.shape[1] - 1)))
     t = timing(runs, [blocks[:1].numpy()], [blocks[:16].numpy()], args.repeats)
-    return {"student": f"Llama (byte-level, {sum(p.numel() for p in network.parameters()):,} params)",
+    harness = harness_vs_lkd(cli, work / "exported", args)
+    return {"harness": harness, "student": f"Llama (byte-level, {sum(p.numel() for p in network.parameters()):,} params)",
             "metric": "test perplexity per byte", "batch": 16, "unit": f"blocks of {blocks.shape[1]} tokens", "scores": metric,
             "timing": t, "bytes": sizes(work / "exported")}
+
+
+def harness_vs_lkd(cli, folder: Path, args) -> dict:
+    """lm-evaluation-harness on the exported folder against lkd's ``test/bpb`` of the checkpoint, over the same
+    text: the test rows that make up the first ``--lm-test-blocks`` blocks."""
+    from lkd.evaluation import lm_eval_perplexity
+    from lkd.hub import load_hub_dataset
+
+    dm = cli.datamodule
+    (metrics,) = cli.trainer.test(cli.model, datamodule=dm, verbose=False)
+    budget = args.lm_test_blocks * dm.block_size
+    rows, used = [], 0
+    for text in load_hub_dataset(dm.hub_id, dm.config, split=dm.splits["test"])[dm.text_column or "text"]:
+        if used >= budget:
+            break
+        if text:
+            rows.append(text)
+            used += len(text.encode()) + 1  # + its end-of-text token
+    scores = lm_eval_perplexity(folder, rows, max_length=dm.block_size, batch_size=16)
+    return {"lkd_test_bpb": float(metrics["test/bpb"]), "lkd_test_ppl": float(metrics["test/ppl"]), "rows": len(rows),
+            "bytes": sum(len(r.encode()) for r in rows)} | {f"lm_eval_{k}": v for k, v in scores.items()}
 
 
 COLUMNS = [column("student", "student"), column("runtime", "runtime"), column("size on disk (MB)", "mb", format="{:.2f}"),
@@ -242,6 +264,15 @@ def section(results: dict, args) -> dict:
         lm_r = results["lm"]
         rise = 100 * (lm_r["scores"]["onnxruntime int8"] / lm_r["scores"]["torch eager fp32"] - 1)
         notes.append(f"Target (LM int8 ≤ 3 % higher perplexity): {rise:+.2f} % — **{'met' if rise <= 3 else 'not met'}**.")
+        h = lm_r["harness"]
+        notes.append(
+            f"lm-evaluation-harness (model type `hf`, the exported folder, a local rolling-loglikelihood task over the "
+            f"{h['rows']} test rows, {h['bytes']:,} bytes, that make up lkd's first {args.lm_test_blocks} test blocks): "
+            f"**{h['lm_eval_bits_per_byte']:.4f} bits per byte** (byte perplexity {h['lm_eval_byte_perplexity']:.3f}); lkd's "
+            f"`lkd test` of the same checkpoint: **{h['lkd_test_bpb']:.4f}** (perplexity per token {h['lkd_test_ppl']:.3f}). "
+            "They count differently: lm-eval scores each row alone from its start, every byte; lkd concatenates the rows "
+            "with an end-of-text token after each (its NLL counted, 0 bytes), cuts blocks of 128 that read across rows, and "
+            "does not predict a block's first token.")
     result["notes"] = notes
     result["data"] = results
     return result
