@@ -57,10 +57,13 @@ from lkd.teacher import Teacher  # noqa: E402
 
 MODES = ("teacher", "all", "ka", "sar", "student_aware")
 VARIANTS = ("scratch", *MODES, "cross_teacher", "cross_student_aware")
+EVERY = {"sar_every4": "sar", "student_aware_every4": "student_aware"}  # trained routing, learning every 4th step only
+ALL_VARIANTS = (*VARIANTS, *EVERY)
 LABELS = {"scratch": "scratch (CE, no teacher)", "teacher": "teacher: its own routing (plain KD)", "all": "all: every expert",
           "ka": "ka: Knowledge Augmentation", "sar": "sar: student-aware gate retraining",
           "student_aware": "student_aware: lkd's router", "cross_teacher": "two tokenizers, plain ALM + CE",
-          "cross_student_aware": "two tokenizers, student_aware router"}
+          "cross_student_aware": "two tokenizers, student_aware router", "sar_every4": "sar, gate learning every 4th step",
+          "student_aware_every4": "student_aware, router learning every 4th step"}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student's t, 97.5 %
 
 
@@ -85,7 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--cross-vocab", type=int, default=512, help="the cross rows' student BPE vocabulary")
     p.add_argument("--cross-block-size", type=int, default=64, help="student tokens per block in the cross rows")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=ALL_VARIANTS)
+    p.add_argument("--timing-variants", nargs="+", default=None, choices=ALL_VARIANTS,
+                   help="rows of the timing pass (default: the routed rows of --variants)")
     common.add_seeds_option(p, [0, 1, 2, 3, 4], help="student initialisation and batch order; one run each")
     p.add_argument("--teacher-seed", type=int, default=0)
     p.add_argument("--teacher-experts", type=int, default=8, help="experts per MoE layer of the teacher")
@@ -182,7 +187,7 @@ def teacher_facts(teacher, args, out: Path) -> dict:
 def make_module(variant: str, teacher, args, seed: int):
     """The LightningModule and callbacks of one row (a fresh student from ``seed``)."""
     cross = variant.startswith("cross_")
-    mode = variant.removeprefix("cross_")
+    mode = EVERY.get(variant, variant).removeprefix("cross_")
     vocab = {"vocab_size": args.cross_vocab} if cross else {}
     student = common.lm_student(seed + 1, **vocab)  # the same initial weights for every row of a seed
     if variant == "scratch":
@@ -201,6 +206,8 @@ def make_module(variant: str, teacher, args, seed: int):
         (t0, t1) = args.sa_temperature
         callbacks.append(RoutingSchedule(start_top_k=start_k, end_top_k=end_k, start_temperature=t0, end_temperature=t1, mode="cosine"))
         extra = dict(router_lr=args.router_lr, router_lm_weight=args.router_lm_weight)
+    if variant in EVERY:
+        extra["router_every_n_steps"] = 4
     weights = {"alm": 1.0, "ce": 1.0} if cross else {"kl": 1.0}
     tok = dict(tokenizer=str(Path(args.out) / f"bpe{args.cross_vocab}"), teacher_tokenizer="bytes") if cross else dict(tokenizer="bytes")
     module = LMDistillModule(student, Teacher(copy.deepcopy(teacher)), router=routing, loss_weights=weights,
@@ -244,7 +251,7 @@ def evaluate(student, teacher, args, *, cross: bool = False) -> dict:
 def hyperparameters(variant: str, args) -> dict:
     """The settings a row depends on beyond the shared ones: rows with other values are kept (a search) but not
     mixed into the table."""
-    mode = variant.removeprefix("cross_")
+    mode = EVERY.get(variant, variant).removeprefix("cross_")
     hp = {"teacher": teacher_name(args), "temperature": args.temperature, "student_lr": args.student_lr}
     if mode == "sar":
         hp |= {"sar_lr": args.sar_lr, "sar_balance": args.sar_balance, "sar_lm_weight": args.sar_lm_weight}
@@ -291,7 +298,10 @@ def timing_pass(teacher, args, out: Path) -> dict:
             return sum(timer.step_seconds[3:])  # after 3 burn-in steps
         return go
 
-    names = [v for v in ("teacher", "all", "ka", "sar", "student_aware", "cross_teacher", "cross_student_aware") if v in args.variants]
+    names = args.timing_variants or [v for v in ("teacher", "all", "ka", "sar", "student_aware", "cross_teacher", "cross_student_aware")
+                                     if v in args.variants]
+    if "teacher" not in names:
+        names = ["teacher", *names]
     timing = common.paired_timing({v: run(v) for v in names}, baseline="teacher", repeats=args.timing_rounds,
                                   burn_in={v: (lambda: None) for v in names})
     result = {v: timing.row(v) for v in names}
@@ -399,7 +409,7 @@ def notes(by, base, cross_base, timing, args) -> list[str]:
     lines.append("Target 1 (a routing mode beats plain KD on the mean of 5 seeds, 95 % interval of the difference below 0): "
                  + (f"**met** by {', '.join(wins)}." if wins else "**not met**: no mode's interval lies below zero (table)."))
     if timing:
-        cost = {v: timing[v]["ratio"] for v in MODES[1:] if v in timing}
+        cost = {v: timing[v]["ratio"] for v in (*MODES[1:], *EVERY) if v in timing}
         ok = [v for v, r in cost.items() if r <= 1.5]
         lines.append("Target 2 (routing costs ≤ 1.5× a plain-KD step): " + ", ".join(f"{v} {r:.2f}×" for v, r in cost.items())
                      + f" — met by {', '.join(ok) or 'none'}. Timing pass: {args.timing_steps} steps per mode and round, "
