@@ -450,7 +450,9 @@ def search_notes(search: list[dict], used: list[dict], base: dict) -> list[str]:
     for (variant, hp), rs in sorted(groups.items()):
         cells = ", ".join(f"seed {r['seed']}: {r['ppl']:.3f}" + (f" (plain KD {base[r['seed']]:.3f})" if r["seed"] in base else "")
                           for r in sorted(rs, key=lambda r: r["seed"]))
-        lines.append(f"Also tried, {variant} with {hp}: test ppl {cells}.")
+        ci = paired_interval({r["seed"]: r["ppl"] for r in rs}, base)
+        paired = "" if ci is None else f"; Δ to plain KD {ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}] over {ci[3]} seeds"
+        lines.append(f"Also tried, {variant} with {hp}: test ppl {cells}{paired}.")
     return ["Search (rows not in the table): " + " ".join(lines)] if lines else []
 
 
