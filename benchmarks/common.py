@@ -153,10 +153,22 @@ def machine() -> str:
     )
 
 
-def command(*, threads: bool = False) -> str:
+def command(*, threads: bool = False, without: tuple[str, ...] = ("--note",)) -> str:
     """This process's command line as ``python benchmarks/x.py ...``; ``threads``: prefixed with
-    ``OMP_NUM_THREADS=<torch's threads>``."""
-    line = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    ``OMP_NUM_THREADS=<torch's threads>``; the options in ``without`` (and their values) left out (a ``--note``
+    is printed after the command, not inside it)."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a in without:
+            skip = True
+            continue
+        if any(a.startswith(f"{w}=") for w in without):
+            continue
+        argv.append(a)
+    line = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + argv)
     if threads:
         import torch
 

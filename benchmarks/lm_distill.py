@@ -344,7 +344,7 @@ def section(runs: list[dict], teacher: dict, timing: dict | None, args, search: 
     seeds = sorted({s for v in by.values() for s in v})
     result = common.new_result("Language models", args, seeds=seeds)
     if args.note:
-        result["command"] = f"{result['command']} — {args.note}"
+        result["command_note"] = f" — {args.note}"
     spec = teacher["specialisation"]
     result["intro"] = [
         "Offline setting: WikiText-2 raw, **trained on `validation[:90%]`** (the mirror has no train split), tested on the "
@@ -396,7 +396,7 @@ def section(runs: list[dict], teacher: dict, timing: dict | None, args, search: 
         rows.append(row)
     result["tables"] = [table(COLUMNS, rows)]
     result["notes"] = notes(by, base, cross_base, timing, args) + search_notes(search, runs, base)
-    result["data"] = {"teacher": teacher, "runs": by, "timing": timing}
+    result["data"] = {"teacher": teacher, "runs": {v: {str(seed): r for seed, r in rs.items()} for v, rs in by.items()}, "timing": timing}
     return result
 
 
