@@ -45,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--lm-steps", type=int, default=300)
     p.add_argument("--lm-test-blocks", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--note", default="", help="printed after the command (how the kept tracks were made)")
     p.add_argument("--smoke", action="store_true", help="a few batches per fit (checks the script, numbers meaningless)")
     common.add_output_options(p)
     return p.parse_args(argv)
@@ -175,8 +176,8 @@ class _Ids(torch.nn.Module):
 def lm(args) -> dict:
     work = args.out / "lm"
     byte = ["--model.init_args.tokenizer=bytes", "--model.init_args.model.init_args.vocab_size=257"]
-    cli = fit("lm/student_scratch.yaml", work, [f"--seed_everything={args.seed}", *byte, f"--trainer.max_steps={args.lm_steps}",
-                                               "--trainer.limit_val_batches=20", "--trainer.val_check_interval=1.0"])
+    cli = fit("lm/student_scratch.yaml", work, [f"--seed_everything={args.seed}", *byte, "--trainer.max_epochs=1",
+                                               f"--trainer.limit_train_batches={args.lm_steps}", "--trainer.limit_val_batches=20"])
     export("lm/student_scratch.yaml", work / "student.ckpt", work / "exported", byte)
     from transformers import AutoModelForCausalLM
 
@@ -229,6 +230,8 @@ COLUMNS = [column("student", "student"), column("runtime", "runtime"), column("s
 
 def section(results: dict, args) -> dict:
     result = common.new_result("Export", args, threads=True)
+    if args.note:
+        result["command_note"] = f" — {args.note}"
     result["intro"] = [
         "Each track's student trained briefly by its config (the metric is of these short runs, not of the benchmarks' "
         "students), exported by `lkd export --format all --quantize int8`, then run by torch (eager, fp32, the loaded "
@@ -284,15 +287,17 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     if args.smoke:
-        SMOKE.extend(["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.max_steps=3"])
+        SMOKE.extend(["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2"])
     warnings.filterwarnings("ignore")
     common.threads_from_env()
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    kept = args.out / "results.json"
+    results = json.loads(kept.read_text()) if kept.is_file() else {}  # tracks run before (--tracks reruns some)
     for track in args.tracks:
         results[track] = {"mnist": mnist, "glue": glue, "lm": lm}[track](args)
         print(f"[export] {track}: {json.dumps(results[track])}", flush=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+        kept.write_text(json.dumps(results, indent=2))
+    args.tracks = [t for t in TRACKS if t in results]
     common.finish(section(results, args), "export", args)
 
 
