@@ -275,11 +275,17 @@ def onnx_max_diff(session, wrapper: nn.Module, inputs: dict[str, torch.Tensor]) 
     return float(abs(out - ref).max())
 
 
+INT8_OPS = ("MatMul", "Gemm", "Gather")
+"""The ops --quantize int8 quantizes: onnxruntime's dynamic int8 convolution (ConvInteger) ran at 0.35x the fp32
+convolution on this CPU (BENCHMARKS.md "Export"), so convolutions stay fp32."""
+
+
 def quantize_int8(fp32: Path, int8: Path) -> None:
-    """onnxruntime's dynamic int8 quantization of the weights (activations quantized at run time)."""
+    """onnxruntime's dynamic int8 quantization of the matrix products' and embeddings' weights (activations at run
+    time); :data:`INT8_OPS` only."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS))
 
 
 # ---- the whole export ------------------------------------------------------------------------------------
