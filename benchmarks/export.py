@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from benchmarks.report import RATIO, column, table  # noqa: E402
 from lkd.cli import LKDCLI  # noqa: E402
+from lkd.export import LogitsOnly, TextLogits  # noqa: E402 - the wrappers the ONNX files are exported through
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACKS = ("mnist", "glue", "lm")
@@ -139,7 +140,7 @@ def glue(args) -> dict:
     network = cli.model.network.eval()
     dm = cli.datamodule
     batches = list(dm.val_dataloader())
-    runs = runners(_IdsMask(network), work / "exported", ["input_ids", "attention_mask"])
+    runs = runners(TextLogits(network).eval(), work / "exported", ["input_ids", "attention_mask"])
     metric = {}
     for name, run in runs.items():
         correct = total = 0
@@ -156,24 +157,6 @@ def glue(args) -> dict:
             "bytes": sizes(work / "exported")}
 
 
-class _IdsMask(torch.nn.Module):
-    def __init__(self, network):
-        super().__init__()
-        self.network = network
-
-    def forward(self, input_ids, attention_mask):
-        return self.network(input_ids, attention_mask).logits
-
-
-class _Ids(torch.nn.Module):
-    def __init__(self, network):
-        super().__init__()
-        self.network = network
-
-    def forward(self, input_ids):
-        return self.network(input_ids=input_ids, use_cache=False).logits
-
-
 def lm(args) -> dict:
     work = args.out / "lm"
     byte = ["--model.init_args.tokenizer=bytes", "--model.init_args.model.init_args.vocab_size=257"]
@@ -187,7 +170,7 @@ def lm(args) -> dict:
     dm.max_blocks = args.lm_test_blocks
     dm.setup("test")
     blocks = torch.cat([b["input_ids"] for b in dm.test_dataloader()])[: args.lm_test_blocks]
-    runs = runners(_Ids(network), work / "exported", ["input_ids"])
+    runs = runners(LogitsOnly(network, "causal_lm").eval(), work / "exported", ["input_ids"])
     metric = {}
     for name, run in runs.items():
         nll = 0.0

@@ -242,12 +242,9 @@ class LKDCLI(LightningCLI):
                test: bool = True):
         """``lkd export``: the student of ``ckpt_path`` (this config's module) into ``to`` (:mod:`lkd.export`)."""
         from lkd.checkpoint import load_checkpoint
-        from lkd.export import ExportError, export_student, prepare_folder, student_network
+        from lkd.export import ExportError, check_request, export_student, student_network
 
-        if quantize and format == "hf":
-            raise ExportError("--quantize int8 quantizes the ONNX file, but --format hf writes none. HINT: --format all --quantize int8")
-        if Path(to).exists() and any(Path(to).iterdir()) and not overwrite:
-            prepare_folder(Path(to), overwrite=False)  # raises, naming the folder; nothing written
+        check_request(to, format, quantize, overwrite)  # before the checkpoint, the test pass or any write
         state = load_checkpoint(ckpt_path)["state_dict"]
         network, kind, role = student_network(self.model)
         prefix = f"{role}."
@@ -356,8 +353,10 @@ def _data_line(datamodule) -> str | None:
     if datamodule is None:
         return None
     parts = [getattr(datamodule, k, None) for k in ("hub_id", "config", "task")]
-    splits = [f"{k.removesuffix('_split')}: {getattr(datamodule, k)}" for k in ("train_split", "val_split", "test_split")
-              if getattr(datamodule, k, None)]
+    named = getattr(datamodule, "splits", None)  # TextDataModule keeps {"train", "val", "test"}; others *_split
+    named = named if isinstance(named, dict) else {k.removesuffix("_split"): getattr(datamodule, k, None)
+                                                   for k in ("train_split", "val_split", "test_split")}
+    splits = [f"{k}: {v}" for k, v in named.items() if isinstance(v, str) and v]  # GLUE's splits are data sets
     return f"`{type(datamodule).__name__}` " + " / ".join(str(p) for p in parts if p) + (f" ({', '.join(splits)})" if splits else "")
 
 

@@ -111,13 +111,7 @@ def expert_specialisation(teacher: nn.Module, batches) -> dict[str, float]:
       ``gate_entropy``: mean per-token entropy of the gate distribution, over log E (low: confident routing).
     """
     from lkd.losses.lm import lm_cross_entropy
-    from lkd.models.routing import RankedExperts, Route, Routing, moe_gates, route_teacher, share_mass
-
-    class RandomExperts(Routing):
-        def forward(self, layer, gate, hidden, logits, ctx) -> Route:
-            probs = F.softmax(logits.float(), dim=-1)
-            indices = torch.rand_like(probs).argsort(-1)[:, : int(gate.top_k)]
-            return Route(share_mass(probs, indices, self.teacher_mass(gate, logits)), indices, probs)
+    from lkd.models.routing import RandomExperts, RankedExperts, moe_gates, route_teacher
 
     gates = moe_gates(teacher)
     E, k = int(gates[0].num_experts), int(gates[0].top_k)

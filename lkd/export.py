@@ -78,12 +78,25 @@ def student_network(module: nn.Module) -> tuple[nn.Module, str, str]:
 
 
 # ---- folders ---------------------------------------------------------------------------------------------
+def check_request(to: str | Path, formats: str, quantize: str | None, overwrite: bool) -> None:
+    """Refuse an export that cannot be done as asked, before anything is loaded or written."""
+    if formats not in ("hf", "onnx", "all"):
+        raise ExportError(f"--format must be hf, onnx or all, got {formats!r}")
+    if quantize not in (None, "int8"):
+        raise ExportError(f"--quantize must be int8 (or left out), got {quantize!r}")
+    if quantize and formats == "hf":
+        raise ExportError("--quantize int8 quantizes the ONNX file, but --format hf writes none. HINT: --format all "
+                          "(or onnx) --quantize int8")
+    folder = Path(to)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ExportError(f"export folder {folder} exists and is not empty; nothing was written. HINT: pass --overwrite "
+                          "to replace it, or choose another --to")
+
+
 def prepare_folder(folder: Path, overwrite: bool) -> Path:
     folder = Path(folder)
+    check_request(folder, "hf", None, overwrite)
     if folder.exists() and any(folder.iterdir()):
-        if not overwrite:
-            raise ExportError(f"export folder {folder} exists and is not empty; nothing was written. HINT: pass --overwrite "
-                              "to replace it, or choose another --to")
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -199,7 +212,7 @@ def load_student(folder: str | Path) -> nn.Module:
 
 
 # ---- ONNX ------------------------------------------------------------------------------------------------
-class _Logits(nn.Module):
+class LogitsOnly(nn.Module):
     """The network's logits from one plain tensor (what ONNX and onnxruntime see): ``x`` for a classifier,
     ``input_ids`` for a causal LM."""
 
@@ -214,7 +227,7 @@ class _Logits(nn.Module):
         return getattr(out, "logits", out)
 
 
-class _TextLogits(nn.Module):
+class TextLogits(nn.Module):
     """A text classifier's logits from ``input_ids`` and ``attention_mask``."""
 
     def __init__(self, network: nn.Module):
@@ -226,7 +239,7 @@ class _TextLogits(nn.Module):
 
 
 def logits_wrapper(network: nn.Module, kind: str, inputs: dict) -> nn.Module:
-    return (_TextLogits(network) if list(inputs) == ["input_ids", "attention_mask"] else _Logits(network, kind)).eval()
+    return (TextLogits(network) if list(inputs) == ["input_ids", "attention_mask"] else LogitsOnly(network, kind)).eval()
 
 
 def example_inputs(network: nn.Module, kind: str, example: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -303,13 +316,7 @@ def export_student(module: nn.Module, to: str | Path, *, formats: Format = "hf",
         card: what :func:`model_card` writes (source, data, method, metrics, commands).
         label_names: class names of a text classifier (its ``id2label``; default ``LABEL_i``).
     """
-    if formats not in ("hf", "onnx", "all"):
-        raise ExportError(f"--format must be hf, onnx or all, got {formats!r}")
-    if quantize not in (None, "int8"):
-        raise ExportError(f"--quantize must be int8 (or left out), got {quantize!r}")
-    if quantize and formats == "hf":
-        raise ExportError("--quantize int8 quantizes the ONNX file, but --format hf writes none. HINT: --format all "
-                          "(or onnx) --quantize int8")
+    check_request(to, formats, quantize, overwrite)
     network, kind, role = student_network(module)
     network.eval()
     folder = prepare_folder(Path(to), overwrite)

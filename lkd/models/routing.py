@@ -299,8 +299,16 @@ class RankedExperts(Routing):
         return Route(share_mass(probs, indices, self.teacher_mass(gate, logits)), indices, probs)
 
 
-ROUTING_MODES = {cls.mode: cls for cls in (TeacherRouting, AllExperts, KnowledgeAugmentation, StudentAwareGate)}
-"""The modes defined here by name (``student_aware`` lives in :mod:`lkd.models.router`)."""
+class RandomExperts(Routing):
+    """For measurement, not training: each token uses k experts drawn uniformly (k = the teacher's top-k),
+    sharing the teacher's gate mass in its gate's proportions (:func:`lkd.evaluation.expert_specialisation`)."""
+
+    mode = "random"
+
+    def forward(self, layer, gate, hidden, logits, ctx) -> Route:
+        probs = F.softmax(logits.float(), dim=-1)
+        indices = torch.rand_like(probs).argsort(-1)[:, : int(gate.top_k)]  # (N, k)
+        return Route(share_mass(probs, indices, self.teacher_mass(gate, logits)), indices, probs)
 
 
 @contextmanager

@@ -530,13 +530,19 @@ class LMDistillModule(LMModule):
                 passes = [teacher_feats(self.teacher(input_ids=t_ids, output_hidden_states=hidden))]
             own = passes[0]
         else:
+            own_logprobs = {}  # the teacher's own token log-probabilities, computed once (router context and drift)
+
+            def own_of(native) -> dict:
+                if not own_logprobs:
+                    own_logprobs["token_logprobs"] = token_logprobs(native.logits, t_ids)
+                return own_logprobs
+
             def context(native):
-                logprobs = token_logprobs(native.logits, t_ids)
-                return self.aligned_routing_context(s_out, s_feats, logprobs, index, s_ids)
+                return self.aligned_routing_context(s_out, s_feats, own_of(native)["token_logprobs"], index, s_ids)
 
             outs, records, native = self.routed_teacher_passes(t_ids, stage, context, hidden=hidden, attentions=False)
             passes = [teacher_feats(out) for out in outs]
-            own = None if native is None else {"token_logprobs": token_logprobs(native.logits, t_ids)}
+            own = None if native is None else own_of(native)
             routed_ce = torch.stack([teacher_ce(f) for f in passes]).mean()
             logs = self.routing_logs(stage, records, routed_ce, None if own is None else teacher_ce(own).detach())
             if stage == "train" and self.router.trainable and passes[0]["token_logprobs"].requires_grad:
