@@ -352,12 +352,15 @@ def _teacher_line(module) -> str | None:
 def _data_line(datamodule) -> str | None:
     if datamodule is None:
         return None
-    parts = [getattr(datamodule, k, None) for k in ("hub_id", "config", "task")]
-    named = getattr(datamodule, "splits", None)  # TextDataModule keeps {"train", "val", "test"}; others *_split
-    named = named if isinstance(named, dict) else {k.removesuffix("_split"): getattr(datamodule, k, None)
-                                                   for k in ("train_split", "val_split", "test_split")}
-    splits = [f"{k}: {v}" for k, v in named.items() if isinstance(v, str) and v]  # GLUE's splits are data sets
-    return f"`{type(datamodule).__name__}` " + " / ".join(str(p) for p in parts if p) + (f" ({', '.join(splits)})" if splits else "")
+    parts = [getattr(datamodule, k, None) for k in ("hub_id", "dataset", "config", "task")]
+    if (files := getattr(datamodule, "data_files", None)) is not None:
+        parts.append(f"files {files}")
+    named = {k.removesuffix("_split"): getattr(datamodule, k, None) for k in ("train_split", "val_split", "validation_split", "test_split")}
+    if not any(isinstance(v, str) for v in named.values()):  # TextDataModule keeps {"train", "val", "test"} names in `splits`
+        named = getattr(datamodule, "splits", None) or {}
+    splits = [f"{k}: {v}" for k, v in named.items() if isinstance(v, str) and v]
+    unique = list(dict.fromkeys(str(p) for p in parts if p))
+    return f"`{type(datamodule).__name__}` " + " / ".join(unique) + (f" ({', '.join(splits)})" if splits else "")
 
 
 def _method_line(module) -> str:

@@ -79,6 +79,8 @@ class TransformerClassifier(nn.Module):
         config_overrides: changes to the encoder's config (e.g. a tiny random model for tests).
         dropout: dropout before the head (default: the config's ``hidden_dropout_prob`` or 0.1).
         dkvb: the bottleneck, or None.
+        freeze_embeddings: keep the token embeddings fixed (a third to half of a small BERT's weights; on a CPU
+            their gradient and optimizer update cost about as much as a short sequence's forward pass).
         trust_remote_code: never implied; only models that need it should turn it on.
     """
 
@@ -92,6 +94,7 @@ class TransformerClassifier(nn.Module):
         config_overrides: dict | None = None,
         dropout: float | None = None,
         dkvb: DKVBSettings | None = None,
+        freeze_embeddings: bool = False,
         trust_remote_code: bool = False,
     ):
         super().__init__()
@@ -127,6 +130,9 @@ class TransformerClassifier(nn.Module):
                 config.num_hidden_layers = len(keep_layers)
             self.encoder = _build(config, trust_remote_code)
         self.encoder.train()  # from_pretrained returns eval mode: dropout would stay off while fine-tuning
+        self.freeze_embeddings = freeze_embeddings
+        if freeze_embeddings:
+            self.encoder.get_input_embeddings().weight.requires_grad_(False)
         self.config = self.encoder.config
         hidden = self.config.hidden_size
         self._takes_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters

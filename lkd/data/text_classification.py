@@ -1,0 +1,474 @@
+"""Text classification (or regression) from any `datasets` source as a LightningDataModule: a hub id or local
+mirror (``nyu-mll/glue`` + config ``mrpc``), or local CSV / JSON Lines / parquet files (``data_files``).
+
+What the data is comes from the data, or from YAML where the data cannot say:
+
+* **Columns.** ``text_columns`` (one = single sentence, two = a pair) and ``label_column``; when not named,
+  the label is the one column called ``label``/``labels``/``target``/... and the texts are the remaining
+  string columns. A name that is not there, or an ambiguous guess, is an error that lists the columns.
+* **Labels.** A ``ClassLabel`` feature gives the class names; string labels are class names (sorted, or in the
+  order of ``label_names``); integer labels are class ids (``label_names`` names them); float labels are a
+  regression target (``num_classes = 1``). A value that is none of these, or a class the training split does
+  not know, is an error naming the value, its split and row.
+* **Splits.** ``train_split``, ``validation_split`` and ``test_split`` name them; a validation (or test) split
+  the data does not have is carved from train with ``seed`` (``validation_size`` / ``test_size``).
+
+Every row keeps an ``idx`` (its row in the split it came from; GLUE's own ``idx`` where there is one): the key
+of a teacher cache and of a submission file. The tokenizer is bound late, handed over by the model
+(:meth:`connect`), so it is named once. :class:`lkd.data.GLUEDataModule` is this module with GLUE's names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from functools import cached_property
+from pathlib import Path
+
+import datasets
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
+from lkd.data.mnist import SeededRandomSampler
+from lkd.hub import DataFileError, load_hub_dataset, load_tokenizer
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LABEL_CANDIDATES = ("label", "labels", "target", "class", "category", "score", "y")
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class TextDataError(ValueError):
+    """The text-classification data is not what the module was told (columns, labels, splits)."""
+
+
+def _near(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_data_files(data_files: str | list[str] | dict[str, str | list[str]]) -> datasets.DatasetDict:
+    """Local CSV (``.csv``, ``.tsv``), JSON Lines (``.json``, ``.jsonl``) or parquet files as a DatasetDict: a
+    dict names the splits (``{train: a.csv, validation: b.csv}``); a file or list of files is the ``train`` split."""
+    files = data_files if isinstance(data_files, dict) else {"train": data_files}
+    paths = {split: [Path(p).expanduser() for p in ([f] if isinstance(f, (str, Path)) else f)] for split, f in files.items()}
+    flat = [p for ps in paths.values() for p in ps]
+    if missing := [str(p) for p in flat if not p.is_file()]:
+        raise FileNotFoundError(f"data_files: no such file {', '.join(missing)} (working directory {Path.cwd()})")
+    formats = {FILE_FORMATS.get(p.suffix.lower()) for p in flat}
+    if None in formats or len(formats) != 1:
+        raise TextDataError(
+            f"data_files {[str(p) for p in flat]}: one format per data set, named by the file ending; "
+            f"known endings: {', '.join(FILE_FORMATS)}"
+        )
+    kwargs = {"delimiter": "\t"} if all(p.suffix.lower() == ".tsv" for p in flat) else {}
+    try:
+        return datasets.load_dataset(formats.pop(), data_files={s: [str(p.resolve()) for p in ps] for s, ps in paths.items()}, **kwargs)
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause = err.__cause__ or err.__context__ or err
+        raise DataFileError(f"reading data_files {[str(p) for p in flat]} failed: {type(cause).__name__}: {cause}") from err
+    except ValueError as err:  # datasets: 'Instruction "validation" corresponds to no data!' for a file without rows
+        if (match := re.search(r"Instruction \W?(\w+)\W? corresponds to no data", str(err))) is None:
+            raise
+        split = match.group(1)
+        raise TextDataError(f"data_files: split {split!r} is empty ({', '.join(str(p) for p in paths.get(split, flat))} has no rows). "
+                            "HINT: give it rows, or leave it out and carve it from train (validation_size / test_size)") from err
+
+
+class TextClassificationDataModule(pl.LightningDataModule):
+    """Tokenised text-classification splits with dynamic padding.
+
+    Batches are dicts: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the tokenizer makes
+    them), (B, T) padded to the longest example in the batch; ``labels`` (B,) long class ids, or float for
+    regression; ``idx`` (B,) each example's row id (teacher cache key, submission index).
+
+    Args:
+        dataset: hub id or local folder (resolved to a mirror, :mod:`lkd.hub`). Leave None with ``data_files``.
+        config: the data set's config (e.g. GLUE's ``mrpc``).
+        data_files: local files instead of ``dataset``: a path, a list, or ``{split: path(s)}`` (csv/tsv, json/jsonl,
+            parquet; :func:`load_data_files`).
+        tokenizer: hub id or folder of the tokenizer. None (default): the model's, handed over by the model.
+        task: the task's name, which picks its metrics (GLUE names: ``mrpc`` F1 + accuracy, ``cola`` MCC; any
+            other: accuracy, or Pearson + Spearman for a float label). Default: ``config``, else ``"classification"``.
+        text_columns: input columns, in order (None: every string column but the label's, in feature order).
+        label_column: label column (None: the one column named like a label, :data:`LABEL_CANDIDATES`).
+        label_names: class names, in class-id order. For string labels they fix the ids (default: sorted names of
+            the training split); for integer labels they only name them.
+        train_split, validation_split: split names. ``test_split`` is what ``lkd test`` scores (None: ``test``
+            when it has labels, else the validation split); ``predict_split`` what ``lkd predict`` writes.
+        validation_size, test_size: carve a missing validation / test split from train (a fraction, or a count),
+            seeded by ``seed``. A missing validation split with no ``validation_size`` takes 10 % of train.
+        max_length: longest tokenised input; longer ones are truncated. Must not exceed the model's limit.
+        batch_size: training batch size. ``eval_batch_size``: validation/test/predict batch size.
+        train_size: a seeded random subset of this many training examples (None = all).
+        seed: seed of the carving, the subset and the shuffling (a fresh order every epoch, reproducible on resume).
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        dataset: str | None = None,
+        config: str | None = None,
+        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        tokenizer: str | None = None,
+        *,
+        task: str | None = None,
+        text_columns: list[str] | None = None,
+        label_column: str | None = None,
+        label_names: list[str] | None = None,
+        train_split: str = "train",
+        validation_split: str = "validation",
+        test_split: str | None = None,
+        predict_split: str = "test",
+        validation_size: float | int | None = None,
+        test_size: float | int | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        train_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        problems = [f"{n} must be > 0, got {v}" for n, v in (("max_length", max_length), ("batch_size", batch_size),
+                    ("eval_batch_size", eval_batch_size)) if v <= 0]
+        if train_size is not None and train_size <= 0:
+            problems.append(f"train_size must be > 0 or null, got {train_size}")
+        for name, size in (("validation_size", validation_size), ("test_size", test_size)):
+            if size is not None and not (0 < size < 1 or (float(size).is_integer() and size >= 1)):
+                problems.append(f"{name} must be a fraction in (0, 1) or a count >= 1, got {size}")
+        if (dataset is None) == (data_files is None):
+            problems.append("give exactly one of dataset (a hub id or folder) and data_files (local csv/json/parquet files), "
+                            f"got dataset={dataset!r}, data_files={data_files!r}")
+        if text_columns is not None and not 1 <= len(text_columns) <= 2:
+            problems.append(f"text_columns must name 1 or 2 columns, got {text_columns}")
+        if label_names is not None and len(set(label_names)) != len(label_names):
+            problems.append(f"label_names must be distinct, got {label_names}")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self.dataset, self.config, self.data_files = dataset, config, data_files
+        self.task = task or config or "classification"
+        self.tokenizer_arg, self.tokenizer_name, self.tokenizer = tokenizer, tokenizer, None
+        self._text_columns, self._label_column, self._label_names = text_columns, label_column, label_names
+        self.train_split, self.validation_split, self._test_split, self.predict_split = train_split, validation_split, test_split, predict_split
+        self.validation_size, self.test_size = validation_size, test_size
+        self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
+        self.train_size, self.seed, self.num_workers = train_size, seed, num_workers
+        self.splits: dict[str, datasets.Dataset] = {}
+
+    @property
+    def source(self) -> str:
+        """What the data is, for messages: ``dataset/config`` or the files."""
+        if self.data_files is not None:
+            return f"data_files {self.data_files}"
+        return f"{self.dataset}/{self.config}" if self.config else str(self.dataset)
+
+    # ---- what the data is ---------------------------------------------------------------------------
+    def load(self) -> datasets.DatasetDict:
+        """The data as ``datasets`` reads it (hub, mirror or files), before carving and label encoding."""
+        if self.data_files is not None:
+            return load_data_files(self.data_files)
+        return load_hub_dataset(self.dataset, self.config)
+
+    @cached_property
+    def raw(self) -> datasets.DatasetDict:
+        """The untokenised splits, by the names the data uses, each with an ``idx`` column; a missing
+        validation/test split carved from train (seeded)."""
+        loaded = self.load()
+        data = datasets.DatasetDict({name: split if "idx" in split.column_names else split.add_column("idx", np.arange(len(split)))
+                                     for name, split in loaded.items()})
+        if self.train_split not in data:
+            raise TextDataError(f"{self.source} has no train split {self.train_split!r}; its splits: {list(data)}. "
+                                "HINT: set data.init_args.train_split")
+        for name, size, default in ((self.validation_split, self.validation_size, 0.1), (self._test_split, self.test_size, None)):
+            if name is None or (name in data and size is None):
+                continue
+            if name in data:
+                raise TextDataError(f"{self.source} has a split {name!r}; carve one ({'validation' if name == self.validation_split else 'test'}_size) "
+                                    "only when the data lacks it")
+            if (size := size if size is not None else default) is None:
+                continue
+            parts = data[self.train_split].train_test_split(test_size=size, seed=self.seed, shuffle=True)
+            data[self.train_split], data[name] = parts["train"], parts["test"]
+            rank_zero_info(f"{self.source}: split {name!r} carved from {self.train_split!r} ({len(parts['test'])} rows, seed {self.seed})")
+        return data
+
+    @property
+    def features(self) -> datasets.Features:
+        return self.raw[self.train_split].features
+
+    @cached_property
+    def label_column(self) -> str:
+        """The label column: as given, else the one column named like a label."""
+        columns = [c for c in self.features if c != "idx"]
+        if self._label_column is not None:
+            if self._label_column not in self.features:
+                raise TextDataError(f"label_column {self._label_column!r} is not a column of {self.source}{_near(self._label_column, columns)}; "
+                                    f"its columns: {columns}. HINT: set data.init_args.label_column")
+            return self._label_column
+        found = [c for c in columns if c.lower() in LABEL_CANDIDATES]
+        if len(found) != 1:
+            why = "no column is named like a label" if not found else f"several could be the label: {found}"
+            raise TextDataError(f"{self.source}: {why} ({', '.join(LABEL_CANDIDATES)}); its columns: {columns}. "
+                                "HINT: set data.init_args.label_column")
+        return found[0]
+
+    @cached_property
+    def text_columns(self) -> list[str]:
+        """Input columns: as given, or every string column but the label's, in feature order (1 = single, 2 = pair)."""
+        strings = [n for n, f in self.features.items() if isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")
+                   and n not in (self.label_column, "idx")]
+        if self._text_columns is None:
+            if not 1 <= len(strings) <= 2:
+                raise TextDataError(f"{self.source}: expected 1 or 2 text columns, found {strings} (columns: {list(self.features)}). "
+                                    "HINT: set data.init_args.text_columns")
+            return strings
+        if missing := [c for c in self._text_columns if c not in self.features]:
+            hints = "".join(_near(c, strings) for c in missing)
+            raise TextDataError(f"text_columns {self._text_columns}: {missing} not in {self.source}{hints}; its columns: "
+                                f"{list(self.features)} (string columns: {strings}). HINT: set data.init_args.text_columns")
+        return list(self._text_columns)
+
+    @cached_property
+    def _labels(self) -> tuple[str, list[str] | None]:
+        """(kind, class names): kind ``"class_label"``, ``"names"`` (string labels), ``"ids"`` or ``"float"``."""
+        feature = self.features[self.label_column]
+        if isinstance(feature, datasets.ClassLabel):
+            return "class_label", list(feature.names)
+        dtype = feature.dtype if isinstance(feature, datasets.Value) else None
+        if dtype in ("string", "large_string"):
+            values = self.raw[self.train_split][self.label_column]
+            self._check_present(values, self.train_split)
+            names = self._label_names or sorted(set(values))
+            return "names", list(names)
+        if dtype is not None and dtype.startswith(("int", "uint", "bool")):
+            values = np.asarray(self.raw[self.train_split][self.label_column])
+            n = len(self._label_names) if self._label_names else int(values.max()) + 1
+            if (bad := (values < 0) | (values >= n)).any():
+                row = int(np.flatnonzero(bad)[0])
+                raise TextDataError(f"{self.source}: label {int(values[row])} (split {self.train_split!r}, row {row}) is not a class "
+                                    f"id in [0, {n}) (label_names {self._label_names}); -1 means unlabelled")
+            return "ids", list(self._label_names) if self._label_names else None
+        if dtype is not None and dtype.startswith("float"):
+            values = np.asarray(self.raw[self.train_split][self.label_column], dtype=float)
+            if not np.isfinite(values).all():
+                row = int(np.flatnonzero(~np.isfinite(values))[0])
+                raise TextDataError(f"{self.source}: label of row {row} in split {self.train_split!r} is missing or not a number")
+            return "float", None
+        raise TextDataError(f"{self.source}: label column {self.label_column!r} is {feature}, neither class names (strings), "
+                            "class ids (integers) nor numbers (floats). HINT: set data.init_args.label_column to the label")
+
+    def _check_present(self, values: list, split: str) -> None:
+        if None in values:
+            raise TextDataError(f"{self.source}: label of row {values.index(None)} in split {split!r} is empty "
+                                f"(column {self.label_column!r})")
+
+    @property
+    def is_regression(self) -> bool:
+        return self._labels[0] == "float"
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, or 1 for a float (regression) label."""
+        kind, names = self._labels
+        if kind == "float":
+            return 1
+        if names is not None:
+            return len(names)
+        return int(np.asarray(self.raw[self.train_split][self.label_column]).max()) + 1
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self._labels[1]
+
+    @property
+    def test_split(self) -> str:
+        """The split ``lkd test`` scores: as given, else ``test`` when it has labels, else the validation split."""
+        if self._test_split is not None:
+            return self._test_split
+        return "test" if "test" in self.raw and self.has_labels("test") else self.validation_split
+
+    def has_labels(self, split: str) -> bool:
+        """Whether ``split`` carries labels (GLUE's hidden test labels are -1; a file without the column has none)."""
+        if self.label_column not in self.raw[split].column_names:
+            return False
+        return any(label not in (-1, None) for label in self.raw[split][self.label_column])
+
+    def encode_labels(self, split: str, labels: list) -> list:
+        """``labels`` of ``split`` as class ids (or floats), checked against the classes the training split knows."""
+        kind, names = self._labels
+        if kind == "names":
+            self._check_present(labels, split)
+            index = {name: i for i, name in enumerate(names)}
+            if unknown := [(row, v) for row, v in enumerate(labels) if v not in index]:
+                row, value = unknown[0]
+                raise TextDataError(f"{self.source}: label {value!r} (split {split!r}, row {row}) is not one of the known classes "
+                                    f"{names}{_near(str(value), names)}. HINT: fix the data, or list every class in data.init_args.label_names")
+            return [index[v] for v in labels]
+        if kind in ("ids", "class_label") and split != self.predict_split:
+            n = self.num_classes
+            if bad := [(row, v) for row, v in enumerate(labels) if v is None or not 0 <= v < n]:
+                row, value = bad[0]
+                raise TextDataError(f"{self.source}: label {value!r} (split {split!r}, row {row}) is outside the {n} known classes [0, {n})")
+        return labels
+
+    # ---- tokenisation -------------------------------------------------------------------------------
+    def connect(self, tokenizer_name: str, model_max_length: int | None = None) -> None:
+        """Bind the tokenizer (the model's; the model calls this in its ``setup``, :meth:`lkd.modules.LKDModule.connect_data`)
+        and check ``max_length`` against the model's limit. A ``tokenizer`` given to the constructor wins."""
+        if model_max_length is not None and self.max_length > model_max_length:
+            raise ValueError(
+                f"max_length={self.max_length} is over the model's limit of {model_max_length} positions; "
+                f"set data.init_args.max_length <= {model_max_length}"
+            )
+        name = self.tokenizer_arg or tokenizer_name
+        if self.tokenizer is None or self.tokenizer_name != name:
+            self.tokenizer_name, self.tokenizer = name, load_tokenizer(name)
+            self.splits = {}  # tokenised again with this tokenizer
+
+    def stage_splits(self, stage: str) -> list[str]:
+        return {"fit": [self.train_split, self.validation_split], "validate": [self.validation_split], "test": [self.test_split],
+                "predict": [self.predict_split]}[stage]
+
+    @override
+    def setup(self, stage: str) -> None:
+        for split in self.stage_splits(stage):
+            if split not in self.raw:
+                raise TextDataError(f"{self.source} has no split {split!r}; splits: {list(self.raw)}")
+            if not len(self.raw[split]):
+                raise TextDataError(f"{self.source} split {split!r} is empty. HINT: give it rows, or carve it from train "
+                                    "(validation_size / test_size)")
+            if stage != "predict" and not self.has_labels(split):
+                raise TextDataError(
+                    f"{self.source} split {split!r} has no labels (all -1: GLUE keeps test labels hidden), so it cannot be "
+                    "scored. HINT: score 'validation' (data.init_args.test_split), or write a submission file with `lkd predict` "
+                    "(GLUEPredictionWriter)."
+                )
+        _ = self.text_columns, self.num_classes  # columns and labels checked before any tokenising
+        if self.tokenizer_arg is not None and self.tokenizer is None:
+            self.connect(self.tokenizer_arg)
+        if stage == "fit":
+            train = len(self.raw[self.train_split])
+            subset = f" (seeded subset of {train})" if self.train_size and self.train_size < train else ""
+            rank_zero_info(
+                f"{self.task} ({self.source}): train {min(self.train_size or train, train)} examples{subset}, validation "
+                f"{len(self.raw[self.validation_split])}; text columns {self.text_columns}, label {self.label_column!r}: "
+                f"{'regression' if self.is_regression else f'{self.num_classes} classes'}"
+            )
+
+    def split(self, name: str) -> datasets.Dataset:
+        """The tokenised split (train: the seeded ``train_size`` subset), tokenised on first use."""
+        if self.tokenizer is None:
+            raise ValueError(
+                f"{type(self).__name__} has no tokenizer yet: set data.init_args.tokenizer, or let the model connect it "
+                "(trainer.fit(model, datamodule=...) with an lkd GLUE module does), or call connect(tokenizer_name)"
+            )
+        if name not in self.splits:
+            self.splits[name] = self._tokenise(name)
+        return self.splits[name]
+
+    def _tokenise(self, split: str) -> datasets.Dataset:
+        data = self.raw[split]
+        if not len(data):
+            raise TextDataError(f"{self.source} split {split!r} is empty")
+        if split == self.train_split and self.train_size is not None and self.train_size < len(data):
+            data = data.shuffle(seed=self.seed).select(range(self.train_size))
+        columns, label = self.text_columns, self.label_column
+        labelled = label in data.column_names
+        tokenizer, max_length = self.tokenizer, self.max_length
+        if labelled:
+            labels = self.encode_labels(split, data[label])  # checked here, before the (cached) map
+
+        def encode(batch, rows):
+            texts = [["" if t is None else str(t) for t in batch[c]] for c in columns]
+            out = tokenizer(*texts, truncation=True, max_length=max_length)
+            if labelled:
+                out["labels"] = [labels[i] for i in rows]
+            return out
+
+        data = data.map(encode, batched=True, with_indices=True, desc=f"tokenise {self.task}/{split}")  # cached by fingerprint
+        keep = [c for c in MODEL_INPUTS if c in data.column_names] + (["labels"] if labelled else []) + ["idx"]
+        data = data.select_columns(keep)
+        if self.is_regression and labelled:
+            data = data.cast_column("labels", datasets.Value("float32"))
+        data.set_format("torch")
+        return data
+
+    def _collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        inputs = [{k: e[k] for k in MODEL_INPUTS if k in e} for e in examples]
+        batch = dict(self.tokenizer.pad(inputs, return_tensors="pt"))
+        if "labels" in examples[0]:
+            batch["labels"] = torch.stack([e["labels"] for e in examples])
+        batch["idx"] = torch.stack([e["idx"] for e in examples])
+        return batch
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        data = self.split(split)
+        sampler = SeededRandomSampler(len(data), self.seed) if train else None
+        return DataLoader(data, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                          collate_fn=self._collate, num_workers=self.num_workers)
+
+    # ---- the teacher-cache contract (lkd.cache.store.CacheableData), keyed by ``idx`` --------------------------
+    @property
+    def _cache_splits(self) -> dict[str, str]:
+        return {"train": self.train_split, "val": self.validation_split}
+
+    def cache_stages(self) -> list[str]:
+        return [stage for stage, name in self._cache_splits.items() if name in self.raw and len(self.raw[name])]
+
+    def cache_identity(self, stage: str) -> SplitIdentity:
+        """Ids (the ``idx`` column, so a seeded ``train_size`` subset works), tokenised content, tokenizer."""
+        name = self._cache_splits[stage]
+        data = self.split(name)
+        if "idx" not in data.column_names:
+            raise TeacherCacheError(f"{self.source} split {name!r} has no 'idx' column to key a teacher cache by; "
+                                    f"its columns are {data.column_names}")
+        columns = arrow_columns(data)
+        ids = columns.pop("idx")
+        return SplitIdentity(dataset=f"{type(self).__name__} {self.source}", split=name, rows=len(data),
+                             sample_ids_sha256=sha256_tensors({"ids": ids}), content_sha256=sha256_tensors(columns),
+                             tokenizer=self.tokenizer_name)
+
+    def cache_sample_ids(self, stage: str) -> torch.Tensor:
+        data = self.split(self._cache_splits[stage])
+        return torch.as_tensor(np.asarray(data.with_format("numpy")["idx"]), dtype=torch.long)
+
+    def cache_batches(self, stage: str):
+        return self._loader(self._cache_splits[stage])  # eval batch size, no shuffling
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_split, train=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.validation_split)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split)
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split)
+
+
+def arrow_columns(data: datasets.Dataset) -> dict[str, torch.Tensor]:
+    """Every column of a (possibly shuffled/selected) ``datasets.Dataset`` as flat tensors, in dataset order;
+    ragged list columns become their values plus their lengths (a content hash of tokenised text)."""
+    import pyarrow.compute as pc
+
+    table = data.with_format("arrow")[:]  # in dataset order (indices mapping applied)
+    out = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if str(column.type).startswith(("list", "large_list")):
+            out[f"{name}.values"] = torch.from_numpy(np.asarray(pc.list_flatten(column).to_numpy(zero_copy_only=False)).copy())
+            out[f"{name}.lengths"] = torch.from_numpy(np.asarray(pc.list_value_length(column).to_numpy(zero_copy_only=False)).copy())
+        else:
+            out[name] = torch.from_numpy(np.asarray(column.to_numpy(zero_copy_only=False)).copy())
+    return out

@@ -1,0 +1,180 @@
+"""TextClassificationDataModule on local CSV / JSON Lines / parquet files: columns, labels, splits, errors; a GLUE
+config run on a CSV by overrides alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lkd.data import GLUEDataModule, TextClassificationDataModule, TextDataError
+from tests.glue_fixtures import MINILM, tiny_model_args
+
+GOOD, BAD, MEH = ["superb", "lovely", "great"], ["awful", "dull", "bad"], ["fine", "okay", "average"]
+
+
+def _rows(n: int, offset: int = 0) -> list[dict]:
+    classes = [("pos", GOOD), ("neg", BAD), ("meh", MEH)]
+    out = []
+    for i in range(offset, offset + n):
+        name, words = classes[i % 3]
+        out.append({"id": i, "review": f"the food was {words[i % 3]} and {words[(i + 1) % 3]}", "stars": name,
+                    "venue": f"place {i % 5}"})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def reviews(tmp_path) -> dict[str, str]:
+    return {"train": str(write_csv(tmp_path / "train.csv", _rows(30))),
+            "validation": str(write_csv(tmp_path / "dev.csv", _rows(9, offset=30)))}
+
+
+def _ready(stage="fit", **kwargs) -> TextClassificationDataModule:
+    data = TextClassificationDataModule(**{"batch_size": 4, "eval_batch_size": 4, **kwargs})
+    data.connect(MINILM, model_max_length=128)
+    data.setup(stage)
+    return data
+
+
+def test_csv_with_its_own_columns_and_string_labels(reviews):
+    data = _ready(data_files=reviews, text_columns=["review"], label_column="stars")
+    assert data.num_classes == 3 and data.label_names == ["meh", "neg", "pos"] and not data.is_regression  # sorted names
+    assert data.task == "classification"
+    train = data.split("train")
+    assert len(train) == 30 and train[0]["labels"] == 2 and train[1]["labels"] == 1  # row 0 "pos", row 1 "neg"
+    assert train[0]["input_ids"].tolist() == data.tokenizer("the food was superb and lovely")["input_ids"]
+    batch = next(iter(data.val_dataloader()))
+    assert batch["idx"][:].tolist() == [0, 1, 2, 3] and batch["labels"].dtype == torch.long  # row ids added: the cache key
+    assert batch["input_ids"].shape[1] == int(batch["attention_mask"].sum(1).max())  # dynamic padding
+
+
+def test_label_names_fix_the_class_order_and_columns_are_detected(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "venue"} | {"label": r["stars"]} for r in _rows(12)]
+    rows = [{k: v for k, v in r.items() if k != "stars"} for r in rows]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    data = _ready(data_files=str(path), label_names=["neg", "meh", "pos"], validation_size=3)
+    assert data.label_column == "label" and data.text_columns == ["review"]  # "id" is an int, not text
+    assert data.label_names == ["neg", "meh", "pos"] and data.num_classes == 3
+    train, val = data.split("train"), data.split("validation")
+    assert len(train) == 9 and len(val) == 3  # carved from train, seeded
+    assert set(train["idx"][:].tolist()).isdisjoint(val["idx"][:].tolist())
+    first = {int(i): int(y) for i, y in zip(train["idx"][:], train["labels"][:])}
+    assert all(first[i] == ["neg", "meh", "pos"].index(rows[i]["label"]) for i in first)
+    again = _ready(data_files=str(path), label_names=["neg", "meh", "pos"], validation_size=3)
+    other = _ready(data_files=str(path), label_names=["neg", "meh", "pos"], validation_size=3, seed=1)
+    assert again.split("validation")["idx"][:].tolist() == val["idx"][:].tolist() != other.split("validation")["idx"][:].tolist()
+
+
+def test_float_labels_are_regression_and_int_labels_class_ids(tmp_path):
+    import datasets
+
+    rows = {"premise": [f"a {w}" for w in GOOD * 4], "hypothesis": [f"b {w}" for w in BAD * 4], "target": [0.5 * i for i in range(12)]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "train.parquet"))
+    data = _ready(data_files={"train": str(tmp_path / "train.parquet")}, validation_size=0.25)
+    assert data.is_regression and data.num_classes == 1 and data.text_columns == ["premise", "hypothesis"]
+    assert data.split("train")["labels"][:].dtype == torch.float32
+    ids = rows | {"target": [i % 4 for i in range(12)]}
+    datasets.Dataset.from_dict(ids).to_parquet(str(tmp_path / "ids.parquet"))
+    data = _ready(data_files=str(tmp_path / "ids.parquet"), validation_size=4, label_names=["a", "b", "c", "d"])
+    assert data.num_classes == 4 and data.label_names == ["a", "b", "c", "d"]
+    assert sorted(set(data.split("train")["labels"][:].tolist())) == [0, 1, 2, 3]
+
+
+def test_a_glue_config_runs_on_a_csv_by_overrides_alone(reviews, tmp_path):
+    from lkd.cli import LKDCLI
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "glue" / "student_alone.yaml"
+    cli = LKDCLI(args=[
+        "fit", "-c", str(config), *tiny_model_args(config), f"--data.init_args.data_files={json.dumps(reviews)}",
+        "--data.init_args.text_columns=[review]", "--data.init_args.label_column=stars", "--data.init_args.task=reviews",
+        "--data.init_args.batch_size=8", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--best_checkpoint.path={tmp_path / 'best.ckpt'}",
+    ])
+    assert cli.datamodule.hub_id is None and cli.datamodule.num_classes == 3
+    assert cli.model.num_classes == 3 and cli.model.task == "reviews"  # linked from the data
+    assert cli.model.network.classifier.out_features == 3
+    assert cli.trainer.global_step == 2 and "val/acc" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"text_columns": ["reviw"], "label_column": "stars"}, r"\['reviw'\] not in .*did you mean 'review'\?.*HINT: set data.init_args.text_columns"),
+    ({"text_columns": ["review"], "label_column": "star"}, r"label_column 'star' is not a column .*did you mean 'stars'\?.*columns: \['id', 'review', 'stars', 'venue'\]"),
+    ({"text_columns": ["review"]}, r"no column is named like a label .*columns: \['id', 'review', 'stars', 'venue'\].*HINT: set data.init_args.label_column"),
+    ({"label_column": "id"}, r"expected 1 or 2 text columns, found \['review', 'stars', 'venue'\]"),
+    ({"text_columns": ["review"], "label_column": "stars", "label_names": ["neg", "pos"]},
+     r"label 'meh' \(split 'train', row 2\) is not one of the known classes \['neg', 'pos'\]"),
+])
+def test_bad_columns_and_labels_are_named(reviews, kwargs, message):
+    data = TextClassificationDataModule(data_files=reviews, **kwargs)
+    data.connect(MINILM)
+    with pytest.raises(TextDataError, match=message):
+        data.setup("fit")
+        data.split("train")
+
+
+def test_label_outside_the_known_classes_in_validation(tmp_path):
+    train = write_csv(tmp_path / "train.csv", _rows(9))
+    dev = write_csv(tmp_path / "dev.csv", _rows(3) + [{"id": 99, "review": "so so", "stars": "mixed", "venue": "x"}])
+    data = _ready(data_files={"train": str(train), "validation": str(dev)}, text_columns=["review"], label_column="stars")
+    with pytest.raises(TextDataError, match=r"label 'mixed' \(split 'validation', row 3\) is not one of the known classes \['meh', 'neg', 'pos'\]"):
+        data.split("validation")
+    ints = write_jsonl(tmp_path / "ints.jsonl", [{"text": "a", "label": i % 2} for i in range(6)])
+    dev_ints = write_jsonl(tmp_path / "dev_ints.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 5}])
+    data = _ready(data_files={"train": str(ints), "validation": str(dev_ints)})
+    with pytest.raises(TextDataError, match=r"label 5 \(split 'validation', row 1\) is outside the 2 known classes"):
+        data.split("validation")
+
+
+def test_labels_that_are_neither_names_nor_numbers(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"text": f"t{i}", "label": [i, i + 1]} for i in range(6)])
+    with pytest.raises(TextDataError, match=r"label column 'label' is .*neither class names \(strings\), class ids \(integers\) nor numbers"):
+        _ready(data_files=str(path), validation_size=2)
+    empty = write_jsonl(tmp_path / "gaps.jsonl", [{"text": f"t{i}", "label": None if i == 3 else "a"} for i in range(6)])
+    with pytest.raises(TextDataError, match=r"label of row \d in split 'train' is empty"):
+        _ready(data_files=str(empty), validation_size=1, seed=5)
+
+
+def test_empty_split_and_bad_files_are_refused(tmp_path, reviews):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("id,review,stars,venue\n")
+    with pytest.raises(TextDataError, match=r"split 'validation' is empty"):
+        _ready(data_files={"train": reviews["train"], "validation": str(empty)}, text_columns=["review"], label_column="stars")
+    with pytest.raises(FileNotFoundError, match=r"no such file .*nope.csv"):
+        TextClassificationDataModule(data_files=str(tmp_path / "nope.csv")).raw
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(TextDataError, match=r"named by the file ending; known endings: .csv, .tsv"):
+        TextClassificationDataModule(data_files=str(tmp_path / "a.txt")).raw
+    with pytest.raises(ValueError, match=r"give exactly one of dataset .* and data_files"):
+        TextClassificationDataModule()
+    with pytest.raises(ValueError, match=r"validation_size must be a fraction in \(0, 1\) or a count >= 1, got 1.5"):
+        TextClassificationDataModule(data_files=reviews, validation_size=1.5)
+
+
+def test_tsv_and_the_teacher_cache_identity(tmp_path):
+    train = write_csv(tmp_path / "train.tsv", _rows(12), delimiter="\t")
+    data = _ready(data_files=str(train), text_columns=["review"], label_column="stars", validation_size=3, train_size=6)
+    identity = data.cache_identity("train")
+    assert identity.rows == 6 and data.cache_sample_ids("train").tolist() == data.split("train")["idx"][:].tolist()
+    assert data.cache_stages() == ["train", "val"]
+
+
+def test_glue_preset_still_reads_glue(tiny_glue):
+    data = GLUEDataModule("mrpc", hub_id=str(tiny_glue))
+    assert data.dataset == str(tiny_glue) and data.config == "mrpc" and data.label_column == "label"
+    assert data.text_columns == ["sentence1", "sentence2"] and data.test_split == "validation"
