@@ -9,7 +9,8 @@ Every run is an ordinary ``lkd fit`` of a YAML under configs/glue/ with the over
 paths), run in a subprocess with ``OMP_NUM_THREADS=1``, ``--jobs`` at a time, each kept as one line of
 ``WORKDIR/runs.jsonl`` (a rerun skips what is there). A teacher is trained once per task; its logits on train
 and validation are cached (``teacher.cache``, written by the first distilled run of the task) and every
-distilled row with ``cos_weight: 0`` reads the cache instead of running the teacher. The score is the task's
+distilled row with ``cos_weight: 0`` reads the cache instead of running the teacher. Batches are grouped by length (``group_by_length``) and
+the token embeddings frozen (``freeze_embeddings``) in every row, for CPU time. The score is the task's
 GLUE dev score (mean of its metrics) of the weights at the end of training. Speed: CPU inference of each
 architecture over 512 dev examples padded to their longest, taking turns (ratio = teacher s / model s),
 measured alone after training. Writes benchmarks/results/glue.json and the "GLUE" section of BENCHMARKS.md.
@@ -36,30 +37,34 @@ CONFIGS = ROOT / "configs" / "glue"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 # per task: training examples (None: the whole train split), teacher epochs, student epochs, batch, max_length
 BUDGET = {"mrpc": (None, 3, 2, 32, 128), "rte": (None, 3, 2, 32, 128), "cola": (None, 2, 2, 32, 64),
-          "stsb": (None, 3, 2, 32, 128), "sst2": (8000, 2, 2, 32, 64)}
-# name: (config, teacher row it reads, what, extra overrides, cached teacher)
+          "stsb": (None, 2, 2, 32, 128), "sst2": (8000, 2, 2, 32, 64)}
+CACHE, TRANSFER_CACHE = "teacher_cache.pt", "teacher_cache_transfer.pt"
+# name: (config, teacher row it reads, what, extra overrides, teacher cache file or None: a live teacher)
 ROWS = {
-    "teacher": ("teacher.yaml", None, "MiniLM-L6 fine-tuned (6 layers)", [], False),
-    "student_alone": ("student_alone.yaml", None, "3-layer student fine-tuned alone", [], False),
+    "teacher": ("teacher.yaml", None, "MiniLM-L6 fine-tuned (6 layers)", [], None),
+    "student_alone": ("student_alone.yaml", None, "3-layer student fine-tuned alone", [], None),
     "student_kd": ("student_kd.yaml", "teacher", "distilled: α·T²·KL + (1−α)·CE, α 0.5, T 2 (cached teacher)",
-                   ["--model.init_args.cos_weight=0"], True),
+                   ["--model.init_args.cos_weight=0"], CACHE),
     # the "why did KD lose" ablations (one seed, --ablation-task)
     "kd_init_teacher": ("student_kd.yaml", "teacher", "distilled, student initialised from the fine-tuned teacher's layers 0, 2, 5",
-                        ["--model.init_args.cos_weight=0", "--model.init_args.student_init=teacher"], True),
+                        ["--model.init_args.cos_weight=0", "--model.init_args.student_init=teacher"], CACHE),
     "kd_soft": ("student_kd.yaml", "teacher", "distilled, α 0.9, T 4 (mostly the teacher's soft targets)",
-                ["--model.init_args.cos_weight=0", "--model.init_args.alpha=0.9", "--model.init_args.temperature=4"], True),
-    "kd_cos": ("student_kd.yaml", "teacher", "distilled + L_cos on layers 0, 2, 5 (live teacher; DistilBERT's loss)", [], False),
-    "kd_init_teacher_soft": ("student_kd.yaml", "teacher", "distilled, teacher init + α 0.9, T 4",
-                             ["--model.init_args.cos_weight=0", "--model.init_args.student_init=teacher",
-                              "--model.init_args.alpha=0.9", "--model.init_args.temperature=4"], True),
-    # the DKVB variants (one seed, --dkvb-task)
-    "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [], False),
-    "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features", [], False),
-    "student_dkvb_keyinit": ("student_dkvb_keyinit.yaml", "teacher", "distilled + DKVB, keys init from teacher embeddings", [], False),
-    "student_dkvb_carry": ("student_dkvb_carry.yaml", "teacher_dkvb", "distilled + DKVB, keys+values carried from the DKVB teacher every 100 steps", [], False),
+                ["--model.init_args.cos_weight=0", "--model.init_args.alpha=0.9", "--model.init_args.temperature=4"], CACHE),
+    "kd_cos": ("student_kd.yaml", "teacher", "distilled + L_cos on layers 0, 2, 5 (live teacher; DistilBERT's loss)", [], None),
+    "kd_transfer": ("student_kd.yaml", "teacher", "distilled on a transfer set twice the train split (1 changed copy per example, "
+                    "30 % of words replaced, teacher-labelled)", ["--model.init_args.cos_weight=0", "--data.init_args.transfer_copies=1"],
+                    TRANSFER_CACHE),
+    # the DKVB variants (one seed, --dkvb-task), the plain distilled row's loss (no L_cos)
+    "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [], None),
+    "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features",
+                        ["--model.init_args.cos_weight=0"], CACHE),
+    "student_dkvb_keyinit": ("student_dkvb_keyinit.yaml", "teacher", "distilled + DKVB, keys init from teacher embeddings",
+                             ["--model.init_args.cos_weight=0"], None),
+    "student_dkvb_carry": ("student_dkvb_carry.yaml", "teacher_dkvb", "distilled + DKVB, keys+values carried from the DKVB teacher every 100 steps",
+                           ["--model.init_args.cos_weight=0"], None),
 }
 SEEDED = ("student_alone", "student_kd")
-ABLATIONS = ("kd_init_teacher", "kd_soft", "kd_cos", "kd_init_teacher_soft")
+ABLATIONS = ("kd_init_teacher", "kd_soft", "kd_cos", "kd_transfer")
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [
     column("task", "task"), column("model", "model"), column("seeds", "seeds"),
@@ -74,7 +79,7 @@ COLUMNS = [
 # ---- one run (a subprocess) ------------------------------------------------------------------------------
 def job_args(job: dict, workdir: Path) -> list[str]:
     task, name, seed = job["task"], job["row"], job["seed"]
-    config, teacher, _, extra, cached = ROWS[name]
+    config, teacher, _, extra, cache = ROWS[name]
     train_size, teacher_epochs, student_epochs, batch, max_length = BUDGET[task]
     import yaml
 
@@ -86,14 +91,14 @@ def job_args(job: dict, workdir: Path) -> list[str]:
         f"--trainer.max_epochs={teacher_epochs if name.startswith('teacher') else student_epochs}", "--trainer.val_check_interval=1.0",
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={workdir / 'tb'}",
         f"--trainer.logger.init_args.name={task}_{name}_s{seed}", f"--best_checkpoint.path={out}.ckpt",
-        f"--model.init_args.{role}.init_args.freeze_embeddings=true", *extra,
+        f"--model.init_args.{role}.init_args.freeze_embeddings=true", "--data.init_args.group_by_length=true", *extra,
     ]
     if train_size is not None:
         args.append(f"--data.init_args.train_size={train_size}")
     if teacher:
         args.append(f"--model.init_args.teacher.checkpoint={workdir / task / f'{teacher}_s0.ckpt'}")
-        if cached:
-            args.append(f"--model.init_args.teacher.cache={workdir / task / 'teacher_cache.pt'}")
+        if cache:
+            args.append(f"--model.init_args.teacher.cache={workdir / task / cache}")
     return args
 
 
@@ -137,9 +142,9 @@ def key(job: dict) -> tuple:
 def depends_on(job: dict) -> list[tuple]:
     """Jobs that must have finished first: the teacher it reads; for a cached row, the task's first cached
     row (which writes the cache)."""
-    _, teacher, _, _, cached = ROWS[job["row"]]
+    _, teacher, _, _, cache = ROWS[job["row"]]
     deps = [(job["task"], teacher, 0)] if teacher else []
-    if cached and (job["row"], job["seed"]) != ("student_kd", 0):
+    if cache == CACHE and (job["row"], job["seed"]) != ("student_kd", 0):
         deps.append((job["task"], "student_kd", 0))
     return deps
 

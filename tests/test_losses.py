@@ -141,3 +141,23 @@ def test_layerwise_loss_needs_matching_layer_lists():
         layerwise_loss([x, x], [x])
     with pytest.raises(ValueError, match="got 0 and 0"):
         layerwise_loss([], [])
+
+
+def test_unlabelled_rows_get_the_soft_term_only():
+    import torch.nn.functional as F
+
+    from lkd.losses import UNLABELLED, hard_label_loss, regression_kd_loss
+
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 3), torch.randn(6, 3)
+    y = torch.tensor([0, 2, UNLABELLED, 1, UNLABELLED, 0])
+    keep = y >= 0
+    assert torch.allclose(hard_label_loss(s, y), F.cross_entropy(s[keep], y[keep]))
+    total, terms = hinton_kd_loss(s, t, y, temperature=2.0, alpha=0.25)
+    assert torch.allclose(terms["ce"], F.cross_entropy(s[keep], y[keep])) and torch.allclose(terms["kd"], kd_kl_div(s, t, 2.0))
+    assert torch.allclose(total, 0.25 * terms["kd"] + 0.75 * terms["ce"])
+    none, _ = hinton_kd_loss(s, t, torch.full((6,), UNLABELLED), temperature=2.0, alpha=0.25)
+    assert torch.allclose(none, 0.25 * kd_kl_div(s, t, 2.0))  # no labelled row: no NaN, the soft term alone
+    scores, target = torch.randn(4), torch.tensor([1.0, float("nan"), 3.0, float("nan")])
+    _, terms = regression_kd_loss(scores, torch.randn(4), target, alpha=0.5)
+    assert torch.allclose(terms["mse"], F.mse_loss(scores[[0, 2]], target[[0, 2]]))

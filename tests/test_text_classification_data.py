@@ -103,13 +103,16 @@ def test_a_glue_config_runs_on_a_csv_by_overrides_alone(reviews, tmp_path):
     cli = LKDCLI(args=[
         "fit", "-c", str(config), *tiny_model_args(config), f"--data.init_args.data_files={json.dumps(reviews)}",
         "--data.init_args.text_columns=[review]", "--data.init_args.label_column=stars", "--data.init_args.task=reviews",
-        "--data.init_args.batch_size=8", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
+        "--data.init_args.batch_size=8", "--data.init_args.group_by_length=true", "--trainer.fast_dev_run=2", f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}", f"--best_checkpoint.path={tmp_path / 'best.ckpt'}",
     ])
     assert cli.datamodule.hub_id is None and cli.datamodule.num_classes == 3
     assert cli.model.num_classes == 3 and cli.model.task == "reviews"  # linked from the data
     assert cli.model.network.classifier.out_features == 3
     assert cli.trainer.global_step == 2 and "val/acc" in cli.trainer.callback_metrics
+    from lkd.data.text_classification import LengthGroupedSampler
+
+    assert isinstance(cli.trainer.train_dataloader.sampler, LengthGroupedSampler)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -178,3 +181,67 @@ def test_glue_preset_still_reads_glue(tiny_glue):
     data = GLUEDataModule("mrpc", hub_id=str(tiny_glue))
     assert data.dataset == str(tiny_glue) and data.config == "mrpc" and data.label_column == "label"
     assert data.text_columns == ["sentence1", "sentence2"] and data.test_split == "validation"
+
+
+def test_transfer_set_adds_changed_unlabelled_copies(reviews):
+    data = _ready(data_files=reviews, text_columns=["review"], label_column="stars", transfer_copies=2, transfer_word_prob=0.5)
+    train = data.split("train")
+    assert len(train) == 90
+    labels, ids = train["labels"][:].tolist(), train["idx"][:].tolist()
+    assert labels[30:] == [-1] * 60 and min(labels[:30]) >= 0  # the copies carry no label: the teacher labels them
+    assert len(set(ids)) == 90 and min(ids[30:]) == 30  # their own ids after the split's, so a teacher cache keys them
+    originals = [data.tokenizer.decode(train[i]["input_ids"], skip_special_tokens=True) for i in range(30)]
+    copies = [data.tokenizer.decode(train[30 + i]["input_ids"], skip_special_tokens=True) for i in range(30)]
+    changed = sum(a != b for a, b in zip(originals, copies))
+    assert changed >= 20 and all(len(a.split()) == len(b.split()) for a, b in zip(originals, copies))  # words replaced, not dropped
+    again = _ready(data_files=reviews, text_columns=["review"], label_column="stars", transfer_copies=2, transfer_word_prob=0.5)
+    assert again.split("train")["input_ids"][30:].__len__() == 60
+    assert [again.split("train")[30 + i]["input_ids"].tolist() for i in range(5)] == [train[30 + i]["input_ids"].tolist() for i in range(5)]
+
+
+def test_a_transfer_set_is_distilled_and_refused_without_a_teacher(tiny_glue, tmp_path):
+    import lightning.pytorch as pl
+
+    from lkd.models import TransformerClassifier
+    from lkd.modules import GLUEClassifierModule, GLUEDistillModule
+    from lkd.teacher import Teacher
+    from tests.glue_fixtures import TINY_BERT
+
+    def net(n):
+        return TransformerClassifier(n, MINILM, pretrained=False, config_overrides=TINY_BERT)
+
+    data = GLUEDataModule("sst2", hub_id=str(tiny_glue), batch_size=16, max_length=32, transfer_copies=1)
+    trainer = pl.Trainer(fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"rows without labels \(a transfer set.*HINT: use GLUEDistillModule"):
+        trainer.fit(GLUEClassifierModule(net), datamodule=data)
+    teacher_ckpt = tmp_path / "t.ckpt"
+    teacher_module = GLUEClassifierModule(net)
+    trainer = pl.Trainer(fast_dev_run=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(teacher_module, datamodule=GLUEDataModule("sst2", hub_id=str(tiny_glue), batch_size=16, max_length=32))
+    trainer.save_checkpoint(teacher_ckpt)
+    module = GLUEDistillModule(net, Teacher(net(2), checkpoint=str(teacher_ckpt)), alpha=0.5)
+    data.setup("fit")
+    data.connect(MINILM, 32)
+    batch = next(iter(data.train_dataloader()))
+    assert (batch["labels"] == -1).any() and (batch["labels"] >= 0).any()  # the seeded order mixes both
+    trainer = pl.Trainer(fast_dev_run=2, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    m = trainer.callback_metrics
+    assert torch.isfinite(m["train/loss"]) and torch.isfinite(m["train/ce"]) and torch.isfinite(m["train/kd"])
+
+
+def test_length_grouped_batches_pad_less_and_keep_every_example():
+    from lkd.data.text_classification import LengthGroupedSampler
+
+    lengths = torch.randint(5, 120, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    sampler = LengthGroupedSampler(lengths, batch_size=32, seed=3, group_batches=10)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))  # a permutation
+    batches = [order[i:i + 32] for i in range(0, 1000, 32)]
+    padded = sum(32 * max(lengths[i] for i in b) for b in batches[:-1])
+    plain = list(torch.randperm(1000, generator=torch.Generator().manual_seed(3)).tolist())
+    padded_plain = sum(32 * max(lengths[i] for i in plain[i:i + 32]) for i in range(0, 992, 32))
+    assert padded < 0.7 * padded_plain  # the point: much less padding
+    assert list(LengthGroupedSampler(lengths, 32, seed=3, group_batches=10)) == order  # seeded
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a fresh order every epoch (resumable: it depends on seed + epoch only)

@@ -52,6 +52,9 @@ class GLUEDataModule(TextClassificationDataModule):
         label_column: str | None = None,
         label_names: list[str] | None = None,
         validation_size: float | int | None = None,
+        transfer_copies: int = 0,
+        transfer_word_prob: float = 0.3,
+        group_by_length: bool = False,
         seed: int = 0,
         num_workers: int = 0,
     ):
@@ -59,7 +62,8 @@ class GLUEDataModule(TextClassificationDataModule):
                          tokenizer, task=task, text_columns=text_columns, label_column=label_column, label_names=label_names,
                          test_split=test_split, predict_split=predict_split, validation_size=validation_size,
                          max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size, train_size=train_size,
-                         seed=seed, num_workers=num_workers)
+                         transfer_copies=transfer_copies, transfer_word_prob=transfer_word_prob,
+                         group_by_length=group_by_length, seed=seed, num_workers=num_workers)
         self.hub_id = hub_id if data_files is None else None
         if data_files is None:
             self._check_task()

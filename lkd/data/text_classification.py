@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from typing_extensions import override
 from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
 from lkd.data.mnist import SeededRandomSampler
 from lkd.hub import DataFileError, load_hub_dataset, load_tokenizer
+from lkd.losses import UNLABELLED
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_CANDIDATES = ("label", "labels", "target", "class", "category", "score", "y")
@@ -49,6 +51,46 @@ class TextDataError(ValueError):
 def _near(name: str, choices) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class LengthGroupedSampler(SeededRandomSampler):
+    """A seeded permutation every epoch in which each batch holds examples of about the same length, so dynamic
+    padding pads little (Hugging Face Trainer's ``group_by_length``): the permutation is cut into groups of 50
+    batches, each group sorted by length and cut into batches, and the full batches shuffled (the one short
+    batch stays last, so the DataLoader's batches are these batches). Resumable as :class:`SeededRandomSampler`.
+
+    Args:
+        lengths: (N,) tokens of each example.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_batches: int = 50):
+        super().__init__(len(lengths), seed)
+        self.lengths, self.batch_size, self.group = torch.as_tensor(lengths), batch_size, batch_size * group_batches
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        grouped = [g[torch.argsort(self.lengths[g], descending=True, stable=True)] for g in order.split(self.group)]
+        batches = list(torch.cat(grouped).split(self.batch_size))
+        short = [batches.pop()] if len(batches[-1]) < self.batch_size else []
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return iter(torch.cat(shuffled + short).tolist())
+
+
+def replace_words(text: str, words: np.ndarray, weights: np.ndarray, prob: float, rng: np.random.Generator) -> str:
+    """``text`` with each whitespace-separated word replaced, with probability ``prob``, by a word drawn from
+    ``words`` with probabilities ``weights`` (the training text's word frequencies): a transfer-set example
+    near the data that a teacher labels (TinyBERT's augmentation, with frequency-drawn instead of
+    MLM-predicted replacements)."""
+    tokens = text.split()
+    if not tokens:
+        return text
+    swap = rng.random(len(tokens)) < prob
+    if swap.any():
+        drawn = rng.choice(words, size=int(swap.sum()), p=weights)
+        for i, w in zip(np.flatnonzero(swap), drawn):
+            tokens[i] = str(w)
+    return " ".join(tokens)
 
 
 def load_data_files(data_files: str | list[str] | dict[str, str | list[str]]) -> datasets.DatasetDict:
@@ -105,6 +147,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
         max_length: longest tokenised input; longer ones are truncated. Must not exceed the model's limit.
         batch_size: training batch size. ``eval_batch_size``: validation/test/predict batch size.
         train_size: a seeded random subset of this many training examples (None = all).
+        transfer_copies: add this many changed copies of every training example without their labels
+            (:func:`replace_words`, ``transfer_word_prob`` of the words replaced): a larger transfer set that the
+            teacher labels (TinyBERT); their ``labels`` are :data:`lkd.losses.UNLABELLED` (NaN for regression), so
+            they need a distillation module. 0 (default): none.
+        group_by_length: training batches of examples of about the same length (:class:`LengthGroupedSampler`):
+            less padding, so faster epochs on short-text data; False (default): a plain seeded shuffle.
         seed: seed of the carving, the subset and the shuffling (a fresh order every epoch, reproducible on resume).
         num_workers: DataLoader workers.
     """
@@ -130,6 +178,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         train_size: int | None = None,
+        transfer_copies: int = 0,
+        transfer_word_prob: float = 0.3,
+        group_by_length: bool = False,
         seed: int = 0,
         num_workers: int = 0,
     ):
@@ -141,6 +192,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
         for name, size in (("validation_size", validation_size), ("test_size", test_size)):
             if size is not None and not (0 < size < 1 or (float(size).is_integer() and size >= 1)):
                 problems.append(f"{name} must be a fraction in (0, 1) or a count >= 1, got {size}")
+        if transfer_copies < 0 or not 0 < transfer_word_prob <= 1:
+            problems.append(f"transfer_copies must be >= 0 and transfer_word_prob in (0, 1], got {transfer_copies}, {transfer_word_prob}")
         if (dataset is None) == (data_files is None):
             problems.append("give exactly one of dataset (a hub id or folder) and data_files (local csv/json/parquet files), "
                             f"got dataset={dataset!r}, data_files={data_files!r}")
@@ -158,6 +211,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.validation_size, self.test_size = validation_size, test_size
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.train_size, self.seed, self.num_workers = train_size, seed, num_workers
+        self.transfer_copies, self.transfer_word_prob = transfer_copies, transfer_word_prob
+        self.group_by_length = group_by_length
         self.splits: dict[str, datasets.Dataset] = {}
 
     @property
@@ -381,7 +436,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
         labelled = label in data.column_names
         tokenizer, max_length = self.tokenizer, self.max_length
         if labelled:
-            labels = self.encode_labels(split, data[label])  # checked here, before the (cached) map
+            labels = list(self.encode_labels(split, list(data[label])))  # checked here, before the (cached) map
+        if split == self.train_split and self.transfer_copies:
+            extra = self.transfer_set(data)
+            data = datasets.concatenate_datasets([data, extra])
+            labels = labels + [float("nan") if self.is_regression else UNLABELLED] * len(extra)
 
         def encode(batch, rows):
             texts = [["" if t is None else str(t) for t in batch[c]] for c in columns]
@@ -398,6 +457,30 @@ class TextClassificationDataModule(pl.LightningDataModule):
         data.set_format("torch")
         return data
 
+    def transfer_set(self, data: datasets.Dataset) -> datasets.Dataset:
+        """``transfer_copies`` changed copies of ``data`` (:func:`replace_words` on every text column), seeded, with
+        new ``idx`` values after the split's own."""
+        columns, n, offset = self.text_columns, len(data), int(max(data["idx"])) + 1
+        counts: dict[str, int] = {}
+        for c in columns:
+            for text in data[c]:
+                for w in (text or "").split():
+                    counts[w] = counts.get(w, 0) + 1
+        words = np.array(list(counts))
+        weights = np.array(list(counts.values()), dtype=float)
+        weights /= weights.sum()
+        copies = []
+        for copy in range(self.transfer_copies):
+            rng = np.random.default_rng([self.seed, copy])
+            texts = {c: [replace_words(t or "", words, weights, self.transfer_word_prob, rng) for t in data[c]] for c in columns}
+            ids = np.arange(n) + offset + copy * n
+            copies.append(data.remove_columns([*columns, "idx"]).add_column("idx", ids.tolist())
+                          .map(lambda _, i: {c: texts[c][i] for c in columns}, with_indices=True, desc="transfer set")
+                          .cast(data.features))
+        rank_zero_info(f"{self.task}: transfer set of {self.transfer_copies} x {n} changed training examples without labels "
+                       f"({self.transfer_word_prob:.0%} of the words replaced)")
+        return datasets.concatenate_datasets(copies)
+
     def _collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         inputs = [{k: e[k] for k in MODEL_INPUTS if k in e} for e in examples]
         batch = dict(self.tokenizer.pad(inputs, return_tensors="pt"))
@@ -408,7 +491,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool = False) -> DataLoader:
         data = self.split(split)
-        sampler = SeededRandomSampler(len(data), self.seed) if train else None
+        sampler = None
+        if train and self.group_by_length:
+            lengths = [len(ids) for ids in data.with_format(None)["input_ids"]]
+            sampler = LengthGroupedSampler(lengths, self.batch_size, self.seed)
+        elif train:
+            sampler = SeededRandomSampler(len(data), self.seed)
         return DataLoader(data, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
                           collate_fn=self._collate, num_workers=self.num_workers)
 

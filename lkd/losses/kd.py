@@ -126,6 +126,30 @@ def topk_kd_kl_div(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor,
     return kl.mean() * temperature**2
 
 
+UNLABELLED = -1  # class label of a row without one (a transfer-set row the teacher labels); regression: NaN
+
+
+def labelled_rows(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: rows that carry a label (class id >= 0, or a finite regression target)."""
+    return labels.isfinite() if labels.is_floating_point() else labels >= 0
+
+
+def hard_label_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (class ids) or MSE (float targets) over the labelled rows only (0 when there are none).
+
+    Args:
+        student_logits: (B, C) logits, or (B,) / (B, 1) scores for a float target.
+        labels: (B,) class ids with :data:`UNLABELLED` for rows without a label, or float targets with NaN.
+    """
+    keep = labelled_rows(labels)
+    if labels.is_floating_point():
+        scores = student_logits.float().reshape(-1)
+        return F.mse_loss(scores[keep], labels[keep].float()) if keep.any() else scores.sum() * 0.0
+    if keep.all():
+        return F.cross_entropy(student_logits.float(), labels)
+    return F.cross_entropy(student_logits.float()[keep], labels[keep]) if keep.any() else student_logits.sum() * 0.0
+
+
 def hinton_kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -139,16 +163,16 @@ def hinton_kd_loss(
     Args:
         student_logits: (B, C).
         teacher_logits: (B, C).
-        labels: (B,) class indices in [0, C).
+        labels: (B,) class indices in [0, C); :data:`UNLABELLED` rows (a transfer set) get the soft term only.
         temperature: T > 0.
         alpha: weight of the soft term in [0, 1].
     Returns:
-        total loss (0-d) and its terms ``{"kd": T²·KL, "ce": CE}`` (unweighted, for logging).
+        total loss (0-d) and its terms ``{"kd": T²·KL, "ce": CE}`` (unweighted, for logging; CE over labelled rows).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     kd = kd_kl_div(student_logits, teacher_logits, temperature)
-    ce = F.cross_entropy(student_logits.float(), labels)
+    ce = hard_label_loss(student_logits, labels)
     return alpha * kd + (1.0 - alpha) * ce, {"kd": kd, "ce": ce}
 
 
@@ -161,7 +185,7 @@ def regression_kd_loss(
 
     Args:
         student_scores, teacher_scores: (B,) or (B, 1).
-        targets: (B,) float.
+        targets: (B,) float; NaN rows (a transfer set) get the teacher term only.
     Returns:
         total loss and ``{"kd": MSE(s, t), "mse": MSE(s, y)}``.
     """
@@ -170,5 +194,5 @@ def regression_kd_loss(
     _check_logits(student_scores, teacher_scores)
     s = student_scores.float().reshape(-1)
     kd = F.mse_loss(s, teacher_scores.float().reshape(-1))
-    mse = F.mse_loss(s, targets.float().reshape(-1))
+    mse = hard_label_loss(s, targets.float().reshape(-1))
     return alpha * kd + (1.0 - alpha) * mse, {"kd": kd, "mse": mse}

@@ -7,14 +7,13 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
 from lkd.hub import load_tokenizer
-from lkd.losses import hinton_kd_loss, layerwise_loss, regression_kd_loss
+from lkd.losses import UNLABELLED, hard_label_loss, hinton_kd_loss, labelled_rows, layerwise_loss, regression_kd_loss
 from lkd.losses.kd import kd_problems
 from lkd.memory import enable_activation_checkpointing
 from lkd.metrics.glue import glue_metrics, glue_score
@@ -97,9 +96,7 @@ class GLUEModule(LKDModule):
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy, or MSE for a regression task."""
-        if self.is_regression:
-            return F.mse_loss(logits.float().reshape(-1), labels.float())
-        return F.cross_entropy(logits.float(), labels)
+        return hard_label_loss(logits, labels.float() if self.is_regression else labels)
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         """Class ids (B,), or scores (B,) for regression."""
@@ -115,7 +112,9 @@ class GLUEModule(LKDModule):
         self._check_labels(labels, stage)
         logits, loss, terms = self.loss(batch, stage)
         preds = self.predictions(logits.detach())
-        return StepOutput(loss, len(labels), terms, metric_args=(preds, labels), outputs={"preds": preds, "labels": labels})
+        if stage == "train" and not (keep := labelled_rows(labels)).all():  # transfer-set rows: no label to score
+            preds, labels = preds[keep], labels[keep]
+        return StepOutput(loss, len(batch["labels"]), terms, metric_args=(preds, labels), outputs={"preds": preds, "labels": labels})
 
     @override
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -125,6 +124,10 @@ class GLUEModule(LKDModule):
     def _check_labels(self, labels: torch.Tensor, stage: str) -> None:
         if self.is_regression or not labels.numel():
             return
+        if stage == "train":  # UNLABELLED rows of a transfer set (TextClassificationDataModule.transfer_copies)
+            labels = labels[labels != UNLABELLED]
+            if not labels.numel():
+                return
         if labels.min() < 0 or labels.max() >= self.num_classes:
             bad = labels[(labels < 0) | (labels >= self.num_classes)].unique().tolist()
             hint = " (-1 marks GLUE's hidden test labels: score 'validation' instead)" if bad == [-1] else ""
@@ -158,6 +161,11 @@ class GLUEClassifierModule(GLUEModule):
 
     @override
     def loss(self, batch, stage):
+        if stage == "train" and not labelled_rows(batch["labels"]).all():
+            raise ValueError(
+                "the training data has rows without labels (a transfer set: data.init_args.transfer_copies > 0), which only "
+                "a teacher can label; fine-tuning alone would skip them. HINT: use GLUEDistillModule, or set transfer_copies: 0"
+            )
         logits = self.model(**_inputs(batch)).logits
         return logits, self.task_loss(logits, batch["labels"]), {}
 
