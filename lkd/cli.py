@@ -261,7 +261,8 @@ class LKDCLI(LightningCLI):
                               "with the config the checkpoint was trained with") from None
         metrics = {}
         if test:
-            (metrics,) = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+            # the student's weights are loaded above: the test scores them without reading the checkpoint again
+            (metrics,) = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
             metrics = {k: float(v) for k, v in metrics.items() if k.startswith("test/")}
         config = self.config[EXPORT]
         spec = _student_spec(config, role, self.model)

@@ -58,6 +58,8 @@ class GLUEDataModule(TextClassificationDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ):
+        if data_files is not None and hub_id != "nyu-mll/glue":
+            raise ValueError(f"GLUEDataModule: give hub_id ({hub_id!r}) or data_files ({data_files!r}), not both")
         super().__init__(None if data_files is not None else hub_id, None if data_files is not None else task, data_files,
                          tokenizer, task=task, text_columns=text_columns, label_column=label_column, label_names=label_names,
                          test_split=test_split, predict_split=predict_split, validation_size=validation_size,

@@ -79,8 +79,8 @@ class TransformerClassifier(nn.Module):
         config_overrides: changes to the encoder's config (e.g. a tiny random model for tests).
         dropout: dropout before the head (default: the config's ``hidden_dropout_prob`` or 0.1).
         dkvb: the bottleneck, or None.
-        freeze_embeddings: keep the token embeddings fixed (a third to half of a small BERT's weights; on a CPU
-            their gradient and optimizer update cost about as much as a short sequence's forward pass).
+        freeze_embeddings: keep the token embeddings fixed (half of MiniLM-L6's weights): no gradient and no
+            optimizer update for them each step.
         trust_remote_code: never implied; only models that need it should turn it on.
     """
 
