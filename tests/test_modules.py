@@ -149,3 +149,58 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, data)
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 10
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+def test_training_values_are_logged_lean_with_the_same_steps_and_epoch_means(tmp_path, monkeypatch):
+    """Each step only adds to running sums; `self.log` runs on the steps the logger writes: TensorBoard gets
+    `train/loss_step` every n steps and `train/loss_epoch` = the batch-weighted epoch mean, as before."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lkd.evaluation import read_scalars
+    from lkd.modules.base import LKDModule, StepOutput
+
+    class Tiny(LKDModule):
+        def __init__(self):
+            super().__init__(lr_schedule="constant")
+            self.net = torch.nn.Linear(4, 1)
+            self.seen: list[tuple[float, int]] = []
+
+        def step(self, batch, stage):
+            (x,) = batch
+            loss = self.net(x).pow(2).mean()
+            if stage == "train":
+                self.seen.append((float(loss), len(x)))
+            return StepOutput(loss, len(x), {"half": loss / 2})
+
+        def parameter_groups(self):
+            return [{"params": list(self.net.parameters())}]
+
+    calls = []
+    original = LKDModule.log
+    monkeypatch.setattr(LKDModule, "log", lambda self, name, *a, **k: (calls.append((self.global_step, name)), original(self, name, *a, **k))[1])
+    data = DataLoader(TensorDataset(torch.randn(70, 4)), batch_size=8)  # 9 batches, the last of 6
+    module = Tiny()
+    pl.Trainer(max_epochs=1, log_every_n_steps=4, default_root_dir=tmp_path, enable_progress_bar=False, enable_checkpointing=False,
+               logger=pl.loggers.TensorBoardLogger(tmp_path, name="lean"), limit_val_batches=0).fit(module, data)
+    scalars = read_scalars(tmp_path / "lean")
+    assert [s for s, _ in scalars["train/loss_step"]] == [3, 7]  # Lightning's own schedule: steps 4 and 8 (0-based 3, 7)
+    assert scalars["train/loss_step"][0][1] == pytest.approx(module.seen[3][0], rel=1e-5)
+    mean = sum(v * n for v, n in module.seen) / sum(n for _, n in module.seen)
+    assert scalars["train/loss_epoch"][0][1] == pytest.approx(mean, rel=1e-5)
+    assert scalars["train/half_epoch"][0][1] == pytest.approx(mean / 2, rel=1e-5)
+    step_calls = [s for s, name in calls if name.startswith("train/") and name.endswith("_step")]
+    assert len(set(step_calls)) == 3 < len(module.seen)  # logged on 3 of 9 steps (4, 8 and the last batch), not all
+
+
+def test_a_mid_epoch_checkpoint_keeps_the_epochs_running_sums(tmp_path):
+    from lkd.modules import ClassifierModule
+
+    module = ClassifierModule(lambda n: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, n)), num_classes=10)
+    module._train_sums["loss"] = (torch.tensor(6.0), 3)
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    fresh = ClassifierModule(lambda n: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, n)), num_classes=10)
+    fresh.on_load_checkpoint(checkpoint)
+    total, count = fresh._train_sums["loss"]
+    assert float(total) == 6.0 and count == 3

@@ -156,16 +156,65 @@ class LKDModule(pl.LightningModule):
     # ---- steps ----------------------------------------------------------------------------------------
     def _shared_step(self, batch, stage: str) -> StepOutput:
         out = self.step(batch, stage)
+        shown = out.loss if out.logged_loss is None else out.logged_loss
+        values = {"loss": shown.detach(), **{name: value.detach() for name, value in out.terms.items()}}
         if stage == "train":
             check_finite_loss(self, out.loss, out.terms)
-        on_step = stage == "train"
-        shown = out.loss if out.logged_loss is None else out.logged_loss
-        self.log(f"{stage}/loss", shown.detach(), prog_bar=True, on_step=on_step, on_epoch=True, batch_size=out.batch_size)
-        for name, value in out.terms.items():
-            self.log(f"{stage}/{name}", value.detach(), on_step=on_step, on_epoch=True, batch_size=out.batch_size)
+            self._log_train_step(values, out.batch_size)
+        else:
+            for name, value in values.items():
+                self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_step=False, on_epoch=True, batch_size=out.batch_size)
         if out.metric_args:
             getattr(self, f"{stage}_metrics").update(*out.metric_args)
         return out
+
+    # Training values the lean way: a `self.log` call costs about a millisecond of Python, so every step only adds
+    # each value into a running sum (a tensor op, no device sync); `self.log` runs on the steps the logger
+    # writes (`trainer.log_every_n_steps`), an epoch's last batch, the run's last step and the epoch's end. What
+    # reaches TensorBoard is what `self.log(on_step=True, on_epoch=True)` gave: `train/{name}_step` every n steps,
+    # `train/{name}_epoch` (the batch-size-weighted mean) at each epoch's end; callback_metrics holds those and
+    # `train/{name}`, the newest of the two (step values as of the last logged step).
+    def _log_train_step(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
+        sums = self._train_sums
+        for name, value in values.items():
+            total, count = sums.get(name, (0.0, 0))
+            sums[name] = (value.float() * batch_size + total, count + batch_size)
+        if self._step_is_logged():
+            for name, value in values.items():
+                self.log(f"train/{name}_step", value, prog_bar=name == "loss", on_step=True, on_epoch=False, batch_size=batch_size)
+                self.log(f"train/{name}", value, logger=False, on_step=True, on_epoch=False, batch_size=batch_size)
+
+    def _step_is_logged(self) -> bool:
+        """Whether this training step's values are logged: the steps the logger writes, an epoch's last batch and
+        the run's last step (so a short run ends with its step values in callback_metrics)."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        last_step = 0 < trainer.max_steps <= trainer.global_step + 1
+        return trainer._logger_connector.should_update_logs or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or last_step
+
+    @property
+    def _train_sums(self) -> dict[str, tuple[torch.Tensor, int]]:
+        if not hasattr(self, "_lkd_train_sums"):
+            self._lkd_train_sums = {}
+        return self._lkd_train_sums
+
+    def _log_train_epoch_values(self) -> None:
+        for name, (total, count) in self._train_sums.items():
+            mean = total / count
+            self.log(f"train/{name}_epoch", mean, prog_bar=name == "loss", on_step=False, on_epoch=True)
+            self.log(f"train/{name}", mean, logger=False, on_step=False, on_epoch=True)
+        self._train_sums.clear()
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # a mid-epoch checkpoint (val_check_interval < 1) resumes the epoch's means where they were
+        checkpoint["lkd_train_sums"] = {k: (torch.as_tensor(t).detach().cpu(), n) for k, (t, n) in self._train_sums.items()}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._train_sums.clear()
+        self._train_sums.update({k: (t.to(self.device), n) for k, (t, n) in checkpoint.get("lkd_train_sums", {}).items()})
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -191,6 +240,7 @@ class LKDModule(pl.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
+        self._log_train_epoch_values()
         self._log_epoch_metrics("train")
 
     @override
@@ -204,6 +254,8 @@ class LKDModule(pl.LightningModule):
     # ---- set-up: DKVB sync, data, teacher -------------------------------------------------------------
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._train_sums.clear()  # a checkpoint being resumed puts its epoch's sums back afterwards (on_load_checkpoint)
         self._sync_dkvb_codebooks()
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
