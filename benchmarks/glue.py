@@ -122,16 +122,18 @@ def run_job(job: dict, workdir: Path) -> dict:
 
 # ---- the plan ---------------------------------------------------------------------------------------------
 def plan(args) -> list[dict]:
-    """Every job in the order it should start: teachers, seed 0, the ablations, the other seeds, the DKVB rows."""
+    """Every job in the order it should start (what matters most first, so a run stopped for time keeps it):
+    the teachers, seed 0 of every task, the other seeds, the ablations, the DKVB rows, then the other seeds of
+    ``--late-seed-tasks``."""
     jobs = [{"task": t, "row": "teacher", "seed": 0} for t in args.tasks]
-    if args.dkvb_task in args.tasks and "dkvb" in args.parts:
-        jobs.append({"task": args.dkvb_task, "row": "teacher_dkvb", "seed": 0})
+    late = [t for t in args.tasks if t in (args.late_seed_tasks or [])]
     for i, seed in enumerate(args.seeds):
-        jobs += [{"task": t, "row": r, "seed": seed} for t in args.tasks for r in SEEDED]
-        if i == 0 and args.ablation_task in args.tasks and "ablations" in args.parts:
-            jobs += [{"task": args.ablation_task, "row": r, "seed": seed} for r in ABLATIONS]
+        jobs += [{"task": t, "row": r, "seed": seed} for t in args.tasks for r in SEEDED if i == 0 or t not in late]
+    if args.ablation_task in args.tasks and "ablations" in args.parts:
+        jobs += [{"task": args.ablation_task, "row": r, "seed": args.seeds[0]} for r in ABLATIONS]
     if args.dkvb_task in args.tasks and "dkvb" in args.parts:
-        jobs += [{"task": args.dkvb_task, "row": r, "seed": args.seeds[0]} for r in DKVB_ROWS[1:]]
+        jobs += [{"task": args.dkvb_task, "row": r, "seed": args.seeds[0]} for r in DKVB_ROWS]
+    jobs += [{"task": t, "row": r, "seed": seed} for seed in args.seeds[1:] for t in late for r in SEEDED]
     return jobs
 
 
@@ -160,15 +162,30 @@ def load_runs(workdir: Path) -> dict[tuple, dict]:
     return runs
 
 
+def running_elsewhere(workdir: Path) -> set[tuple]:
+    """Jobs with a lock file (``WORKDIR/locks/TASK_ROW_SEED.pid``) whose process is alive: run by another driver."""
+    alive = set()
+    for lock in (workdir / "locks").glob("*.pid"):
+        try:
+            os.kill(int(lock.read_text().split()[0]), 0)
+        except (OSError, ValueError):
+            continue
+        task, rest = lock.stem.split("_", 1)
+        row, seed = rest.rsplit("_", 1)
+        alive.add((task, row, int(seed)))
+    return alive
+
+
 def run_all(args, workdir: Path) -> None:
-    """Start the planned jobs ``--jobs`` at a time (each one thread), respecting their dependencies."""
+    """Start the planned jobs ``--jobs`` at a time (each one thread), respecting their dependencies; jobs that
+    another driver is running (a live lock file) count against the lanes and are waited for."""
     done = load_runs(workdir)
     pending = [j for j in plan(args) if key(j) not in done]
     failed: set[tuple] = set()
     running: dict[tuple, subprocess.Popen] = {}
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **common.OFFLINE_ENV}
-    while pending or running:
+    while pending or running or (running_elsewhere(workdir) - set(running)):
         for k, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[k]
@@ -182,15 +199,22 @@ def run_all(args, workdir: Path) -> None:
         for j in blocked:
             print(f"[glue] skipped {key(j)}: a job it needs failed", flush=True)
             pending.remove(j)
+        elsewhere = running_elsewhere(workdir) - set(running)
+        done = load_runs(workdir) if elsewhere else done
+        pending = [j for j in pending if key(j) not in done]
         for j in list(pending):
-            if len(running) >= args.jobs:
+            if len(running) + len(elsewhere) >= args.jobs:
                 break
+            if key(j) in elsewhere:
+                continue
             if all(d in done for d in depends_on(j)):
                 pending.remove(j)
                 log = (workdir / "logs" / ("_".join(map(str, key(j))) + ".log")).open("w")
                 cmd = [sys.executable, __file__, "--run-job", json.dumps(j), "--workdir", str(workdir)]
                 cmd += [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("train_size", "epochs") if getattr(args, k)]
                 running[key(j)] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                (workdir / "locks").mkdir(exist_ok=True)
+                (workdir / "locks" / ("_".join(map(str, key(j))) + ".pid")).write_text(str(running[key(j)].pid))
                 print(f"[glue] started {key(j)}", flush=True)
         time.sleep(5)
 
@@ -319,7 +343,9 @@ def main() -> None:
     common.add_seeds_option(parser, [0, 1, 2], help="seeds of the student rows")
     parser.add_argument("--parts", nargs="+", default=["ablations", "dkvb"], choices=["ablations", "dkvb"],
                         help="extra rows beside teacher / student alone / distilled")
-    parser.add_argument("--ablation-task", default="mrpc", help="task of the one-seed 'why did KD lose' rows")
+    parser.add_argument("--ablation-task", default="cola", help="task of the one-seed 'why did KD lose' rows")
+    parser.add_argument("--late-seed-tasks", nargs="*", default=["rte"],
+                        help="tasks whose seeds after the first run last (RTE: its teacher barely learns the task on this budget)")
     parser.add_argument("--dkvb-task", default="cola", help="task of the one-seed DKVB rows")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "glue_benchmark")
