@@ -113,6 +113,15 @@ def test_a_glue_config_runs_on_a_csv_by_overrides_alone(reviews, tmp_path):
     from lkd.data.text_classification import LengthGroupedSampler
 
     assert isinstance(cli.trainer.train_dataloader.sampler, LengthGroupedSampler)
+    from lkd.callbacks import GLUEPredictionWriter
+
+    writer = GLUEPredictionWriter(output_dir=str(tmp_path / "predictions"))
+    cli.trainer.callbacks.append(writer)
+    cli.datamodule.predict_split = "validation"
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule)
+    lines = writer.written.read_text().splitlines()
+    assert writer.written.name == "reviews.tsv" and lines[0] == "index\tprediction" and len(lines) == 10
+    assert {line.split("\t")[1] for line in lines[1:]} <= {"meh", "neg", "pos"}  # your own data: class names
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -48,7 +48,7 @@ class GLUEPredictionWriter(BasePredictionWriter):
         rows = sorted(zip(idx, pred))
         if data.is_regression:
             cells = [f"{v:.3f}" for _, v in rows]
-        elif task in LABELS_BY_NAME and names:
+        elif names and (task in LABELS_BY_NAME or task not in SUBMISSION_FILES):  # NLI tasks and your own data: names
             cells = [names[int(v)] for _, v in rows]
         else:
             cells = [str(int(v)) for _, v in rows]
