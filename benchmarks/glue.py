@@ -123,14 +123,14 @@ def run_job(job: dict, workdir: Path) -> dict:
 # ---- the plan ---------------------------------------------------------------------------------------------
 def plan(args) -> list[dict]:
     """Every job in the order it should start (what matters most first, so a run stopped for time keeps it):
-    the teachers, seed 0 of every task, the other seeds, the ablations, the DKVB rows, then the other seeds of
+    the teachers, seed 0 of every task, the ablations, the other seeds, the DKVB rows, then the other seeds of
     ``--late-seed-tasks``."""
     jobs = [{"task": t, "row": "teacher", "seed": 0} for t in args.tasks]
     late = [t for t in args.tasks if t in (args.late_seed_tasks or [])]
     for i, seed in enumerate(args.seeds):
         jobs += [{"task": t, "row": r, "seed": seed} for t in args.tasks for r in SEEDED if i == 0 or t not in late]
-    if args.ablation_task in args.tasks and "ablations" in args.parts:
-        jobs += [{"task": args.ablation_task, "row": r, "seed": args.seeds[0]} for r in ABLATIONS]
+        if i == 0 and args.ablation_task in args.tasks and "ablations" in args.parts:
+            jobs += [{"task": args.ablation_task, "row": r, "seed": seed} for r in ABLATIONS]
     if args.dkvb_task in args.tasks and "dkvb" in args.parts:
         jobs += [{"task": args.dkvb_task, "row": r, "seed": args.seeds[0]} for r in DKVB_ROWS]
     jobs += [{"task": t, "row": r, "seed": seed} for seed in args.seeds[1:] for t in late for r in SEEDED]
@@ -257,6 +257,41 @@ def timing(tasks: list[str], workdir: Path) -> dict:
     return out
 
 
+# ---- what the teacher's soft targets carry (from its cache) --------------------------------------------------
+def teacher_signal(task: str, workdir: Path) -> dict | None:
+    """From the task's teacher cache: the teacher's accuracy on its own training rows and on dev, and how
+    soft its training targets are (mean probability of its top class at T = 1 and T = 2, mean entropy in
+    bits): a teacher that fits its training set with near-certain outputs gives the student little beyond
+    the labels."""
+    import numpy as np
+    import torch
+
+    from lkd.cache import TeacherCache
+    from lkd.data import GLUEDataModule
+
+    path = workdir / task / CACHE
+    if not path.is_file():
+        return None
+    cache = TeacherCache.load(path)
+    raw = GLUEDataModule(task).raw
+    out = {}
+    for stage, split in (("train", "train"), ("val", "validation")):
+        content = cache.content["splits"].get(stage)
+        if content is None:
+            continue
+        ids, logits = content["sample_ids"].long(), content["logits"].float()
+        label_of = dict(zip(np.asarray(raw[split]["idx"]).tolist(), np.asarray(raw[split]["label"]).tolist()))
+        labels = torch.tensor([label_of[i] for i in ids.tolist()])
+        out[f"{stage}_acc"] = 100 * float((logits.argmax(-1) == labels).float().mean())
+        if stage == "train":
+            for t in (1, 2):
+                p = (logits / t).softmax(-1)
+                out[f"top_p_T{t}"] = float(p.max(-1).values.mean())
+                out[f"entropy_T{t}"] = float(-(p * p.clamp_min(1e-12).log2()).sum(-1).mean())
+            out["rows"] = len(ids)
+    return out
+
+
 # ---- the table --------------------------------------------------------------------------------------------
 def speed_key(name: str) -> str:
     return "teacher" if name.startswith("teacher") else "student_dkvb" if "dkvb" in name else "student"
@@ -332,8 +367,18 @@ def write_report(args, workdir: Path) -> None:
         "(architectures taking turns, batch 64, measured alone after training). Train s: two runs shared the 2 cores."
     ]
     result["tables"] = [table(COLUMNS, rows)]
+    signal = {t: v for t in tasks if (v := teacher_signal(t, workdir))}
+    if signal:
+        signal_columns = [
+            column("task", "task"), column("teacher acc on its train rows %", "train_acc", format="{:.2f}"),
+            column("teacher dev acc %", "val_acc", format="{:.2f}"), column("mean top-class p, T = 1", "top_p_T1", format="{:.3f}"),
+            column("mean top-class p, T = 2", "top_p_T2", format="{:.3f}"), column("entropy T = 2 (bits)", "entropy_T2", format="{:.3f}"),
+            column("rows", "rows"),
+        ]
+        result["tables"].append(table(signal_columns, [{"task": t, **v} for t, v in signal.items()],
+                                      caption="What the teacher's soft targets carry (its cached logits on the training rows)"))
     result["notes"] = targets(rows, tasks) + list(args.note or [])
-    result["data"] = {"runs": [runs[k] for k in sorted(runs, key=str)], "timing": speed}
+    result["data"] = {"runs": [runs[k] for k in sorted(runs, key=str)], "timing": speed, "teacher_signal": signal}
     common.finish(result, "glue", args, echo=True)
 
 
