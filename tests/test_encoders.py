@@ -43,3 +43,25 @@ def test_key_callback_fits_the_encoder_on_unlabelled_train_images(tmp_path, tiny
     expected_mean = data.unlabelled_train_images().flatten(1).mean(0)
     assert len(data.unlabelled_train_images()) == 500
     torch.testing.assert_close(encoder.mean, expected_mean, atol=1e-5, rtol=0)
+
+
+def test_trained_encoder_is_the_classifier_without_its_last_layer_frozen(tmp_path):
+    from lkd.checkpoint import CheckpointMismatchError
+    from lkd.models import ConvNet, DiscreteKeyValueBottleneck, TrainedEncoder
+
+    def student():
+        return ConvNet(10, channels=(4, 8), convs_per_block=1, downsample="stride", hidden=16, batch_norm=False)
+
+    trained = student()
+    torch.save({"state_dict": {f"student.{k}": v for k, v in trained.state_dict().items()}}, tmp_path / "s.ckpt")
+    encoder = TrainedEncoder(student(), str(tmp_path / "s.ckpt"))
+    x = torch.randn(5, 1, 28, 28)
+    hidden = trained.head[:-2](trained.features(x).flatten(1))  # ..., Linear(flat, 16), ReLU | Dropout, Linear(16, 10)
+    assert encoder.out_features == 16 and torch.allclose(encoder(x), trained.head[:-1](trained.features(x).flatten(1)))
+    assert torch.allclose(encoder(x), hidden)
+    assert not any(p.requires_grad for p in encoder.parameters())
+    dkvb = DiscreteKeyValueBottleneck(10, 16, num_codebooks=4, num_keys=8, key_dim=4, encoder=encoder).train()
+    assert not encoder.training and dkvb(x).shape == (5, 10)  # frozen: stays in eval mode inside a training DKVB
+    wrong = ConvNet(10, channels=(8, 8), convs_per_block=1, downsample="stride", hidden=16, batch_norm=False)
+    with pytest.raises(CheckpointMismatchError, match="encoder checkpoint .* does not fit"):
+        TrainedEncoder(wrong, str(tmp_path / "s.ckpt"))

@@ -2,7 +2,7 @@
 
 from lkd.models.cnn import ConvNet
 from lkd.models.dkvb import DiscreteKeyValueBottleneck, DKVBOutput
-from lkd.models.encoders import PCAEncoder
+from lkd.models.encoders import PCAEncoder, TrainedEncoder
 from lkd.models.key_init import discrete_key_init, init_keys_from_embeddings
 from lkd.models.mlp import MLP
 from lkd.models.text_classifier import DKVBSettings, TextClassifierOutput, TransformerClassifier
@@ -10,7 +10,7 @@ from lkd.models.transfer import copy_transformer_weights, evenly_spaced_layers
 
 
 __all__ = [
-    "MLP", "ConvNet", "DKVBOutput", "DKVBSettings", "DiscreteKeyValueBottleneck", "PCAEncoder", "TextClassifierOutput",
+    "MLP", "ConvNet", "DKVBOutput", "DKVBSettings", "DiscreteKeyValueBottleneck", "PCAEncoder", "TextClassifierOutput", "TrainedEncoder",
     "TransformerClassifier", "copy_transformer_weights", "discrete_key_init", "evenly_spaced_layers",
     "init_keys_from_embeddings",
 ]

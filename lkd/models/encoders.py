@@ -1,4 +1,4 @@
-"""Frozen feature extractors fitted without labels (for a DKVB in front of which an encoder is wanted)."""
+"""Frozen feature extractors for a DKVB: fitted without labels (PCA), or the features of a trained classifier."""
 
 from __future__ import annotations
 
@@ -53,3 +53,39 @@ class PCAEncoder(nn.Module):
             )
         x = rearrange(x, "b ... -> b (...)")
         return ((x.float() - self.mean.float()) @ self.components.float().T) / self.scale.float()
+
+
+class TrainedEncoder(nn.Module):
+    """The feature part of a trained classifier, frozen: ``model`` with its weights from ``checkpoint`` and its last
+    ``Linear`` (the class scores) dropped, so a DKVB reads what the classifier learned (the DKVB paper's frozen
+    pretrained encoder; here a small distilled student, so the DKVB student stays small and fast).
+
+    Args:
+        model: the classifier's architecture, as it was trained (e.g. the distilled ConvNet student).
+        checkpoint: an lkd checkpoint of it (a ClassifierModule's ``model.*`` or a DistillModule's ``student.*``),
+            read with ``weights_only``; None keeps the weights the model was built with (tests).
+
+    Shapes: x (B, ...) as the model reads it -> (B, F), F = the input width of the model's last ``Linear``.
+    """
+
+    def __init__(self, model: nn.Module, checkpoint: str | None = None):
+        super().__init__()
+        from lkd.checkpoint import load_network_weights
+
+        checkpoint = None if checkpoint == "None" else checkpoint  # jsonargparse's dotted `...checkpoint=null` arrives as "None"
+        if checkpoint is not None:
+            load_network_weights(model, checkpoint, what="encoder")
+        last = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if not last:
+            raise ValueError(f"TrainedEncoder needs a classifier that ends in an nn.Linear; {type(model).__name__} has none")
+        parent_name, _, child = last[-1].rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        self.out_features = parent.get_submodule(child).in_features
+        setattr(parent, child, nn.Identity())
+        self.model, self.checkpoint = model.requires_grad_(False).eval(), checkpoint
+
+    def train(self, mode: bool = True) -> TrainedEncoder:
+        return super().train(False)  # frozen: dropout and batch-norm statistics stay as trained
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
