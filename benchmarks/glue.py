@@ -46,6 +46,9 @@ ROWS = {
     "student_kd": ("student_kd.yaml", "teacher", "distilled: α·T²·KL + (1−α)·CE, α 0.5, T 2 (cached teacher)",
                    ["--model.init_args.cos_weight=0"], CACHE),
     # the "why did KD lose" ablations (one seed, --ablation-task)
+    "alone_lr": ("student_alone.yaml", None, "student alone, lr 2e-4 (4× the config's)", ["--model.init_args.optimizer.init_args.lr=2e-4"], None),
+    "kd_lr": ("student_kd.yaml", "teacher", "distilled, lr 2e-4 (4× the config's)",
+              ["--model.init_args.cos_weight=0", "--model.init_args.optimizer.init_args.lr=2e-4"], CACHE),
     "kd_init_teacher": ("student_kd.yaml", "teacher", "distilled, student initialised from the fine-tuned teacher's layers 0, 2, 5",
                         ["--model.init_args.cos_weight=0", "--model.init_args.student_init=teacher"], CACHE),
     "kd_soft": ("student_kd.yaml", "teacher", "distilled, α 0.9, T 4 (mostly the teacher's soft targets)",
@@ -64,7 +67,7 @@ ROWS = {
                            ["--model.init_args.cos_weight=0"], None),
 }
 SEEDED = ("student_alone", "student_kd")
-ABLATIONS = ("kd_init_teacher", "kd_soft", "kd_cos", "kd_transfer")
+ABLATIONS = ("alone_lr", "kd_lr", "kd_init_teacher", "kd_soft", "kd_cos", "kd_transfer")
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [
     column("task", "task"), column("model", "model"), column("seeds", "seeds"),
@@ -332,7 +335,7 @@ def targets(rows: list[dict], tasks: list[str]) -> list[str]:
         met = "met" if len(wins) >= 3 else "not met"
         lines.append(f"Target (distilled student beats the student alone, mean of the seeds, on ≥ 3 of the 4 small tasks): "
                      f"{len(wins)} of {len(small)} ({detail}) — **{met}**.")
-    students = [n for n in ROWS if n.startswith(("student_kd", "kd_", "student_dkvb"))]
+    students = [n for n in ROWS if n.startswith(("student_kd", "kd_", "student_dkvb"))]  # distilled rows
     run_tasks = [t for t in tasks if (t, "teacher") in by]
     if run_tasks:
         best, best_avg = None, -1.0
