@@ -119,6 +119,7 @@ class LKDModule(pl.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self._train_sums: dict[str, tuple[torch.Tensor, int]] = {}  # this epoch's training values: name -> (sum * batch, rows)
 
     # ---- what a track implements ------------------------------------------------------------------------
     def make_metrics(self) -> MetricCollection:
@@ -192,12 +193,6 @@ class LKDModule(pl.LightningModule):
             return True
         last_step = 0 < trainer.max_steps <= trainer.global_step + 1
         return trainer._logger_connector.should_update_logs or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or last_step
-
-    @property
-    def _train_sums(self) -> dict[str, tuple[torch.Tensor, int]]:
-        if not hasattr(self, "_lkd_train_sums"):
-            self._lkd_train_sums = {}
-        return self._lkd_train_sums
 
     def _log_train_epoch_values(self) -> None:
         for name, (total, count) in self._train_sums.items():
