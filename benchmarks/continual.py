@@ -30,14 +30,16 @@ from lkd.metrics import average_accuracy, forgetting  # noqa: E402
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mnist"
 SGD = ['--model.init_args.optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 1.0}}']
 JOINT = ["--data.init_args.stages=[[0, 1, 2, 3, 4, 5, 6, 7]]", "--data.init_args.epochs_per_stage=3", "--trainer.max_epochs=3"]
+NO_DESKEW = ["--model.init_args.model.init_args.encoder.init_args.deskew=false"]
 VARIANTS = {
     # name: (config, overrides, what keys / encoder saw)
     "mlp_adam": ("continual_mlp.yaml", [], "no keys; MLP trained on the stages"),
-    "dkvb_adam": ("continual_dkvb.yaml", [], "keys: EMA on all unlabelled train images, then frozen"),
+    "dkvb_adam": ("continual_dkvb.yaml", [], "the original notebook's sizes; keys: EMA on all unlabelled train images, then frozen"),
     "dkvb_sgd": ("continual_dkvb.yaml", SGD, "keys: EMA on all unlabelled train images, then frozen"),
     "dkvb_paper_sgd": ("continual_dkvb_paper.yaml", [], "keys: EMA on all unlabelled train images, then frozen"),
-    "dkvb_pca_adam": ("continual_dkvb_pca.yaml", [], "PCA encoder + keys: fitted on all unlabelled train images, then frozen"),
-    "dkvb_pca_sgd": ("continual_dkvb_pca.yaml", SGD, "PCA encoder + keys: fitted on all unlabelled train images, then frozen"),
+    "dkvb_pca_adam": ("continual_dkvb_pca.yaml", [], "deskew + PCA encoder + keys: fitted on all unlabelled train images, then frozen"),
+    "dkvb_pca_adam_no_deskew": ("continual_dkvb_pca.yaml", NO_DESKEW, "PCA encoder + keys: fitted on all unlabelled train images, then frozen"),
+    "dkvb_pca_sgd": ("continual_dkvb_pca.yaml", SGD, "deskew + PCA encoder + keys: fitted on all unlabelled train images, then frozen"),
     "dkvb_pca_adam_joint": ("continual_dkvb_pca.yaml", JOINT, "reference: all 8 classes at once, 3 epochs"),
 }
 

@@ -35,6 +35,20 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def count_inference_numbers(module: nn.Module) -> int:
+    """Numbers a deployed copy of ``module`` must hold: its parameters, plus the keys and the fixed random
+    projection of every :class:`~lkd.models.DiscreteKeyValueBottleneck` in it (buffers, not parameters, yet
+    read at every lookup). A DKVB's EMA statistics (cluster sizes, running sums) are training state, not
+    counted. The honest size of a DKVB student next to a network that is all parameters."""
+    from lkd.models.dkvb import DiscreteKeyValueBottleneck
+
+    total = count_parameters(module)
+    for m in module.modules():
+        if isinstance(m, DiscreteKeyValueBottleneck):
+            total += m.keys.numel() + (m.projection.numel() if m.projection is not None else 0)
+    return total
+
+
 def module_bytes(module: nn.Module) -> int:
     """Bytes of a module's parameters and buffers as they are held now (their dtypes)."""
     tensors = list(module.parameters()) + list(module.buffers())

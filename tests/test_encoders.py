@@ -65,3 +65,42 @@ def test_trained_encoder_is_the_classifier_without_its_last_layer_frozen(tmp_pat
     wrong = ConvNet(10, channels=(8, 8), convs_per_block=1, downsample="stride", hidden=16, batch_norm=False)
     with pytest.raises(CheckpointMismatchError, match="encoder checkpoint .* does not fit"):
         TrainedEncoder(wrong, str(tmp_path / "s.ckpt"))
+
+
+def _ink_moments(images):
+    ink = images[:, 0] - images.amin(dim=(1, 2, 3))[:, None, None]  # (B, H, W)
+    pos = torch.arange(images.shape[-1], dtype=torch.float32)
+    total = ink.sum(dim=(1, 2))
+    cy, cx = (ink * pos[:, None]).sum(dim=(1, 2)) / total, (ink * pos[None, :]).sum(dim=(1, 2)) / total
+    dy, dx = pos[None, :, None] - cy[:, None, None], pos[None, None, :] - cx[:, None, None]
+    return cy, cx, (ink * dy * dx).sum(dim=(1, 2)) / (ink * dy * dy).sum(dim=(1, 2))
+
+
+def test_deskew_straightens_a_slanted_stroke_and_centres_it():
+    from lkd.data.transforms import deskew
+
+    images = torch.full((2, 1, 28, 28), -0.42)
+    for row in range(6, 22):  # two strokes leaning opposite ways, off centre
+        images[0, 0, row, 4 + (row - 6) // 2] = 2.8
+        images[1, 0, row, 20 - (row - 6) // 3] = 2.8
+    cy, cx, skew = _ink_moments(images)
+    assert skew[0] > 0.4 and skew[1] < -0.3 and (cx - 13.5).abs().min() > 3
+    out = deskew(images)
+    cy, cx, skew = _ink_moments(out)
+    assert out.shape == images.shape and skew.abs().max() < 0.05
+    torch.testing.assert_close(cx, torch.full((2,), 13.5), atol=0.3, rtol=0)
+    torch.testing.assert_close(cy, torch.full((2,), 13.5), atol=0.3, rtol=0)
+    assert out.amin().item() == pytest.approx(-0.42, abs=1e-5)  # the background stays the background
+    with pytest.raises(ValueError, match=r"deskew expects square one-channel images \(B, 1, H, H\), got shape \(2, 784\)"):
+        deskew(images.flatten(1))
+
+
+def test_pca_encoder_with_deskew_fits_and_encodes_deskewed_images():
+    from lkd.data.transforms import deskew
+
+    torch.manual_seed(0)
+    images = torch.randn(64, 1, 28, 28).clamp_min(0)
+    enc = PCAEncoder(784, 8, deskew=True).fit(images)
+    torch.testing.assert_close(enc.mean, deskew(images).flatten(1).mean(0), atol=1e-5, rtol=0)
+    plain = PCAEncoder(784, 8).fit(deskew(images))
+    torch.testing.assert_close(enc(images), plain(deskew(images)), atol=1e-4, rtol=0)

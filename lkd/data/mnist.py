@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 
@@ -62,6 +63,24 @@ class SeededRandomSampler(Sampler[int]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+@functools.lru_cache(maxsize=2)
+def decoded_splits(hub_id: str, config: str | None) -> tuple[tuple[str, ...], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Class names and the decoded ``(images uint8 (N, 28, 28), labels long (N,))`` of the train and test splits.
+
+    Decoding 70,000 PNGs takes about 10 s, and a pipeline (the demo, a benchmark) sets up one data module per
+    model, so the tensors are kept for the process (read-only: every data module indexes them into copies)."""
+    hub = load_hub_dataset(hub_id, config)
+    for split in ("train", "test"):
+        if split not in hub:
+            raise ValueError(f"{hub_id} has no '{split}' split; it has {list(hub)}")
+
+    def tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
+        arrays = split.with_format("numpy")[:]
+        return torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["label"]).long()
+
+    return tuple(hub["train"].features["label"].names), tensors(hub["train"]), tensors(hub["test"])
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -150,14 +169,9 @@ class MNISTDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.datasets:
             return
-        hub = load_hub_dataset(self.hub_id, self.config)
-        for split in ("train", "test"):
-            if split not in hub:
-                raise ValueError(f"{self.hub_id} has no '{split}' split; it has {list(hub)}")
-        self.class_names = list(hub["train"].features["label"].names)
+        class_names, (train_images, train_labels), (test_images, test_labels) = decoded_splits(self.hub_id, self.config)
+        self.class_names = list(class_names)
         self._check_classes(len(self.class_names))
-        train_images, train_labels = self._to_tensors(hub["train"])
-        test_images, test_labels = self._to_tensors(hub["test"])
         if self.train_size + self.val_size > len(train_labels):
             raise ValueError(
                 f"train_size + val_size = {self.train_size} + {self.val_size} exceeds the {len(train_labels)} "
@@ -189,11 +203,6 @@ class MNISTDataModule(pl.LightningDataModule):
         unknown = [c for c in self.classes if not 0 <= c < available]
         if unknown:
             raise ValueError(f"classes {unknown} are not in {self.hub_id}; available classes are 0..{available - 1}")
-
-    @staticmethod
-    def _to_tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
-        arrays = split.with_format("numpy")[:]
-        return torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["label"]).long()
 
     def _subset(self, images: torch.Tensor, labels: torch.Tensor, name: str, sample_ids: torch.Tensor) -> TensorBatches:
         if self.classes is not None:

@@ -34,3 +34,37 @@ def normalize_uint8(images: torch.Tensor, mean: float = MNIST_MEAN, std: float =
     if images.ndim == 3:
         images = rearrange(images, "b h w -> b 1 h w")
     return (images.float() / 255.0 - mean) / std
+
+
+def deskew(images: torch.Tensor) -> torch.Tensor:
+    """Straighten every image: shear it so that its ink's principal axis is vertical and move its centre of
+    mass to the image centre (the classic label-free MNIST preprocessing, e.g. LeCun et al. 1998's deskewed
+    rows). Per image, with ink m = image − its minimum, centre of mass (c_x, c_y) and skew
+    α = cov(x, y) / var(y), the output at (u, v) reads the input at (u − c + c_x + α (v − c), v − c + c_y),
+    c = the image centre (bilinear, background outside).
+
+    Args:
+        images: (B, 1, H, W) float, any normalisation (the background is each image's minimum).
+    Returns:
+        (B, 1, H, W), same dtype.
+    """
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"deskew expects square one-channel images (B, 1, H, H), got shape {tuple(images.shape)}")
+    b, _, h, _ = images.shape
+    x = images.float()
+    background = x.amin(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
+    ink = rearrange(x - background, "b 1 h w -> b h w")
+    pos = torch.arange(h, dtype=x.dtype, device=x.device)
+    rows, cols = rearrange(pos, "h -> 1 h 1"), rearrange(pos, "w -> 1 1 w")
+    total = ink.sum(dim=(1, 2)).clamp_min(1e-6)  # (B,)
+    cy, cx = (ink * rows).sum(dim=(1, 2)) / total, (ink * cols).sum(dim=(1, 2)) / total
+    dy, dx = rows - rearrange(cy, "b -> b 1 1"), cols - rearrange(cx, "b -> b 1 1")
+    alpha = (ink * dy * dx).sum(dim=(1, 2)) / (ink * dy * dy).sum(dim=(1, 2)).clamp_min(1e-6)  # (B,)
+    centre = (h - 1) / 2
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)  # normalised (align_corners) coordinates
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 1] = alpha
+    theta[:, 0, 2], theta[:, 1, 2] = (cx - centre) / centre, (cy - centre) / centre
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=True)
+    out = torch.nn.functional.grid_sample(x - background, grid, align_corners=True, padding_mode="zeros")
+    return (out + background).to(images.dtype)
