@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(PY) -m lkd.pipelines.mnist_kd
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --numprocesses=auto --maxprocesses=4
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/overhead.py

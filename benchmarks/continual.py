@@ -67,7 +67,7 @@ def run_variant(name: str, seed: int, workdir: Path) -> dict:
 GROUPS = ["(0,1)", "(2,3)", "(4,5)", "(6,7)"]
 COLUMNS = [
     column("variant", "variant"), column("config + overrides", template="`{config}` {overrides}"),
-    column("keys / data", "keys"),
+    column("keys / data", "keys"), column("seeds", "runs"),
     column("final acc (%)", "final", aggregate="mean_std", format="{:.2f}", scale=100, missing="n/a"),
     column("forgetting (points)", "forgetting", aggregate="mean_std", format="{:.2f}", scale=100, missing="n/a"),
     column("time per run (s)", "time_s", format="{:.0f}"),
@@ -92,6 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_seeds_option(parser, [0, 1, 2])
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--first-seed-only", nargs="+", choices=list(VARIANTS), default=[],
+                        help="variants run at the first seed only (the long original-size row, the joint reference)")
     parser.add_argument("--workdir", type=Path, default=None)
     common.add_output_options(parser)
     args = parser.parse_args()
@@ -99,6 +101,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for name in args.only:
+            if name in args.first_seed_only and seed != args.seeds[0]:
+                continue
             r = run_variant(name, seed, workdir)
             results.setdefault(name, []).append(r)
             forgot = "n/a" if r["forgetting"] is None else f"{100 * r['forgetting']:.2f}"
@@ -112,7 +116,7 @@ def report(results: dict[str, list[dict]], args, seeds_done: list[int]) -> None:
     for name, rs in results.items():
         config, overrides, keys = VARIANTS[name]
         rows.append({
-            "variant": name, "config": config,
+            "variant": name, "config": config, "runs": len(rs),
             "overrides": " ".join(o.split("=")[0].replace("--", "") for o in overrides) or "—", "keys": keys,
             "final": [r["final"] for r in rs], "avg_seen": [r["avg_seen"] for r in rs],
             "forgetting": [r["forgetting"] for r in rs], "seconds": [r["seconds"] for r in rs],
@@ -127,6 +131,7 @@ def report(results: dict[str, list[dict]], args, seeds_done: list[int]) -> None:
         "the four groups after the last stage; *forgetting* = best earlier accuracy − final, mean over the first "
         "three groups (points). Keys and the PCA encoder never see labels (they are fitted on every unlabelled "
         "training image, all 10 digits); without an encoder the DKVB reads a fixed random projection of the pixels."
+        + (f" Run at the first seed only: {', '.join(args.first_seed_only)}." if args.first_seed_only else "")
     ]
     result["tables"] = tables
     result["data"] = {"matrices_per_seed": {name: [matrix_values(r["matrix"]) for r in rs] for name, rs in results.items()}}

@@ -173,8 +173,8 @@ def save_lkd_student(network: nn.Module, spec: dict, folder: Path) -> dict[str, 
                           "init_args it was built with (the config's student). HINT: export through `lkd export --config ...`")
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     save_file(_untied(state), str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / STUDENT_SPEC).write_text(json.dumps({"class_path": spec["class_path"], "init_args": spec.get("init_args", {})},
-                                                  indent=2, default=str))
+    spec = _without_checkpoints({"class_path": spec["class_path"], "init_args": spec.get("init_args", {})})
+    (folder / STUDENT_SPEC).write_text(json.dumps(spec, indent=2, default=str))
     return {"weights": folder / "model.safetensors", "config": folder / STUDENT_SPEC}
 
 
@@ -186,6 +186,29 @@ def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[key] = value.clone() if ptr in seen else value
         seen.add(ptr)
     return out
+
+
+def _without_checkpoints(spec):
+    """The spec with every nested ``checkpoint`` path dropped: a student built inside a folder gets all its weights
+    (a TrainedEncoder's too) from ``model.safetensors``, and the training machine's paths mean nothing elsewhere."""
+    if isinstance(spec, dict):
+        return {k: _without_checkpoints(v) for k, v in spec.items() if k != "checkpoint"}
+    if isinstance(spec, list):
+        return [_without_checkpoints(v) for v in spec]
+    return spec
+
+
+def _build(spec):
+    """Instantiate ``{"class_path", "init_args"}``, nested ones first (e.g. a DKVB's ``encoder``)."""
+    if isinstance(spec, list):
+        return [_build(v) for v in spec]
+    if not isinstance(spec, dict):
+        return spec
+    if "class_path" not in spec:
+        return {k: _build(v) for k, v in spec.items()}
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**{k: _build(v) for k, v in spec.get("init_args", {}).items()})
 
 
 def load_student(folder: str | Path) -> nn.Module:
@@ -202,9 +225,7 @@ def load_student(folder: str | Path) -> nn.Module:
             return AutoModelForCausalLM.from_pretrained(str(folder)).eval()
         raise ExportError(f"{folder} is not an exported student: neither {STUDENT_SPEC} nor config.json is there")
     spec = json.loads(spec_path.read_text())
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    network = cls(**spec.get("init_args", {}))
+    network = _build(spec)
     missing, unexpected = network.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
     if missing or unexpected:
         raise ExportError(f"{folder}/model.safetensors does not fit {spec['class_path']}: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -251,6 +272,13 @@ def example_inputs(network: nn.Module, kind: str, example: dict[str, torch.Tenso
     if hasattr(network, "encoder_name"):  # a text classifier
         ids = torch.randint(0, int(network.config.vocab_size), (2, 16))
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    encoder = getattr(network, "encoder", None)  # a DKVB reads what its frozen encoder reads
+    if isinstance(encoder, nn.Module):
+        inner = getattr(encoder, "model", encoder)  # TrainedEncoder wraps the classifier it came from
+        if getattr(encoder, "deskew", False):  # a deskewing PCAEncoder reads square one-channel images
+            side = int(round(int(encoder.in_features) ** 0.5))
+            return {"x": torch.rand(2, 1, side, side)}
+        return example_inputs(inner, kind, None)
     if hasattr(network, "in_features"):
         return {"x": torch.rand(2, int(network.in_features))}
     if hasattr(network, "image_size"):

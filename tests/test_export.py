@@ -150,6 +150,33 @@ def test_dkvb_student_round_trips_through_safetensors_and_onnx(tmp_path):
     assert abs(out - ref.numpy()).max() < 1e-5
 
 
+def test_dkvb_on_a_trained_encoder_exports_to_onnx_from_images(tmp_path):
+    """The deployable MNIST DKVB student (a DKVB on a frozen ConvNet's features, concat decoder) exports with an
+    image input, as its encoder reads it, and onnxruntime gives its logits."""
+    import onnxruntime as ort
+    from torch import nn
+
+    from lkd.models import ConvNet, DiscreteKeyValueBottleneck, TrainedEncoder
+
+    convnet = {"channels": [4, 8], "convs_per_block": 1, "downsample": "stride", "hidden": 16, "batch_norm": False}
+    init = {"in_features": 16, "num_codebooks": 4, "num_keys": 16, "key_dim": 4, "decoder": "concat", "value_dim": 3}
+    holder = nn.Module()
+    holder.student = DiscreteKeyValueBottleneck(**init, encoder=TrainedEncoder(ConvNet(**convnet)))
+    holder.student.train()(torch.randn(64, 1, 28, 28))  # EMA moves the keys
+    encoder_spec = {"class_path": "lkd.models.TrainedEncoder",  # as the config has it: a path on the training machine
+                    "init_args": {"model": {"class_path": "lkd.models.ConvNet", "init_args": convnet},
+                                  "checkpoint": str(tmp_path / "gone" / "student_kd.ckpt")}}
+    result = export_student(holder, tmp_path / "dkvb_encoder", formats="onnx",
+                            spec={"class_path": "lkd.models.DiscreteKeyValueBottleneck", "init_args": {**init, "encoder": encoder_spec}})
+    x = torch.randn(5, 1, 28, 28)
+    holder.student.eval()
+    with torch.no_grad():
+        ref = holder.student(x)
+        torch.testing.assert_close(load_student(result.folder)(x), ref, rtol=0, atol=0)  # encoder weights came back too
+    out = ort.InferenceSession(str(result.folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    assert out.shape == (5, 10) and abs(out - ref.numpy()).max() < 1e-4
+
+
 @pytest.mark.parametrize("num_classes", [2, 1])
 def test_glue_student_becomes_a_sequence_classification_folder_that_pipeline_runs(tmp_path, num_classes):
     from torch import nn
