@@ -134,6 +134,17 @@ def report(results: dict[str, list[dict]], args, seeds_done: list[int]) -> None:
         + (f" Run at the first seed only: {', '.join(args.first_seed_only)}." if args.first_seed_only else "")
     ]
     result["tables"] = tables
+    if "dkvb_pca_adam" in results:
+        rs = results["dkvb_pca_adam"]
+        final = [100 * r["final"] for r in rs]
+        forget = [100 * r["forgetting"] for r in rs]
+        met = statistics.mean(final) >= 96 and statistics.mean(forget) <= 1
+        result["notes"] = [
+            f"Target (DKVB final accuracy ≥ 96 %, forgetting ≤ 1 point, encoder and keys never see a label): "
+            f"`dkvb_pca_adam` {statistics.mean(final):.2f} % final, {statistics.mean(forget):.2f} points forgetting "
+            f"over {len(rs)} seed(s) (per seed: {', '.join(f'{f:.2f} / {g:.2f}' for f, g in zip(final, forget))}) — "
+            + ("**met**." if met else "**not met**.")
+        ]
     result["data"] = {"matrices_per_seed": {name: [matrix_values(r["matrix"]) for r in rs] for name, rs in results.items()}}
     common.finish(result, "continual", args)
 
