@@ -11,6 +11,7 @@ BENCHMARKS.md after every seed.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -96,7 +97,13 @@ def main() -> None:
                         help="variants run at the first seed only (the long original-size row, the joint reference)")
     parser.add_argument("--workdir", type=Path, default=None)
     common.add_output_options(parser)
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="continual.json files of earlier runs (e.g. seeds run in two processes): their runs are "
+                             "combined per variant and the section is written; nothing is trained")
     args = parser.parse_args()
+    if args.merge:
+        merge(args)
+        return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lkd-continual-"))
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
@@ -111,7 +118,26 @@ def main() -> None:
         report(results, args, seeds_done=args.seeds[: args.seeds.index(seed) + 1])
 
 
-def report(results: dict[str, list[dict]], args, seeds_done: list[int]) -> None:
+def merge(args) -> None:
+    """Rebuild the runs of earlier result files (their rows and per-seed matrices) and report them together."""
+    results: dict[str, list[dict]] = {}
+    seeds: list[int] = []
+    sources = []
+    for path in args.merge:
+        saved = json.loads(path.read_text())
+        seeds += [seed for seed in saved["seeds"] if seed not in seeds]
+        sources.append(f"`{saved['command']}` (seeds {saved['seeds']})")
+        for row in saved["tables"][0]["rows"]:
+            for i in range(len(row["final"])):
+                matrix = saved["data"]["matrices_per_seed"][row["variant"]][i]
+                results.setdefault(row["variant"], []).append({
+                    "matrix": torch.tensor([[float("nan") if v is None else v for v in r] for r in matrix]),
+                    **{key: row[key][i] for key in ("final", "avg_seen", "forgetting", "seconds")},
+                })
+    report(results, args, seeds_done=sorted(seeds), sources=sources)
+
+
+def report(results: dict[str, list[dict]], args, seeds_done: list[int], sources: list[str] = ()) -> None:
     rows = []
     for name, rs in results.items():
         config, overrides, keys = VARIANTS[name]
@@ -132,6 +158,7 @@ def report(results: dict[str, list[dict]], args, seeds_done: list[int]) -> None:
         "three groups (points). Keys and the PCA encoder never see labels (they are fitted on every unlabelled "
         "training image, all 10 digits); without an encoder the DKVB reads a fixed random projection of the pixels."
         + (f" Run at the first seed only: {', '.join(args.first_seed_only)}." if args.first_seed_only else "")
+        + (f" Runs of {' and '.join(sources)}, merged." if sources else "")
     ]
     result["tables"] = tables
     if "dkvb_pca_adam" in results:
