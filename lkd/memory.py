@@ -42,11 +42,7 @@ def count_inference_numbers(module: nn.Module) -> int:
     counted. The honest size of a DKVB student next to a network that is all parameters."""
     from lkd.models.dkvb import DiscreteKeyValueBottleneck
 
-    total = count_parameters(module)
-    for m in module.modules():
-        if isinstance(m, DiscreteKeyValueBottleneck):
-            total += m.keys.numel() + (m.projection.numel() if m.projection is not None else 0)
-    return total
+    return count_parameters(module) + sum(m.lookup_numel() for m in module.modules() if isinstance(m, DiscreteKeyValueBottleneck))
 
 
 def module_bytes(module: nn.Module) -> int:

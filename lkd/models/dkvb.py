@@ -222,6 +222,11 @@ class DiscreteKeyValueBottleneck(nn.Module):
         """The keys, (num_codebooks, num_keys, key_dim) (a view of the EMA codebook buffer)."""
         return self.vq.codebook
 
+    def lookup_numel(self) -> int:
+        """Numbers the lookup reads besides the parameters: the keys and the fixed random projection (buffers that
+        a deployed copy must hold; the EMA statistics are training state and not counted)."""
+        return self.keys.numel() + (self.projection.numel() if self.projection is not None else 0)
+
     def freeze_keys(self, frozen: bool = True) -> None:
         """Stop (or restart) the EMA update of the keys in train-mode forwards."""
         self.vq.freeze_codebook = frozen

