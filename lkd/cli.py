@@ -155,11 +155,14 @@ class LKDCLI(LightningCLI):
         sub = self.init_parser(description=description)
         self._add_arguments(sub)
         sub.add_argument("--ckpt_path", type=str, required=True, help="the checkpoint whose student to export")
-        sub.add_argument("--to", type=str, required=True, help="the folder to write (must be empty or absent, or --overwrite)")
+        sub.add_argument("--to", type=str, required=True,
+                         help="the folder to write: new or empty (or an earlier lkd export, with --overwrite); never the "
+                              "working, home or a checkpoint's folder")
         sub.add_argument("--format", type=Literal["hf", "onnx", "all"], default="hf",
                          help="hf: the folder (safetensors + config + tokenizer); onnx / all: also model.onnx")
         sub.add_argument("--quantize", type=Literal["int8"] | None, default=None, help="int8: also model.int8.onnx")
-        sub.add_argument("--overwrite", type=bool, default=False, help="replace an existing folder")
+        sub.add_argument("--overwrite", type=bool, default=False,
+                         help="replace an earlier lkd export in --to: only the files its lkd_export.json lists; other files stay")
         sub.add_argument("--test", type=bool, default=True, help="run the test split on the checkpoint for the card's metrics")
         self._subcommand_parsers[EXPORT] = sub
         self._subcommand_method_arguments[EXPORT] = []
@@ -177,18 +180,15 @@ class LKDCLI(LightningCLI):
                test: bool = True):
         """``lkd export``: the student of ``ckpt_path`` (this config's module) into ``to`` (:mod:`lkd.export`)."""
         from lkd.checkpoint import load_checkpoint
-        from lkd.export import ExportError, check_request, export_student, student_network
+        from lkd.export import ExportError, check_request, check_student_state, export_student, student_network
 
-        check_request(to, format, quantize, overwrite)  # before the checkpoint, the test pass or any write
+        # before the checkpoint, the test pass or any write: --to may not be the checkpoint's folder, the working
+        # folder, or a folder that is not an earlier lkd export (lkd.export.check_request)
+        check_request(to, format, quantize, overwrite, ckpt_path)
         state = load_checkpoint(ckpt_path)["state_dict"]
         network, kind, role = student_network(self.model)
         prefix = f"{role}."
-        own = {k for k in self.model.state_dict() if k.startswith(prefix)}
-        given = {k for k in state if k.startswith(prefix)}
-        if own != given:
-            raise ExportError(
-                f"{ckpt_path} does not fit this config's {role}: missing {sorted(own - given)[:4]}, unexpected "
-                f"{sorted(given - own)[:4]}. HINT: export with the config the checkpoint was trained with")
+        check_student_state(self.model.state_dict(), state, role, ckpt_path, type(network).__name__)
         try:
             self.model.load_state_dict({k: v for k, v in state.items() if k.startswith(prefix)}, strict=False)
         except RuntimeError as err:
@@ -213,8 +213,10 @@ class LKDCLI(LightningCLI):
         except Exception:  # noqa: BLE001 - data not read (--test false): the card and folder use LABEL_i
             label_names = None
         result = export_student(self.model, to, formats=format, quantize=quantize, overwrite=overwrite, spec=spec, card=card,
-                                label_names=label_names)
-        rank_zero_info(f"exported the {role} ({result.kind}) to {result.folder}: " + ", ".join(p.name for p in result.files.values()))
+                                label_names=label_names, ckpt_path=ckpt_path)
+        kept = f"; kept {len(result.kept)} files that are not lkd's: {', '.join(p.name for p in result.kept[:5])}" if result.kept else ""
+        rank_zero_info(f"exported the {role} ({result.kind}) to {result.folder}: "
+                       + ", ".join(p.name for p in result.files.values()) + kept)
         return result
 
     def cache_teacher(self, dtype: str = "float16", overwrite: bool = False) -> None:

@@ -65,8 +65,9 @@ def test_export_refuses_and_writes_nothing(tmp_path, lm_export):
     folder = tmp_path / "taken"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match=r"taken exists and is not empty; nothing was written\. HINT: pass --overwrite"):
-        export_student(module, folder)
+    for overwrite in (False, True):  # not an lkd export: refused even with overwrite (issue 27)
+        with pytest.raises(ExportError, match=r"taken is not empty and is not an lkd export .*nothing was written\. HINT: choose"):
+            export_student(module, folder, overwrite=overwrite)
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]
     with pytest.raises(ExportError, match=r"--quantize int8 quantizes the ONNX file, but --format hf writes none"):
         export_student(module, tmp_path / "new", formats="hf", quantize="int8")
@@ -119,7 +120,8 @@ def test_lkd_export_of_an_mnist_checkpoint_round_trips_in_lkd_and_onnxruntime(tm
 
 def test_lkd_export_refuses_a_checkpoint_of_another_architecture(tmp_path, mnist_teacher_run):
     ckpt, data, _ = mnist_teacher_run
-    with pytest.raises(ExportError, match=r"does not fit this config's model: missing .*HINT: export with the config the checkpoint"):
+    with pytest.raises(ExportError, match=r"does not fit this config's model \(MLP\):\n  missing in the checkpoint: .*\n(.*\n)*"
+                                          r"HINT: export --ckpt_path .* with the config that trained it"):
         LKDCLI(args=["export", "-c", str(CONFIGS / "mnist" / "teacher_mlp.yaml"), *data, f"--ckpt_path={ckpt}",
                      f"--to={tmp_path / 'x'}", "--test=false"])
     assert not (tmp_path / "x").exists()
