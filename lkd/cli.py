@@ -28,8 +28,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lkd.callbacks import LearningRateLogger, PublishBestCheckpoint
+from lkd.callbacks import FitSummary, GLUEPredictionWriter, LearningRateLogger, PublishBestCheckpoint
 from lkd.callbacks.hparams import HParamsConfigCallback
+from lkd.cli_ckpt import (as_dict, expand_task, flat, linked_changes, linked_message, mismatch_message, resolve_ckpt_path,
+                          setting_changes)
 from lkd.cli_errors import ConfigError, LKDArgumentParser, innermost_reason
 from lkd.distributed import check_strategy, check_trainer_settings
 
@@ -40,24 +42,6 @@ LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
 
 class ResumeMismatchError(ValueError):
     """``--ckpt_path`` names a checkpoint of another module, or one whose settings differ from the command's."""
-
-
-def _as_dict(value) -> dict:
-    if value is None:
-        return {}
-    return value.as_dict() if hasattr(value, "as_dict") else dict(value)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """``{"init_args": {"alpha": 0.9}}`` -> ``{"init_args.alpha": 0.9}`` (lists and scalars are leaves)."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 class LKDCLI(LightningCLI):
@@ -71,6 +55,9 @@ class LKDCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", default_trainer_settings())
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_class", LKDArgumentParser)
+        given = kwargs.get("args")
+        self._argv = [str(a) for a in (sys.argv[1:] if given is None else given)] if not isinstance(given, dict) else []
+        self._ckpt_hparams, self._ckpt_read = {}, ""
         super().__init__(pl.LightningModule, pl.LightningDataModule, *args, **kwargs)
 
     @override
@@ -92,7 +79,8 @@ class LKDCLI(LightningCLI):
     @override
     def instantiate_classes(self) -> None:
         """Build the classes; a check that fails inside a module's or data module's ``__init__`` is re-raised with
-        its own message last (jsonargparse would end it with a dump of the whole namespace)."""
+        its own message last (jsonargparse would end it with a dump of the whole namespace). Then the settings the
+        data sets in the model (task, classes) are held against the checkpoint the command reads."""
         try:
             super().instantiate_classes()
         except ValueError as err:
@@ -100,15 +88,26 @@ class LKDCLI(LightningCLI):
             if reason is None:
                 raise
             raise ConfigError(reason) from None
+        if self._ckpt_hparams and (changed := linked_changes(self.model, self._ckpt_hparams)):
+            raise ResumeMismatchError(linked_message(self._ckpt_read, changed))
 
     # ---- --ckpt_path: checked first, and never silently overriding the command line ---------------------
     @override
     def _parse_ckpt_path(self) -> None:
-        """Before any data or model is built: the checkpoint exists and is readable, was written by the module
-        class this config builds, and its saved hyperparameters (which LightningCLI puts over the config) change
-        nothing the command line or config says; otherwise stop, listing each value."""
+        """Before any data or model is built: ``{task}`` in paths filled in; ``--ckpt_path`` aliases and its default
+        resolved (:func:`lkd.cli_ckpt.resolve_ckpt_path`); the checkpoint exists and is readable, was written by the
+        module class this config builds, and its saved hyperparameters (which LightningCLI puts over the config)
+        change nothing the command line or config says; otherwise stop, listing each value."""
+        self._ckpt_hparams, self._ckpt_read = {}, ""
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not subcommand or subcommand == CACHE_TEACHER:
+            return super()._parse_ckpt_path()
+        config = self.config[subcommand]
+        expand_task(config)
+        published = (as_dict(config.get("best_checkpoint")) or {}).get("path")
+        if "ckpt_path" in config and subcommand != EXPORT:
+            config["ckpt_path"] = resolve_ckpt_path(subcommand, config, published)
+        ckpt_path = config.get("ckpt_path")
         if not ckpt_path or ckpt_path in LIGHTNING_CKPT_ALIASES:
             return super()._parse_ckpt_path()
         from lkd.checkpoint import load_checkpoint
@@ -116,24 +115,36 @@ class LKDCLI(LightningCLI):
         ckpt = load_checkpoint(ckpt_path, what="--ckpt_path checkpoint")
         hparams = dict(ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {})
         saved_class = hparams.get("_class_path")
-        model = self.config[subcommand].get("model")
+        model = config.get("model")
         current_class = getattr(model, "class_path", None) if model is not None else None
         if saved_class and current_class and saved_class != current_class:
             raise ResumeMismatchError(
                 f"--ckpt_path {ckpt_path} was written by {saved_class}, but the config builds {current_class}. HINT: "
                 f"pass the config that trained it (runs/<name>/version_N/config.yaml), or a checkpoint of {current_class}"
             )
-        before = _flat(_as_dict(model))
+        self._ckpt_hparams, self._ckpt_read = hparams, str(ckpt_path)
+        before = flat(as_dict(model))
         super()._parse_ckpt_path()
-        after = _flat(_as_dict(self.config[subcommand].get("model")))
-        changed = {k: (before[k], after[k]) for k in sorted(set(before) & set(after)) if before[k] != after[k]}
-        if changed:
-            lines = "\n".join(f"  model.{k}: the checkpoint has {old!r}, this command {new!r}" for k, (new, old) in changed.items())
-            raise ResumeMismatchError(
-                f"--ckpt_path {ckpt_path} carries the model settings it was trained with, and they differ from this "
-                f"command's:\n{lines}\nLightning would run with the checkpoint's values.\nHINT: to resume exactly, drop "
-                "those changes; to train with new settings, start a new run (`lkd fit` without --ckpt_path) from the weights"
-            )
+        if changed := setting_changes(before, flat(as_dict(self.config[subcommand].get("model")))):
+            raise ResumeMismatchError(mismatch_message(subcommand, ckpt_path, changed))
+
+    @override
+    def before_fit(self) -> None:
+        """Before anything is trained: the best checkpoint's stable path cannot lose a file
+        (:meth:`PublishBestCheckpoint.check_target`), and the end-of-fit summary knows the command's options."""
+        config = self.config["fit"]
+        reads = {f"model.{k}": v for k, v in flat(as_dict(config.get("model"))).items()
+                 if isinstance(v, str) and Path(v).suffix in (".ckpt", ".pt", ".pth", ".safetensors")}
+        if config.get("ckpt_path"):
+            reads["--ckpt_path"] = str(config["ckpt_path"])
+        options = self._argv[self._argv.index("fit") + 1:] if "fit" in self._argv else []
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, PublishBestCheckpoint) and self.trainer.is_global_zero:
+                run = self.trainer.log_dir if self.trainer.logger is not None else ""
+                callback.check_target(self.model, self.datamodule, reads=reads, configs=[str(c) for c in config.get("config") or []],
+                                      run=str(run or ""))
+            if isinstance(callback, FitSummary) and not callback.command:
+                callback.command = options
 
     # ---- the `cache-teacher` subcommand ----------------------------------------------------------------
     # LightningCLI makes one subcommand per Trainer method (`subcommands()`); a command that is not a Trainer
@@ -252,6 +263,12 @@ class LKDCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, unwanted)]
             defaults = self.trainer_defaults.get("callbacks", [])
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": [c for c in defaults if not isinstance(c, unwanted)]}
+        if self.subcommand == "predict" and type(self.model).__module__ == "lkd.modules.glue":
+            from lightning.pytorch.callbacks import BasePredictionWriter
+
+            given = [*callbacks, *(config.get("callbacks") or []), *self.trainer_defaults.get("callbacks", [])]
+            if not any(isinstance(c, BasePredictionWriter) for c in given):  # a prediction run that writes its predictions
+                callbacks = [*callbacks, GLUEPredictionWriter()]
         check_trainer_settings(config)  # FSDP off CUDA, more GPUs than exist: before Lightning builds anything
         trainer = super()._instantiate_trainer(config, callbacks)
         check_strategy(trainer)  # DDP/FSDP asked for with a single process: say so before anything runs
@@ -262,7 +279,7 @@ def _student_spec(config, role: str, module) -> dict:
     """``{"class_path", "init_args"}`` of the config's student (a factory's ``num_classes`` filled in)."""
     import inspect
 
-    node = _as_dict(config["model"]).get("init_args", {}).get(role)
+    node = as_dict(config["model"]).get("init_args", {}).get(role)
     if not isinstance(node, dict) or "class_path" not in node:
         return {}
     init = dict(node.get("init_args") or {})
@@ -314,7 +331,7 @@ def default_trainer_settings() -> dict:
     # Lightning 2.6's save_last only writes when a top-k checkpoint was written in the same step, so
     # "the latest state" is a second ModelCheckpoint that keeps one file and rewrites it every epoch.
     latest = ModelCheckpoint(filename="latest", save_top_k=1, enable_version_counter=False)
-    callbacks = [LearningRateLogger(logging_interval="step"), latest]
+    callbacks = [LearningRateLogger(logging_interval="step"), latest, FitSummary()]
     if sys.stdout.isatty() or os.environ.get("LKD_RICH", "0") == "1":
         callbacks.append(RichProgressBar())
     return {"callbacks": callbacks, "default_root_dir": "runs"}

@@ -3,6 +3,7 @@
 from lkd.callbacks.best_checkpoint import PublishBestCheckpoint
 from lkd.callbacks.continual import ContinualEvaluation
 from lkd.callbacks.figures import ConfusionMatrixFigure, RouterExpertUsage
+from lkd.callbacks.fit_summary import FitSummary
 from lkd.callbacks.glue_predictions import GLUEPredictionWriter
 from lkd.callbacks.key_carrying import DiscreteKeyInit, KeyCarrying
 from lkd.callbacks.key_phases import EMAKeyUpdate
@@ -10,6 +11,6 @@ from lkd.callbacks.lm_report import DistillationReport
 from lkd.callbacks.lr_monitor import LearningRateLogger
 
 __all__ = [
-    "ConfusionMatrixFigure", "ContinualEvaluation", "DistillationReport", "EMAKeyUpdate", "GLUEPredictionWriter", "KeyCarrying", "LearningRateLogger",
+    "ConfusionMatrixFigure", "ContinualEvaluation", "DistillationReport", "EMAKeyUpdate", "FitSummary", "GLUEPredictionWriter", "KeyCarrying", "LearningRateLogger",
     "PublishBestCheckpoint", "RouterExpertUsage", "DiscreteKeyInit",
 ]

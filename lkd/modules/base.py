@@ -22,6 +22,7 @@ and, for its metrics, :meth:`LKDModule.make_metrics`. :class:`LKDModule` then
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
@@ -324,6 +325,20 @@ class LKDModule(pl.LightningModule):
     @override
     def on_fit_start(self) -> None:
         self._park_teacher()
+        self._explain_frozen_teacher()
+
+    def _explain_frozen_teacher(self) -> None:
+        """Say why the teacher's modules are in eval mode, and keep Lightning's "Found N module(s) in eval mode at the
+        start of training" warning for modules a user did not freeze on purpose: it is silenced only when every
+        module in eval mode is the frozen teacher's."""
+        teacher = self.frozen_teacher
+        if teacher is None:
+            return
+        in_eval = [name for name, module in self.named_modules() if not module.training]
+        if in_eval and all(name == "teacher" or name.startswith("teacher.") for name in in_eval):
+            warnings.filterwarnings("ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start of training")
+            rank_zero_info(f"teacher: its {len(in_eval)} modules stay in eval mode for the whole run (frozen: no dropout, "
+                           "fixed batch-norm statistics, no gradients)")
 
     @override
     def on_train_start(self) -> None:
