@@ -16,21 +16,95 @@ class ConfigError(ValueError):
 _UNION_FAILURE = "Does not validate against any of the Union subtypes"
 
 
+_NOT_REASONS = ("Expected a <class 'NoneType'>", "Not a valid subclass of", "Expected a List", "Expected a <class 'list'>")
+"""jsonargparse's lines about the Union's other members (None, "a list of callbacks"), never the class's own reason."""
+
+
+def _items(body: str) -> list[str]:
+    """The top-level ``- ...`` items of a jsonargparse "Errors:" block, each with its indented continuation lines."""
+    lines = [line for line in body.splitlines() if line.strip()]
+    starts = [len(line) - len(line.lstrip()) for line in lines if line.strip().startswith("- ")]
+    if not starts:
+        return []
+    indent, items = min(starts), []
+    for line in lines:
+        if line.startswith(" " * indent + "- "):
+            items.append(line.strip()[2:])
+        elif items and len(line) - len(line.lstrip()) > indent:
+            items[-1] += "\n" + line.strip()
+    return items
+
+
 def innermost_reason(message: str) -> str | None:
     """The class's own error out of jsonargparse's "Does not validate against any of the Union subtypes ...
     Given value: Namespace(...)" message (nested ones unwrapped), prefixed with the class it came from; None
     for any other message."""
     if _UNION_FAILURE not in message:
         return None
-    where = re.search(r"class_path='([\w.]+)'", message)
     body = message.split("Errors:", 1)[-1].split("Given value type:", 1)[0]
-    reasons = [line.strip()[2:] for line in body.splitlines() if line.strip().startswith("- ")
-               and not line.strip().startswith("- Expected a <class 'NoneType'>")]
+    reasons = [item for item in _items(body) if not item.startswith(_NOT_REASONS)]
     if not reasons:
         return None
     reason = "\n".join(reasons)
-    inner = innermost_reason(reason) if _UNION_FAILURE in reason else None
-    return inner or (f"{where.group(1)}: {reason}" if where else reason)
+    if _UNION_FAILURE in reason:
+        if inner := innermost_reason(reason):
+            return inner
+    where = re.search(r"class_path='([\w.]+)'", message)
+    if where is None:
+        return reason
+    name = where.group(1).rsplit(".", 1)[-1]
+    return f"{where.group(1)}: {reason.removeprefix(name + ': ')}"
+
+
+PUBLIC_CLASSES = {"LightningModule": "lkd.modules", "LightningDataModule": "lkd.data", "Callback": "lkd.callbacks",
+                  "Module": "lkd.models"}
+"""Where lkd's own classes of each base live, for "did you mean" and the list of what is available."""
+
+
+def class_path_summary(message: str) -> str | None:
+    """One line for a ``class_path`` that names no class of the expected kind: a typo (``lkd.modules.DistilModule``:
+    did you mean ``lkd.modules.DistillModule``?), a module that does not exist, or a class of another kind
+    (``torch.nn.Linear`` as the model), with lkd's classes of that kind. None for any other message."""
+    import difflib
+    import importlib
+
+    keys = []
+    for line in message.splitlines():
+        if key := re.match(r'\s*Parser key "([^"]+)":', line):
+            keys.append(key.group(1))
+        elif "Problem with given class_path" in line:
+            keys.append("init_args")
+    given = re.search(r"NestedArg\(key='(?:[\w.]+\.)?class_path', val='([^']+)'\)", message)
+    named = given or re.search(r"Got value: Namespace\(class_path='([^']+)'", message) or re.search(r"Import path ([\w.]+)", message)
+    path = named.group(1) if named else None
+    while keys and keys[-1] == "init_args":  # the class itself could not be loaded: its class_path is the option
+        keys.pop()
+    option = ".".join([*keys, "class_path"])
+    option = f"--{option}" if given else option  # the command line, or the config file's key
+    kind = re.search(r"does not correspond to a subclass of (\w+)", message)
+    missing = re.search(r"module '([\w.]+)' has no attribute '(\w+)'", message)
+    no_module = re.search(r"No module named '([\w.]+)'", message)
+    if kind:
+        home = PUBLIC_CLASSES.get(kind.group(1))
+        names = [n for n in getattr(importlib.import_module(home), "__all__", [])
+                 if kind.group(1) in {c.__name__ for c in getattr(getattr(importlib.import_module(home), n), "__mro__", ())}] if home else []
+        listed = f" lkd's: {', '.join(f'{home}.{n}' for n in names)}." if names else ""
+        return f"{option}={path}: not a {kind.group(1)}.{listed} HINT: name a {kind.group(1)} subclass"
+    if missing:
+        module, attr = missing.groups()
+        try:
+            names = [n for n in dir(importlib.import_module(module)) if not n.startswith("_")]
+        except ImportError:
+            names = []
+        close = difflib.get_close_matches(attr, names, n=3, cutoff=0.6)
+        guess = f" Did you mean {' or '.join(f'{module}.{c}' for c in close)}?" if close else ""
+        public = [n for n in names if n[:1].isupper() and isinstance(getattr(importlib.import_module(module), n, None), type)
+                  and not issubclass(getattr(importlib.import_module(module), n), (Exception, tuple))]
+        listed = f"its classes: {', '.join(public[:20])}" if public else "check the spelling of the import path"
+        return f"{option}={path or module + '.' + attr}: {module} has no {attr}.{guess} HINT: {listed}"
+    if no_module:
+        return f"{option}={path}: no module named {no_module.group(1)}. HINT: check the spelling (lkd's classes: lkd.modules.*, lkd.models.*, lkd.data.*, lkd.callbacks.*)"
+    return None
 
 
 def parse_error_summary(message: str) -> str | None:
@@ -66,9 +140,10 @@ class LKDArgumentParser(LightningArgumentParser):
 
     @override
     def error(self, message: str, ex: Exception | None = None):
-        summary = parse_error_summary(message)
+        summary = class_path_summary(message) or parse_error_summary(message)
         if summary is not None:
             words = self.prog.replace(" [options]", "").split()
             command = " ".join(["lkd", *words[1:]])  # the subcommand's parser is "<prog> [options] fit"
-            message = f"{message}\n{summary}. HINT: `{command} --help` lists every option with its type"
+            hint = "" if "HINT:" in summary else f". HINT: `{command} --help` lists every option with its type"
+            message = f"{message}\n{summary}{hint}"
         return super().error(message, ex)

@@ -162,8 +162,41 @@ def test_a_mistyped_option_ends_the_error_with_the_option_and_the_problem(option
     assert last.startswith(last_line) and last.endswith("HINT: `lkd fit --help` lists every option with its type"), last
 
 
+CLASS_PATHS = [  # (config, override, the last line of stderr): a class that cannot be built from its class_path
+    ("mnist/teacher.yaml", "--model.class_path=torch.nn.Linear",
+     r"^--model\.class_path=torch\.nn\.Linear: not a LightningModule\. lkd's: .*lkd\.modules\.ClassifierModule.*HINT"),
+    ("mnist/student_kd.yaml", "--model.class_path=lkd.modules.DistilModule",
+     r"^--model\.class_path=lkd\.modules\.DistilModule: lkd\.modules has no DistilModule\. Did you mean lkd\.modules\.DistillModule"),
+    ("mnist/student_kd.yaml", "--model.init_args.student.class_path=lkd.models.ConvNett",
+     r"^--model\.init_args\.student\.class_path=lkd\.models\.ConvNett: .*Did you mean lkd\.models\.ConvNet\? HINT"),
+    ("mnist/student_kd.yaml", "--model.class_path=lkd.modulez.DistillModule",
+     r"^--model\.class_path=lkd\.modulez\.DistillModule: lkd has no modulez\. Did you mean lkd\.modules or lkd\.models\? HINT"),
+]
+
+
+@pytest.mark.parametrize("config, override, last_line", CLASS_PATHS, ids=[o for _, o, _ in CLASS_PATHS])
+def test_a_class_path_that_names_no_usable_class_says_what_would(config, override, last_line, capsys):
+    with pytest.raises(SystemExit):
+        LKDCLI(args=["fit", "-c", str(CONFIGS / config), override])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(last_line, last) and len(last) < 400, last
+
+
+def test_a_class_path_typo_in_a_config_file_names_the_key_as_written_there(tmp_path, capsys):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text((CONFIGS / "mnist" / "teacher.yaml").read_text().replace("lkd.modules.ClassifierModule", "lkd.modules.ClasifierModule"))
+    with pytest.raises(SystemExit):
+        LKDCLI(args=["fit", "-c", str(typo)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("model.class_path=lkd.modules.ClasifierModule: lkd.modules has no ClasifierModule. Did you mean "
+                           "lkd.modules.ClassifierModule"), last
+
+
 KA_BAD = '{"class_path": "lkd.models.routing.KnowledgeAugmentation", "init_args": {"sampling_prob": 2.0}}'
 DENSE_TEACHER = '{"class_path": "lkd.models.causal_lm.TinyLlamaLM", "init_args": {"vocab_size": 49152, "hidden_size": 64, "num_layers": 4}}'
+EMA_BAD = '[{"class_path": "lkd.callbacks.EMAKeyUpdate", "init_args": {"init_epochs": -1}}]'
+SCHEDULE_BAD = ('[{"class_path": "lkd.callbacks.routing_schedule.RoutingSchedule", "init_args": {"start_top_k": 1, "end_top_k": 4, '
+                '"start_temperature": 0, "end_temperature": 0.5}}]')
 BAD_INPUTS = [  # (config, overrides, what the last line of the error must say), each refused when the classes are built
     ("mnist/student_kd.yaml", ["--model.init_args.temperature=0"], r"temperature must be > 0, got 0\.0$"),
     ("mnist/student_kd.yaml", ["--model.init_args.alpha=1.5"], r"alpha must be in \[0, 1\], got 1\.5$"),
@@ -176,6 +209,8 @@ BAD_INPUTS = [  # (config, overrides, what the last line of the error must say),
     ("lm/student_sar.yaml", ["--model.init_args.router_every_n_steps=0"], r"router_every_n_steps must be >= 1, got 0$"),
     ("lm/student_sar.yaml", ["--model.init_args.router_balance_weight=-1"], r"router_balance_weight must be >= 0, got -1\.0$"),
     ("lm/student_routed.yaml", [f"--model.init_args.teacher.model={DENSE_TEACHER}"], r"TinyLlamaLM has no MoE gates.*HINT: drop the router"),
+    ("mnist/continual_dkvb.yaml", [f"--trainer.callbacks={EMA_BAD}"], r"^lkd\.callbacks\.EMAKeyUpdate: init_steps and init_epochs must be >= 0, got 0 and -1$"),
+    ("lm/student_routed.yaml", [f"--trainer.callbacks={SCHEDULE_BAD}"], r"^lkd\.callbacks\.routing_schedule\.RoutingSchedule: .*temperature.*0"),
 ]
 
 
