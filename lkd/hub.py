@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,6 +40,10 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class DatasetNotFoundError(FileNotFoundError):
     """A data set could be found neither as a local mirror nor on the hub."""
+
+
+class DatasetCardError(ValueError):
+    """A data set's card (README.md ``dataset_info``) states splits or row counts its data files do not have."""
 
 
 class PretrainedNotFoundError(FileNotFoundError):
@@ -120,6 +125,33 @@ def load_hub_dataset(hub_id: str, config: str | None = None, **kwargs):
             f"reading the data of '{hub_id}' ({path}, config {config!r}) failed: {type(cause).__name__}: {cause}. "
             "HINT: check that the data files are readable and complete (re-copy the mirror)"
         ) from err
+    except datasets.exceptions.SplitsVerificationError as err:  # the card's split sizes are not the files'
+        raise DatasetCardError(_stale_card(hub_id, path if is_local else None, config, err)) from None
+
+
+def _stale_card(hub_id: str, folder: str | None, config: str | None, err: Exception) -> str:
+    """What a card whose ``dataset_info`` disagrees with the data files states, what the files hold, and the fix.
+
+    Refused rather than loaded with ``verification_mode="no_checks"``: the same mismatch is what a truncated or
+    half-copied data file looks like, and loading it would hide the lost rows."""
+    import datasets
+
+    if isinstance(err, datasets.exceptions.NonMatchingSplitsSizesError):  # "[{'expected': SplitInfo(name=..., num_examples=N), ...}]"
+        infos = re.findall(r"SplitInfo\(name='([^']*)'.*?num_examples=(\d+)", str(err))
+        pairs = [(infos[i][0], infos[i][1], infos[i + 1][1]) for i in range(0, len(infos) - 1, 2)]
+        what = "; ".join(f"split {name!r}: {stated} rows stated, {found} found" for name, stated, found in pairs) or str(err)
+    elif isinstance(err, datasets.exceptions.ExpectedMoreSplitsError):
+        what = f"it states split(s) {err} that the data files do not have"
+    else:  # UnexpectedSplitsError
+        what = f"the data files have split(s) {err} that it does not state"
+    if folder is None:
+        return (f"the card of '{hub_id}' (config {config!r}) on the hub disagrees with its data files: {what}. "
+                "HINT: report it to the data set's owner, or use a local copy whose README.md has no stale `dataset_info`")
+    card = Path(folder) / "README.md"
+    return (f"the card {card} of the data set '{hub_id}' (config {config!r}) disagrees with its data files "
+            f"(edited or partly copied?): {what}. HINT: remove the `dataset_info:` block (or its `splits:` and "
+            f"`dataset_size`) from {card}, or set each split's num_examples there to the rows found; if the files "
+            "should have those rows, re-copy them")
 
 
 @lru_cache(maxsize=32)
@@ -185,8 +217,17 @@ def mirror_cache_dir(folder: Path) -> str:
 
 def _dataset_not_found(hub_id: str, config: str | None, why: str) -> str:
     looked = "\n  ".join(str(p) for p in mirror_candidates(hub_id))
-    return (
-        f"Data set '{hub_id}' (config {config!r}) not found. No local mirror in:\n  {looked}\nand {why}.\n"
+    message = f"Data set '{hub_id}' (config {config!r}) not found. No local mirror in:\n  {looked}\nand {why}.\n"
+    if env := os.environ.get(DATA_DIR_ENV):  # the searched folders all come from the variable: say when it is wrong
+        folder = Path(env).expanduser()
+        if folder.is_file():
+            return message + (f"{DATA_DIR_ENV}={env} names a file, not a folder, so no mirror can be under it. HINT: set "
+                              f"{DATA_DIR_ENV} to the folder that holds the mirrors (e.g. {folder.resolve().parent}), or unset "
+                              "it to search ../shared/data")
+        if not folder.exists():
+            return message + (f"{DATA_DIR_ENV}={env} does not exist. HINT: set {DATA_DIR_ENV} to the folder that holds the "
+                              "mirrors, or unset it to search ../shared/data")
+    return message + (
         f"HINT: put a hub-layout copy (parquet + README.md with `configs:`) in one of those folders, set "
         f"${DATA_DIR_ENV} to the folder that holds it, or allow hub access."
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import datasets
 
-from lkd.data.text_classification import TextClassificationDataModule
+from lkd.data.text_classification import ProblemType, TextClassificationDataModule
 from lkd.hub import resolve_dataset_path
 
 __all__ = ["GLUEDataModule"]
@@ -32,6 +32,11 @@ class GLUEDataModule(TextClassificationDataModule):
         hub_id: data set id, resolved to a local mirror when there is one (:mod:`lkd.hub`); unused with ``data_files``.
         data_files: local csv/json/parquet files instead of ``hub_id`` (``{split: path}``).
         test_split: split that ``lkd test`` scores; default ``validation`` (the dev score everyone reports).
+        predict_split: split that ``lkd predict`` writes; default ``test`` (GLUE's, without labels: the submission).
+        problem_type: None (default) for a GLUE task's own (``stsb`` regression, the others classification); with
+            ``data_files`` and a task name of your own, ``classification`` or ``regression`` overrides what the label
+            type says.
+        validation_size, test_size: with ``data_files``, carve a missing validation / test split from train.
         The rest: as :class:`~lkd.data.TextClassificationDataModule`.
     """
 
@@ -51,7 +56,9 @@ class GLUEDataModule(TextClassificationDataModule):
         text_columns: list[str] | None = None,
         label_column: str | None = None,
         label_names: list[str] | None = None,
+        problem_type: ProblemType | None = None,
         validation_size: float | int | None = None,
+        test_size: float | int | None = None,
         transfer_copies: int = 0,
         transfer_word_prob: float = 0.3,
         group_by_length: bool = False,
@@ -62,7 +69,8 @@ class GLUEDataModule(TextClassificationDataModule):
             raise ValueError(f"GLUEDataModule: give hub_id ({hub_id!r}) or data_files ({data_files!r}), not both")
         super().__init__(None if data_files is not None else hub_id, None if data_files is not None else task, data_files,
                          tokenizer, task=task, text_columns=text_columns, label_column=label_column, label_names=label_names,
-                         test_split=test_split, predict_split=predict_split, validation_size=validation_size,
+                         problem_type=problem_type, test_split=test_split, predict_split=predict_split,
+                         validation_size=validation_size, test_size=test_size,
                          max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size, train_size=train_size,
                          transfer_copies=transfer_copies, transfer_word_prob=transfer_word_prob,
                          group_by_length=group_by_length, seed=seed, num_workers=num_workers)

@@ -10,8 +10,14 @@ What the data is comes from the data, or from YAML where the data cannot say:
   order of ``label_names``); integer labels are class ids (``label_names`` names them); float labels are a
   regression target (``num_classes = 1``). A value that is none of these, or a class the training split does
   not know, is an error naming the value, its split and row.
+* **Problem type.** A GLUE task's is known (``stsb`` regression, the others classification,
+  :data:`GLUE_PROBLEM_TYPES`), and ``problem_type`` states one for your own task; labels of the wrong kind for it
+  are refused (class names for a regression, fractional numbers for a classification), float labels that are
+  all whole numbers are read as class ids for a classification (logged), integers as scores for a regression.
+  Otherwise the label type decides, and the log line says so and how to override it.
 * **Splits.** ``train_split``, ``validation_split`` and ``test_split`` name them; a validation (or test) split
   the data does not have is carved from train with ``seed`` (``validation_size`` / ``test_size``).
+  ``predict_split`` (default ``test``) is what ``lkd predict`` writes: it needs the text columns, not labels.
 
 Every row keeps an ``idx`` (its row in the split it came from; GLUE's own ``idx`` where there is one): the key
 of a teacher cache and of a submission file. The tokenizer is bound late, handed over by the model
@@ -25,6 +31,7 @@ import re
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import lightning.pytorch as pl
@@ -40,6 +47,13 @@ from lkd.hub import DataFileError, load_hub_dataset, load_tokenizer
 from lkd.losses import UNLABELLED
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ProblemType = Literal["classification", "regression"]
+GLUE_PROBLEM_TYPES: dict[str, ProblemType] = {
+    **dict.fromkeys(("cola", "sst2", "mrpc", "qqp", "mnli", "mnli_matched", "mnli_mismatched", "qnli", "rte", "wnli", "ax"),
+                    "classification"),
+    "stsb": "regression",
+}
+"""The problem type of each GLUE task (Wang et al. 2019, Table 1): STS-B scores similarity, the others classify."""
 LABEL_CANDIDATES = ("label", "labels", "target", "class", "category", "score", "y")
 FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -51,6 +65,10 @@ class TextDataError(ValueError):
 def _near(name: str, choices) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
 
 
 class LengthGroupedSampler(SeededRandomSampler):
@@ -93,14 +111,29 @@ def replace_words(text: str, words: np.ndarray, weights: np.ndarray, prob: float
     return " ".join(tokens)
 
 
+def data_file_paths(data_files: str | list[str] | dict[str, str | list[str]]) -> dict[str, list[Path]]:
+    """``{split: [files]}`` of a ``data_files`` argument: a dict names the splits; a file or list of files is ``train``."""
+    files = data_files if isinstance(data_files, dict) else {"train": data_files}
+    return {split: [Path(p).expanduser() for p in ([f] if isinstance(f, (str, Path)) else f)] for split, f in files.items()}
+
+
+def _one_line(err: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def load_data_files(data_files: str | list[str] | dict[str, str | list[str]]) -> datasets.DatasetDict:
     """Local CSV (``.csv``, ``.tsv``), JSON Lines (``.json``, ``.jsonl``) or parquet files as a DatasetDict: a
-    dict names the splits (``{train: a.csv, validation: b.csv}``); a file or list of files is the ``train`` split."""
-    files = data_files if isinstance(data_files, dict) else {"train": data_files}
-    paths = {split: [Path(p).expanduser() for p in ([f] if isinstance(f, (str, Path)) else f)] for split, f in files.items()}
+    dict names the splits (``{train: a.csv, validation: b.csv}``); a file or list of files is the ``train`` split.
+
+    Each split is read on its own, so a split may lack columns the others have (a test file without labels, to
+    predict); the module checks every split's columns against what it needs (:meth:`TextClassificationDataModule.setup`).
+    """
+    paths = data_file_paths(data_files)
     flat = [p for ps in paths.values() for p in ps]
     if missing := [str(p) for p in flat if not p.is_file()]:
-        raise FileNotFoundError(f"data_files: no such file {', '.join(missing)} (working directory {Path.cwd()})")
+        raise FileNotFoundError(f"data_files: no such file {', '.join(missing)} (working directory {Path.cwd()}). "
+                                "HINT: fix the path in data.init_args.data_files (relative paths start at the working directory)")
     formats = {FILE_FORMATS.get(p.suffix.lower()) for p in flat}
     if None in formats or len(formats) != 1:
         raise TextDataError(
@@ -108,17 +141,25 @@ def load_data_files(data_files: str | list[str] | dict[str, str | list[str]]) ->
             f"known endings: {', '.join(FILE_FORMATS)}"
         )
     kwargs = {"delimiter": "\t"} if all(p.suffix.lower() == ".tsv" for p in flat) else {}
-    try:
-        return datasets.load_dataset(formats.pop(), data_files={s: [str(p.resolve()) for p in ps] for s, ps in paths.items()}, **kwargs)
-    except datasets.exceptions.DatasetGenerationError as err:
-        cause = err.__cause__ or err.__context__ or err
-        raise DataFileError(f"reading data_files {[str(p) for p in flat]} failed: {type(cause).__name__}: {cause}") from err
-    except ValueError as err:  # datasets: 'Instruction "validation" corresponds to no data!' for a file without rows
-        if (match := re.search(r"Instruction \W?(\w+)\W? corresponds to no data", str(err))) is None:
-            raise
-        split = match.group(1)
-        raise TextDataError(f"data_files: split {split!r} is empty ({', '.join(str(p) for p in paths.get(split, flat))} has no rows). "
-                            "HINT: give it rows, or leave it out and carve it from train (validation_size / test_size)") from err
+    file_format = formats.pop()
+    splits = {}
+    for split, files in paths.items():
+        shown = ", ".join(str(p) for p in files)
+        try:
+            splits[split] = datasets.load_dataset(file_format, data_files={split: [str(p.resolve()) for p in files]}, **kwargs)[split]
+        except datasets.exceptions.DatasetGenerationError as err:
+            cause = err.__cause__ or err.__context__ or err
+            if isinstance(err, datasets.exceptions.DatasetGenerationCastError):  # files of one split with other columns
+                raise TextDataError(f"data_files of split {split!r} ({shown}) do not all have the same columns: {_one_line(err)}. "
+                                    "HINT: give every file of a split the same columns") from err
+            raise DataFileError(f"reading data_files {shown} (split {split!r}) failed: {type(cause).__name__}: {_one_line(cause)}. "
+                                "HINT: check that the file is complete and in the format its ending says") from err
+        except ValueError as err:  # datasets: 'Instruction "validation" corresponds to no data!' for a file without rows
+            if re.search(r"Instruction \W?(\w+)\W? corresponds to no data", str(err)) is None:
+                raise
+            raise TextDataError(f"data_files: split {split!r} is empty ({shown} has no rows). "
+                                "HINT: give it rows, or leave it out and carve it from train (validation_size / test_size)") from err
+    return datasets.DatasetDict(splits)
 
 
 class TextClassificationDataModule(pl.LightningDataModule):
@@ -140,11 +181,20 @@ class TextClassificationDataModule(pl.LightningDataModule):
         label_column: label column (None: the one column named like a label, :data:`LABEL_CANDIDATES`).
         label_names: class names, in class-id order. For string labels they fix the ids (default: sorted names of
             the training split); for integer labels they only name them.
+        problem_type: ``classification`` or ``regression``. None (default): the GLUE task's (:data:`GLUE_PROBLEM_TYPES`),
+            else read from the label type (floats: regression; class names or integers: classification). Given
+            for a GLUE task, it must agree with the task's.
         train_split, validation_split: split names. ``test_split`` is what ``lkd test`` scores (None: ``test``
-            when it has labels, else the validation split); ``predict_split`` what ``lkd predict`` writes.
+            when it has labels, else the validation split).
+        predict_split: what ``lkd predict`` writes (default ``test``: the data's test split, or the one carved from
+            train with ``test_size``); it needs the text columns only, labels may be absent. A split the data does
+            not have is an error listing the ones it has.
         validation_size, test_size: carve a missing validation / test split from train (a fraction, or a count),
-            seeded by ``seed``. A missing validation split with no ``validation_size`` takes 10 % of train.
-        max_length: longest tokenised input; longer ones are truncated. Must not exceed the model's limit.
+            seeded by ``seed``. A missing validation split with no ``validation_size`` takes 10 % of train; a
+            missing test split is carved only with ``test_size`` (give it to ``lkd fit`` too, so training leaves
+            those rows out).
+        max_length: longest tokenised input; longer ones are truncated. Must not exceed the model's limit, and
+            must leave one token per text column after the tokenizer's special tokens (3 for a BERT single text).
         batch_size: training batch size. ``eval_batch_size``: validation/test/predict batch size.
         train_size: a seeded random subset of this many training examples (None = all).
         transfer_copies: add this many changed copies of every training example without their labels
@@ -168,6 +218,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         text_columns: list[str] | None = None,
         label_column: str | None = None,
         label_names: list[str] | None = None,
+        problem_type: ProblemType | None = None,
         train_split: str = "train",
         validation_split: str = "validation",
         test_split: str | None = None,
@@ -201,12 +252,22 @@ class TextClassificationDataModule(pl.LightningDataModule):
             problems.append(f"text_columns must name 1 or 2 columns, got {text_columns}")
         if label_names is not None and len(set(label_names)) != len(label_names):
             problems.append(f"label_names must be distinct, got {label_names}")
+        if text_columns is not None and 0 < max_length < len(text_columns):
+            problems.append(f"max_length={max_length} leaves no token for each of the text columns {text_columns}")
+        known = GLUE_PROBLEM_TYPES.get(task or config or "")
+        if problem_type not in (None, "classification", "regression"):
+            problems.append(f"problem_type must be 'classification', 'regression' or null, got {problem_type!r}")
+        elif problem_type is not None and known is not None and problem_type != known:
+            problems.append(f"problem_type={problem_type!r} contradicts task {task or config!r}, a GLUE {known} task. HINT: leave "
+                            f"data.init_args.problem_type out, or, if this is not GLUE's {task or config}, name your task "
+                            "(data.init_args.task=<your name>)")
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.dataset, self.config, self.data_files = dataset, config, data_files
         self.task = task or config or "classification"
         self.tokenizer_arg, self.tokenizer_name, self.tokenizer = tokenizer, tokenizer, None
         self._text_columns, self._label_column, self._label_names = text_columns, label_column, label_names
+        self._problem_type = problem_type
         self.train_split, self.validation_split, self._test_split, self.predict_split = train_split, validation_split, test_split, predict_split
         self.validation_size, self.test_size = validation_size, test_size
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
@@ -239,7 +300,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if self.train_split not in data:
             raise TextDataError(f"{self.source} has no train split {self.train_split!r}; its splits: {list(data)}. "
                                 "HINT: set data.init_args.train_split")
-        for name, size, default in ((self.validation_split, self.validation_size, 0.1), (self._test_split, self.test_size, None)):
+        carved_test = self._test_split if self._test_split not in (None, self.validation_split) else "test"
+        for name, size, default in ((self.validation_split, self.validation_size, 0.1), (carved_test, self.test_size, None)):
             if name is None or (name in data and size is None):
                 continue
             if name in data:
@@ -288,34 +350,97 @@ class TextClassificationDataModule(pl.LightningDataModule):
                                 f"{list(self.features)} (string columns: {strings}). HINT: set data.init_args.text_columns")
         return list(self._text_columns)
 
+    @property
+    def _wanted_problem(self) -> tuple[ProblemType | None, str]:
+        """(the problem type asked for, where it comes from): ``problem_type``, else the GLUE task's, else (None, "")."""
+        if self._problem_type is not None:
+            return self._problem_type, f"problem_type={self._problem_type!r}"
+        if (known := GLUE_PROBLEM_TYPES.get(self.task)) is not None:
+            return known, f"task {self.task!r} (a GLUE {known} task)"
+        return None, ""
+
+    def _label_examples(self, values) -> str:
+        seen = sorted({v.item() if isinstance(v, np.generic) else v for v in values if v is not None})[:3]
+        return ", ".join(map(repr, seen))
+
+    def _wrong_label_kind(self, wanted: ProblemType, why: str, holds: str, examples: str) -> TextDataError:
+        other = "regression" if wanted == "classification" else "classification"
+        cast = ("cast the labels to integer class ids (or give class names)" if wanted == "classification"
+                else "give numeric scores (cast the labels to float)")
+        escape = (f"set data.init_args.problem_type={other}" if self._problem_type is not None
+                  else f"if this is not GLUE's {self.task}, name your task (data.init_args.task=<your name>) to train a {other}")
+        return TextDataError(f"{self.source}: {why} needs {'class labels' if wanted == 'classification' else 'numeric scores'}, "
+                             f"but label column {self.label_column!r} holds {holds}, e.g. {examples}). HINT: {cast} in "
+                             f"{self.label_column!r}, or {escape}")
+
     @cached_property
     def _labels(self) -> tuple[str, list[str] | None]:
-        """(kind, class names): kind ``"class_label"``, ``"names"`` (string labels), ``"ids"`` or ``"float"``."""
+        """(kind, class names): kind ``"class_label"``, ``"names"`` (string labels), ``"ids"`` (integers),
+        ``"float_ids"`` (whole-number floats read as class ids) or ``"float"`` (a regression score)."""
         feature = self.features[self.label_column]
+        wanted, why = self._wanted_problem
+        values = self.label_values(self.train_split)
         if isinstance(feature, datasets.ClassLabel):
+            if wanted == "regression":
+                raise self._wrong_label_kind(wanted, why, f"class names ({feature}", self._label_examples(feature.names))
             return "class_label", list(feature.names)
         dtype = feature.dtype if isinstance(feature, datasets.Value) else None
         if dtype in ("string", "large_string"):
-            values = self.raw[self.train_split][self.label_column]
+            if wanted == "regression":
+                raise self._wrong_label_kind(wanted, why, f"class names ({dtype}", self._label_examples(values))
             self._check_present(values, self.train_split)
             names = self._label_names or sorted(set(values))
             return "names", list(names)
-        if dtype is not None and dtype.startswith(("int", "uint", "bool")):
-            values = np.asarray(self.raw[self.train_split][self.label_column])
+        if dtype is not None and dtype.startswith(("int", "uint", "bool")) and wanted != "regression":
+            values = np.asarray(values)
             n = len(self._label_names) if self._label_names else int(values.max()) + 1
             if (bad := (values < 0) | (values >= n)).any():
                 row = int(np.flatnonzero(bad)[0])
                 raise TextDataError(f"{self.source}: label {int(values[row])} (split {self.train_split!r}, row {row}) is not a class "
                                     f"id in [0, {n}) (label_names {self._label_names}); -1 means unlabelled")
             return "ids", list(self._label_names) if self._label_names else None
-        if dtype is not None and dtype.startswith("float"):
-            values = np.asarray(self.raw[self.train_split][self.label_column], dtype=float)
-            if not np.isfinite(values).all():
-                row = int(np.flatnonzero(~np.isfinite(values))[0])
+        if dtype is not None and dtype.startswith(("float", "int", "uint", "bool")):
+            numbers = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+            if not np.isfinite(numbers).all():
+                row = int(np.flatnonzero(~np.isfinite(numbers))[0])
                 raise TextDataError(f"{self.source}: label of row {row} in split {self.train_split!r} is missing or not a number")
-            return "float", None
+            if wanted != "classification":
+                if dtype.startswith(("int", "uint", "bool")):  # integers for a regression: scores
+                    rank_zero_info(f"{self.task}: {why} is a regression, so the integer labels of {self.label_column!r} are read "
+                                   "as scores")
+                return "float", None
+            if not np.equal(numbers, np.round(numbers)).all():
+                raise self._wrong_label_kind(wanted, why, f"fractional numbers ({dtype}",
+                                             self._label_examples(numbers[numbers != np.round(numbers)].tolist()))
+            ids = sorted({int(v) for v in numbers})
+            rank_zero_info(f"{self.task}: {why} is a classification, so the {dtype} labels of {self.label_column!r}, all whole "
+                           f"numbers ({', '.join(str(float(i)) for i in ids[:5])}{', ...' if len(ids) > 5 else ''}), are read as "
+                           "class ids. HINT: store them as integers to skip this conversion")
+            n = len(self._label_names) if self._label_names else max(ids) + 1
+            if ids[0] < 0 or ids[-1] >= n:
+                bad = next(i for i in ids if not 0 <= i < n)
+                raise TextDataError(f"{self.source}: label {float(bad)} (split {self.train_split!r}) is not a class id in [0, {n}) "
+                                    f"(label_names {self._label_names}). HINT: fix the labels, or list every class in "
+                                    "data.init_args.label_names")
+            return "float_ids", list(self._label_names) if self._label_names else None
         raise TextDataError(f"{self.source}: label column {self.label_column!r} is {feature}, neither class names (strings), "
                             "class ids (integers) nor numbers (floats). HINT: set data.init_args.label_column to the label")
+
+    @property
+    def label_decision(self) -> str:
+        """What the labels were read as and why, for the log: the problem type, its source and how to override it."""
+        kind, _ = self._labels
+        what = "regression (1 output, MSE)" if kind == "float" else f"classification ({self.num_classes} classes)"
+        wanted, why = self._wanted_problem
+        if wanted is not None:
+            return f"{what}, as {why} says"
+        feature = self.features[self.label_column]
+        if kind in ("class_label", "names"):
+            return f"{what}, read from the label type ({'class names' if kind == 'names' else feature})"
+        other = "classification" if kind == "float" else "regression"
+        dtype = getattr(feature, "dtype", feature)
+        return (f"{what}, read from the label type ({dtype} labels: "
+                f"{'scores' if kind == 'float' else 'class ids'}); HINT: data.init_args.problem_type={other} overrides it")
 
     def _check_present(self, values: list, split: str) -> None:
         if None in values:
@@ -334,7 +459,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
             return 1
         if names is not None:
             return len(names)
-        return int(np.asarray(self.raw[self.train_split][self.label_column]).max()) + 1
+        values = [v for v in self.label_values(self.train_split) if v is not None]
+        return int(max(values)) + 1
 
     @property
     def label_names(self) -> list[str] | None:
@@ -347,11 +473,27 @@ class TextClassificationDataModule(pl.LightningDataModule):
             return self._test_split
         return "test" if "test" in self.raw and self.has_labels("test") else self.validation_split
 
+    def label_values(self, split: str) -> list:
+        """The label column of ``split`` as a list (one Arrow read: iterating a ``datasets`` column is row by row)."""
+        return self.raw[split][self.label_column][:]
+
     def has_labels(self, split: str) -> bool:
-        """Whether ``split`` carries labels (GLUE's hidden test labels are -1; a file without the column has none)."""
+        """Whether ``split`` carries labels (GLUE's hidden test labels are all -1; a file without the column has none)."""
         if self.label_column not in self.raw[split].column_names:
             return False
-        return any(label not in (-1, None) for label in self.raw[split][self.label_column])
+        values = self.label_values(split)
+        return not all(v == -1 for v in values) and len(self.unlabelled_rows(split)) < len(values)
+
+    def unlabelled_rows(self, split: str) -> list[int]:
+        """Rows of ``split`` without a label: None or NaN, and -1 for class labels (GLUE's mark of a hidden label)."""
+        if self.label_column not in self.raw[split].column_names:
+            return list(range(len(self.raw[split])))
+        classes = not self.is_regression
+        return [row for row, v in enumerate(self.label_values(split))
+                if v is None or (isinstance(v, float) and v != v) or (classes and v == -1)]
+
+    def _fully_labelled(self, split: str) -> bool:
+        return self.has_labels(split) and not self.unlabelled_rows(split)
 
     def encode_labels(self, split: str, labels: list) -> list:
         """``labels`` of ``split`` as class ids (or floats), checked against the classes the training split knows."""
@@ -364,12 +506,17 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 raise TextDataError(f"{self.source}: label {value!r} (split {split!r}, row {row}) is not one of the known classes "
                                     f"{names}{_near(str(value), names)}. HINT: fix the data, or list every class in data.init_args.label_names")
             return [index[v] for v in labels]
-        if kind in ("ids", "class_label") and split != self.predict_split:
-            n = self.num_classes
-            if bad := [(row, v) for row, v in enumerate(labels) if v is None or not 0 <= v < n]:
-                row, value = bad[0]
-                raise TextDataError(f"{self.source}: label {value!r} (split {split!r}, row {row}) is outside the {n} known classes [0, {n})")
-        return labels
+        if kind == "float":
+            if bad := [row for row, v in enumerate(labels) if not isinstance(v, (int, float, np.number)) or not np.isfinite(v)]:
+                raise TextDataError(f"{self.source}: label {labels[bad[0]]!r} (split {split!r}, row {bad[0]}) is not a number "
+                                    f"(column {self.label_column!r}). HINT: give every row a numeric score")
+            return [float(v) for v in labels]
+        n = self.num_classes  # class ids: integers, or whole numbers stored as floats
+        if bad := [(row, v) for row, v in enumerate(labels) if not _whole(v) or not 0 <= v < n]:
+            row, value = bad[0]
+            raise TextDataError(f"{self.source}: label {value!r} (split {split!r}, row {row}) is outside the {n} known classes [0, {n}). "
+                                "HINT: fix the label, or list every class in data.init_args.label_names")
+        return [int(v) for v in labels]
 
     # ---- tokenisation -------------------------------------------------------------------------------
     def connect(self, tokenizer_name: str, model_max_length: int | None = None) -> None:
@@ -384,35 +531,100 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if self.tokenizer is None or self.tokenizer_name != name:
             self.tokenizer_name, self.tokenizer = name, load_tokenizer(name)
             self.splits = {}  # tokenised again with this tokenizer
+        if "text_columns" in self.__dict__:  # the data is read (the model connects after the data's setup)
+            self.check_max_length()
+
+    def min_max_length(self) -> int:
+        """The shortest ``max_length`` that keeps one token of every text column: the tokenizer's special tokens for
+        one text or a pair ([CLS] a [SEP] b [SEP]: 3) plus one per text column."""
+        pair = len(self.text_columns) == 2
+        count = getattr(self.tokenizer, "num_special_tokens_to_add", None)  # ByteTokenizer adds none
+        return (count(pair=pair) if count is not None else 0) + len(self.text_columns)
+
+    def check_max_length(self) -> None:
+        """Refuse a ``max_length`` that leaves no room for text: under it the tokenizer gives up truncating (a length
+        below its special tokens) or cuts every text away ([CLS] [SEP]). Every value this allows is truncated."""
+        if self.max_length < (least := self.min_max_length()):
+            special = least - len(self.text_columns)
+            raise TextDataError(
+                f"data.init_args.max_length={self.max_length} leaves no room for text: the tokenizer {self.tokenizer_name} adds "
+                f"{special} special tokens to {'a pair of texts' if len(self.text_columns) == 2 else 'a text'} "
+                f"{self.text_columns}, and each text needs at least one token. HINT: set data.init_args.max_length >= {least} "
+                "(128 is usual)"
+            )
 
     def stage_splits(self, stage: str) -> list[str]:
         return {"fit": [self.train_split, self.validation_split], "validate": [self.validation_split], "test": [self.test_split],
                 "predict": [self.predict_split]}[stage]
 
+    def _split_option(self, split: str, stage: str) -> str:
+        """The option that chose ``split`` for ``stage``, as a user writes it."""
+        if stage in ("test", "predict"):
+            return f"data.init_args.{stage}_split"
+        return "data.init_args.train_split" if split == self.train_split else "data.init_args.validation_split"
+
+    def _where(self, split: str) -> str:
+        """``split`` and where it comes from (its files, for local files), for messages."""
+        if self.data_files is not None and split in (files := data_file_paths(self.data_files)):
+            return f"split {split!r} ({', '.join(str(p) for p in files[split])})"
+        return f"{self.source} split {split!r}"
+
+    def check_split(self, split: str, stage: str) -> None:
+        """Refuse a split ``stage`` cannot use: missing (listing the splits there are), empty, without a text column,
+        or, for any stage but predict, without labels. Each names the split, its file and the option that chose it."""
+        stage = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn ("TrainerFn.TESTING" in an f-string)
+        option = self._split_option(split, stage)
+        if split not in self.raw:
+            carve = ""
+            if split == "test":
+                carve = (", or carve a test split from train with data.init_args.test_size (e.g. 0.1; give it to `lkd fit` too, "
+                         "so training leaves those rows out)")
+            elif split == self.validation_split:
+                carve = ", or carve it from train with data.init_args.validation_size"
+            files = f", add a file for it (data_files: {{{split}: ...}})" if self.data_files is not None else ""
+            raise TextDataError(f"{option}={split!r}: {self.source} has no split {split!r}; its splits: {', '.join(self.raw)}. "
+                                f"HINT: set {option} to one of them{files}{carve}")
+        if not len(self.raw[split]):
+            raise TextDataError(f"{self._where(split)} is empty. HINT: give it rows, or carve it from train "
+                                "(validation_size / test_size)")
+        columns = [c for c in self.raw[split].column_names if c != "idx"]
+        if missing := [c for c in self.text_columns if c not in self.raw[split].column_names]:
+            near = "".join(_near(c, columns) for c in missing)
+            raise TextDataError(f"{self._where(split)} lacks the text column(s) {missing}{near} that {self.train_split!r} has "
+                                f"(text columns {self.text_columns}); its columns: {columns}. HINT: name the column(s) in that "
+                                "split as in train, or set data.init_args.text_columns to columns every split has")
+        if stage != "predict" and not self.has_labels(split):
+            scored = {"fit": "trained on" if split == self.train_split else "validated", "validate": "validated",
+                      "test": "scored"}[stage]
+            if self.label_column not in self.raw[split].column_names:
+                why = f"has no label column {self.label_column!r} (its columns: {columns})"
+            else:
+                why = f"has no labels (every {self.label_column!r} is empty or -1: GLUE keeps test labels hidden)"
+            hint = (f"score a labelled split ({option}=validation), or write predictions for it with `lkd predict` "
+                    f"(data.init_args.predict_split={split})" if stage == "test" else f"set {option} to a labelled split")
+            raise TextDataError(f"{self._where(split)} {why}, so it cannot be {scored}. HINT: {hint}")
+        if stage != "predict" and (gaps := self.unlabelled_rows(split)):
+            value = self.label_values(split)[gaps[0]]
+            raise TextDataError(f"{self._where(split)}: label of row {gaps[0]} is {'empty' if value is None or value != value else value!r} "
+                                f"(column {self.label_column!r}; {len(gaps)} rows without a label). HINT: give every row of "
+                                f"{option}={split!r} a label, or move the unlabelled rows to a split of their own for `lkd predict`")
+
     @override
     def setup(self, stage: str) -> None:
         for split in self.stage_splits(stage):
-            if split not in self.raw:
-                raise TextDataError(f"{self.source} has no split {split!r}; splits: {list(self.raw)}")
-            if not len(self.raw[split]):
-                raise TextDataError(f"{self.source} split {split!r} is empty. HINT: give it rows, or carve it from train "
-                                    "(validation_size / test_size)")
-            if stage != "predict" and not self.has_labels(split):
-                raise TextDataError(
-                    f"{self.source} split {split!r} has no labels (all -1: GLUE keeps test labels hidden), so it cannot be "
-                    "scored. HINT: score 'validation' (data.init_args.test_split), or write a submission file with `lkd predict` "
-                    "(GLUEPredictionWriter)."
-                )
+            self.check_split(split, stage)
         _ = self.text_columns, self.num_classes  # columns and labels checked before any tokenising
         if self.tokenizer_arg is not None and self.tokenizer is None:
             self.connect(self.tokenizer_arg)
+        if self.tokenizer is not None:
+            self.check_max_length()
         if stage == "fit":
             train = len(self.raw[self.train_split])
             subset = f" (seeded subset of {train})" if self.train_size and self.train_size < train else ""
             rank_zero_info(
                 f"{self.task} ({self.source}): train {min(self.train_size or train, train)} examples{subset}, validation "
                 f"{len(self.raw[self.validation_split])}; text columns {self.text_columns}, label {self.label_column!r}: "
-                f"{'regression' if self.is_regression else f'{self.num_classes} classes'}"
+                f"{self.label_decision}"
             )
 
     def split(self, name: str) -> datasets.Dataset:
@@ -423,6 +635,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 "(trainer.fit(model, datamodule=...) with an lkd GLUE module does), or call connect(tokenizer_name)"
             )
         if name not in self.splits:
+            self.check_max_length()
             self.splits[name] = self._tokenise(name)
         return self.splits[name]
 
@@ -433,10 +646,15 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if split == self.train_split and self.train_size is not None and self.train_size < len(data):
             data = data.shuffle(seed=self.seed).select(range(self.train_size))
         columns, label = self.text_columns, self.label_column
+        if missing := [c for c in columns if c not in data.column_names]:
+            raise TextDataError(f"{self._where(split)} lacks the text column(s) {missing}; its columns: {data.column_names}. "
+                                "HINT: name the column(s) in that split as in train")
         labelled = label in data.column_names
+        if split == self.predict_split:
+            labelled = self._fully_labelled(split)  # predicting needs no labels: kept only when every row has one
         tokenizer, max_length = self.tokenizer, self.max_length
         if labelled:
-            labels = list(self.encode_labels(split, list(data[label])))  # checked here, before the (cached) map
+            labels = list(self.encode_labels(split, data[label][:]))  # checked here, before the (cached) map
         if split == self.train_split and self.transfer_copies:
             extra = self.transfer_set(data)
             data = datasets.concatenate_datasets([data, extra])
