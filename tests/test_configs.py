@@ -250,7 +250,7 @@ def test_predict_writes_a_glue_submission(tmp_path, monkeypatch, tiny_glue):
     config = CONFIGS / "glue" / "teacher.yaml"
     cli = LKDCLI(args=["predict", "-c", str(config), *glue_model_args(config), *glue_data_args(tiny_glue),
                        "--trainer.callbacks+=lkd.callbacks.GLUEPredictionWriter",
-                       f"--trainer.callbacks.output_dir={tmp_path / 'sub'}"])
+                       f"--trainer.callbacks.output_dir={tmp_path / 'sub'}", "--ckpt_path=init"])  # the model as built
     lines = (tmp_path / "sub" / "SST-2.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction"
     rows = [line.split("\t") for line in lines[1:]]
@@ -273,7 +273,7 @@ def test_test_split_without_labels_is_refused(tmp_path, monkeypatch, tiny_glue):
     config = CONFIGS / "glue" / "teacher.yaml"
     with pytest.raises(ValueError, match="split 'test' has no labels.*lkd predict"):
         LKDCLI(args=["test", "-c", str(config), *glue_model_args(config), *glue_data_args(tiny_glue),
-                     "--data.init_args.test_split=test"])
+                     "--data.init_args.test_split=test", "--ckpt_path=init"])
 
 
 def test_a_teacher_trained_for_another_task_is_refused(tmp_path, monkeypatch, data_roots, built_teachers):

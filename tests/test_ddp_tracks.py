@@ -160,7 +160,8 @@ def test_glue_dkvb_student_codebooks_synced_on_two_processes(tmp_path, tiny_glue
 def test_glue_predictions_on_two_processes_are_one_file(tmp_path, tiny_glue, monkeypatch):
     """``lkd predict`` under DDP: each rank predicts its own rows, rank 0 writes all of them once."""
     config = CONFIGS / "glue" / "teacher.yaml"
-    args = [*glue_model_args(config), *glue_data_args(tiny_glue), "--trainer.callbacks+=lkd.callbacks.GLUEPredictionWriter"]
+    args = [*glue_model_args(config), *glue_data_args(tiny_glue), "--trainer.callbacks+=lkd.callbacks.GLUEPredictionWriter",
+            "--ckpt_path=init"]  # the same seeded model as built, on both sides
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "lkd", "predict", "-c", str(config), *args, "--trainer.accelerator=cpu",
                            "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.logger=false",
