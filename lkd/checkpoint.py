@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,22 +19,95 @@ class CheckpointReadError(ValueError):
     """A file that is not a readable checkpoint: truncated, corrupt, not a torch file, or holding pickled objects."""
 
 
-def load_checkpoint(path: str | Path, *, what: str = "checkpoint") -> dict:
+def checkpoints_under(folder: str | Path, *, most: int = 4, look_at: int = 20_000) -> tuple[list[Path], int]:
+    """``*.ckpt`` files under ``folder`` (recursively): up to ``most`` of them, newest first, as ``folder / <relative
+    name>``, and how many were found; at most ``look_at`` entries are looked at (a checkpoint folder, not a disk)."""
+    folder, found, seen = Path(folder), [], 0
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found += [Path(root) / name for name in sorted(files) if name.endswith(".ckpt")]
+        seen += len(files) + len(dirs)
+        if seen > look_at:
+            break
+
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    return sorted(found, key=mtime, reverse=True)[:most], len(found)
+
+
+def checkpoint_path_problem(path: str | Path, what: str, *, option: str | None = None) -> str | None:
+    """Why ``path`` cannot be a checkpoint file, in one line ending in a HINT, or None when it is a file.
+
+    A folder: says so and lists the ``.ckpt`` files under it (newest first). A missing file: a relative path names
+    the working directory it was read from and the absolute path tried, and a parent folder of the working
+    directory that holds that relative path (the usual slip: running from a subfolder). ``what`` starts the
+    message (``"teacher checkpoint"``); ``option`` is the YAML/CLI key that names the path, shown with its value
+    and in the HINT (``"model.init_args.teacher.checkpoint"``; default: ``--ckpt_path`` out of ``"--ckpt_path
+    checkpoint"``).
+    """
+    given = Path(path).expanduser()
+    option = option or (what.split()[0] if what.startswith("--") else None)
+    if given.is_file():
+        return None
+    if given.is_dir():
+        shown = f"{option}={path}" if option else f"{what} {path}"
+        where = "" if given.is_absolute() else f" (a relative path, read from the working directory {Path.cwd()})"
+        candidates, total = checkpoints_under(given)
+        if not candidates:
+            return (f"{shown} is a folder{where}, not a checkpoint file, and holds no .ckpt file. HINT: set {option or 'it'} "
+                    "to a .ckpt file written by `lkd fit` (checkpoints/..., or runs/<name>/version_N/checkpoints/)")
+        listed = ", ".join(str(c) for c in candidates) + (f" ({total} in all)" if total > len(candidates) else "")
+        return (f"{shown} is a folder{where}, not a checkpoint file; the .ckpt files under it, newest first: {listed}. "
+                f"HINT: set {option or 'it'} to one of them{f', e.g. {option}={candidates[0]}' if option else ''}")
+    said, holder = [f"{what} not found: {path}."], None
+    if not given.is_absolute():
+        said.append(f"A relative path is read from the working directory {Path.cwd()}: lkd looked for {Path.cwd() / given}.")
+        holder = next((d for d in Path.cwd().parents if (d / given).is_file()), None)
+        if holder is not None:
+            said.append(f"{given} exists under {holder}: run from there, or give the absolute path {holder / given}.")
+    if holder is None and given.parent.is_dir():
+        candidates, total = checkpoints_under(given.parent, look_at=2_000)
+        if candidates:
+            said.append(f".ckpt files near it: {', '.join(str(c) for c in candidates)}"
+                        f"{f' ({total} in all)' if total > len(candidates) else ''}.")
+    said.append(f"HINT: check {option or 'the path'} (an absolute path works from any folder), or train it first "
+                "(e.g. `lkd fit --config configs/mnist/teacher.yaml`)")
+    return " ".join(said)
+
+
+def require_checkpoint_file(path: str | Path, what: str = "checkpoint", *, option: str | None = None) -> Path:
+    """``path`` (user folder expanded) when it is a file; else :class:`FileNotFoundError` (missing) or
+    :class:`IsADirectoryError` (a folder) with :func:`checkpoint_path_problem`'s message."""
+    if problem := checkpoint_path_problem(path, what, option=option):
+        raise (IsADirectoryError if Path(path).expanduser().is_dir() else FileNotFoundError)(problem)
+    return Path(path).expanduser()
+
+
+def load_checkpoint(path: str | Path, *, what: str = "checkpoint", option: str | None = None) -> dict:
     """``torch.load(path, weights_only=True)`` on CPU, with errors that name the file and never advise unsafe loading.
 
+    ``what`` starts the messages; ``option`` is the setting the HINT names (see :func:`checkpoint_path_problem`).
+
     Raises:
-        FileNotFoundError: no file at ``path``.
+        FileNotFoundError: no file at ``path`` (a relative path: the working directory it was read from is named).
+        IsADirectoryError: ``path`` is a folder (its ``.ckpt`` files are listed).
         CheckpointReadError: the file is truncated or corrupt, not a torch checkpoint, or holds pickled Python
             objects besides tensors (which lkd does not unpickle).
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. HINT: check the path, or train it first")
+    path = require_checkpoint_file(path, what, option=option)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unreadable file gets the same explanation
-        with path.open("rb") as f:
-            head = f.read(4)
+        try:
+            with path.open("rb") as f:
+                head = f.read(4)
+        except OSError as read_err:  # no read permission: say so, not torch's wording of it
+            raise CheckpointReadError(f"{what} {path} cannot be read: {read_err.strerror}. HINT: make it readable "
+                                      "(chmod), or use a copy you can read") from None
         text = str(err)
         if head[:2] not in (b"PK", b"\x80"):  # neither a torch zip archive nor a (legacy) pickle
             why, detail = "it is not a torch checkpoint", f"the file starts with {head!r}"
@@ -52,16 +126,6 @@ def load_checkpoint(path: str | Path, *, what: str = "checkpoint") -> dict:
 
 def read_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a Lightning checkpoint (or a plain state-dict file), loaded with ``weights_only``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        hint = ""
-        if path.parent.is_dir():
-            found = sorted(p.name for p in path.parent.glob("*.ckpt"))
-            hint = f" Checkpoints in {path.parent}: {found or 'none'}."
-        raise FileNotFoundError(
-            f"checkpoint not found: {path}.{hint} HINT: train it first (e.g. `lkd fit --config "
-            "configs/mnist/teacher.yaml`) or point the config at an existing .ckpt file."
-        )
     ckpt = load_checkpoint(path, what="checkpoint")
     return ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
 

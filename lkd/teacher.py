@@ -24,6 +24,7 @@ the student fit on the device (:meth:`Teacher.check_fits`), and serve a batch's 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -32,21 +33,42 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lkd.checkpoint import TeacherMismatchError, load_checkpoint, load_network_weights
+from lkd.checkpoint import (
+    TeacherMismatchError,
+    checkpoint_path_problem,
+    load_checkpoint,
+    load_network_weights,
+    require_checkpoint_file,
+)
 from lkd.memory import GIB, TeacherMemoryError, device_budget, memory_needed, module_bytes, trainable_bytes
 
+CHECKPOINT_OPTION, CACHE_OPTION = "model.init_args.teacher.checkpoint", "model.init_args.teacher.cache"
+"""How a user writes the teacher's paths in YAML / on the command line (every distillation module has ``teacher``)."""
 TeacherDType = Literal["float32", "bfloat16", "float16"]
 TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """What a frozen teacher can be held in (``teacher.dtype``)."""
 
 
-def teacher_problems(dtype: str, cache_top_k: int) -> list[str]:
-    """What is wrong with a teacher's settings (empty: nothing). The one place these rules are written."""
+def teacher_problems(dtype: str, cache_top_k: int, checkpoint: str | None = None, cache: str | None = None) -> list[str]:
+    """What is wrong with a teacher's settings (empty: nothing). The one place these rules are written.
+
+    Paths, when the config is built: a ``checkpoint`` that is a folder (its ``.ckpt`` files listed), a ``cache`` that
+    is neither a readable file nor writable (:func:`lkd.cache.store.cache_path_problem`). A checkpoint that does not
+    exist (yet) is refused when a run starts (:meth:`Teacher.check_files`): a config may be built before its teacher
+    is trained.
+    """
     problems = []
     if dtype not in TEACHER_DTYPES:
         problems.append(f"teacher.dtype must be one of {list(TEACHER_DTYPES)}, got {dtype!r}")
     if cache_top_k < 1:
         problems.append(f"teacher.cache_top_k must be >= 1, got {cache_top_k}")
+    if checkpoint is not None and Path(checkpoint).expanduser().is_dir():
+        problems.append(checkpoint_path_problem(checkpoint, "teacher checkpoint", option=CHECKPOINT_OPTION))
+    if cache is not None:
+        from lkd.cache.store import cache_path_problem
+
+        if problem := cache_path_problem(cache, CACHE_OPTION):
+            problems.append(problem)
     return problems
 
 
@@ -58,14 +80,17 @@ class Teacher(nn.Module):
         model: the teacher's architecture (YAML ``class_path``); its weights come from ``checkpoint``.
         checkpoint: a Lightning checkpoint of the teacher (its ``model.`` or ``student.`` weights, so a
             classifier's or a distilled student's), loaded with ``weights_only`` and shape-checked in the
-            module's ``setup``; None keeps the weights the model was built with (pretrained, or tests).
+            module's ``setup``; None keeps the weights the model was built with (pretrained, or tests). A folder
+            is refused when the config is built (its ``.ckpt`` files listed); a relative path is read from the
+            working directory.
         dtype: dtype the teacher is held and run in (``bfloat16`` halves its memory); floating inputs are cast
             to it and its floating outputs back to fp32 for the losses. Applied once, after loading.
         offload: keep the teacher in CPU memory and move it to the accelerator only for its forwards
             (:class:`TeacherPlacement`; a no-op on a CPU, refused under FSDP).
         cache: path of a teacher cache (``lkd cache-teacher``, :mod:`lkd.cache`): training and validation
-            targets are read from it instead of running the teacher; written at the first fit if missing,
-            refused if made for another teacher or other data.
+            targets are read from it instead of running the teacher; written at the first fit if missing (so a
+            missing one must be writable: checked when the config is built), refused if made for another teacher
+            or other data.
         cache_top_k: language models: the teacher's most likely tokens per position the cache keeps.
         allow_mismatch: let a teacher checkpoint trained for another task or tokenizer than the run's through
             (logged); by default it is refused (:meth:`check_trained_for`).
@@ -74,12 +99,12 @@ class Teacher(nn.Module):
     def __init__(self, model: nn.Module, checkpoint: str | None = None, *, dtype: TeacherDType = "float32",
                  offload: bool = False, cache: str | None = None, cache_top_k: int = 32, allow_mismatch: bool = False):
         super().__init__()
-        if problems := teacher_problems(dtype, cache_top_k):
-            raise ValueError("Teacher: " + "; ".join(problems))
-        self.model = model.eval().requires_grad_(False)
         # jsonargparse 4.53 re-reads a dotted override under a class_path (`--model.init_args.teacher.checkpoint=null`)
         # from an f-string, so null arrives here as the string "None"
         checkpoint, cache = (None if v == "None" else v for v in (checkpoint, cache))
+        if problems := teacher_problems(dtype, cache_top_k, checkpoint, cache):
+            raise ValueError("Teacher: " + "; ".join(problems))
+        self.model = model.eval().requires_grad_(False)
         self.checkpoint, self.dtype, self.offload = checkpoint, dtype, offload
         self.cache_path, self.cache_top_k, self.allow_mismatch = cache, cache_top_k, allow_mismatch
         self.trained_with: dict = {}  # the teacher checkpoint's saved hyperparameters (task, tokenizer, ...)
@@ -108,13 +133,26 @@ class Teacher(nn.Module):
         """Load ``checkpoint`` into the model (once; shape-checked, ``weights_only``). Call before :meth:`hold`."""
         if self.checkpoint is None or self._loaded_from == self.checkpoint:
             return
-        ckpt = load_checkpoint(self.checkpoint, what="teacher checkpoint")
+        ckpt = load_checkpoint(self.checkpoint, what="teacher checkpoint", option=CHECKPOINT_OPTION)
         state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
         load_network_weights(self.model, self.checkpoint, prefixes=("model.", "student."), what="teacher",
                              num_classes=num_classes, state=state)
         self.trained_with = dict(ckpt.get("hyper_parameters", {})) if isinstance(ckpt, dict) else {}
         self._loaded_from = self.checkpoint
         rank_zero_info(f"teacher weights from {self.checkpoint}")
+
+    def check_files(self, stage: str = "fit") -> None:
+        """Refuse, before any data is read or anything is written, a teacher checkpoint that is not there (for a
+        relative path the message names the working directory it was read from) and, for ``stage="fit"``, a cache
+        path that can be neither read nor written. Call it when a trainer run starts (the first thing its
+        ``setup`` reaches is the data); once the weights are loaded there is nothing to check."""
+        if self.checkpoint is not None and self._loaded_from != self.checkpoint:
+            require_checkpoint_file(self.checkpoint, "teacher checkpoint", option=CHECKPOINT_OPTION)
+        if self.cache_path is not None and stage == "fit":
+            from lkd.cache.store import TeacherCacheError, cache_path_problem
+
+            if problem := cache_path_problem(self.cache_path, CACHE_OPTION):
+                raise TeacherCacheError(problem)
 
     def check_trained_for(self, **expected) -> None:
         """Refuse a teacher checkpoint whose saved hyperparameters say it was trained for another task, label

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lkd.hub import ByteTokenizer
+from lkd.hub import ByteTokenizer, load_tokenizer, packaged_model_path
 
 
 @lru_cache(maxsize=1)
@@ -93,6 +93,35 @@ def shared_vocabulary(teacher, student) -> torch.Tensor:
             student_id[b] = i
     mapping = [student_id.get(b, -1) if b is not None else -1 for b in token_bytes(teacher)]
     return torch.tensor(mapping, dtype=torch.long)
+
+
+def same_vocabulary(a, b) -> bool:
+    """Whether two tokenizers (objects) give every token id the same text: the same size and the same bytes per id
+    (:func:`token_bytes`), so one model's logits index the other's tokens (a KL over one vocabulary is exact)."""
+    if a is b:
+        return True
+    return len(a) == len(b) and token_bytes(a) == token_bytes(b)
+
+
+def same_tokenizer(a: str, b: str, *, load: bool = True) -> bool:
+    """Whether two tokenizer names (:func:`lkd.hub.load_tokenizer`'s) mean one vocabulary: the same name, the same
+    folder, or, with ``load``, two tokenizers on this machine (built in, packaged or a folder: the hub is never asked)
+    that load with the same vocabulary (:func:`same_vocabulary`). A name that cannot be loaded now (a folder a data
+    module trains later, a hub id) is not the same as another."""
+    if a == b:
+        return True
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    if first.exists() and second.exists() and first.resolve() == second.resolve():
+        return True
+    def local(name: str) -> bool:
+        return name in ("bytes", "smollm2") or Path(name).expanduser().is_dir() or packaged_model_path(name) is not None
+
+    if not (load and local(a) and local(b)):
+        return False
+    try:
+        return same_vocabulary(load_tokenizer(a), load_tokenizer(b))
+    except Exception:  # noqa: BLE001 - not loadable now: the data module reports it when it needs the tokenizer
+        return False
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -108,6 +108,17 @@ def test_parameter_groups_have_their_learning_rates():
     assert not any(p is q for g in opt.param_groups for p in g["params"] for q in module.teacher.parameters())
 
 
+def test_group_learning_rates_of_0_freeze_and_negative_ones_are_refused():
+    """router_lr / projection_lr = 0 keep those weights as initialised (documented); a negative rate, which torch takes
+    in a parameter group without a word and which would climb the loss, is refused with every bad value named."""
+    module = distill(router=StudentAwareRouter(), router_lr=0.0, projection_lr=0.0, loss_weights={"kl": 1.0, "feature": 0.1})
+    lrs = {g["name"]: g["lr"] for g in module.optimizer_factory(module.parameter_groups()).param_groups}
+    assert lrs["router"] == 0.0 and lrs["projections"] == 0.0
+    with pytest.raises(ValueError, match=r"router_lr must be a finite number >= 0 .*got -0\.1\. HINT: model\.init_args\.router_lr="
+                                         r"1\.0e-4 \(the default\); projection_lr must be .*got nan\. HINT: drop "):
+        distill(router=StudentAwareRouter(), router_lr=-0.1, projection_lr=float("nan"))
+
+
 def test_routed_step_trains_student_router_and_projections_not_teacher(tiny_wikitext, tmp_path):
     module = distill(router=StudentAwareRouter(), router_top_k=4, router_temperature=0.5)
     before = {k: v.clone() for k, v in module.state_dict().items()}

@@ -134,6 +134,27 @@ def test_bad_settings_are_collected_into_one_error():
         Teacher(dropout_mlp(), dtype="int8", cache_top_k=0)
 
 
+def test_paths_are_checked_before_anything_is_read(tmp_path, monkeypatch):
+    """A checkpoint folder and an unwritable cache are refused when the teacher is built; a checkpoint that is not
+    (yet) there when a run starts (:meth:`Teacher.check_files`), naming the working directory of a relative path."""
+    (tmp_path / "runs" / "v0").mkdir(parents=True)
+    (tmp_path / "runs" / "v0" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^Teacher: model\.init_args\.teacher\.checkpoint=runs is a folder .*newest first: "
+                                         r"runs/v0/last\.ckpt\. HINT: .*checkpoint=runs/v0/last\.ckpt; model\.init_args\.teacher"
+                                         r"\.cache=a_file/c\.pt \(read from the working directory \S+\) cannot be written: a_file is a file, "
+                                         r"not a folder\. HINT"):
+        Teacher(dropout_mlp(), checkpoint="runs", cache="a_file/c.pt")
+    teacher = Teacher(dropout_mlp(), checkpoint="teacher.ckpt", cache="caches/teacher.pt")  # built before it is trained
+    with pytest.raises(FileNotFoundError, match=rf"teacher checkpoint not found: teacher\.ckpt\. A relative path is read "
+                                                rf"from the working directory {tmp_path}: lkd looked for {tmp_path}/teacher\.ckpt"):
+        teacher.check_files("test")
+    save_classifier_checkpoint(tmp_path / "teacher.ckpt", dropout_mlp())
+    teacher.check_files("fit")  # both fine now: the cache's folder is made by the first fit
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "runs", "teacher.ckpt"]
+
+
 @pytest.mark.parametrize("network", [MLP, ConvNet], ids=["MLP", "ConvNet"])
 def test_check_classes_names_both_counts_and_the_key_to_set(network):
     teacher = Teacher(network(10))

@@ -20,7 +20,15 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info
 
-from lkd.cache.store import STORAGE_DTYPES, CacheableData, TeacherCache, TeacherCacheError, encode_token_ids, write_cache
+from lkd.cache.store import (
+    STORAGE_DTYPES,
+    CacheableData,
+    TeacherCache,
+    TeacherCacheError,
+    cache_path_problem,
+    encode_token_ids,
+    write_cache,
+)
 
 
 def check_cacheable(datamodule) -> CacheableData:
@@ -61,13 +69,16 @@ def build_teacher_cache(
     and the log says so). The folder is removed once the cache is written.
 
     Returns the written cache, loaded back. Raises :class:`TeacherCacheError` for a data module that cannot
-    feed a cache, an existing file without ``overwrite``, or logits that overflow ``dtype``.
+    feed a cache, an existing file without ``overwrite``, a path that cannot be written (before any data is read),
+    or logits that overflow ``dtype``.
     """
     if dtype not in STORAGE_DTYPES:
         raise TeacherCacheError(f"cache dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
     path = Path(path).expanduser()
-    if path.exists() and not overwrite:
+    if path.is_file() and not overwrite:
         raise TeacherCacheError(f"teacher cache {path} exists. HINT: pass --overwrite=true to replace it, or another path")
+    if problem := cache_path_problem(path, rewrite=True):  # before the data and the teacher are loaded
+        raise TeacherCacheError(problem)
     data = check_cacheable(datamodule)
     started = time.perf_counter()
     description = module.cache_description()

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,6 +92,43 @@ class TeacherCacheError(ValueError):
 
 class StaleTeacherCacheError(TeacherCacheError):
     """A teacher cache written for another teacher, data set, split, tokenizer or data version."""
+
+
+def cache_path_problem(path: str | Path, option: str = "model.init_args.teacher.cache", *, rewrite: bool = False) -> str | None:
+    """Why a teacher cache cannot be used at ``path``, in one line ending in a HINT, or None when it can.
+
+    A readable cache file is fine wherever it lies (a read-only mount too). A path with no file yet must be writable,
+    since the first fit writes the cache there (with ``<path>.partial/`` beside it): refused when it is a folder, when a
+    parent is a file, when the nearest existing parent folder cannot be written (permissions, a read-only mount,
+    ``/proc``; tried by creating and removing an empty file, as permission bits do not bind root). ``rewrite``: the
+    file is to be written even if it exists (``lkd cache-teacher --overwrite``). ``option`` is the setting named in
+    the message.
+    """
+    given = Path(path).expanduser()
+    shown = f"{option}={path}" + ("" if given.is_absolute() else f" (read from the working directory {Path.cwd()})")
+    if given.is_dir():
+        return (f"{shown} is a folder; a teacher cache is one file. HINT: name a file in it, e.g. "
+                f"{option}={given / 'teacher.cache'}")
+    if given.is_file() and not rewrite:
+        if os.access(given, os.R_OK):
+            return None
+        return f"{shown} exists but cannot be read (permissions). HINT: make it readable, or point {option} at another file"
+    parent = given.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return (f"{shown} cannot be written: {parent} is a file, not a folder. HINT: point {option} at a file in a "
+                "folder you can write (or drop it to run the teacher live)")
+    made = "" if parent == given.parent else f"the folder {given.parent} and "
+    try:  # what the first fit will do: create a file in `parent`
+        fd, probe = tempfile.mkstemp(prefix=".lkd-write-test-", dir=parent)
+    except OSError as err:
+        return (f"{shown} cannot be written: nothing can be created in {parent} ({err.strerror}), where the first fit would "
+                f"write {made}the cache. HINT: point {option} at a folder you can write, or write the cache where you can "
+                "(`lkd cache-teacher`) and point the option at that file")
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 @dataclass(frozen=True)
@@ -193,7 +231,12 @@ class TeacherCache:
         try:
             content = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same explanation
-            raise TeacherCacheError(f"{path} is not a readable teacher cache ({type(err).__name__}: {err})") from err
+            first = (str(err).strip().splitlines() or [""])[0][:160]  # torch's own message runs to a dozen lines
+            raise TeacherCacheError(
+                f"model.init_args.teacher.cache={path} is not a readable teacher cache ({type(err).__name__}: {first}). "
+                "HINT: write it again (`lkd cache-teacher --overwrite=true` with the same config), or point the option at "
+                "another file"
+            ) from None
         if not isinstance(content, dict) or content.get("format") != FORMAT:
             found = content.get("format") if isinstance(content, dict) else type(content).__name__
             raise TeacherCacheError(

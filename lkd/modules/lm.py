@@ -4,9 +4,12 @@ Experts) teacher into a small dense student, optionally through student-aware ro
 
 from __future__ import annotations
 
+import math
+
 import torch
 from einops import rearrange
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
@@ -31,11 +34,21 @@ from lkd.models.transfer import check_layer_map, default_layer_map
 from lkd.modules.base import LKDModule, StepOutput
 from lkd.schedules import ScheduleName
 from lkd.teacher import Teacher
-from lkd.tokenizers import shared_vocabulary, token_byte_lengths
+from lkd.tokenizers import same_tokenizer, shared_vocabulary, token_byte_lengths
 
 
 class VocabularyMismatchError(ValueError):
     """Teacher and student predict over different vocabularies."""
+
+
+def learning_rate_problem(name: str, value: float | None, hint: str) -> str | None:
+    """Why a parameter group's learning rate (``router_lr``) is refused: not a finite number >= 0. None (the
+    optimizer's rate) and 0 (the group keeps its initial weights) are fine; a negative rate would climb the loss, and
+    torch takes one in a parameter group without a word."""
+    if value is None or (math.isfinite(value) and value >= 0):
+        return None
+    return (f"{name} must be a finite number >= 0 (0 keeps those weights as they are; a negative rate climbs the loss), "
+            f"got {value}. HINT: {hint}")
 
 
 class LMModule(LKDModule):
@@ -191,7 +204,9 @@ class LMDistillModule(LMModule):
         router_lm_weight: λ of the routed teacher's own LM loss in the router's objective.
         router_top_k, router_temperature: routing used when no RoutingSchedule drives them (default: the
             teacher's own top-k, τ = 1).
-        router_lr, projection_lr: learning rates of those parameter groups (None: the optimizer's).
+        router_lr, projection_lr: learning rates of those parameter groups (``projection_lr`` None: the optimizer's);
+            0 keeps the group at its initial weights (frozen; its gradients are still computed), a negative rate is
+            refused (it would climb the loss).
         router_balance_weight: weight of the load-balance term (:func:`lkd.losses.lm.load_balance_loss`) in a
             trained routing's objective (0.01 for ``sar`` in the paper).
         router_every_n_steps: a trained routing (``sar``, ``student_aware``) learns on every n-th optimizer step
@@ -227,10 +242,15 @@ class LMDistillModule(LMModule):
     ):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio)
         self.student, self.teacher = student, teacher
-        self.teacher_tokenizer = teacher_tokenizer
-        self.cross_tokenizer = teacher_tokenizer is not None
         t_model = teacher.model
         sv, tv = causal_lm.vocab_size(student), causal_lm.vocab_size(t_model)
+        # the student's own tokenizer given as the teacher's: one vocabulary (the exact KL), not two (hparams keep the option)
+        same = teacher_tokenizer is not None and same_tokenizer(tokenizer, teacher_tokenizer, load=sv == tv)
+        if same:
+            rank_zero_info(f"model.init_args.teacher_tokenizer={teacher_tokenizer!r} is the student's tokenizer ({tokenizer!r}): "
+                           "distilling over one vocabulary. HINT: drop model.init_args.teacher_tokenizer")
+        self.teacher_tokenizer = None if same else teacher_tokenizer
+        self.cross_tokenizer = self.teacher_tokenizer is not None
         self.loss_weights = validate_loss_weights(DEFAULT_LOSS_WEIGHTS if loss_weights is None else loss_weights)
         self._check_tokenizer_losses(sv, tv, router)
         problems = kd_problems(temperature=temperature)
@@ -246,6 +266,10 @@ class LMDistillModule(LMModule):
             problems += self._cache_problems(router, self.loss_weights, teacher.cache_top_k, tv)
         if router_every_n_steps < 1:
             problems.append(f"router_every_n_steps must be >= 1, got {router_every_n_steps}")
+        for name, value, hint in (("router_lr", router_lr, "model.init_args.router_lr=1.0e-4 (the default)"),
+                                  ("projection_lr", projection_lr, "drop model.init_args.projection_lr (the optimizer's rate)")):
+            if problem := learning_rate_problem(name, value, hint):
+                problems.append(problem)
         if problems:
             raise ValueError("LMDistillModule: " + "; ".join(problems))
         self.router_every_n_steps = router_every_n_steps
@@ -330,6 +354,14 @@ class LMDistillModule(LMModule):
         return problems
 
     # ---- set-up ---------------------------------------------------------------------------------------
+    @override
+    def configure_callbacks(self) -> list:
+        """No callbacks of its own. Lightning calls this first in every trainer run, before its loggers write a run
+        folder and before the data is read, so the teacher's files are checked here: a teacher checkpoint that is not
+        there, a cache path that cannot be written (:meth:`lkd.teacher.Teacher.check_files`)."""
+        self.teacher.check_files(str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn)))
+        return []
+
     @property
     def trained_model(self) -> nn.Module:
         return self.student
