@@ -82,7 +82,7 @@ def built_teachers(tmp_path_factory):
                 LKDCLI(args=["fit", "-c", str(teacher_config), *tiny_args(teacher_config, roots), *TEACHER_RUN])
             finally:
                 os.chdir(cwd)
-            published = workdir / checkpoint
+            published = workdir / checkpoint.replace("{task}", "sst2")  # GLUE paths name the data's task (tiny: sst2)
             assert published.is_file(), f"{config_id(teacher_config)} did not publish {checkpoint}"
             built[teacher_config] = published
         return built[teacher_config]
@@ -178,6 +178,7 @@ def test_config_fast_dev_run(config, tmp_path, monkeypatch, data_roots, built_te
     teacher = teacher_settings(config)
     if checkpoint := teacher.get("checkpoint"):  # at the path the config reads, as `lkd fit` of its teacher leaves it
         built = built_teachers(teacher_config_for(config, checkpoint), checkpoint, data_roots)
+        checkpoint = checkpoint.replace("{task}", "sst2")  # GLUE paths name the data's task (tiny: sst2)
         Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(built, checkpoint)
     # a DKVB on a trained encoder: the smoke run builds the encoder at random (TrainedEncoder loading: tests/test_encoders.py)
@@ -229,7 +230,7 @@ def test_old_flat_teacher_keys_are_rejected(capsys):
 @pytest.mark.parametrize("config", [CONFIGS / t / "student_kd.yaml" for t in ("mnist", "glue", "lm")], ids=config_id)
 def test_missing_teacher_checkpoint_fails_before_training(config, tmp_path, monkeypatch, data_roots):
     monkeypatch.chdir(tmp_path)
-    checkpoint = teacher_settings(config)["checkpoint"]
+    checkpoint = teacher_settings(config)["checkpoint"].replace("{task}", "sst2")  # GLUE paths name the data's task
     with pytest.raises(FileNotFoundError, match=rf"checkpoint not found: {re.escape(checkpoint)}\..*HINT"):
         LKDCLI(args=["fit", "-c", str(config), *tiny_args(config, data_roots), "--trainer.fast_dev_run=true"])
 
@@ -284,9 +285,9 @@ def test_a_teacher_trained_for_another_task_is_refused(tmp_path, monkeypatch, da
     config = CONFIGS / "glue" / "student_kd.yaml"
     checkpoint = teacher_settings(config)["checkpoint"]
     built = built_teachers(teacher_config_for(config, checkpoint), checkpoint, data_roots)
-    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(built, checkpoint)
-    args = ["fit", "-c", str(config), *tiny_args(config, data_roots), "--trainer.fast_dev_run=true"]
+    # the SST-2 teacher named for an MRPC run ({task} in the config's path would look under checkpoints/glue/mrpc/)
+    args = ["fit", "-c", str(config), *tiny_args(config, data_roots), "--trainer.fast_dev_run=true",
+            f"--model.init_args.teacher.checkpoint={built}"]
     with pytest.raises(TeacherMismatchError, match=r"task: the teacher was trained with 'sst2', this run has 'mrpc'.*\nHINT"):
         LKDCLI(args=[*args, "--data.init_args.task=mrpc"])
     cli = LKDCLI(args=[*args, "--data.init_args.task=mrpc", "--model.init_args.teacher.allow_mismatch=true"])  # said so

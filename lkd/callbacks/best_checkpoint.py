@@ -101,6 +101,7 @@ class PublishBestCheckpoint(Callback):
         self._source: dict = {}
         self._replacing: str = ""
         self._lock: Path | None = None
+        self._made: list[Path] = []
         self.checked = False
 
     @property
@@ -153,6 +154,7 @@ class PublishBestCheckpoint(Callback):
 
     def _take_lock(self) -> None:
         lock = self.path.with_name(self.path.name + ".lock")
+        self._made = [p for p in lock.parents if not p.exists()]  # removed again if the run publishes nothing
         lock.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "run": self._source.get("run", ""), "since": time.time()}
         for _ in range(2):
@@ -181,9 +183,16 @@ class PublishBestCheckpoint(Callback):
             return
 
     def release(self) -> None:
+        """Drop the lock, and the folders taking it made if nothing was published into them."""
         if self._lock is not None:
             self._lock.unlink(missing_ok=True)
             self._lock = None
+        for folder in self._made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the checkpoint (or anything else) is there
+                break
+        self._made = []
 
     # ---- during and after training ---------------------------------------------------------------------
     def publish(self, trainer: pl.Trainer) -> None:

@@ -354,6 +354,15 @@ class LKDModule(pl.LightningModule):
             self.frozen_teacher.park()
 
     @override
+    def configure_callbacks(self) -> list:
+        """No callbacks of its own. Lightning calls this first in every trainer run, before its loggers write a run
+        folder and before the data is read, so a teacher's files are checked here: a checkpoint that is not there, a
+        cache path that cannot be written (:meth:`lkd.teacher.Teacher.check_files`)."""
+        if self.frozen_teacher is not None and self._trainer is not None:
+            self.frozen_teacher.check_files(str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn)))
+        return []
+
+    @override
     def on_fit_start(self) -> None:
         self._park_teacher()
         self._explain_frozen_teacher()

@@ -354,14 +354,6 @@ class LMDistillModule(LMModule):
         return problems
 
     # ---- set-up ---------------------------------------------------------------------------------------
-    @override
-    def configure_callbacks(self) -> list:
-        """No callbacks of its own. Lightning calls this first in every trainer run, before its loggers write a run
-        folder and before the data is read, so the teacher's files are checked here: a teacher checkpoint that is not
-        there, a cache path that cannot be written (:meth:`lkd.teacher.Teacher.check_files`)."""
-        self.teacher.check_files(str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn)))
-        return []
-
     @property
     def trained_model(self) -> nn.Module:
         return self.student
