@@ -50,10 +50,19 @@ def check_trainer_settings(settings: dict[str, Any]) -> None:
             "trainer.accelerator: gpu and trainer.devices: 2 or more; on CPUs use trainer.strategy: ddp with "
             "trainer.devices: 2 (each process holds the whole model, gradients are all-reduced)"
         )
+    if on_cuda and not visible:
+        problems.append(
+            f"trainer.accelerator={accelerator!r} asks for CUDA GPUs, but torch sees none here (torch {torch.__version__}, "
+            f"CUDA {'not built in' if torch.version.cuda is None else torch.version.cuda}). HINT: trainer.accelerator: cpu "
+            "(or auto, which takes a GPU where there is one)")
+    for name in ("max_epochs", "max_steps"):
+        if settings.get(name) == 0:
+            problems.append(f"trainer.{name}=0 trains nothing (no step, no validation, no checkpoint). HINT: 1 or more "
+                            f"(-1: no limit{', stop by max_epochs' if name == 'max_steps' else ''})")
     if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # the CLI passes "2" as a string
         devices = int(devices)
     wanted = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, (list, tuple)) else None
-    if on_cuda and wanted is not None and wanted > visible:
+    if on_cuda and visible and wanted is not None and wanted > visible:
         problems.append(
             f"trainer.devices={devices!r} asks for {wanted} CUDA GPU(s), but this machine has {visible}. HINT: "
             + (f"set trainer.devices to at most {visible} (or -1 for all of them)" if visible else

@@ -227,7 +227,14 @@ def _dataset_not_found(hub_id: str, config: str | None, why: str) -> str:
         if not folder.exists():
             return message + (f"{DATA_DIR_ENV}={env} does not exist. HINT: set {DATA_DIR_ENV} to the folder that holds the "
                               "mirrors, or unset it to search ../shared/data")
-    return message + (
+    import difflib
+
+    here = sorted({p.name for d in candidate_data_dirs() if d.is_dir() for p in d.iterdir() if p.is_dir()})
+    name = hub_id.strip("/").split("/")[-1]
+    close = difflib.get_close_matches(name, here, n=1, cutoff=0.6)
+    mirrors = f"Mirrors there: {', '.join(here)}. " if here else ""
+    guess = f"Did you mean '{hub_id.rsplit('/', 1)[0] + '/' if '/' in hub_id else ''}{close[0]}'? " if close and close[0] != name else ""
+    return message + mirrors + guess + (
         f"HINT: put a hub-layout copy (parquet + README.md with `configs:`) in one of those folders, set "
         f"${DATA_DIR_ENV} to the folder that holds it, or allow hub access."
     )

@@ -224,3 +224,26 @@ def test_bad_input_table(config, overrides, last_line, tmp_path, monkeypatch):
         LKDCLI(args=["-c", str(CONFIGS / config), *overrides], run=False)
     assert re.search(last_line, str(info.value).strip().splitlines()[-1]), str(info.value)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+COMMANDS = [  # (subcommand and options after the config, the error's type name, the regex its last line must match)
+    ("mnist/teacher.yaml", ["--trainer.max_epochs=0"], "DistributedSetupError",
+     r"^trainer\.max_epochs=0 trains nothing .*HINT: 1 or more"),
+    ("mnist/teacher.yaml", ["--trainer.max_steps=0"], "DistributedSetupError", r"^trainer\.max_steps=0 trains nothing"),
+    ("mnist/teacher.yaml", ["--data.init_args.hub_id=ylecun/mnistt"], "DatasetNotFoundError",
+     r"Did you mean 'ylecun/mnist'\? HINT: put a hub-layout copy"),
+]
+if not torch.cuda.is_available():
+    COMMANDS.append(("mnist/teacher.yaml", ["--trainer.accelerator=gpu"], "DistributedSetupError",
+                     r"^trainer\.accelerator='gpu' asks for CUDA GPUs, but torch sees none here .*HINT: trainer\.accelerator: cpu"))
+
+
+@pytest.mark.parametrize("config, overrides, error, last_line", COMMANDS, ids=[f"{c}:{o[-1]}" for c, o, _, _ in COMMANDS])
+def test_bad_command_table(config, overrides, error, last_line, tmp_path, monkeypatch):
+    """`lkd fit` refused before training, the reason on the error's last line, no checkpoint written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception) as info:
+        LKDCLI(args=["fit", "-c", str(CONFIGS / config), *overrides])
+    assert type(info.value).__name__ == error, repr(info.value)
+    assert re.search(last_line, str(info.value).strip().splitlines()[-1]), str(info.value)
+    assert not list(tmp_path.rglob("*.ckpt"))
