@@ -117,6 +117,11 @@ def _stsb_on_class_names_from_a_mirror(tmp_path, monkeypatch):
 def _problem_type_against_the_task(tmp_path, monkeypatch):
     return lambda: GLUEDataModule("stsb", data_files=str(tmp_path / "train.csv"), problem_type="classification")
 
+def _data_files_unquoted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "dev.csv", {"review": texts(4), "stars": stars(4)})
+    return lambda: ready(data_files="validation:dev.csv", label_column="stars")  # `{train:a.csv,validation:dev.csv}` in bash
+
 
 BAD_DATA = [
     ("card states old row counts", _stale_sizes,
@@ -147,6 +152,9 @@ BAD_DATA = [
      r"'high', 'low'\)\. HINT: give numeric scores \(cast the labels to float\) in 'label', or if this is not GLUE's stsb, name your task \(data\.init_args\.task=<your name>\) to train a classification"),
     ("stsb on a ClassLabel", _stsb_on_class_names_from_a_mirror,
      r"task 'stsb' \(a GLUE regression task\) needs numeric scores, but label column 'label' holds class names \(ClassLabel"),
+    ("data_files splits unquoted on a bash command line", _data_files_unquoted,
+     r"data_files='validation:dev\.csv' was read as one file name, not as splits.*HINT: quote it, with spaces: "
+     r"--data\.init_args\.data_files='\{train: reviews\.csv, validation: dev\.csv\}'$"),
     ("problem_type against a GLUE task", _problem_type_against_the_task,
      r"problem_type='classification' contradicts task 'stsb', a GLUE regression task\. HINT: leave data\.init_args\.problem_type out"),
 ]

@@ -132,6 +132,12 @@ def load_data_files(data_files: str | list[str] | dict[str, str | list[str]]) ->
     paths = data_file_paths(data_files)
     flat = [p for ps in paths.values() for p in ps]
     if missing := [str(p) for p in flat if not p.is_file()]:
+        if isinstance(data_files, str) and re.match(r"\s*\{|(train|validation|test)\w*:\S", data_files):
+            raise FileNotFoundError(
+                f"data.init_args.data_files={data_files!r} was read as one file name, not as splits: YAML reads "
+                "`{train: a.csv}` as a mapping only with a space after each colon, and an unquoted {a,b} on a bash "
+                "command line becomes two options (the last one wins). HINT: quote it, with spaces: "
+                "--data.init_args.data_files='{train: reviews.csv, validation: dev.csv}'")
         raise FileNotFoundError(f"data_files: no such file {', '.join(missing)} (working directory {Path.cwd()}). "
                                 "HINT: fix the path in data.init_args.data_files (relative paths start at the working directory)")
     formats = {FILE_FORMATS.get(p.suffix.lower()) for p in flat}
