@@ -365,20 +365,21 @@ class LKDModule(pl.LightningModule):
     @override
     def on_fit_start(self) -> None:
         self._park_teacher()
-        self._explain_frozen_teacher()
+        self._explain_frozen_modules()
 
-    def _explain_frozen_teacher(self) -> None:
-        """Say why the teacher's modules are in eval mode, and keep Lightning's "Found N module(s) in eval mode at the
-        start of training" warning for modules a user did not freeze on purpose: it is silenced only when every
-        module in eval mode is the frozen teacher's."""
-        teacher = self.frozen_teacher
-        if teacher is None:
+    def _explain_frozen_modules(self) -> None:
+        """Say which modules stay in eval mode on purpose, and why, instead of Lightning's "Found N module(s) in eval
+        mode at the start of training" warning: that warning is silenced only when every module in eval mode is frozen
+        (the teacher, a DKVB's fixed encoder: no parameter of theirs trains), so one a user left in eval by mistake
+        is still reported."""
+        in_eval = [(name, module) for name, module in self.named_modules() if not module.training]
+        if not in_eval or any(p.requires_grad for _, module in in_eval for p in module.parameters(recurse=False)):
             return
-        in_eval = [name for name, module in self.named_modules() if not module.training]
-        if in_eval and all(name == "teacher" or name.startswith("teacher.") for name in in_eval):
-            warnings.filterwarnings("ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start of training")
-            rank_zero_info(f"teacher: its {len(in_eval)} modules stay in eval mode for the whole run (frozen: no dropout, "
-                           "fixed batch-norm statistics, no gradients)")
+        names = {name for name, _ in in_eval}
+        tops = [name for name in sorted(names) if name.rpartition(".")[0] not in names]  # the roots of frozen subtrees
+        warnings.filterwarnings("ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start of training")
+        rank_zero_info(f"{', '.join(tops)}: {len(in_eval)} modules stay in eval mode for the whole run (frozen: no dropout, "
+                       "fixed batch-norm statistics, no gradients)")
 
     @override
     def on_train_start(self) -> None:
