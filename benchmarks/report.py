@@ -1,7 +1,8 @@
-"""BENCHMARKS.md, rendered from the JSON files under ``benchmarks/results/`` (one per section or subsection).
+"""BENCHMARKS.md, rendered from the JSON files under ``benchmarks/results/`` (one per section or subsection), and
+the results table of README.md (the block between ``<!-- results -->`` and ``<!-- /results -->``).
 
-    python benchmarks/report.py --render      # rewrite BENCHMARKS.md from benchmarks/results/*.json, re-running nothing
-    python benchmarks/report.py --check       # exit 1 when BENCHMARKS.md is not what the JSON files render
+    python benchmarks/report.py --render      # rewrite BENCHMARKS.md and README.md's results block, re-running nothing
+    python benchmarks/report.py --check       # exit 1 when either is not what the JSON files render
 
 A result file holds what its benchmark measured (see ``BENCHMARKS.md``'s header and :func:`render_section`):
 
@@ -21,19 +22,26 @@ A result file holds what its benchmark measured (see ``BENCHMARKS.md``'s header 
 A ``COLUMN`` says how a row's raw value becomes a cell (:func:`column`, :func:`format_cell`): ``header``,
 ``key`` (or a ``template`` formatted with the whole row), ``format`` (a Python format string, ``"{:.2f}"``;
 :data:`RATIO` for ``1.07×``), ``scale`` (100 turns a fraction into %), ``aggregate`` (``"list"``: every
-item, joined by ``sep``; ``"mean_std"``: mean ± std of the items; ``"items"``: a dict as ``name value``
-pairs) and ``missing`` (the cell of a null). ``format`` is for numbers: a string value is written as it
+item, joined by ``sep``; ``"mean_std"``: mean ± std of the items; ``"seeds"``: mean ± std of several items,
+the item itself when there is one; ``"items"``: a dict as ``name value`` pairs) and ``missing`` (the cell of a
+null). ``format`` is for numbers: a string value is written as it
 is (a placeholder, or a number known only as printed text); a ``template`` dresses strings (``"`{config}`"``).
 This module imports neither torch nor lkd, so rendering needs no training environment.
+
+README.md's results table has one row per track (:data:`SUMMARY`): each row's text is a template whose values
+are read from the result files by a declared path (:class:`Value`) and formatted like a table cell, so the README
+shows the numbers BENCHMARKS.md shows and cannot drift from them (``tests/test_docs.py`` checks it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,14 +99,16 @@ def format_cell(value, spec: dict) -> str:
         return value
     if aggregate == "items":
         return spec.get("sep", ", ").join(f"{name} {_number(v, spec)}" for name, v in value.items())
-    if aggregate in ("list", "mean_std"):
+    if aggregate in ("list", "mean_std", "seeds"):
         if any(v is None for v in value):
             return missing
         if aggregate == "list":
             return spec.get("sep", ", ").join(_number(v, spec) for v in value)
+        if aggregate == "seeds" and len(value) == 1:
+            return _number(value[0], spec)
         return mean_std([spec.get("scale", 1) * v for v in value], spec.get("format", "{}"))
     if aggregate is not None:
-        raise ValueError(f"unknown aggregate {aggregate!r} in column {spec.get('header')!r}; use list, mean_std or items")
+        raise ValueError(f"unknown aggregate {aggregate!r} in column {spec.get('header')!r}; use list, mean_std, seeds or items")
     return _number(value, spec)
 
 
@@ -189,6 +199,249 @@ def write_markdown(results_dir: Path = RESULTS_DIR, path: Path = BENCHMARKS_MD) 
     return Path(path)
 
 
+# ---- README.md's results table -------------------------------------------------------------------------
+README_MD = ROOT / "README.md"
+RESULTS_BEGIN, RESULTS_END = "<!-- results -->", "<!-- /results -->"
+
+
+class SummaryError(ValueError):
+    """A README summary value is not where :data:`SUMMARY` says it is in its result file."""
+
+
+class Prefix(str):
+    """A :class:`Value` selector value that matches every string starting with it (a long row name)."""
+
+
+@dataclass(frozen=True)
+class Value:
+    """One number (or text) of README.md's results table: where it is in a result file and how it is written.
+
+    Attributes:
+        file: the result file's stem (``benchmarks/results/<file>.json``).
+        path: steps from the file's top: a ``str`` is a key, an ``int`` a list index, a ``dict`` picks the one
+            list item whose fields equal its values (a :class:`Prefix` value: start with it).
+        spec: how the value is written, as a table column says (:func:`format_cell`): ``format``, ``scale``,
+            ``aggregate`` ...
+    """
+
+    file: str
+    path: tuple
+    spec: dict = field(default_factory=dict)
+
+
+def in_row(file: str, key: str, *, table: int = 0, spec: dict | None = None, **match) -> Value:
+    """``key`` of the row of the file's ``tables[table]`` whose fields equal ``match`` (``model="student_kd"``)."""
+    return Value(file, ("tables", table, "rows", match, key), spec or {})
+
+
+def in_data(file: str, *keys: str, spec: dict | None = None) -> Value:
+    """A value under the file's ``data`` (raw numbers outside the tables)."""
+    return Value(file, ("data", *keys), spec or {})
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One row of README.md's results table.
+
+    Attributes:
+        track: the first cell (linked to ``page`` when there is one).
+        page: the track's docs page, relative to README.md, or ``None``.
+        section: the BENCHMARKS.md heading that holds the row's numbers with their commands and machine.
+        text: the result cell, a template over the names of ``values``.
+        values: name -> :class:`Value`.
+    """
+
+    track: str
+    page: str | None
+    section: str
+    text: str
+    values: dict[str, Value]
+
+
+SEEDS_PERCENT = {"aggregate": "seeds", **PERCENT}  # per-seed fractions -> "mean ± std" in % (one seed: the value)
+TIMES = {"format": RATIO}
+SUMMARY = (
+    SummaryRow(
+        "MNIST", "docs/mnist.md", "MNIST distillation",
+        "teacher {teacher} % test ({teacher_params} params); student ({params} params, {share} of the teacher's) "
+        "alone {alone} %, distilled from the teacher cache {kd} %, {speed} the teacher's CPU inference speed; a "
+        "cached-teacher epoch takes {cached} a student-only one (live teacher {live})",
+        {"teacher": in_row("mnist_kd", "test_acc", model="teacher", spec=SEEDS_PERCENT),
+         "teacher_params": in_row("mnist_kd", "params", model="teacher", spec={"format": "{:,}"}),
+         "params": in_row("mnist_kd", "params", model="student_kd", spec={"format": "{:,}"}),
+         "share": in_row("mnist_kd", "params_vs_teacher", model="student_kd", spec={"format": "{:.3f}"}),
+         "alone": in_row("mnist_kd", "test_acc", model="student_scratch", spec=SEEDS_PERCENT),
+         "kd": in_row("mnist_kd", "test_acc", model="student_kd", spec=SEEDS_PERCENT),
+         "speed": in_row("mnist_kd", "speed_vs_teacher", model="student_kd", spec=TIMES),
+         "cached": in_row("teacher_cache", "ratio", mode="distillation, cached teacher", spec=TIMES),
+         "live": in_row("teacher_cache", "ratio", mode="distillation, live teacher", spec=TIMES)}),
+    SummaryRow(
+        "DKVB, class-incremental MNIST", "docs/dkvb_continual.md", "Continual class pairs",
+        "class pairs one after another: DKVB + label-free deskew-PCA encoder {pca} % final, {pca_forget} points "
+        "forgetting; without deskew {no_deskew} %; an MLP {mlp} %, {mlp_forget} points. DKVB student on the "
+        "distilled student's frozen features: {dkvb} % MNIST test, {dkvb_speed} the teacher's speed, {dkvb_size} of "
+        "its size with keys counted (DKVB on raw pixels: {pixels} %). Nearest-key lookup, batch 1,000: {lookup} "
+        "`VectorQuantize`'s speed, the same keys",
+        {"pca": in_row("continual", "final", variant="dkvb_pca_adam", spec=SEEDS_PERCENT),
+         "pca_forget": in_row("continual", "forgetting", variant="dkvb_pca_adam", spec=SEEDS_PERCENT),
+         "no_deskew": in_row("continual", "final", variant="dkvb_pca_adam_no_deskew", spec=SEEDS_PERCENT),
+         "mlp": in_row("continual", "final", variant="mlp_adam", spec=SEEDS_PERCENT),
+         "mlp_forget": in_row("continual", "forgetting", variant="mlp_adam", spec=SEEDS_PERCENT),
+         "dkvb": in_row("mnist_kd", "test_acc", model="student_dkvb_encoder", spec=SEEDS_PERCENT),
+         "dkvb_speed": in_row("mnist_kd", "speed_vs_teacher", model="student_dkvb_encoder", spec=TIMES),
+         "dkvb_size": in_row("mnist_kd", "params_vs_teacher", model="student_dkvb_encoder", spec={"format": "{:.3f}"}),
+         "pixels": in_row("mnist_kd", "test_acc", model="student_dkvb_kd", spec=SEEDS_PERCENT),
+         "lookup": in_row("dkvb_lookup", "speedup", batch=1000, spec=TIMES)}),
+    SummaryRow(
+        "GLUE, your own CSV", "docs/text_classification.md", "GLUE",
+        "dev score %, distilled vs alone (MiniLM-L6 teacher → 3-layer student): MRPC {mrpc_kd} vs {mrpc_alone}, "
+        "RTE {rte_kd} vs {rte_alone} (teacher {rte_teacher}), CoLA MCC {cola_kd} vs {cola_alone} (at 4× the lr: "
+        "{cola_kd_lr} vs {cola_alone_lr}), SST-2 {sst2_kd} vs {sst2_alone}; the student runs at {speed} the "
+        "teacher's CPU speed (SST-2)",
+        {**{f"{task}_{who}": in_row("glue", "scores", task=task, name=name, spec={"aggregate": "seeds", "format": "{:.2f}"})
+            for task in ("mrpc", "rte", "cola", "sst2")
+            for who, name in (("kd", "student_kd"), ("alone", "student_alone"))},
+         "rte_teacher": in_row("glue", "scores", task="rte", name="teacher", spec={"aggregate": "seeds", "format": "{:.2f}"}),
+         "cola_kd_lr": in_row("glue", "scores", task="cola", name="kd_lr", spec={"aggregate": "seeds", "format": "{:.2f}"}),
+         "cola_alone_lr": in_row("glue", "scores", task="cola", name="alone_lr", spec={"aggregate": "seeds", "format": "{:.2f}"}),
+         "speed": in_row("glue", "speedup", task="sst2", name="student_kd", spec=TIMES)}),
+    SummaryRow(
+        "Language models, MoE routing", "docs/language_models.md", "Language models",
+        "byte-level WikiText-2, test perplexity per byte: MoE teacher {teacher}; students alone {scratch}, plain KD "
+        "(T²·KL) {kd}, routed through every expert {all}, Knowledge Augmentation {ka}, SAR gate {sar}, lkd's "
+        "student-aware router {sa}, Δ to plain KD {sa_delta}; from a top-{top_k} teacher cache a step takes {cached} "
+        "a student-only one (live teacher {live})",
+        {"teacher": in_data("lm_distill", "teacher", "ppl", spec={"format": "{:.3f}"}),
+         "scratch": in_row("lm_distill", "ppl_ms", row="scratch (CE, no teacher)"),
+         "kd": in_row("lm_distill", "ppl_ms", row="teacher: its own routing (plain KD)"),
+         "all": in_row("lm_distill", "ppl_ms", row="all: every expert"),
+         "ka": in_row("lm_distill", "ppl_ms", row="ka: Knowledge Augmentation"),
+         "sar": in_row("lm_distill", "ppl_ms", row="sar: student-aware gate retraining"),
+         "sa": in_row("lm_distill", "ppl_ms", row=Prefix("student_aware:")),
+         "sa_delta": in_row("lm_distill", "delta", row=Prefix("student_aware:")),
+         "top_k": in_data("teacher_cache_lm", "cache", "top_k"),
+         "cached": in_row("teacher_cache_lm", "ratio", mode="distillation, cached teacher", spec=TIMES),
+         "live": in_row("teacher_cache_lm", "ratio", mode="distillation, live teacher", spec=TIMES)}),
+    SummaryRow(
+        "Cross-tokenizer", "docs/cross_tokenizer.md", "Cross-tokenizer distillation",
+        "pretrained SmolLM2-135M → a {params}-parameter student with its own BPE, test bits per byte: alone {alone}, ALM "
+        "{alm}, shared-vocabulary KL {shared_kl}; the teacher {teacher}",
+        {"params": in_row("cross_tokenizer", "params", name=Prefix("ALM"), spec={"format": "{:.1f} M", "scale": 1e-6}),
+         "alone": in_row("cross_tokenizer", "bpb", name=Prefix("student alone"), spec={"aggregate": "seeds", "format": "{:.3f}"}),
+         "alm": in_row("cross_tokenizer", "bpb", name=Prefix("ALM"), spec={"aggregate": "seeds", "format": "{:.3f}"}),
+         "shared_kl": in_row("cross_tokenizer", "bpb", name=Prefix("shared-vocabulary KL"),
+                             spec={"aggregate": "seeds", "format": "{:.3f}"}),
+         "teacher": in_row("cross_tokenizer", "bpb", name=Prefix("teacher"), spec={"aggregate": "seeds", "format": "{:.3f}"})}),
+    SummaryRow(
+        "Export", "docs/export.md", "Export",
+        "`lkd export` → onnxruntime int8 vs torch eager fp32, throughput and metric change: MNIST {mnist}, accuracy "
+        "{mnist_delta}; GLUE {glue}, SST-2 accuracy {glue_delta}; LM {lm}, perplexity {lm_delta}. The exported LM "
+        "scores {lm_eval} bits per byte in lm-evaluation-harness, {lkd_bpb} in `lkd test`",
+        {**{name: in_row("export", "thr_ratio", student=Prefix(f"{name}:"), runtime="onnxruntime int8", spec=TIMES)
+            for name in ("mnist", "glue", "lm")},
+         **{f"{name}_delta": in_row("export", "delta", student=Prefix(f"{name}:"), runtime="onnxruntime int8")
+            for name in ("mnist", "glue", "lm")},
+         "lm_eval": in_data("export", "lm", "harness", "lm_eval_bits_per_byte", spec={"format": "{:.3f}"}),
+         "lkd_bpb": in_data("export", "lm", "harness", "lkd_test_bpb", spec={"format": "{:.3f}"})}),
+    SummaryRow(
+        "Framework overhead", None, "Framework overhead",
+        "lkd (Lightning) vs a plain PyTorch loop: an MNIST distillation epoch {mnist}, an LM distillation step "
+        "{lm} (TRL's `GKDTrainer` {trl})",
+        {"mnist": in_row("overhead", "ratio", loop=Prefix("Lightning"), spec=TIMES),
+         "lm": in_row("overhead_lm", "ratio", loop=Prefix("lkd"), spec=TIMES),
+         "trl": in_row("overhead_lm", "ratio", loop=Prefix("TRL"), spec=TIMES)}),
+)
+"""README.md's results table: one row per track, then the framework's overhead."""
+
+
+def anchor(heading: str) -> str:
+    """The link target GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to hyphens
+    (``anchor("Teacher cache") == "teacher-cache"``)."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def pick(results: Mapping[str, dict], value: Value):
+    """The raw value ``value`` points at in ``results`` (result files by stem); :class:`SummaryError` naming the
+    step that failed and what is there instead."""
+    if value.file not in results:
+        raise SummaryError(f"no result file {value.file}.json; there are {sorted(results)}")
+    here, walked = results[value.file], value.file
+    for step in value.path:
+        if isinstance(step, dict):
+            items = here if isinstance(here, list) else []
+            found = [item for item in items if isinstance(item, dict) and all(_matches(item.get(k), v) for k, v in step.items())]
+            if len(found) != 1:
+                names = {k: [item.get(k) for item in items if isinstance(item, dict)] for k in step}
+                raise SummaryError(f"{walked}: {len(found)} items match {step} (need exactly one); there are {names}")
+            here, walked = found[0], f"{walked}{step}"
+        elif isinstance(here, dict) and isinstance(step, str) and step in here:
+            here, walked = here[step], f"{walked}.{step}"
+        elif isinstance(here, list) and isinstance(step, int) and -len(here) <= step < len(here):
+            here, walked = here[step], f"{walked}[{step}]"
+        else:
+            if isinstance(here, dict):
+                there = f"the keys {sorted(here)}"
+            else:
+                there = f"a {type(here).__name__}" + (f" of {len(here)} items" if isinstance(here, list) else "")
+            raise SummaryError(f"{walked} has no {step!r}; it holds {there}")
+    return here
+
+
+def _matches(field_value, wanted) -> bool:
+    if isinstance(wanted, Prefix):
+        return isinstance(field_value, str) and field_value.startswith(wanted)
+    return field_value == wanted
+
+
+def summary_row_text(results: Mapping[str, dict], row: SummaryRow) -> str:
+    """The result cell of ``row``: its template with every value picked and formatted."""
+    cells = {}
+    for name, value in row.values.items():
+        try:
+            cells[name] = format_cell(pick(results, value), value.spec)
+        except SummaryError as error:
+            raise SummaryError(f"README results row {row.track!r}, value {name!r}: {error}. HINT: point SUMMARY in "
+                               "benchmarks/report.py at the result file's current fields") from None
+    return row.text.format(**cells)
+
+
+def render_summary(results: Mapping[str, dict], rows: Sequence[SummaryRow] = SUMMARY) -> str:
+    """README.md's results table (the text between its markers): track (linked to its page), what was
+    measured, and the BENCHMARKS.md section with every number, its command and its machine."""
+    lines = ["| track | measured | all numbers, commands, machines |", "|---|---|---|"]
+    for row in rows:
+        track = f"[{row.track}]({row.page})" if row.page else row.track
+        where = f"[{row.section}](BENCHMARKS.md#{anchor(row.section)})"
+        lines.append(_table_line((track, summary_row_text(results, row), where)))
+    return "\n".join(lines)
+
+
+def results_by_name(results_dir: Path = RESULTS_DIR) -> dict[str, dict]:
+    """Every result file of ``results_dir`` by its stem."""
+    return {p.stem: json.loads(p.read_text()) for p in result_paths(results_dir)}
+
+
+def replace_results_block(readme: str, table: str, where: str = "README.md") -> str:
+    """``readme`` with the text between :data:`RESULTS_BEGIN` and :data:`RESULTS_END` replaced by ``table``."""
+    begin, end = readme.find(RESULTS_BEGIN), readme.find(RESULTS_END)
+    if readme.count(RESULTS_BEGIN) != 1 or readme.count(RESULTS_END) != 1 or end < begin:
+        raise SummaryError(f"{where} needs one {RESULTS_BEGIN} line, then one {RESULTS_END} line (found "
+                           f"{readme.count(RESULTS_BEGIN)} and {readme.count(RESULTS_END)}). HINT: put the two markers "
+                           "on lines of their own where the results table goes")
+    return readme[:begin + len(RESULTS_BEGIN)] + "\n" + table + "\n" + readme[end:]
+
+
+def rendered_readme(results_dir: Path = RESULTS_DIR, path: Path = README_MD) -> str:
+    """``path`` (README.md) as it reads with its results block rendered from ``results_dir``."""
+    return replace_results_block(Path(path).read_text(), render_summary(results_by_name(results_dir)), str(path))
+
+
+def write_readme(results_dir: Path = RESULTS_DIR, path: Path = README_MD) -> Path:
+    """Rewrite the results block of ``path`` (README.md) from the result files of ``results_dir``."""
+    Path(path).write_text(rendered_readme(results_dir, path))
+    return Path(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     action = parser.add_mutually_exclusive_group(required=True)
@@ -196,11 +449,18 @@ def main() -> None:
     action.add_argument("--check", action="store_true", help="exit 1 when the Markdown file differs from the rendering")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--markdown", type=Path, default=BENCHMARKS_MD)
+    parser.add_argument("--readme", type=Path, default=README_MD, help="the file whose results block is rendered")
     args = parser.parse_args()
     if args.render:
         print(f"{write_markdown(args.results_dir, args.markdown)} rendered from {len(result_paths(args.results_dir))} files")
-    elif args.markdown.read_text() != render_document(load_results(args.results_dir)):
-        sys.exit(f"{args.markdown} differs from what {args.results_dir} renders. HINT: python benchmarks/report.py --render")
+        print(f"{write_readme(args.results_dir, args.readme)}: results block rendered ({len(SUMMARY)} rows)")
+        return
+    stale = [path for path, current in ((args.markdown, render_document(load_results(args.results_dir))),
+                                         (args.readme, rendered_readme(args.results_dir, args.readme)))
+             if path.read_text() != current]
+    if stale:
+        sys.exit(f"{' and '.join(map(str, stale))} differ(s) from what {args.results_dir} renders. "
+                 "HINT: python benchmarks/report.py --render")
 
 
 if __name__ == "__main__":
