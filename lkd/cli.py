@@ -28,10 +28,23 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lkd.callbacks import FitSummary, GLUEPredictionWriter, LearningRateLogger, PublishBestCheckpoint
+from lkd.callbacks import (
+    FitSummary,
+    GLUEPredictionWriter,
+    LearningRateLogger,
+    PublishBestCheckpoint,
+)
 from lkd.callbacks.hparams import HParamsConfigCallback
-from lkd.cli_ckpt import (as_dict, expand_task, flat, linked_changes, linked_message, mismatch_message, resolve_ckpt_path,
-                          setting_changes)
+from lkd.cli_ckpt import (
+    as_dict,
+    expand_task,
+    flat,
+    linked_changes,
+    linked_message,
+    mismatch_message,
+    resolve_ckpt_path,
+    setting_changes,
+)
 from lkd.cli_errors import ConfigError, LKDArgumentParser, innermost_reason
 from lkd.distributed import check_strategy, check_trainer_settings
 
@@ -191,7 +204,14 @@ class LKDCLI(LightningCLI):
                test: bool = True):
         """``lkd export``: the student of ``ckpt_path`` (this config's module) into ``to`` (:mod:`lkd.export`)."""
         from lkd.checkpoint import load_checkpoint
-        from lkd.export import ExportError, check_request, check_student_state, export_student, student_network
+        from lkd.export import (
+            ExportError,
+            check_request,
+            check_student_state,
+            export_student,
+            student_network,
+        )
+        from lkd.export.card import card_info, student_spec
 
         # before the checkpoint, the test pass or any write: --to may not be the checkpoint's folder, the working
         # folder, or a folder that is not an earlier lkd export (lkd.export.check_request)
@@ -211,14 +231,10 @@ class LKDCLI(LightningCLI):
             (metrics,) = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
             metrics = {k: float(v) for k, v in metrics.items() if k.startswith("test/")}
         config = self.config[EXPORT]
-        spec = _student_spec(config, role, self.model)
+        spec = student_spec(as_dict(config["model"]), role, self.model)
         configs = [str(c) for c in (config.get("config") or [])]
-        card = {"name": Path(to).name, "teacher": _teacher_line(self.model), "data": _data_line(self.datamodule),
-                "method": f"`{type(self.model).__name__}`" + (f", {_method_line(self.model)}" if role == "student" else ""),
-                "checkpoint": f"`{ckpt_path}`", "metrics": metrics,
-                "commands": [f"lkd fit {' '.join('--config ' + c for c in configs)}",
-                             f"lkd export {' '.join('--config ' + c for c in configs)} --ckpt_path {ckpt_path} --to {to} --format {format}"
-                             + (f" --quantize {quantize}" if quantize else "")]}
+        card = card_info(self.model, self.datamodule, role, configs=configs, ckpt_path=ckpt_path, to=to, format=format,
+                         quantize=quantize, metrics=metrics)
         try:
             label_names = getattr(self.datamodule, "label_names", None)
         except Exception:  # noqa: BLE001 - data not read (--test false): the card and folder use LABEL_i
@@ -273,58 +289,6 @@ class LKDCLI(LightningCLI):
         trainer = super()._instantiate_trainer(config, callbacks)
         check_strategy(trainer)  # DDP/FSDP asked for with a single process: say so before anything runs
         return trainer
-
-
-def _student_spec(config, role: str, module) -> dict:
-    """``{"class_path", "init_args"}`` of the config's student (a factory's ``num_classes`` filled in)."""
-    import inspect
-
-    node = as_dict(config["model"]).get("init_args", {}).get(role)
-    if not isinstance(node, dict) or "class_path" not in node:
-        return {}
-    init = dict(node.get("init_args") or {})
-    num_classes = getattr(module, "num_classes", None)
-    if num_classes is not None:
-        module_name, _, name = node["class_path"].rpartition(".")
-        import importlib
-
-        params = list(inspect.signature(getattr(importlib.import_module(module_name), name)).parameters)
-        if params and params[0] == "num_classes":
-            init["num_classes"] = int(num_classes)
-    return {"class_path": node["class_path"], "init_args": init}
-
-
-def _teacher_line(module) -> str | None:
-    teacher = getattr(module, "teacher", None)
-    if teacher is None:
-        return None
-    net = getattr(teacher, "model", teacher)
-    name = getattr(getattr(net, "config", None), "_name_or_path", "") or type(net).__name__
-    where = getattr(teacher, "checkpoint", None)
-    return f"`{type(net).__name__}` ({name})" + (f" from `{where}`" if where else "")
-
-
-def _data_line(datamodule) -> str | None:
-    if datamodule is None:
-        return None
-    parts = [getattr(datamodule, k, None) for k in ("hub_id", "dataset", "config", "task")]
-    if (files := getattr(datamodule, "data_files", None)) is not None:
-        parts.append(f"files {files}")
-    named = {k.removesuffix("_split"): getattr(datamodule, k, None) for k in ("train_split", "val_split", "validation_split", "test_split")}
-    if not any(isinstance(v, str) for v in named.values()):  # TextDataModule keeps {"train", "val", "test"} names in `splits`
-        named = getattr(datamodule, "splits", None) or {}
-    splits = [f"{k}: {v}" for k, v in named.items() if isinstance(v, str) and v]
-    unique = list(dict.fromkeys(str(p) for p in parts if p))
-    return f"`{type(datamodule).__name__}` " + " / ".join(unique) + (f" ({', '.join(splits)})" if splits else "")
-
-
-def _method_line(module) -> str:
-    keys = ("temperature", "alpha", "loss_weights", "cos_weight", "alm_temperature")
-    parts = [f"{k} {getattr(module, k)}" for k in keys if getattr(module, k, None) is not None]
-    router = getattr(module, "router", None)
-    if router is not None:
-        parts.append(f"routing `{type(router).__name__}`")
-    return ", ".join(parts)
 
 
 def default_trainer_settings() -> dict:
