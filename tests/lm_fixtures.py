@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import write_hub_dataset
 
 WIKITEXT_CONFIG = "wikitext-2-raw-v1"
-VOCAB = 257  # lkd.hub.ByteTokenizer
+VOCAB = 257  # lkd.tokenizers.ByteTokenizer
 
 TINY_TEACHER = dict(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, head_dim=16,
                     intermediate_size=64, moe_intermediate_size=16, num_experts=8, top_k=2, max_position_embeddings=64)

@@ -120,7 +120,8 @@ def test_data_options_that_name_what_is_wrong(tmp_path, tiny_glue, tiny_wikitext
     from lkd.data.glue import GLUEDataModule
     from lkd.data.mnist import MNISTDataModule
     from lkd.data.text import TextDataModule
-    from lkd.hub import DatasetNotFoundError, PretrainedNotFoundError, load_hub_dataset, load_tokenizer
+    from lkd.hub import DatasetNotFoundError, PretrainedNotFoundError, load_hub_dataset
+    from lkd.tokenizers import load_tokenizer
 
     parquet = next(tiny_wikitext.rglob("*.parquet"))
     with pytest.raises(DatasetNotFoundError, match=r"is a file, but a data set is a folder.*HINT: set hub_id to the folder"):

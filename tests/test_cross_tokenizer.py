@@ -16,22 +16,12 @@ from lkd.cache import build_teacher_cache
 from lkd.cache.store import StaleTeacherCacheError, TeacherCache
 from lkd.data.alignment import AlignmentError, align_chunks, pack_blocks, token_offsets
 from lkd.data.text import AlignedTokenBlocks, TextDataModule, TokenBlocks
-from lkd.hub import ByteTokenizer
-from lkd.losses.cross_tokenizer import (
-    ChunkIndex,
-    alm_loss,
-    binary_kl,
-    chunk_sums,
-    masked_mse,
-    shared_vocab_kl,
-    token_logprobs,
-    uld_loss,
-)
+from lkd.losses.cross_tokenizer import alm_loss, binary_kl, chunk_sums, masked_mse, shared_vocab_kl, token_logprobs, uld_loss
 from lkd.losses.kd import token_kl
 from lkd.metrics.retention import BitsPerByte
 from lkd.modules import LMDistillModule, VocabularyMismatchError
 from lkd.teacher import Teacher
-from lkd.tokenizers import shared_vocabulary, token_byte_lengths, token_bytes, tokenizer_fingerprint, train_byte_level_bpe
+from lkd.tokenizers import ByteTokenizer, shared_vocabulary, token_byte_lengths, token_bytes, tokenizer_fingerprint, train_byte_level_bpe
 from tests.lm_fixtures import WIKITEXT_CONFIG, _one_torch_thread, make_lines, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
 
 UNICODE_LINES = ["Senjō no Valkyria 3 : 戦場のヴァルキュリア3 , café naïve €5 🙂 .", "  multiple   spaces\tand\ttabs  ",

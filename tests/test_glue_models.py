@@ -9,7 +9,11 @@ from lkd.callbacks import DiscreteKeyInit, KeyCarrying
 from lkd.data import GLUEDataModule
 from lkd.losses import hidden_cosine_loss, regression_kd_loss
 from lkd.models import (
-    DKVBSettings, DiscreteKeyValueBottleneck, TransformerClassifier, copy_transformer_weights, evenly_spaced_layers,
+    DiscreteKeyValueBottleneck,
+    DKVBSettings,
+    TransformerClassifier,
+    copy_transformer_weights,
+    evenly_spaced_layers,
     init_keys_from_embeddings,
 )
 from lkd.models.transfer import WeightTransferError
@@ -72,7 +76,7 @@ def test_pretrained_student_keeps_the_chosen_pretrained_layers():
     assert 22.5e6 < sum(p.numel() for p in full.encoder.parameters()) < 22.9e6
     torch.testing.assert_close(student.encoder.encoder.layer[2].output.dense.weight, full.encoder.encoder.layer[5].output.dense.weight)
     assert full.training and full.encoder.training  # fine-tuning needs dropout on (from_pretrained returns eval mode)
-    from lkd.hub import load_tokenizer
+    from lkd.tokenizers import load_tokenizer
 
     batch = load_tokenizer(MINILM)(["a gripping, funny film", "dull"], padding=True, return_tensors="pt")
     full.eval()

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from lkd.data.text import BlockSizeError, TextColumnError, TextDataModule, detect_text_column, group_into_blocks
-from lkd.hub import ByteTokenizer, load_tokenizer
+from lkd.tokenizers import ByteTokenizer, load_tokenizer
 from tests.conftest import write_hub_dataset
-from tests.lm_fixtures import WIKITEXT_CONFIG, make_lines, tiny_wikitext, _one_torch_thread  # noqa: F401
+from tests.lm_fixtures import WIKITEXT_CONFIG, _one_torch_thread, make_lines, tiny_wikitext  # noqa: F401
 
 
 def test_group_into_blocks_concatenates_and_drops_the_rest():
@@ -68,9 +68,10 @@ def test_corpus_without_text_column_is_a_clear_error(tmp_path):
 
 
 def test_block_size_over_the_model_context(tiny_wikitext):
+    import lightning.pytorch as pl
+
     from lkd.modules.lm import CausalLMModule
     from tests.lm_fixtures import tiny_student
-    import lightning.pytorch as pl
 
     module = CausalLMModule(tiny_student(), tokenizer="bytes")  # context 64
     dm = TextDataModule(str(tiny_wikitext), WIKITEXT_CONFIG, block_size=65)

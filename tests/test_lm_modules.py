@@ -17,7 +17,7 @@ from lkd.models.transfer import LayerMapError
 from lkd.modules.lm import CausalLMModule, LMDistillModule, VocabularyMismatchError
 from lkd.schedules import lr_factor
 from lkd.teacher import Teacher
-from tests.lm_fixtures import VOCAB, WIKITEXT_CONFIG, tiny_student, tiny_teacher, tiny_wikitext, _one_torch_thread  # noqa: F401
+from tests.lm_fixtures import VOCAB, WIKITEXT_CONFIG, _one_torch_thread, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
 
 
 def trainer(tmp_path, **kw):
@@ -307,8 +307,7 @@ def test_trust_remote_code_is_off_by_default(monkeypatch):
     import transformers
 
     from lkd.models import causal_lm
-
-    from lkd.hub import load_tokenizer
+    from lkd.tokenizers import load_tokenizer
 
     seen = {}
 

@@ -78,7 +78,7 @@ def test_packaged_model_resolves_offline_to_its_folder(monkeypatch):
 
 
 def test_one_cached_tokenizer_and_byte_round_trip():
-    from lkd.hub import ByteTokenizer, as_tokenizer, load_tokenizer
+    from lkd.tokenizers import ByteTokenizer, as_tokenizer, load_tokenizer
 
     tokenizer = load_tokenizer("bytes")
     assert isinstance(tokenizer, ByteTokenizer) and load_tokenizer("bytes") is tokenizer and as_tokenizer("bytes") is tokenizer

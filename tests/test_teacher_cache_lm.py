@@ -13,11 +13,11 @@ from lkd.cache import StaleTeacherCacheError, TeacherCache, TeacherCacheError, b
 from lkd.cache.store import CacheableData, teacher_fingerprint
 from lkd.callbacks import DistillationReport
 from lkd.data.text import TextDataModule
-from lkd.hub import ByteTokenizer
 from lkd.losses.kd import kd_kl_div, teacher_topk, topk_kd_kl_div
 from lkd.models.router import StudentAwareRouter
 from lkd.modules.lm import LMDistillModule
 from lkd.teacher import Teacher
+from lkd.tokenizers import ByteTokenizer
 from tests.conftest import CONFIGS, write_hub_dataset
 from tests.lm_fixtures import (  # noqa: F401
     VOCAB,

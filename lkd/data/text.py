@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -13,14 +14,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from pathlib import Path
-
 from lkd.cache.store import SplitIdentity, sha256_tensors
 from lkd.data.alignment import pack_blocks, token_offsets
-from lkd.hub import PACKAGED_MODELS, as_tokenizer, check_split, load_hub_dataset, tokenizer_source
-from lkd.tokenizers import tokenizer_fingerprint, train_byte_level_bpe
-
-
+from lkd.hub import PACKAGED_MODELS, check_split, load_hub_dataset
+from lkd.tokenizers import as_tokenizer, tokenizer_fingerprint, tokenizer_source, train_byte_level_bpe
 
 BUILTIN_TOKENIZERS = ("bytes", "smollm2", *PACKAGED_MODELS)
 
@@ -160,7 +157,7 @@ class TextDataModule(pl.LightningDataModule):
 
     The tokenizer is the model's, handed over by it (:meth:`connect`, called from the LightningModule's
     ``setup``, which also checks ``block_size`` against the context and the tokenizer against the vocabulary),
-    so teacher, student and data share one; pass ``tokenizer`` (a name for :func:`lkd.hub.load_tokenizer` or a
+    so teacher, student and data share one; pass ``tokenizer`` (a name for :func:`lkd.tokenizers.load_tokenizer` or a
     tokenizer object) to use the module on its own. Batches are ``{"input_ids": (B, block_size), "sample_id": (B,)}``.
 
     **Two tokenizers** (a teacher of another family; the model connects ``teacher_tokenizer``): the text is

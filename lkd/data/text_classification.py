@@ -43,8 +43,9 @@ from typing_extensions import override
 
 from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
 from lkd.data.mnist import SeededRandomSampler
-from lkd.hub import DataFileError, load_hub_dataset, load_tokenizer
+from lkd.hub import DataFileError, load_hub_dataset
 from lkd.losses import UNLABELLED
+from lkd.tokenizers import load_tokenizer
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ProblemType = Literal["classification", "regression"]

