@@ -46,7 +46,7 @@ from lkd.cli_ckpt import (
     setting_changes,
 )
 from lkd.cli_errors import ConfigError, LKDArgumentParser, innermost_reason
-from lkd.distributed import check_strategy, check_trainer_settings
+from lkd.devices import check_strategy, check_trainer_settings
 
 CACHE_TEACHER = "cache-teacher"
 EXPORT = "export"

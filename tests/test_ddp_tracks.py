@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lkd.cli import LKDCLI
-from lkd.distributed import DistributedSetupError
+from lkd.devices import DistributedSetupError
 from tests.conftest import CONFIGS, REPO_ROOT
 from tests.glue_fixtures import tiny_data_args as glue_data_args
 from tests.glue_fixtures import tiny_model_args as glue_model_args

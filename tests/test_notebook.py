@@ -71,7 +71,7 @@ def test_bad_parameters_fail_in_the_setup_cell(tmp_path, params, message):
 def test_precision_auto_choice(monkeypatch, gpu, expected):
     import torch
 
-    from lkd.precision import choose_precision
+    from lkd.devices import choose_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
     if gpu is not None:
