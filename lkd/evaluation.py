@@ -26,7 +26,7 @@ def bits_per_byte(model: nn.Module, loader, token_bytes: torch.Tensor, *, side: 
     Returns:
         ``{"bpb", "ppl", "nll_sum", "tokens", "bytes", "seconds"}``.
     """
-    from lkd.losses.cross_tokenizer import predicted_mask, token_logprobs
+    from lkd.losses.lm import predicted_mask, token_logprobs
 
     ids_key, length_key = ("input_ids", "length") if side == "student" else ("teacher_input_ids", "teacher_length")
     was_training = model.training

@@ -16,8 +16,11 @@ from lkd.cache import build_teacher_cache
 from lkd.cache.store import StaleTeacherCacheError, TeacherCache
 from lkd.data.alignment import AlignmentError, align_chunks, pack_blocks, token_offsets
 from lkd.data.text import AlignedTokenBlocks, TextDataModule, TokenBlocks
-from lkd.losses.cross_tokenizer import alm_loss, binary_kl, chunk_sums, masked_mse, shared_vocab_kl, token_logprobs, uld_loss
+from lkd.losses.chunks import chunk_sums
+from lkd.losses.cross_tokenizer import alm_loss, binary_kl, shared_vocab_kl, uld_loss
+from lkd.losses.hidden import feature_loss
 from lkd.losses.kd import token_kl
+from lkd.losses.lm import token_logprobs
 from lkd.metrics.retention import BitsPerByte
 from lkd.modules import LMDistillModule, VocabularyMismatchError
 from lkd.teacher import Teacher
@@ -246,7 +249,7 @@ def test_shared_vocab_kl_is_the_full_kl_for_one_tokenizer_and_logs_the_shared_ma
 
 def test_hidden_state_loss_without_projection_says_so():
     with pytest.raises(ValueError, match=r"student \(2, 3, 8\) vs teacher \(2, 3, 16\).*projected"):
-        masked_mse(torch.zeros(2, 3, 8), torch.zeros(2, 3, 16), torch.ones(2, 3, dtype=torch.bool))
+        feature_loss(torch.zeros(2, 3, 8), torch.zeros(2, 3, 16), torch.ones(2, 3, dtype=torch.bool))
 
 
 def test_bits_per_byte_metric():

@@ -5,20 +5,18 @@ import math
 import pytest
 import torch
 
-from lkd.losses.hidden import hidden_cosine_loss, layerwise_loss
+from lkd.losses.hidden import contrastive_loss, feature_loss, hidden_cosine_loss, layerwise_loss
 from lkd.losses.kd import kd_kl_div, teacher_topk, topk_kd_kl_div
 from lkd.losses.lm import (
     DEFAULT_LOSS_WEIGHTS,
     LOSS_NAMES,
     attention_transfer_loss,
     combine_losses,
-    contrastive_loss,
-    feature_loss,
     lm_cross_entropy,
     lm_loss_terms,
-    router_objective,
     validate_loss_weights,
 )
+from lkd.losses.routing import router_objective
 from tests.lm_fixtures import _one_torch_thread  # noqa: F401
 
 

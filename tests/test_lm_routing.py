@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lkd.callbacks.routing_schedule import RoutingSchedule
-from lkd.losses.cross_tokenizer import ChunkIndex
-from lkd.losses.lm import load_balance_loss
+from lkd.losses.chunks import ChunkIndex
+from lkd.losses.routing import load_balance_loss
 from lkd.models.router import StudentAwareRouter, chunk_gap_features, chunk_owner
 from lkd.models.routing import (
     AllExperts,

@@ -1,10 +1,9 @@
 """Distillation losses between a teacher and a student with **different tokenizers** (pure functions).
 
 Both models read the same text, tokenised differently; :mod:`lkd.data.alignment` cuts it into *chunks*
-whose boundaries are token boundaries on both sides. A batch carries the chunk table ``chunks`` (B, C, 4)
-``[s0, s1, t0, t1]`` (student / teacher token ranges) and ``num_chunks`` (B,), read through
-:class:`ChunkIndex`. Chunk ``c >= 1`` is predicted by both models from the same text prefix: the student
-at position ``s0 − 1``, the teacher at ``t0 − 1``; chunk 0 has no prefix in the block and is skipped.
+whose boundaries are token boundaries on both sides, read as tensors through :class:`lkd.losses.chunks.ChunkIndex`.
+Chunk ``c >= 1`` is predicted by both models from the same text prefix; chunk 0 has no prefix in the block and is
+skipped. A step enters this file once per teacher pass, through :func:`cross_tokenizer_loss_terms`.
 
 Losses (names as in ``loss_weights``):
 
@@ -12,8 +11,9 @@ Losses (names as in ``loss_weights``):
 * ``uld`` :func:`uld_loss`: L1 between sorted next-token distributions (ULD, Boizard et al. 2024, arXiv:2402.12030);
 * ``shared_kl`` :func:`shared_vocab_kl`: KL over the tokens both vocabularies spell the same way, plus a
   tail bucket, on single-token chunks;
-* ``feature``, ``layer``, ``contrastive``: hidden states read at each chunk's last token on both sides
-  (both have read the same text there), through the student → teacher projections.
+* ``feature``, ``layer``, ``contrastive``: the hidden-state losses of :mod:`lkd.losses.hidden` on the states at
+  each chunk's last token on both sides (both have read the same text there), through the student → teacher
+  projections.
 
 Every function computes in fp32 and is zero when the student's numbers equal the teacher's.
 """
@@ -21,97 +21,15 @@ Every function computes in fp32 and is zero when the student's numbers equal the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import repeat
 
-from lkd.losses.hidden import layerwise_loss
+from lkd.losses.chunks import ChunkIndex, chunk_sums, gather_positions, select_positions
+from lkd.losses.hidden import contrastive_loss, feature_loss, layerwise_loss, mean_pool
 
 CROSS_LOSS_NAMES = ("alm", "uld", "shared_kl")
 """Losses that compare two tokenizers' predictions through the chunk alignment."""
-
-
-@dataclass(frozen=True)
-class ChunkIndex:
-    """Where each aligned chunk sits on both sides, for gathers. All tensors (B, C) int64 / bool.
-
-    Attributes:
-        s_prev, t_prev: the position that predicts the chunk's first token (``s0 − 1``, ``t0 − 1``; 0 for chunk 0).
-        s_last, t_last: the chunk's last token (``s1 − 1``, ``t1 − 1``).
-        s_start, s_end, t_start, t_end: token ranges ``[s0, s1)``, ``[t0, t1)``.
-        predicted: chunks 1..num_chunks−1 (both sides predict them from the same prefix).
-        valid: chunks 0..num_chunks−1.
-        single: predicted chunks of exactly one token on each side.
-    """
-
-    s_start: torch.Tensor
-    s_end: torch.Tensor
-    t_start: torch.Tensor
-    t_end: torch.Tensor
-    predicted: torch.Tensor
-    valid: torch.Tensor
-
-    @classmethod
-    def from_table(cls, chunks: torch.Tensor, num_chunks: torch.Tensor) -> ChunkIndex:
-        """chunks: (B, C, 4) ``[s0, s1, t0, t1]``; num_chunks: (B,)."""
-        c = torch.arange(chunks.shape[1], device=chunks.device)[None, :]  # (1, C)
-        valid = c < num_chunks[:, None]  # (B, C)
-        return cls(chunks[..., 0].long(), chunks[..., 1].long(), chunks[..., 2].long(), chunks[..., 3].long(),
-                   predicted=valid & (c >= 1), valid=valid)
-
-    @property
-    def s_prev(self) -> torch.Tensor:
-        return (self.s_start - 1).clamp_min(0)
-
-    @property
-    def t_prev(self) -> torch.Tensor:
-        return (self.t_start - 1).clamp_min(0)
-
-    @property
-    def s_last(self) -> torch.Tensor:
-        return (self.s_end - 1).clamp_min(0)
-
-    @property
-    def t_last(self) -> torch.Tensor:
-        return (self.t_end - 1).clamp_min(0)
-
-    @property
-    def single(self) -> torch.Tensor:
-        return self.predicted & (self.s_end - self.s_start == 1) & (self.t_end - self.t_start == 1)
-
-
-def gather_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """x: (B, L, ...) ; positions: (B, C) → (B, C, ...)."""
-    index = positions.long().view(*positions.shape, *([1] * (x.dim() - 2))).expand(*positions.shape, *x.shape[2:])
-    return x.gather(1, index)
-
-
-def select_positions(x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The rows of x (B, L, ...) at ``positions`` (B, C) where ``mask`` (B, C): (N, ...) with N = mask.sum(),
-    copied once (the vocabulary-wide rows of logits are large)."""
-    batch = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(positions)
-    flat = (batch * x.shape[1] + positions)[mask]  # (N,) row index into (B·L, ...)
-    return x.reshape(-1, *x.shape[2:]).index_select(0, flat)
-
-
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each token given the ones before it.
-
-    Args:
-        logits: (B, L, V); input_ids: (B, L).
-    Returns:
-        (B, L) fp32: ``log p(x_i | x_<i)`` at ``i >= 1``; 0 at ``i = 0`` (no prediction).
-    """
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, L-1)
-    return F.pad(logp, (1, 0))
-
-
-def chunk_sums(values: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-    """Σ values[b, start:end] per chunk, from a prefix sum. values: (B, L); start, end: (B, C) → (B, C)."""
-    prefix = F.pad(values.float().cumsum(-1), (1, 0))  # (B, L + 1): prefix[i] = Σ values[:i]
-    return prefix.gather(1, end.long()) - prefix.gather(1, start.long())
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -225,15 +143,6 @@ def shared_vocab_kl(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor
     return loss, p.sum(-1)
 
 
-def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mean over masked rows of mean_d (s − t)². student, teacher: (B, C, D); mask: (B, C)."""
-    if student.shape != teacher.shape:
-        raise ValueError(f"hidden-state loss: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}. HINT: the "
-                         "student's states must be projected to the teacher's width (a learned projection) first")
-    m = mask.float()
-    return (((student.float() - teacher.float()) ** 2).mean(-1) * m).sum() / m.sum().clamp_min(1)
-
-
 def cross_tokenizer_loss_terms(student: Mapping[str, object], teacher: Mapping[str, object], index: ChunkIndex,
                                weights: Mapping[str, float], *, teacher_to_student: torch.Tensor | None = None,
                                temperature: float = 1.0, alm_temperature: float = 1.0,
@@ -242,15 +151,13 @@ def cross_tokenizer_loss_terms(student: Mapping[str, object], teacher: Mapping[s
 
     ``student``: ``logits`` (B, S, V_s), ``token_logprobs`` (B, S), and for hidden-state losses ``feature``
     (B, S, D_t) / ``layer`` (list of (B, S, D_t)) already projected. ``teacher``: ``token_logprobs`` (B, T)
-    (:func:`token_logprobs` of its own tokens), ``topk`` = (log-probabilities (B, T, k) at T, ids (B, T, k)),
+    (:func:`lkd.losses.lm.token_logprobs` of its own tokens), ``topk`` = (log-probabilities (B, T, k) at T, ids (B, T, k)),
     and ``feature`` / ``layer`` (B, T, D_t) for the hidden-state losses (live teacher only).
 
     Returns:
         (``{name: loss}``, ``{"chunks_per_block", "tokens_per_chunk_student", "tokens_per_chunk_teacher",
         "teacher_mass_shared", "single_token_chunks"}`` to log).
     """
-    from lkd.losses.lm import contrastive_loss
-
     w, terms = weights, {}
     pred = index.predicted
     n_pred = pred.sum().clamp_min(1)
@@ -283,11 +190,9 @@ def cross_tokenizer_loss_terms(student: Mapping[str, object], teacher: Mapping[s
         s_h = gather_positions(student["feature"], index.s_last)  # (B, C, D_t)
         t_h = gather_positions(teacher["feature"], index.t_last)
         if w.get("feature", 0) > 0:
-            terms["feature"] = masked_mse(s_h, t_h, valid)
+            terms["feature"] = feature_loss(s_h, t_h, valid)
         if w.get("contrastive", 0) > 0:
-            m = valid.float()[..., None]
-            pool = lambda h: (h.float() * m).sum(1) / m.sum(1).clamp_min(1)  # noqa: E731  (B, D_t)
-            terms["contrastive"] = contrastive_loss(pool(s_h), pool(t_h), contrastive_temperature)
+            terms["contrastive"] = contrastive_loss(mean_pool(s_h, valid), mean_pool(t_h, valid), contrastive_temperature)
     if w.get("layer", 0) > 0:
         s_layers = [gather_positions(h, index.s_last) for h in student["layer"]]
         t_layers = [gather_positions(h, index.t_last) for h in teacher["layer"]]
@@ -295,17 +200,4 @@ def cross_tokenizer_loss_terms(student: Mapping[str, object], teacher: Mapping[s
     return terms, logs
 
 
-def predicted_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """(B, width) float mask of right-padded sequences' positions 1..length−1: the tokens with a prediction.
-
-    Args:
-        lengths: (B,) real tokens per sequence.
-    """
-    positions = repeat(torch.arange(width, device=lengths.device), "l -> b l", b=lengths.shape[0])
-    return ((positions >= 1) & (positions < lengths[:, None])).float()
-
-
-__all__ = [
-    "CROSS_LOSS_NAMES", "ChunkIndex", "alm_loss", "binary_kl", "chunk_sums", "cross_tokenizer_loss_terms",
-    "gather_positions", "masked_mse", "select_positions", "predicted_mask", "shared_vocab_kl", "token_logprobs", "uld_loss",
-]
+__all__ = ["CROSS_LOSS_NAMES", "alm_loss", "binary_kl", "cross_tokenizer_loss_terms", "log1mexp", "shared_vocab_kl", "uld_loss"]

@@ -1,8 +1,9 @@
 """Distillation losses for causal language models (pure functions on tensors).
 
-The KL term is :func:`lkd.losses.kd.kd_kl_div` (the one KL of lkd); this file adds the intermediate-
-representation terms and the weighted combination. Every function computes in fp32 (safe under 16-bit
-autocast) and is zero when the student equals the teacher (InfoNCE: see its docstring).
+The KL term is :func:`lkd.losses.kd.kd_kl_div` (the one KL of lkd) and the hidden-state terms are
+:mod:`lkd.losses.hidden`; this file adds next-token likelihoods, attention transfer, the loss table of one
+tokenizer and the weighted combination. Every function computes in fp32 (safe under 16-bit autocast) and is zero
+when the student equals the teacher (InfoNCE: see its docstring).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import reduce
+from einops import reduce, repeat
 
-from lkd.losses.hidden import layerwise_loss
+from lkd.losses.hidden import contrastive_loss, feature_loss, layerwise_loss, mean_pool
 from lkd.losses.kd import kd_kl_div, topk_kd_kl_div
 
 LOSS_NAMES = ("kl", "ce", "feature", "attention", "layer", "contrastive")
@@ -25,9 +26,8 @@ DEFAULT_LOSS_WEIGHTS = {"kl": 0.7, "feature": 0.1, "attention": 0.1, "layer": 0.
 """The original project's weights (KL 0.7, feature 0.1, attention 0.1, layer-wise 0.05, contrastive 0.05)."""
 
 __all__ = [
-    "ALL_LOSS_NAMES", "DEFAULT_LOSS_WEIGHTS", "LOSS_NAMES", "attention_transfer_loss", "combine_losses", "contrastive_loss",
-    "feature_loss", "kd_kl_div", "layerwise_loss", "lm_cross_entropy", "lm_loss_terms", "router_objective",
-    "validate_loss_weights",
+    "ALL_LOSS_NAMES", "DEFAULT_LOSS_WEIGHTS", "LOSS_NAMES", "attention_transfer_loss", "combine_losses", "lm_cross_entropy",
+    "lm_loss_terms", "predicted_mask", "token_logprobs", "validate_loss_weights",
 ]
 
 
@@ -45,18 +45,26 @@ def lm_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), input_ids[:, 1:].flatten())
 
 
-def feature_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
-    """Hint loss on the final hidden states (FitNets, Romero et al. 2015, arXiv:1412.6550).
-
-        L = mean_{b,t,d} (W h_s − h_t)²
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each token given the ones before it.
 
     Args:
-        student_hidden: (B, T, D_t), the student's hidden states already projected to the teacher's width
-            (``W`` is a trainable projection held by the distillation module).
-        teacher_hidden: (B, T, D_t).
+        logits: (B, L, V); input_ids: (B, L).
+    Returns:
+        (B, L) fp32: ``log p(x_i | x_<i)`` at ``i >= 1``; 0 at ``i = 0`` (no prediction).
     """
-    _same_shape("feature", student_hidden, teacher_hidden)
-    return F.mse_loss(student_hidden.float(), teacher_hidden.float())
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, L-1)
+    return F.pad(logp, (1, 0))
+
+
+def predicted_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) float mask of right-padded sequences' positions 1..length−1: the tokens with a prediction.
+
+    Args:
+        lengths: (B,) real tokens per sequence.
+    """
+    positions = repeat(torch.arange(width, device=lengths.device), "l -> b l", b=lengths.shape[0])
+    return ((positions >= 1) & (positions < lengths[:, None])).float()
 
 
 def attention_transfer_loss(student_attentions: Sequence[torch.Tensor], teacher_attentions: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -84,30 +92,6 @@ def attention_transfer_loss(student_attentions: Sequence[torch.Tensor], teacher_
         kl = t_mean * (t_mean.clamp_min(1e-12).log() - s_mean.clamp_min(1e-12).log())
         terms.append(reduce(kl, "b q k -> b q", "sum").mean())
     return torch.stack(terms).mean()
-
-
-def contrastive_loss(student_repr: torch.Tensor, teacher_repr: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """InfoNCE between student and teacher sequence representations (van den Oord et al. 2018,
-    arXiv:1807.03748; as a distillation loss: CRD, Tian et al. 2020, arXiv:1910.10699).
-
-        ŝ_i = s_i/‖s_i‖, t̂_j = t_j/‖t_j‖;   L = −mean_i log( exp(ŝ_i·t̂_i/τ) / Σ_j exp(ŝ_i·t̂_j/τ) )
-
-    Each student sequence must pick out its own teacher sequence among the batch. With B = 1 the loss is 0;
-    when the student equals the teacher it is at its minimum for those teacher representations (≈ 0 when
-    they are far apart relative to τ), not exactly 0.
-
-    Args:
-        student_repr: (B, D) e.g. mean-pooled projected student hidden states.
-        teacher_repr: (B, D).
-        temperature: τ > 0.
-    """
-    if temperature <= 0:
-        raise ValueError(f"contrastive temperature must be > 0, got {temperature}")
-    _same_shape("contrastive", student_repr, teacher_repr)
-    s = F.normalize(student_repr.float(), dim=-1)
-    t = F.normalize(teacher_repr.float(), dim=-1)
-    logits = s @ t.T / temperature  # (B, B)
-    return F.cross_entropy(logits, torch.arange(len(s), device=s.device))
 
 
 def validate_loss_weights(weights: Mapping[str, float]) -> dict[str, float]:
@@ -157,9 +141,9 @@ def lm_loss_terms(student: Mapping[str, object], teacher: Mapping[str, object], 
     from a top-k cache gives ``topk`` = (log-probabilities (B, T, k), token ids (B, T, k)) instead of ``logits``.
 
     ``kl``: T²·KL (:func:`lkd.losses.kd.kd_kl_div`, or :func:`lkd.losses.kd.topk_kd_kl_div` from a cache);
-    ``ce``: the student's next-token loss; ``feature``: :func:`feature_loss`; ``layer``:
+    ``ce``: the student's next-token loss; ``feature``: :func:`lkd.losses.hidden.feature_loss`; ``layer``:
     :func:`lkd.losses.hidden.layerwise_loss`; ``attention``: :func:`attention_transfer_loss`; ``contrastive``:
-    :func:`contrastive_loss` of the mean-pooled ``feature`` states.
+    :func:`lkd.losses.hidden.contrastive_loss` of the :func:`lkd.losses.hidden.mean_pool` of the ``feature`` states.
     """
     w, terms = weights, {}
     if w.get("kl", 0) > 0:
@@ -174,56 +158,5 @@ def lm_loss_terms(student: Mapping[str, object], teacher: Mapping[str, object], 
     if w.get("attention", 0) > 0:
         terms["attention"] = attention_transfer_loss(student["attention"], teacher["attention"])
     if w.get("contrastive", 0) > 0:
-        pool = lambda h: reduce(h, "b t d -> b d", "mean")  # noqa: E731
-        terms["contrastive"] = contrastive_loss(pool(student["feature"]), pool(teacher["feature"]), contrastive_temperature)
+        terms["contrastive"] = contrastive_loss(mean_pool(student["feature"]), mean_pool(teacher["feature"]), contrastive_temperature)
     return terms
-
-
-def router_objective(student: Mapping[str, object], routed_teacher: Mapping[str, object], input_ids: torch.Tensor,
-                     weights: Mapping[str, float], *, lm_weight: float, temperature: float,
-                     contrastive_temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """What trains a router over the teacher's experts (the student is held fixed):
-
-        L_router = Σ_i w_i L_i(sg[student], routed teacher) + λ · CE(routed teacher, x_{t+1})
-
-    The first part moves the routing toward targets the student can follow; the second keeps the routed
-    teacher a good language model, so the router cannot simply bend the teacher toward the student.
-
-    Args:
-        student: the student's features (:func:`lm_loss_terms`); detached here (sg), so no gradient reaches the student.
-        routed_teacher: the routed teacher's features, with gradient to the router.
-        lm_weight: λ >= 0.
-    Returns:
-        (L_router, the routed teacher's own next-token loss CE).
-    """
-    student = {k: [x.detach() for x in v] if isinstance(v, (list, tuple)) else v.detach() for k, v in student.items()}  # sg
-    distill, _ = combine_losses(lm_loss_terms(student, routed_teacher, input_ids, weights, temperature=temperature,
-                                              contrastive_temperature=contrastive_temperature), weights)
-    teacher_ce = lm_cross_entropy(routed_teacher["logits"], input_ids)
-    return distill + lm_weight * teacher_ce, teacher_ce
-
-
-def load_balance_loss(router_probs: Sequence[torch.Tensor], top_k: int) -> torch.Tensor:
-    """The Switch Transformer auxiliary loss (Fedus et al. 2022, arXiv:2101.03961; transformers'
-    ``load_balancing_loss_func``), averaged over MoE layers:
-
-        L_bal = E · Σ_e f_e · P_e,   f_e = share of tokens with e among their top-k,  P_e = mean_n p_n(e)
-
-    k (uniform routing) at its minimum. The paper's SAR adds 0.01 · L_bal to the gate's objective.
-
-    Args:
-        router_probs: per MoE layer, (N, E) routing probabilities (with gradient).
-        top_k: experts counted per token for f.
-    """
-    losses = []
-    for probs in router_probs:
-        probs = probs.float()
-        chosen = probs.topk(top_k, dim=-1).indices  # (N, k)
-        f = torch.zeros_like(probs).scatter_(-1, chosen, 1.0).mean(0)  # (E,) no gradient: counts
-        losses.append(probs.shape[-1] * (f * probs.mean(0)).sum())
-    return torch.stack(losses).mean()
-
-
-def _same_shape(what: str, s: torch.Tensor, t: torch.Tensor) -> None:
-    if s.shape != t.shape:
-        raise ValueError(f"{what} loss: student {tuple(s.shape)} and teacher {tuple(t.shape)} differ (project the student to the teacher's width first)")

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lkd.losses.cross_tokenizer import ChunkIndex, chunk_sums, gather_positions
+from lkd.losses.chunks import ChunkIndex, chunk_sums, gather_positions
 from lkd.losses.kd import token_kl
 from lkd.models.routing import Route, Routing, RoutingContext, share_mass, validate_top_k
 
@@ -96,8 +96,8 @@ def chunk_gap_features(student_hidden: torch.Tensor, student_logprobs: torch.Ten
     Args:
         student_hidden: (B, S, D_s) the student's last hidden states.
         student_logprobs, teacher_logprobs: (B, S), (B, T) each token's log-probability
-            (:func:`lkd.losses.cross_tokenizer.token_logprobs`).
-        index: the batch's :class:`lkd.losses.cross_tokenizer.ChunkIndex`.
+            (:func:`lkd.losses.lm.token_logprobs`).
+        index: the batch's :class:`lkd.losses.chunks.ChunkIndex`.
         student_token_bytes: (B, S) UTF-8 bytes of each student token (None: count tokens instead of bytes).
     Returns:
         ``(hidden (B·T, D_s), gap (B·T, 3))`` per teacher token, detached.

@@ -14,17 +14,19 @@ from torch import nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
-from lkd.losses.cross_tokenizer import CROSS_LOSS_NAMES, ChunkIndex, cross_tokenizer_loss_terms, predicted_mask, token_logprobs
+from lkd.losses.chunks import ChunkIndex
+from lkd.losses.cross_tokenizer import CROSS_LOSS_NAMES, cross_tokenizer_loss_terms
 from lkd.losses.kd import kd_problems, teacher_topk
 from lkd.losses.lm import (
     DEFAULT_LOSS_WEIGHTS,
     combine_losses,
     lm_cross_entropy,
     lm_loss_terms,
-    load_balance_loss,
-    router_objective,
+    predicted_mask,
+    token_logprobs,
     validate_loss_weights,
 )
+from lkd.losses.routing import load_balance_loss, router_objective
 from lkd.memory import enable_activation_checkpointing
 from lkd.metrics.retention import BitsPerByte, Perplexity
 from lkd.models import causal_lm
@@ -56,7 +58,7 @@ class LMModule(LKDModule):
     the tokenizer handed to the data module, and a warm-up + cosine schedule.
 
     Args:
-        tokenizer: tokenizer name (:func:`lkd.hub.load_tokenizer`) the data is encoded with.
+        tokenizer: tokenizer name (:func:`lkd.tokenizers.load_tokenizer`) the data is encoded with.
         optimizer: optimiser factory given parameter groups (each group may carry its own ``lr``).
         warmup_steps: optimizer steps of linear warm-up (an int), or a fraction of all steps if < 1.
         min_lr_ratio: the cosine ends at this fraction of each group's learning rate.
