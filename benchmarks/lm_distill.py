@@ -45,8 +45,7 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.report import RATIO, column, table  # noqa: E402
-from lkd.callbacks import DistillationReport  # noqa: E402
-from lkd.callbacks.routing_schedule import RoutingSchedule  # noqa: E402
+from lkd.callbacks import DistillationReport, RouterExpertUsage, RoutingSchedule  # noqa: E402
 from lkd.data.text import TextDataModule  # noqa: E402
 from lkd.evaluation import expert_specialisation  # noqa: E402
 from lkd.memory import count_parameters  # noqa: E402
@@ -220,8 +219,6 @@ def train_student(variant: str, teacher, args, seed: int):
     logger = False
     if args.log_dir:
         from lightning.pytorch.loggers import TensorBoardLogger
-
-        from lkd.callbacks.figures import RouterExpertUsage
 
         logger = TensorBoardLogger(args.log_dir, name=f"{variant}_seed{seed}")
         if getattr(module, "routed", False):

@@ -196,7 +196,7 @@ def test_a_class_path_typo_in_a_config_file_names_the_key_as_written_there(tmp_p
 KA_BAD = '{"class_path": "lkd.models.routing.KnowledgeAugmentation", "init_args": {"sampling_prob": 2.0}}'
 DENSE_TEACHER = '{"class_path": "lkd.models.causal_lm.TinyLlamaLM", "init_args": {"vocab_size": 49152, "hidden_size": 64, "num_layers": 4}}'
 EMA_BAD = '[{"class_path": "lkd.callbacks.EMAKeyUpdate", "init_args": {"init_epochs": -1}}]'
-SCHEDULE_BAD = ('[{"class_path": "lkd.callbacks.routing_schedule.RoutingSchedule", "init_args": {"start_top_k": 1, "end_top_k": 4, '
+SCHEDULE_BAD = ('[{"class_path": "lkd.callbacks.RoutingSchedule", "init_args": {"start_top_k": 1, "end_top_k": 4, '
                 '"start_temperature": 0, "end_temperature": 0.5}}]')
 BAD_INPUTS = [  # (config, overrides, what the last line of the error must say), each refused when the classes are built
     ("mnist/student_kd.yaml", ["--model.init_args.temperature=0"], r"temperature must be > 0, got 0\.0$"),
@@ -211,7 +211,7 @@ BAD_INPUTS = [  # (config, overrides, what the last line of the error must say),
     ("lm/student_sar.yaml", ["--model.init_args.router_balance_weight=-1"], r"router_balance_weight must be >= 0, got -1\.0$"),
     ("lm/student_routed.yaml", [f"--model.init_args.teacher.model={DENSE_TEACHER}"], r"TinyLlamaLM has no MoE gates.*HINT: drop the router"),
     ("mnist/continual_dkvb.yaml", [f"--trainer.callbacks={EMA_BAD}"], r"^lkd\.callbacks\.EMAKeyUpdate: init_steps and init_epochs must be >= 0, got 0 and -1$"),
-    ("lm/student_routed.yaml", [f"--trainer.callbacks={SCHEDULE_BAD}"], r"^lkd\.callbacks\.routing_schedule\.RoutingSchedule: .*temperature.*0"),
+    ("lm/student_routed.yaml", [f"--trainer.callbacks={SCHEDULE_BAD}"], r"^lkd\.callbacks\.RoutingSchedule: .*temperature.*0"),
 ]
 
 

@@ -103,7 +103,8 @@ def test_router_expert_usage_over_training(tmp_path, monkeypatch, tiny_wikitext)
     config = CONFIGS / "lm" / "student_routed.yaml"
     usage = RouterExpertUsage(log_every_n_steps=1)
     cli = LKDCLI(args=["-c", str(config), *tiny_overrides(config, tiny_wikitext), "--model.init_args.teacher.checkpoint=null",
-                       "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0"], run=False)
+                       "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
+                       "--best_checkpoint.path=null"], run=False)  # no validation: nothing to publish
     cli.trainer.callbacks.append(usage)
     cli.trainer.fit(cli.model, cli.datamodule)
     assert usage.steps == [1, 2, 3] and len(usage.history[0]) == 8  # 8 teacher experts
@@ -119,7 +120,7 @@ def test_router_expert_usage_over_training(tmp_path, monkeypatch, tiny_wikitext)
 
 
 def test_routing_schedule_figure_shows_the_planned_curves():
-    from lkd.callbacks.routing_schedule import RoutingSchedule
+    from lkd.callbacks import RoutingSchedule
     from lkd.figures import figure_to_array, routing_schedule_figure
 
     schedule = RoutingSchedule(start_top_k=1, end_top_k=4, mode="linear", total_steps=100)

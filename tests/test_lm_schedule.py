@@ -5,7 +5,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lkd.callbacks.routing_schedule import RoutingSchedule
+from lkd.callbacks import RoutingSchedule
 from lkd.data.text import TextDataModule
 from lkd.models.router import StudentAwareRouter
 from lkd.modules.lm import LMDistillModule

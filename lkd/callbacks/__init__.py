@@ -2,15 +2,16 @@
 
 from lkd.callbacks.best_checkpoint import PublishBestCheckpoint
 from lkd.callbacks.continual import ContinualEvaluation
-from lkd.callbacks.figures import ConfusionMatrixFigure, RouterExpertUsage
+from lkd.callbacks.figures import ConfusionMatrixFigure
 from lkd.callbacks.fit_summary import FitSummary
 from lkd.callbacks.glue_predictions import GLUEPredictionWriter
 from lkd.callbacks.key_carrying import DiscreteKeyInit, KeyCarrying
 from lkd.callbacks.key_phases import EMAKeyUpdate
 from lkd.callbacks.lm_report import DistillationReport
 from lkd.callbacks.lr_monitor import LearningRateLogger
+from lkd.callbacks.routing import RouterExpertUsage, RoutingSchedule
 
 __all__ = [
     "ConfusionMatrixFigure", "ContinualEvaluation", "DistillationReport", "EMAKeyUpdate", "FitSummary", "GLUEPredictionWriter", "KeyCarrying", "LearningRateLogger",
-    "PublishBestCheckpoint", "RouterExpertUsage", "DiscreteKeyInit",
+    "PublishBestCheckpoint", "RouterExpertUsage", "RoutingSchedule", "DiscreteKeyInit",
 ]

@@ -1,4 +1,4 @@
-"""Callbacks that put figures into TensorBoard."""
+"""Callbacks that put figures into TensorBoard (the routing figures: :mod:`lkd.callbacks.routing`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class ConfusionMatrixFigure(Callback):
         self.last_counts: torch.Tensor | None = None
 
     def _active(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        return not trainer.sanity_checking and getattr(pl_module, "num_classes", 1) > 1
+        return not trainer.sanity_checking and (getattr(pl_module, "num_classes", None) or 1) > 1
 
     def _start(self, trainer, pl_module) -> None:
         if self._active(trainer, pl_module):
@@ -88,71 +88,3 @@ class ConfusionMatrixFigure(Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if self.stage == "test":
             self._log(trainer, pl_module)
-
-
-class RouterExpertUsage(Callback):
-    """Counts which teacher experts the routing picks (every MoE layer, every token) and logs,
-    every ``log_every_n_steps`` optimizer steps, ``router/experts_used`` (perplexity of the selection shares:
-    E = all equally, 1 = one expert) and a ``router/expert_usage`` figure with one row per interval so far
-    (usage over training). Needs a LightningModule with a ``router`` (any :class:`lkd.models.routing.Routing`).
-    The history is kept in the checkpoint."""
-
-    def __init__(self, log_every_n_steps: int = 50):
-        if log_every_n_steps < 1:
-            raise ValueError(f"log_every_n_steps must be >= 1, got {log_every_n_steps}")
-        self.log_every_n_steps = log_every_n_steps
-        self.history: list[list[float]] = []
-        self.steps: list[int] = []
-        self._counts: torch.Tensor | None = None
-        self._hook = None
-
-    @override
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and getattr(pl_module, "router", None) is None:
-            raise ValueError(f"RouterExpertUsage needs a module with a router; {type(pl_module).__name__} has none. "
-                             "HINT: configure model.init_args.router or drop this callback")
-
-    @override
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._hook = pl_module.router.register_forward_hook(self._count)
-
-    def _count(self, module, args, output) -> None:
-        if module.training:
-            indices = output[1].detach().flatten()  # (N·k,)
-            counts = torch.bincount(indices, minlength=module.num_experts).float().cpu()
-            self._counts = counts if self._counts is None else self._counts + counts
-
-    @override
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if step % self.log_every_n_steps or self._counts is None or (self.steps and self.steps[-1] == step):
-            return
-        share = self._counts / self._counts.sum().clamp_min(1)
-        self._counts = None
-        self.history.append(share.tolist())
-        self.steps.append(step)
-        used = torch.exp(-(share * share.clamp_min(1e-12).log()).sum())
-        for logger in trainer.loggers:  # directly: self.log would wait for trainer.log_every_n_steps
-            logger.log_metrics({"router/experts_used": float(used)}, step=step)
-        import matplotlib.pyplot as plt
-
-        from lkd.figures import expert_usage_figure
-
-        for logger in tensorboard_loggers(trainer):
-            fig = expert_usage_figure(torch.tensor(self.history), self.steps)
-            logger.experiment.add_figure("router/expert_usage", fig, global_step=step)
-            plt.close(fig)
-
-    @override
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    @override
-    def state_dict(self) -> dict:
-        return {"history": self.history, "steps": self.steps}
-
-    @override
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history, self.steps = state_dict.get("history", []), state_dict.get("steps", [])

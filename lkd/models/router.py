@@ -3,7 +3,7 @@ arXiv:2502.12947: knowledge sits in experts that top-2 routing leaves out).
 
 **What it outputs.** For every token and every MoE layer of the teacher, :class:`StudentAwareRouter`
 returns sparse expert weights ``w ∈ R^E`` with exactly ``k`` non-zero entries (``k`` = the current top-k,
-1 → 4 under :class:`lkd.callbacks.routing_schedule.RoutingSchedule`):
+1 → 4 under :class:`lkd.callbacks.RoutingSchedule`):
 
     z_e = a_l · log p_teacher(e | h_t)                 (c) expert importance: the teacher's own gate
         + U_l · s                                      (a) student capacity: from the student's hidden state s

@@ -1,4 +1,5 @@
-"""Curriculum for the student-aware router: top-k rises, the routing temperature anneals."""
+"""The routing callbacks of LM distillation: :class:`RoutingSchedule` (the student-aware router's top-k and
+temperature over training) and :class:`RouterExpertUsage` (which of the teacher's experts a routing picks)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
+
+from lkd.callbacks.figures import tensorboard_loggers
 
 
 class RoutingSchedule(Callback):
@@ -124,8 +128,6 @@ class RoutingSchedule(Callback):
 
     def log_figure(self, trainer: pl.Trainer, step: int) -> None:
         """Draw the planned schedule with a line at ``step`` into every TensorBoard logger (rank 0)."""
-        from lkd.callbacks.figures import tensorboard_loggers
-
         loggers = tensorboard_loggers(trainer) if trainer.is_global_zero else []
         if not loggers:
             return
@@ -148,3 +150,71 @@ class RoutingSchedule(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.total_steps = state_dict.get("total_steps", self.total_steps)
         self.last_step = state_dict.get("last_step", -1)
+
+
+class RouterExpertUsage(Callback):
+    """Counts which teacher experts the routing picks (every MoE layer, every token) and logs,
+    every ``log_every_n_steps`` optimizer steps, ``router/experts_used`` (perplexity of the selection shares:
+    E = all equally, 1 = one expert) and a ``router/expert_usage`` figure with one row per interval so far
+    (usage over training). Needs a LightningModule with a ``router`` (any :class:`lkd.models.routing.Routing`).
+    The history is kept in the checkpoint."""
+
+    def __init__(self, log_every_n_steps: int = 50):
+        if log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be >= 1, got {log_every_n_steps}")
+        self.log_every_n_steps = log_every_n_steps
+        self.history: list[list[float]] = []
+        self.steps: list[int] = []
+        self._counts: torch.Tensor | None = None
+        self._hook = None
+
+    @override
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and getattr(pl_module, "router", None) is None:
+            raise ValueError(f"RouterExpertUsage needs a module with a router; {type(pl_module).__name__} has none. "
+                             "HINT: configure model.init_args.router or drop this callback")
+
+    @override
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._hook = pl_module.router.register_forward_hook(self._count)
+
+    def _count(self, module, args, output) -> None:
+        if module.training:
+            indices = output[1].detach().flatten()  # (N·k,)
+            counts = torch.bincount(indices, minlength=module.num_experts).float().cpu()
+            self._counts = counts if self._counts is None else self._counts + counts
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.log_every_n_steps or self._counts is None or (self.steps and self.steps[-1] == step):
+            return
+        share = self._counts / self._counts.sum().clamp_min(1)
+        self._counts = None
+        self.history.append(share.tolist())
+        self.steps.append(step)
+        used = torch.exp(-(share * share.clamp_min(1e-12).log()).sum())
+        for logger in trainer.loggers:  # directly: self.log would wait for trainer.log_every_n_steps
+            logger.log_metrics({"router/experts_used": float(used)}, step=step)
+        import matplotlib.pyplot as plt
+
+        from lkd.figures import expert_usage_figure
+
+        for logger in tensorboard_loggers(trainer):
+            fig = expert_usage_figure(torch.tensor(self.history), self.steps)
+            logger.experiment.add_figure("router/expert_usage", fig, global_step=step)
+            plt.close(fig)
+
+    @override
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    @override
+    def state_dict(self) -> dict:
+        return {"history": self.history, "steps": self.steps}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history, self.steps = state_dict.get("history", []), state_dict.get("steps", [])
