@@ -221,7 +221,7 @@ def train_student(variant: str, teacher, args, seed: int):
         from lightning.pytorch.loggers import TensorBoardLogger
 
         logger = TensorBoardLogger(args.log_dir, name=f"{variant}_seed{seed}")
-        if getattr(module, "routed", False):
+        if module.routed_teacher is not None and module.routed_teacher.active:
             callbacks.append(RouterExpertUsage(log_every_n_steps=50))
     pl.seed_everything(seed)  # the same batches for every row of a seed
     start = time.perf_counter()

@@ -34,6 +34,16 @@ def schedule_problems(name: str, warmup: float, min_lr_ratio: float) -> list[str
     return problems
 
 
+def learning_rate_problem(name: str, value: float | None, hint: str) -> str | None:
+    """Why a parameter group's own learning rate (e.g. ``router_lr``) is refused: not a finite number >= 0. None (the
+    optimizer's rate) and 0 (the group keeps its initial weights) are fine; a negative rate would climb the loss, and
+    torch takes one in a parameter group without a word."""
+    if value is None or (math.isfinite(value) and value >= 0):
+        return None
+    return (f"{name} must be a finite number >= 0 (0 keeps those weights as they are; a negative rate climbs the loss), "
+            f"got {value}. HINT: {hint}")
+
+
 def warmup_steps(warmup: float, total_steps: int) -> int:
     """Warm-up steps: a fraction of ``total_steps`` when ``warmup < 1``, else a step count (at most the total)."""
     return min(int(warmup * total_steps) if warmup < 1 else int(warmup), total_steps)

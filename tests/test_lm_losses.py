@@ -185,16 +185,25 @@ def test_lm_loss_terms_from_a_top_k_teacher():
     torch.testing.assert_close(full["kl"], kd_kl_div(s["logits"], t["logits"], 2.0))
 
 
+def detached(feats: dict) -> dict:
+    return {k: [x.detach() for x in v] if isinstance(v, list) else v.detach() for k, v in feats.items()}
+
+
 @pytest.mark.parametrize("lm_weight", [0.0, 0.7])
-def test_router_objective_is_detached_distillation_plus_the_routed_teachers_ce(lm_weight):
+def test_router_objective_is_the_distillation_table_without_ce_plus_the_routed_teachers_ce(lm_weight):
+    """L_router = Σ_{i≠ce} w_i L_i(sg[student], routed teacher) + λ·CE(routed teacher) (+ β·L_bal): from a loss table
+    of the detached student, the gradient reaches every routed-teacher feature and none of the student's."""
     weights = {"kl": 0.7, "feature": 0.1, "attention": 0.1, "layer": 0.05, "contrastive": 0.05, "ce": 0.2}
     s, t, ids = features(0, grad=True), features(1, grad=True), torch.randint(0, V, (B, T))
-    loss, teacher_ce = router_objective(s, t, ids, weights, lm_weight=lm_weight, temperature=3.0, contrastive_temperature=0.2)
+    terms = lm_loss_terms(detached(s), t, ids, weights, temperature=3.0, contrastive_temperature=0.2)
+    teacher_ce = lm_cross_entropy(t["logits"], ids)
+    loss = router_objective(terms, weights, teacher_ce, lm_weight=lm_weight)
     ref = reference_terms(s, t, ids, 3.0, 0.2)
-    distill = sum(w * ref[k] for k, w in weights.items())  # every weighted term, the student's own CE included
-    torch.testing.assert_close(teacher_ce, lm_cross_entropy(t["logits"], ids))
-    torch.testing.assert_close(loss, distill + lm_weight * lm_cross_entropy(t["logits"], ids))
-    # the gradient reaches every routed-teacher feature and none of the student's (sg[student])
+    distill = sum(w * ref[k] for k, w in weights.items() if k != "ce")  # the student's own CE says nothing about routing
+    torch.testing.assert_close(loss, distill + lm_weight * teacher_ce)
+    balance = torch.tensor(1.5)
+    torch.testing.assert_close(router_objective(terms, weights, teacher_ce, lm_weight=lm_weight, balance=balance, balance_weight=0.01),
+                               loss + 0.01 * balance)
     loss.backward()
     for name, value in t.items():
         for x in value if isinstance(value, list) else [value]:
@@ -202,6 +211,8 @@ def test_router_objective_is_detached_distillation_plus_the_routed_teachers_ce(l
     for name, value in s.items():
         for x in value if isinstance(value, list) else [value]:
             assert x.grad is None, name
+    with pytest.raises(KeyError, match=r"\['layer'\] have a weight but were not computed"):
+        router_objective({k: v for k, v in terms.items() if k != "layer"}, weights, teacher_ce, lm_weight=1.0)
 
 
 def test_router_objective_gradient_on_the_teacher_logits_by_hand():
@@ -211,8 +222,8 @@ def test_router_objective_gradient_on_the_teacher_logits_by_hand():
     s_logits, t_logits = torch.randn(1, 3, V), torch.randn(1, 3, V, requires_grad=True)
     ids = torch.randint(0, V, (1, 3))
     temperature, lm_weight = 2.0, 0.5
-    loss, _ = router_objective({"logits": s_logits}, {"logits": t_logits}, ids, {"kl": 1.0}, lm_weight=lm_weight,
-                               temperature=temperature)
+    terms = lm_loss_terms({"logits": s_logits}, {"logits": t_logits}, ids, {"kl": 1.0}, temperature=temperature)
+    loss = router_objective(terms, {"kl": 1.0}, lm_cross_entropy(t_logits, ids), lm_weight=lm_weight)
     loss.backward()
     with torch.no_grad():
         lt, ls = torch.log_softmax(t_logits / temperature, -1), torch.log_softmax(s_logits / temperature, -1)

@@ -11,10 +11,12 @@ import torch
 from lkd.callbacks import DistillationReport
 from lkd.data.text import TextDataModule
 from lkd.losses.kd import token_kl
+from lkd.losses.lm import combine_losses, lm_cross_entropy, lm_loss_terms
+from lkd.losses.routing import router_objective
 from lkd.models.router import StudentAwareRouter
 from lkd.models.routing import NoMoELayersError
 from lkd.models.transfer import LayerMapError
-from lkd.modules.lm import CausalLMModule, LMDistillModule, VocabularyMismatchError
+from lkd.modules import CausalLMModule, LMDistillModule, VocabularyMismatchError
 from lkd.schedules import lr_factor
 from lkd.teacher import Teacher
 from tests.lm_fixtures import VOCAB, WIKITEXT_CONFIG, _one_torch_thread, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
@@ -70,12 +72,12 @@ def test_layer_map_is_zero_based_for_hidden_states_and_attentions():
     with torch.no_grad():
         t_out = module.teacher(input_ids=ids, output_hidden_states=True, output_attentions=True)
         s_out = module.student(input_ids=ids, output_hidden_states=True, output_attentions=True)
-        t_feats, s_feats = module.teacher_features(t_out), module.student_features(s_out)
+        t_feats, s_feats = module.projections.teacher_features(t_out), module.projections.student_features(s_out)
     assert len(t_feats["layer"]) == len(s_feats["layer"]) == len(t_feats["attention"]) == len(s_feats["attention"]) == 4
     for j, t in enumerate(layer_map):
         assert torch.equal(t_feats["layer"][j], t_out.hidden_states[t + 1]), j
         assert torch.equal(t_feats["attention"][j], t_out.attentions[t]), j
-        torch.testing.assert_close(s_feats["layer"][j], module.projections["layer"][j](s_out.hidden_states[j + 1]))
+        torch.testing.assert_close(s_feats["layer"][j], module.projections.layer[j](s_out.hidden_states[j + 1]))
         assert torch.equal(s_feats["attention"][j], s_out.attentions[j]), j
 
 
@@ -135,23 +137,43 @@ def test_routed_step_trains_student_router_and_projections_not_teacher(tiny_wiki
 
 
 def test_routed_step_sends_each_objective_to_its_own_side():
-    """L = Σ w_i L_i(student, sg[routed teacher]) + L_router(sg[student], routed teacher): the student's part
-    moves only the student and its projections, the router's part only the router."""
-    module = distill(router=StudentAwareRouter(), router_top_k=3, router_temperature=0.5,
-                     loss_weights={"kl": 0.7, "feature": 0.1, "layer": 0.1, "attention": 0.05, "contrastive": 0.05})
+    """L = Σ w_i L_i(student, sg[routed teacher]) + L_router(sg[student], routed teacher). The step computes one loss
+    table between the student and the routed teacher (its gradient reaches the student through the student's features
+    and the router through the teacher's): the gradient on every parameter equals that of the two objectives computed
+    apart, and L_router's own part (the routed teacher's CE) moves only the router."""
+    weights = {"kl": 0.7, "feature": 0.1, "layer": 0.1, "attention": 0.05, "contrastive": 0.05}
+    module = distill(router=StudentAwareRouter(), router_top_k=3, router_temperature=0.5, loss_weights=weights)
     ids = torch.randint(0, VOCAB, (2, 8))
     out = module.step({"input_ids": ids, "sample_id": torch.arange(2)}, "train")
     student_loss, router_loss = out.logged_loss, out.terms["router_loss"]
     torch.testing.assert_close(out.loss, student_loss + router_loss)
     sides = {"student": list(module.student.parameters()), "projections": list(module.projections.parameters()),
              "router": list(module.router.parameters())}
+    params = [p for ps in sides.values() for p in ps]
+
+    def grads(loss) -> list:
+        return torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
 
     def reached(loss) -> set[str]:
         names = [n for n, ps in sides.items() for _ in ps]
-        grads = torch.autograd.grad(loss, [p for ps in sides.values() for p in ps], retain_graph=True, allow_unused=True)
-        return {n for n, g in zip(names, grads) if g is not None and g.abs().sum() > 0}
+        return {n for n, g in zip(names, grads(loss)) if g is not None and g.abs().sum() > 0}
 
-    assert reached(student_loss) == {"student", "projections"}
+    # the reference: the same forwards, the two objectives apart (lkd.losses.lm, lkd.losses.routing)
+    routed, tau = module.routed_teacher, module.contrastive_temperature
+    s_out = module.student(input_ids=ids, output_hidden_states=True, output_attentions=True)
+    student = module.projections.student_features(s_out)
+    ctx = routed.context(s_out, {"logits": routed.native(ids, "train").logits})
+    (t_out,), _ = routed.passes(ids, ctx, "train", learns=True, hidden=True, attentions=True)
+    teacher = module.projections.teacher_features(t_out)
+    sg = lambda feats: {k: [x.detach() for x in v] if isinstance(v, list) else v.detach() for k, v in feats.items()}  # noqa: E731
+    student_part, _ = combine_losses(lm_loss_terms(student, sg(teacher), ids, weights, temperature=module.temperature,
+                                                   contrastive_temperature=tau), weights)
+    router_part = router_objective(lm_loss_terms(sg(student), teacher, ids, weights, temperature=module.temperature,
+                                                 contrastive_temperature=tau), weights,
+                                   lm_cross_entropy(teacher["logits"], ids), lm_weight=routed.lm_weight)
+    for name, got, want in zip([n for n, ps in sides.items() for _ in ps], grads(out.loss), grads(student_part + router_part)):
+        torch.testing.assert_close(got, want, msg=name)
+    assert reached(student_part) == {"student", "projections"} and reached(router_part) == {"router"}
     assert reached(router_loss) == {"router"}
     assert not any(p.requires_grad for p in module.teacher.parameters())
 

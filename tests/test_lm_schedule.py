@@ -70,11 +70,24 @@ class Record(Callback):
         self.seen, self.stop_at = {}, stop_at
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # runs after RoutingSchedule's (listed first)
-        self.seen[trainer.global_step] = (pl_module.router_top_k, round(pl_module.router_temperature, 6))
+        self.seen[trainer.global_step] = (pl_module.routed_teacher.top_k, round(pl_module.routed_teacher.temperature, 6))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.stop_at is not None and trainer.global_step >= self.stop_at:
             trainer.should_stop = True
+
+
+def test_the_schedule_reaches_the_routing_through_set_schedule():
+    """RoutingSchedule acts through RoutedTeacher.set_schedule (checked values), not by writing module attributes."""
+    module = LMDistillModule(tiny_student(), Teacher(tiny_teacher()), tokenizer="bytes", router=StudentAwareRouter())
+    routed = module.routed_teacher
+    assert (routed.top_k, routed.temperature) == (2, 1.0)  # the teacher's own top-k, τ = 1 until a schedule drives them
+    routed.set_schedule(4, 0.5)
+    assert (routed.top_k, routed.temperature) == (4, 0.5)
+    with pytest.raises(ValueError, match=r"router top-k must be in \[1, 8\].*got 9"):
+        routed.set_schedule(9, 0.5)
+    with pytest.raises(ValueError, match="router temperature must be > 0, got 0"):
+        routed.set_schedule(2, 0.0)
 
 
 def test_state_dict_round_trip():

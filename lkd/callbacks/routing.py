@@ -15,7 +15,8 @@ from lkd.callbacks.figures import tensorboard_loggers
 
 
 class RoutingSchedule(Callback):
-    """Drives ``router_top_k`` and ``router_temperature`` of an :class:`lkd.modules.LMDistillModule`.
+    """Drives the top-k and temperature of an :class:`lkd.modules.LMDistillModule`'s student-aware routing, through
+    :meth:`lkd.modules.routed_teacher.RoutedTeacher.set_schedule` (its ``routed_teacher``).
 
     Over ``total_steps`` optimizer steps (``trainer.global_step``, right under gradient accumulation;
     default ``trainer.estimated_stepping_batches``) the progress ``p = step / total`` follows ``mode``
@@ -24,7 +25,7 @@ class RoutingSchedule(Callback):
         top_k(p) = min(end_top_k, start_top_k + ⌊p · (end_top_k − start_top_k + 1)⌋)   (each k an equal share)
         τ(p)     = start_temperature + p · (end_temperature − start_temperature)
 
-    The values are set on the module before every training batch and logged as ``router/top_k`` and
+    The values are set before every training batch and logged as ``router/top_k`` and
     ``router/temperature``. With a TensorBoard logger the whole planned schedule is also drawn as a
     ``router/schedule`` figure (top-k and τ against the step, a line at the current step) at the start of
     training, every ``figure_every_n_steps`` steps and at the end. The total step count is saved in ``state_dict``, so a resumed run follows the
@@ -85,18 +86,19 @@ class RoutingSchedule(Callback):
     # ---- hooks --------------------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if getattr(pl_module, "router", None) is None:
+        routed = getattr(pl_module, "routed_teacher", None)
+        if routed is None:
             raise ValueError(
                 f"RoutingSchedule needs a module with a router, {type(pl_module).__name__} has none. HINT: give "
                 "model.init_args.router (StudentAwareRouter) or drop the callback for plain distillation"
             )
-        mode = getattr(pl_module.router, "mode", "student_aware")
+        mode = routed.router.mode
         if mode != "student_aware":
             raise ValueError(
                 f"RoutingSchedule drives the top-k and temperature of the student_aware router, but the router's mode is "
                 f"{mode!r}, which has neither. HINT: drop the callback, or use lkd.models.router.StudentAwareRouter"
             )
-        experts = getattr(pl_module, "teacher_num_experts", None)
+        experts = routed.num_experts
         if self.end_top_k is None:
             self.end_top_k = experts
         if experts is not None and max(self.start_top_k, self.end_top_k) > experts:
@@ -114,7 +116,7 @@ class RoutingSchedule(Callback):
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         k, tau = self.values(trainer.global_step)
-        pl_module.router_top_k, pl_module.router_temperature = k, tau
+        pl_module.routed_teacher.set_schedule(k, tau)
         if trainer.global_step != self.last_step:
             self.last_step = trainer.global_step
             pl_module.log_dict({"router/top_k": float(k), "router/temperature": tau}, on_step=True, on_epoch=False)

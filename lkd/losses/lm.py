@@ -27,7 +27,7 @@ DEFAULT_LOSS_WEIGHTS = {"kl": 0.7, "feature": 0.1, "attention": 0.1, "layer": 0.
 
 __all__ = [
     "ALL_LOSS_NAMES", "DEFAULT_LOSS_WEIGHTS", "LOSS_NAMES", "attention_transfer_loss", "combine_losses", "lm_cross_entropy",
-    "lm_loss_terms", "predicted_mask", "token_logprobs", "validate_loss_weights",
+    "lm_loss_terms", "mean_tables", "next_token_nll", "predicted_mask", "token_logprobs", "validate_loss_weights",
 ]
 
 
@@ -65,6 +65,20 @@ def predicted_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """
     positions = repeat(torch.arange(width, device=lengths.device), "l -> b l", b=lengths.shape[0])
     return ((positions >= 1) & (positions < lengths[:, None])).float()
+
+
+def next_token_nll(model: Mapping[str, torch.Tensor], input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A model's mean next-token NLL from its features: :func:`lm_cross_entropy` of its ``logits`` over full blocks
+    (``mask`` None), or over right-padded blocks −Σ ``token_logprobs`` · mask / Σ mask (mask: :func:`predicted_mask`).
+
+    Args:
+        model: ``{"logits": (B, L, V)}`` or ``{"token_logprobs": (B, L)}`` (:func:`token_logprobs`).
+        input_ids: (B, L).
+        mask: (B, L) the positions with a prediction, or None.
+    """
+    if mask is None:
+        return lm_cross_entropy(model["logits"], input_ids)
+    return -(model["token_logprobs"] * mask).sum() / mask.sum().clamp_min(1)
 
 
 def attention_transfer_loss(student_attentions: Sequence[torch.Tensor], teacher_attentions: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -160,3 +174,11 @@ def lm_loss_terms(student: Mapping[str, object], teacher: Mapping[str, object], 
     if w.get("contrastive", 0) > 0:
         terms["contrastive"] = contrastive_loss(mean_pool(student["feature"]), mean_pool(teacher["feature"]), contrastive_temperature)
     return terms
+
+
+def mean_tables(tables: Sequence[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]) -> tuple[dict, dict]:
+    """Loss tables ``(terms, logs)`` averaged name by name over teacher passes (Knowledge Augmentation's repeats)."""
+    if len(tables) == 1:
+        return tables[0]
+    mean = lambda dicts: {k: torch.stack([d[k] for d in dicts]).mean() for k in dicts[0]}  # noqa: E731
+    return mean([t for t, _ in tables]), mean([lg for _, lg in tables])

@@ -7,31 +7,36 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from lkd.losses.lm import combine_losses, lm_cross_entropy, lm_loss_terms
 
+def router_objective(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float], routed_teacher_ce: torch.Tensor, *,
+                     lm_weight: float, balance: torch.Tensor | None = None, balance_weight: float = 0.0) -> torch.Tensor:
+    """What trains a routing over the teacher's experts, the student held fixed (one shape for one tokenizer or two):
 
-def router_objective(student: Mapping[str, object], routed_teacher: Mapping[str, object], input_ids: torch.Tensor,
-                     weights: Mapping[str, float], *, lm_weight: float, temperature: float,
-                     contrastive_temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """What trains a router over the teacher's experts (the student is held fixed):
+        L_router = Σ_{i ≠ ce} w_i L_i(sg[student], routed teacher) + λ · CE(routed teacher, x_{t+1}) + β · L_bal
 
-        L_router = Σ_i w_i L_i(sg[student], routed teacher) + λ · CE(routed teacher, x_{t+1})
-
-    The first part moves the routing toward targets the student can follow; the second keeps the routed
-    teacher a good language model, so the router cannot simply bend the teacher toward the student.
+    The first part moves the routing toward targets the student can follow; the second keeps the routed teacher a
+    good language model, so the router cannot simply bend the teacher toward the student; the third keeps the experts
+    in use (:func:`load_balance_loss`; SAR's 0.01 in Wang et al. 2025, arXiv:2502.12947). ``ce``, the student's own
+    next-token loss, says nothing about the routing and is left out.
 
     Args:
-        student: the student's features (:func:`lm_loss_terms`); detached here (sg), so no gradient reaches the student.
-        routed_teacher: the routed teacher's features, with gradient to the router.
+        terms: the distillation loss table L_i between the student and the routed teacher, unweighted
+            (:func:`lkd.losses.lm.lm_loss_terms` or :func:`lkd.losses.cross_tokenizer.cross_tokenizer_loss_terms` of
+            sg[student]; detached where the same table's gradient already reaches the routing).
+        weights: ``{name: w >= 0}``; every name but ``ce`` with a non-zero weight must be in ``terms``.
+        routed_teacher_ce: 0-d, the routed teacher's own next-token loss CE.
         lm_weight: λ >= 0.
+        balance: 0-d L_bal, or None (no balance term).
+        balance_weight: β >= 0.
     Returns:
-        (L_router, the routed teacher's own next-token loss CE).
+        0-d L_router.
     """
-    student = {k: [x.detach() for x in v] if isinstance(v, (list, tuple)) else v.detach() for k, v in student.items()}  # sg
-    distill, _ = combine_losses(lm_loss_terms(student, routed_teacher, input_ids, weights, temperature=temperature,
-                                              contrastive_temperature=contrastive_temperature), weights)
-    teacher_ce = lm_cross_entropy(routed_teacher["logits"], input_ids)
-    return distill + lm_weight * teacher_ce, teacher_ce
+    active = {k: w for k, w in weights.items() if k != "ce" and w > 0}
+    missing = sorted(set(active) - set(terms))
+    if missing:
+        raise KeyError(f"router objective: loss terms {missing} have a weight but were not computed (computed: {sorted(terms)})")
+    loss = sum(w * terms[k] for k, w in active.items()) + lm_weight * routed_teacher_ce  # 0 + CE when only ce is weighted
+    return loss if balance is None else loss + balance_weight * balance
 
 
 def load_balance_loss(router_probs: Sequence[torch.Tensor], top_k: int) -> torch.Tensor:

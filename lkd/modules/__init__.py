@@ -2,8 +2,9 @@
 
 from lkd.modules.base import LKDModule, NonFiniteLossError, StepOutput
 from lkd.modules.glue import GLUEClassifierModule, GLUEDistillModule
-from lkd.modules.lm import CausalLMModule, LMDistillModule, VocabularyMismatchError
+from lkd.modules.lm import CausalLMModule, LMDistillModule
 from lkd.modules.mnist import ClassifierModule, DistillModule
+from lkd.modules.tokenizer_pairs import VocabularyMismatchError
 
 __all__ = ["CausalLMModule", "ClassifierModule", "DistillModule", "GLUEClassifierModule", "GLUEDistillModule", "LKDModule",
            "LMDistillModule", "NonFiniteLossError", "StepOutput", "VocabularyMismatchError"]

@@ -109,6 +109,9 @@ class LKDModule(pl.LightningModule):
         min_lr_ratio: ``linear`` / ``cosine`` end at this fraction of each group's learning rate.
     """
 
+    num_classes: int | None = None
+    """Classes of a classification track (its module sets it, linked from the data); None: not a classifier."""
+
     def __init__(self, optimizer: OptimizerCallable = torch.optim.AdamW, lr_schedule: ScheduleName = "cosine",
                  warmup: float = 0.0, min_lr_ratio: float = 0.0):
         super().__init__()
@@ -263,7 +266,7 @@ class LKDModule(pl.LightningModule):
             self.prepare_teacher(stage)
             if stage == "fit" and self._trainer is not None:
                 self.teacher.check_fits(self.student, self.trainer)
-                self.teacher.attach_cache(self, datamodule, self.trainer, num_classes=getattr(self, "num_classes", None))
+                self.teacher.attach_cache(self, datamodule, self.trainer, num_classes=self.num_classes)
 
     def _sync_dkvb_codebooks(self) -> None:
         """Every DKVB this module holds gets a codebook EMA synced across processes (multi-process runs).
@@ -280,7 +283,7 @@ class LKDModule(pl.LightningModule):
     def prepare_teacher(self, stage: str = "fit") -> None:
         """Load the teacher's checkpoint and hold it in its dtype; before any step, so a missing or mismatched
         teacher fails before training (a resumed run then restores the identical teacher from its own checkpoint)."""
-        self.teacher.load(num_classes=getattr(self, "num_classes", None))
+        self.teacher.load(num_classes=self.num_classes)
         self.teacher.check_trained_for(**self.teacher_expectations())
         self.before_teacher_hold(stage)
         self.teacher.hold()
