@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from lkd.data import MNISTDataModule
+from lkd.data.mnist import balanced_labelled_rows
 from lkd.data.transforms import random_shift
+from lkd.losses import UNLABELLED
 from tests.conftest import SHARED_DATA
 
 
@@ -80,11 +82,63 @@ def test_random_shift_moves_pixels_within_bounds():
         ({"val_size": -1}, r"val_size must be >= 0, got -1"),
         ({"classes": []}, "at least one class"),
         ({"classes": [1, 1]}, "must not repeat"),
+        ({"labelled_size": 0}, r"labelled_size must be in 1..train_size=55000 or null .*, got 0"),
+        ({"train_size": 100, "labelled_size": 101}, r"labelled_size must be in 1..train_size=100 .*, got 101"),
+        ({"unlabelled": "keep"}, r"unlabelled must be 'transfer' .* or 'drop', got 'keep'"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MNISTDataModule("ylecun/mnist", **kwargs)
+
+
+def test_few_labels_keep_every_row_and_label_a_balanced_seeded_choice(tiny_mnist):
+    full = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, seed=4)
+    few = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, seed=4, labelled_size=53)
+    for dm in (full, few):
+        dm.setup("fit")
+    train, reference = few.datasets["train"], full.datasets["train"]
+    # the transfer set: same rows, images and ids as with every label; 53 labels kept, the rest UNLABELLED
+    assert torch.equal(train.sample_ids, reference.sample_ids) and torch.equal(train.images, reference.images)
+    kept = train.labels != UNLABELLED
+    assert int(kept.sum()) == 53 and torch.equal(train.labels[kept], reference.labels[kept])
+    assert sorted(torch.bincount(train.labels[kept], minlength=10).tolist()) == [5] * 7 + [6] * 3  # 53 = 10 x 5 + 3
+    # val and test keep every label; label-free fitting still sees every training image
+    for split in ("val", "test"):
+        assert torch.equal(few.datasets[split].labels, full.datasets[split].labels)
+    assert torch.equal(few.unlabelled_train_images(), full.unlabelled_train_images())
+    # the teacher cache keys the same 500 rows (their labels are part of what it checks)
+    assert torch.equal(few.cache_sample_ids("train"), full.cache_sample_ids("train"))
+    assert few.cache_identity("train").content_sha256 != full.cache_identity("train").content_sha256
+    # seeded: the same seed picks the same rows, another seed others
+    again = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, seed=4, labelled_size=53)
+    other = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, seed=5, labelled_size=53)
+    for dm in (again, other):
+        dm.setup("fit")
+    assert torch.equal(again.datasets["train"].labels, train.labels)
+    labelled_ids = set(train.sample_ids[kept].tolist())
+    assert set(other.datasets["train"].sample_ids[other.datasets["train"].labels != UNLABELLED].tolist()) != labelled_ids
+
+
+def test_few_labels_drop_keeps_exactly_the_labelled_rows(tiny_mnist):
+    transfer = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, labelled_size=40, batch_size=16)
+    drop = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, labelled_size=40, unlabelled="drop", batch_size=16)
+    for dm in (transfer, drop):
+        dm.setup("fit")
+    kept = transfer.datasets["train"].labels != UNLABELLED
+    dropped = drop.datasets["train"]
+    assert len(dropped) == 40 and torch.equal(dropped.sample_ids, transfer.datasets["train"].sample_ids[kept])
+    assert torch.equal(dropped.labels, transfer.datasets["train"].labels[kept]) and (dropped.labels >= 0).all()
+    assert sum(len(batch[1]) for batch in drop.train_dataloader()) == 40
+
+
+def test_balanced_labelled_rows_spreads_the_remainder_and_names_a_short_class():
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 2)
+    keep = balanced_labelled_rows(labels, 7, num_classes=3, seed=0)
+    assert torch.bincount(labels[keep], minlength=3).tolist() == [3, 2, 2]
+    assert torch.equal(keep, balanced_labelled_rows(labels, 7, num_classes=3, seed=0))
+    with pytest.raises(ValueError, match=r"class 2: 2 rows for a quota of 3.*HINT: lower labelled_size"):
+        balanced_labelled_rows(labels, 9, num_classes=3, seed=0)
 
 
 def test_unknown_class_is_named(tiny_mnist):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Sequence
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -16,6 +17,7 @@ from typing_extensions import override
 from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
 from lkd.hub import load_hub_dataset
 from lkd.data.transforms import normalize_uint8, random_shift
+from lkd.losses import UNLABELLED
 
 
 class TensorBatches(Dataset):
@@ -65,6 +67,34 @@ class SeededRandomSampler(Sampler[int]):
         return iter(torch.randperm(self.num_samples, generator=generator).tolist())
 
 
+def balanced_labelled_rows(labels: torch.Tensor, size: int, num_classes: int, seed: int) -> torch.Tensor:
+    """(N,) bool: ``size`` rows that keep their label, as even across classes as the counts allow.
+
+    Every class gets ``size // num_classes`` rows, the first ``size % num_classes`` classes one more; within a
+    class the rows are a seeded random choice, so the same ``(labels, size, seed)`` always picks the same rows.
+
+    Args:
+        labels: (N,) class ids in [0, num_classes).
+        size: rows to keep labelled, 1..N.
+    """
+    if not 0 < size <= len(labels):
+        raise ValueError(f"labelled_size must be in 1..{len(labels)} (the training rows), got {size}")
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    short = []
+    for c in range(num_classes):
+        quota = size // num_classes + (c < size % num_classes)
+        rows = (labels == c).nonzero().squeeze(1)  # (n_c,) rows of class c
+        if len(rows) < quota:
+            short.append(f"class {c}: {len(rows)} rows for a quota of {quota}")
+            continue
+        keep[rows[torch.randperm(len(rows), generator=generator)[:quota]]] = True
+    if short:
+        raise ValueError(f"labelled_size={size} asks for more labelled rows of some classes than the training split has "
+                         f"({'; '.join(short)}). HINT: lower labelled_size or raise train_size")
+    return keep
+
+
 @functools.lru_cache(maxsize=2)
 def decoded_splits(hub_id: str, config: str | None) -> tuple[tuple[str, ...], tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Class names and the decoded ``(images uint8 (N, 28, 28), labels long (N,))`` of the train and test splits.
@@ -93,6 +123,14 @@ class MNISTDataModule(pl.LightningDataModule):
     Label mapping with ``classes``: the digit ``classes[i]`` gets label ``i`` (order as given), so a model
     has ``len(classes)`` outputs. Without ``classes`` labels are the digits.
 
+    Few labels (``labelled_size``): only that many training rows keep their label (a seeded choice, balanced
+    per class: :func:`balanced_labelled_rows`); the other training rows are either kept with the label
+    :data:`lkd.losses.UNLABELLED` (``unlabelled="transfer"``: Hinton et al.'s transfer set, which a
+    distillation module labels with the teacher's soft targets) or dropped (``unlabelled="drop"``: the
+    student trained alone on the labelled rows only). The choice of labelled rows does not depend on
+    ``unlabelled``, so a ``"drop"`` run trains on exactly the labelled rows of the ``"transfer"`` run with the
+    same seed. Validation and test keep every label.
+
     Batches are ``(images, labels, sample_ids)``: images normalised float (B, 1, 28, 28), labels long (B,),
     ``sample_ids`` (B,) long: each image's row in the hub split it came from (train/val: the hub train
     split, test: the hub test split), the key of :mod:`lkd.cache`. Training batches are augmented on the
@@ -105,12 +143,16 @@ class MNISTDataModule(pl.LightningDataModule):
         config: ``datasets`` config name.
         train_size: images for training, from the hub train split.
         val_size: images for validation, from the rest of the hub train split.
-        seed: seed of the train / val permutation.
+        seed: seed of the train / val permutation and of the choice of labelled rows.
         classes: digits to keep (None keeps all).
         batch_size: training batch size.
         eval_batch_size: batch size for val / test / predict.
         max_shift: random translation in pixels for training batches (0 = no augmentation).
         num_workers: DataLoader workers (the data is in memory, 0 is usually fastest).
+        labelled_size: training rows that keep their label (None: all of them).
+        unlabelled: what becomes of the other training rows with ``labelled_size``: ``"transfer"`` keeps them
+            labelled :data:`~lkd.losses.UNLABELLED` (for distillation), ``"drop"`` removes them (for a
+            classifier trained alone, which refuses unlabelled rows).
     """
 
     def __init__(
@@ -126,6 +168,8 @@ class MNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1000,
         max_shift: int = 0,
         num_workers: int = 0,
+        labelled_size: int | None = None,
+        unlabelled: Literal["transfer", "drop"] = "transfer",
     ):
         super().__init__()
         problems = []
@@ -136,6 +180,11 @@ class MNISTDataModule(pl.LightningDataModule):
             problems.append(f"val_size must be >= 0, got {val_size}")
         if max_shift < 0:
             problems.append(f"max_shift must be >= 0 pixels, got {max_shift}")
+        if labelled_size is not None and not 0 < labelled_size <= train_size:
+            problems.append(f"labelled_size must be in 1..train_size={train_size} or null (every row labelled), got {labelled_size}")
+        if unlabelled not in ("transfer", "drop"):
+            problems.append(f"unlabelled must be 'transfer' (rows kept with label {UNLABELLED}, for distillation) or 'drop', "
+                            f"got {unlabelled!r}")
         if classes is not None:
             if len(classes) == 0:
                 problems.append("classes must name at least one class, got an empty list")
@@ -148,6 +197,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.classes = list(classes) if classes is not None else None
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_shift, self.num_workers = max_shift, num_workers
+        self.labelled_size, self.unlabelled = labelled_size, unlabelled
         self.class_names: list[str] = []
         self.datasets: dict[str, TensorBatches] = {}
         self.augmented_batches = 0  # drives the augmentation seed; saved in checkpoints for exact resume
@@ -186,8 +236,17 @@ class MNISTDataModule(pl.LightningDataModule):
         for name, idx in parts.items():
             self.datasets[name] = self._subset(train_images[idx], train_labels[idx], name, sample_ids=idx)
         self.datasets["test"] = self._subset(test_images, test_labels, "test", sample_ids=torch.arange(len(test_labels)))
+        if self.labelled_size is not None:
+            self.datasets["train"] = self._few_labels(self.datasets["train"])
         counts = {name: dict(sorted(Counter(ds.labels.tolist()).items())) for name, ds in self.datasets.items()}
         rank_zero_info(f"MNISTDataModule per-class counts (label: count): {counts}")
+
+    def _few_labels(self, train: TensorBatches) -> TensorBatches:
+        """The train split with only ``labelled_size`` rows labelled; the rest UNLABELLED or dropped."""
+        keep = balanced_labelled_rows(train.labels, self.labelled_size, self.num_classes, self.seed)  # (N,) bool
+        if self.unlabelled == "drop":
+            return TensorBatches(train.images[keep], train.labels[keep], train.sample_ids[keep])
+        return TensorBatches(train.images, train.labels.masked_fill(~keep, UNLABELLED), train.sample_ids)
 
     def unlabelled_train_images(self) -> torch.Tensor:
         """Every image of the train part (all digits, whatever ``classes`` says), normalised (N, 1, 28, 28).

@@ -13,7 +13,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lkd.losses import hinton_kd_loss
+from lkd.losses import UNLABELLED, hinton_kd_loss, labelled_rows
 from lkd.losses.kd import kd_problems
 from lkd.modules.base import LKDModule, StepOutput
 from lkd.schedules import ScheduleName
@@ -27,10 +27,17 @@ ModelFactory = Callable[[int], nn.Module]
 class MNISTModule(LKDModule):
     """What the MNIST modules share: ``(images, labels, sample_ids)`` batches, ``{stage}/acc``, a label check.
 
+    Training rows labelled :data:`lkd.losses.UNLABELLED` (a transfer set: ``MNISTDataModule(labelled_size=...)``)
+    are accepted by modules with ``accepts_unlabelled`` (distillation: the teacher labels them) and left out of
+    ``train/acc``; validation and test rows must all carry labels.
+
     Args:
         num_classes: number of classes (linked from ``data.num_classes`` by the CLI).
         optimizer, lr_schedule: see :class:`lkd.modules.base.LKDModule` (default: Adam, one-cycle).
     """
+
+    accepts_unlabelled = False
+    """Whether training rows may be :data:`~lkd.losses.UNLABELLED` (only a module with a teacher can use them)."""
 
     def __init__(self, num_classes: int = 10, optimizer: OptimizerCallable = torch.optim.Adam,
                  lr_schedule: ScheduleName = "onecycle"):
@@ -71,9 +78,12 @@ class MNISTModule(LKDModule):
         self._check_labels(labels, stage)
         logits = self.network(images)  # (B, C)
         loss, terms = self.loss(batch, logits, stage)
-        preds = logits.detach().argmax(dim=-1)
-        return StepOutput(loss, len(labels), terms, metric_args=(logits.detach(), labels),
-                          outputs={"preds": preds, "labels": labels})
+        scored, scored_labels = logits.detach(), labels
+        if stage == "train" and not (keep := labelled_rows(labels)).all():  # transfer-set rows: no label to score
+            scored, scored_labels = scored[keep], labels[keep]
+        preds = scored.argmax(dim=-1)
+        metric_args = (scored, scored_labels) if len(scored_labels) else ()  # a batch of transfer rows only: nothing to score
+        return StepOutput(loss, len(labels), terms, metric_args=metric_args, outputs={"preds": preds, "labels": scored_labels})
 
     @override
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -81,6 +91,15 @@ class MNISTModule(LKDModule):
         return self.classify(images).argmax(dim=-1)
 
     def _check_labels(self, labels: torch.Tensor, stage: str) -> None:
+        if stage == "train" and (labels == UNLABELLED).any():
+            if not self.accepts_unlabelled:
+                raise ValueError(
+                    f"{type(self).__name__} got {int((labels == UNLABELLED).sum())} training rows without labels "
+                    f"(label {UNLABELLED}: a transfer set, data.init_args.labelled_size with unlabelled: transfer), which only "
+                    "a teacher can label; training alone would have nothing to learn from them. HINT: set "
+                    "data.init_args.unlabelled: drop to train on the labelled rows alone, or distil with DistillModule"
+                )
+            labels = labels[labels != UNLABELLED]
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = labels[(labels < 0) | (labels >= self.num_classes)].unique().tolist()
             raise ValueError(
@@ -124,6 +143,9 @@ class ClassifierModule(MNISTModule):
 class DistillModule(MNISTModule):
     """Trains ``student`` on ``alpha · T² · KL(teacher ‖ student) + (1 − alpha) · CE``.
 
+    Training rows labelled :data:`lkd.losses.UNLABELLED` (a transfer set) get the KL term only; the CE is the
+    mean over the batch's labelled rows (:func:`lkd.losses.hinton_kd_loss`).
+
     The teacher (:class:`lkd.teacher.Teacher`: architecture, checkpoint, dtype, offload, cache) is loaded in
     ``setup`` and frozen for the whole run. Validation and test report the student; ``val/teacher_acc`` is
     logged once per epoch for reference. With ``teacher.cache`` the teacher's logits for training and
@@ -137,6 +159,8 @@ class DistillModule(MNISTModule):
         alpha: weight of the soft (KL) term in [0, 1]; 1 − alpha weights the cross-entropy.
         optimizer, lr_schedule: see :class:`MNISTModule`.
     """
+
+    accepts_unlabelled = True
 
     def __init__(self, student: ModelFactory, teacher: Teacher, num_classes: int = 10, temperature: float = 4.0,
                  alpha: float = 0.9, optimizer: OptimizerCallable = torch.optim.Adam, lr_schedule: ScheduleName = "onecycle"):
