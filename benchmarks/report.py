@@ -263,10 +263,14 @@ TIMES = {"format": RATIO}
 SUMMARY = (
     SummaryRow(
         "MNIST", "docs/mnist.md", "MNIST distillation",
-        "teacher {teacher} % test ({teacher_params} params); student ({params} params, {share} of the teacher's) "
-        "alone {alone} %, distilled from the teacher cache {kd} %, {speed} the teacher's CPU inference speed; a "
-        "cached-teacher epoch takes {cached} a student-only one (live teacher {live})",
-        {"teacher": in_row("mnist_kd", "test_acc", model="teacher", spec=SEEDS_PERCENT),
+        "with 1,000 labels and the teacher labelling the other 54,000 images (the demo): student alone {few_alone} %, "
+        "distilled {few_kd} % (teacher {few_teacher} %); with all labels: teacher {teacher} % ({teacher_params} params), "
+        "student ({params} params, {share} of the teacher's) alone {alone} %, distilled {kd} %, {speed} the teacher's CPU "
+        "inference speed; a cached-teacher epoch takes {cached} a student-only one (live teacher {live})",
+        {"few_alone": in_row("mnist_kd_few_labels", "test_acc", model="student_scratch", spec=SEEDS_PERCENT),
+         "few_kd": in_row("mnist_kd_few_labels", "test_acc", model="student_kd", spec=SEEDS_PERCENT),
+         "few_teacher": in_row("mnist_kd_few_labels", "test_acc", model="teacher", spec=SEEDS_PERCENT),
+         "teacher": in_row("mnist_kd", "test_acc", model="teacher", spec=SEEDS_PERCENT),
          "teacher_params": in_row("mnist_kd", "params", model="teacher", spec={"format": "{:,}"}),
          "params": in_row("mnist_kd", "params", model="student_kd", spec={"format": "{:,}"}),
          "share": in_row("mnist_kd", "params_vs_teacher", model="student_kd", spec={"format": "{:.3f}"}),
