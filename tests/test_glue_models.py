@@ -272,3 +272,18 @@ def test_teacher_settings_from_command_line_overrides(tmp_path, monkeypatch, tin
     assert (cli.model.student.hidden_size, cli.model.student.num_layers) == (32, 3)
     cli.model.setup("fit")  # no checkpoint to load: the teacher keeps its built weights, held in bfloat16
     assert teacher.weight_dtype == torch.bfloat16
+
+
+def test_a_batch_of_transfer_rows_only_trains_without_scoring():
+    """A training batch made only of transfer-set copies (every label UNLABELLED) gets the soft term and leaves the
+    train metrics untouched (it crashed torchmetrics with an empty update)."""
+    from lkd.losses import UNLABELLED
+
+    module = GLUEDistillModule(factory(layers=[0, 2, 5]), teacher(), task="sst2")
+    module.setup("fit")
+    ids = torch.randint(5, 100, (4, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full((4,), UNLABELLED),
+             "idx": torch.arange(4)}
+    out = module._shared_step(batch, "train")
+    assert torch.isfinite(out.loss) and out.loss > 0
+    assert module.train_metrics["acc"].update_count == 0

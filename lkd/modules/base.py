@@ -170,8 +170,8 @@ class LKDModule(pl.LightningModule):
         else:
             for name, value in values.items():
                 self.log(f"{stage}/{name}", value, prog_bar=name == "loss", on_step=False, on_epoch=True, batch_size=out.batch_size)
-        if out.metric_args:
-            getattr(self, f"{stage}_metrics").update(*out.metric_args)
+        if out.metric_args and all(not isinstance(a, torch.Tensor) or a.numel() for a in out.metric_args):  # a batch of
+            getattr(self, f"{stage}_metrics").update(*out.metric_args)  # transfer-set rows only has no label to score
         return out
 
     # Training values the lean way: a `self.log` call costs about a millisecond of Python, so every step only adds
