@@ -11,12 +11,13 @@ import lightning.pytorch as pl
 import torch
 from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
-from lkd.hub import load_hub_dataset
+from lkd.data.samplers import SeededRandomSampler
 from lkd.data.transforms import normalize_uint8, random_shift
+from lkd.hub import load_hub_dataset
 from lkd.losses import UNLABELLED
 
 
@@ -43,28 +44,6 @@ class TensorBatches(Dataset):
 
 def _identity(batch):
     return batch
-
-
-class SeededRandomSampler(Sampler[int]):
-    """A fresh permutation every epoch, seeded by ``seed + epoch``.
-
-    Lightning calls ``set_epoch`` at each epoch start (as for ``DistributedSampler``), so the order of an
-    epoch does not depend on how much randomness earlier epochs used: a run resumed from a checkpoint
-    sees the same batches as an uninterrupted one.
-    """
-
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
 
 
 def balanced_labelled_rows(labels: torch.Tensor, size: int, num_classes: int, seed: int) -> torch.Tensor:

@@ -6,10 +6,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.utils.data import Sampler
 
-from lkd.data.mnist import SeededRandomSampler
 
-__all__ = ["LengthGroupedSampler", "SeededRandomSampler"]
+class SeededRandomSampler(Sampler[int]):
+    """A fresh permutation every epoch, seeded by ``seed + epoch``.
+
+    Lightning calls ``set_epoch`` at each epoch start (as for ``DistributedSampler``), so the order of an
+    epoch does not depend on how much randomness earlier epochs used: a run resumed from a checkpoint
+    sees the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
 
 
 class LengthGroupedSampler(SeededRandomSampler):
