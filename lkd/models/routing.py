@@ -145,7 +145,7 @@ class Routing(nn.Module):
     module must provide: ``needs_student`` (a :class:`RoutingContext` with the student's hidden states and
     the gap features: one extra teacher forward with its own routing first), ``repeats`` (teacher passes per
     training batch, whose losses are averaged). A routing with parameters that require grad is trained by
-    the module's router objective (:func:`lkd.losses.lm.router_objective`).
+    the module's router objective (:func:`lkd.losses.routing.router_objective`).
     """
 
     mode: ClassVar[str] = ""

@@ -203,7 +203,7 @@ class LMDistillModule(LMModule):
         self.loss_weights = w = validate_loss_weights(DEFAULT_LOSS_WEIGHTS if loss_weights is None else loss_weights)
         temperatures = {"temperature": temperature, "contrastive_temperature": contrastive_temperature, "alm_temperature": alm_temperature}
         self.pairing = (TwoTokenizers(w, teacher_tokenizer=self.teacher_tokenizer, **temperatures) if self.cross_tokenizer
-                           else OneTokenizer(w, **temperatures))  # the loss table, picked once
+                        else OneTokenizer(w, **temperatures))  # one tokenizer or two, picked once: checks, tables, the loss table
         self.pairing.check(sv, tv, (tokenizer, self.teacher_tokenizer))
         problems = kd_problems(temperature=temperature)
         for name, value in (("alm_temperature", alm_temperature), ("contrastive_temperature", contrastive_temperature)):
@@ -282,7 +282,7 @@ class LMDistillModule(LMModule):
     def cache_targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(block ids (B,), {"topk_logprobs": (B, T, k), "topk_indices": (B, T, k)})`` of a batch; with two
         tokenizers also ``"token_logprobs"`` (B, T) (the teacher's log-probability of each of its own tokens)."""
-        ids = self.pairing.tokens(batch).teacher_ids  # (B, T)
+        ids = batch["teacher_input_ids" if self.cross_tokenizer else "input_ids"]  # (B, T)
         logits = self.teacher(input_ids=ids).logits  # (B, T, V)
         logprobs, indices = teacher_topk(logits, self.teacher.cache_top_k, self.temperature)
         targets = {"topk_logprobs": logprobs, "topk_indices": indices}
