@@ -231,6 +231,8 @@ COMMANDS = [  # (subcommand and options after the config, the error's type name,
     ("mnist/teacher.yaml", ["--trainer.max_epochs=0"], "DistributedSetupError",
      r"^trainer\.max_epochs=0 trains nothing .*HINT: 1 or more"),
     ("mnist/teacher.yaml", ["--trainer.max_steps=0"], "DistributedSetupError", r"^trainer\.max_steps=0 trains nothing"),
+    ("mnist/teacher.yaml", ["--data.init_args.classes=[0,11]"], "ValueError",
+     r"^data\.init_args\.classes=\[0, 11\]: \[11\] are not classes of .*HINT: list classes from 0 to 9"),
     ("mnist/teacher.yaml", ["--data.init_args.hub_id=ylecun/mnistt"], "DatasetNotFoundError",
      r"Did you mean 'ylecun/mnist'\? HINT: put a hub-layout copy"),
 ]

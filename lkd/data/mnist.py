@@ -240,7 +240,8 @@ class MNISTDataModule(pl.LightningDataModule):
             return
         unknown = [c for c in self.classes if not 0 <= c < available]
         if unknown:
-            raise ValueError(f"classes {unknown} are not in {self.hub_id}; available classes are 0..{available - 1}")
+            raise ValueError(f"data.init_args.classes={self.classes}: {unknown} are not classes of {self.hub_id}, which has 0..{available - 1}. "
+                             f"HINT: list classes from 0 to {available - 1}, or leave classes out for all of them")
 
     def _subset(self, images: torch.Tensor, labels: torch.Tensor, name: str, sample_ids: torch.Tensor) -> TensorBatches:
         if self.classes is not None:
