@@ -139,6 +139,10 @@ class LKDCLI(LightningCLI):
         before = flat(as_dict(model))
         super()._parse_ckpt_path()
         if changed := setting_changes(before, flat(as_dict(self.config[subcommand].get("model")))):
+            if subcommand == EXPORT:  # the student's weights are checked against the config's by shape (LKDCLI.export)
+                rank_zero_info("the model card states the settings the checkpoint was trained with: " + ", ".join(
+                    f"model.{k} {old!r} (this command: {new!r})" for k, (new, old) in changed.items()))
+                return
             raise ResumeMismatchError(mismatch_message(subcommand, ckpt_path, changed))
 
     @override

@@ -179,6 +179,14 @@ def _checkpoint_of_another_student(c: Ctx):
     return c.lkd_export(teacher, f"--to={folder / 'kd'}", config=STUDENT_KD, ckpt=c.ckpts / "small_student.ckpt"), [folder]
 
 
+def _another_student_and_other_settings(c: Ctx):
+    """The student's shapes are what is wrong, whatever settings (here the temperature) also differ."""
+    folder = c.folder("new")
+    teacher = f"--model.init_args.teacher.checkpoint={c.ckpts / 'teacher.ckpt'}"
+    return c.lkd_export(teacher, "--model.init_args.temperature=9.0", f"--to={folder / 'kd'}", config=STUDENT_KD,
+                        ckpt=c.ckpts / "small_student.ckpt"), [folder]
+
+
 def _truncated_weights(c: Ctx):
     folder = c.folder("exported")
     _lkd_export(folder)
@@ -229,6 +237,9 @@ BAD_REQUESTS = [
     (_a_user_file_with_a_name_the_export_writes,
      r"^--to .*exported holds model\.onnx, which the earlier lkd export did not write .*HINT: move model\.onnx out of", None),
     (_a_failed_export_over_an_earlier_one, r"^Branchy could not be exported to ONNX .*It exports as --format hf", None),
+    (_another_student_and_other_settings,
+     r"^HINT: export --ckpt_path .*small_student\.ckpt with the config that trained it .*or set the config's student to the "
+     r"checkpoint's architecture$", None),
     (_checkpoint_of_another_student,
      r"^HINT: export --ckpt_path .*small_student\.ckpt with the config that trained it .*or set the config's student to the "
      r"checkpoint's architecture$",
