@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # tokenizer + config only; weights random in tests
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 6, "num_attention_heads": 2, "intermediate_size": 64,
              "max_position_embeddings": 128}
@@ -68,3 +70,9 @@ def tiny_model_args(config_path: Path) -> list[str]:
 def tiny_data_args(root: Path) -> list[str]:
     return [f"--data.init_args.hub_id={root}", "--data.init_args.batch_size=8", "--data.init_args.eval_batch_size=8",
             "--data.init_args.max_length=32"]
+
+
+@pytest.fixture(scope="session")
+def tiny_glue(tmp_path_factory) -> Path:
+    """Hub-layout GLUE look-alike with configs sst2, mrpc (pairs) and stsb (float labels)."""
+    return write_tiny_glue(tmp_path_factory.mktemp("data") / "glue")

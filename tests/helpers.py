@@ -13,6 +13,8 @@ tiny_cnn = partial(ConvNet, channels=(4, 8), convs_per_block=1, downsample="stri
 
 
 def tiny_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    """The tests' one Trainer builder: one epoch, nothing logged, shown or checkpointed, deterministic; ``kwargs``
+    override (a file with other defaults binds them once: ``trainer = partial(tiny_trainer, max_steps=2)``)."""
     defaults = dict(
         default_root_dir=str(tmp_path),
         max_epochs=1,

@@ -96,18 +96,6 @@ def make_lines(n: int, seed: int) -> list[str]:
     return lines
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~100x faster than two fighting over a
-    loaded CPU (3 ms vs up to 1.3 s per tiny MoE forward, measured). Autouse where imported."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_wikitext(tmp_path_factory) -> Path:
     """Hub-layout WikiText look-alike with validation (300 lines) and test (100 lines) splits only."""

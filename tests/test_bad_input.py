@@ -13,7 +13,6 @@ import torch
 from lkd.checkpoint import CheckpointReadError, load_checkpoint
 from lkd.cli import LKDCLI, ResumeMismatchError
 from tests.conftest import CONFIGS
-from tests.lm_fixtures import tiny_wikitext  # noqa: F401 - fixture
 
 RUN = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
        "--trainer.num_sanity_val_steps=0"]
@@ -24,7 +23,7 @@ def mnist_checkpoint(tmp_path_factory, tiny_mnist) -> Path:
     """A real `lkd fit` checkpoint of configs/mnist/teacher.yaml (ClassifierModule, label_smoothing 0)."""
     import os
 
-    from tests.conftest import mnist_tiny_args
+    from tests.mnist_fixtures import mnist_tiny_args
 
     folder = tmp_path_factory.mktemp("ckpt_run")
     cwd = os.getcwd()

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from lkd.cli import LKDCLI
-from tests.conftest import CONFIGS, mnist_tiny_args
-from tests.lm_fixtures import tiny_overrides, tiny_wikitext  # noqa: F401 - fixture
+from tests.conftest import CONFIGS
+from tests.lm_fixtures import tiny_overrides
+from tests.mnist_fixtures import mnist_tiny_args
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 

@@ -24,10 +24,11 @@ import yaml
 
 from lkd.cli import LKDCLI
 from lkd.teacher import Teacher
-from tests.conftest import CONFIGS, mnist_tiny_args
+from tests.conftest import CONFIGS
 from tests.glue_fixtures import tiny_data_args as glue_data_args
 from tests.glue_fixtures import tiny_model_args as glue_model_args
-from tests.lm_fixtures import _one_torch_thread, tiny_overrides, tiny_wikitext  # noqa: F401 - fixtures
+from tests.lm_fixtures import tiny_overrides
+from tests.mnist_fixtures import mnist_tiny_args
 
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
 TINY_ARGS = {
@@ -63,7 +64,7 @@ def teacher_config_for(config: Path, checkpoint: str) -> Path:
 
 
 @pytest.fixture()
-def data_roots(tiny_mnist, tiny_glue, tiny_wikitext) -> dict[str, Path]:  # noqa: F811 - the imported fixture
+def data_roots(tiny_mnist, tiny_glue, tiny_wikitext) -> dict[str, Path]:
     return {"mnist": tiny_mnist, "glue": tiny_glue, "lm": tiny_wikitext}
 
 

@@ -25,7 +25,7 @@ from lkd.metrics.retention import BitsPerByte
 from lkd.modules import LMDistillModule, VocabularyMismatchError
 from lkd.teacher import Teacher
 from lkd.tokenizers import ByteTokenizer, shared_vocabulary, token_byte_lengths, token_bytes, tokenizer_fingerprint, train_byte_level_bpe
-from tests.lm_fixtures import WIKITEXT_CONFIG, _one_torch_thread, make_lines, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
+from tests.lm_fixtures import WIKITEXT_CONFIG, make_lines, tiny_student, tiny_teacher
 
 UNICODE_LINES = ["Senjō no Valkyria 3 : 戦場のヴァルキュリア3 , café naïve €5 🙂 .", "  multiple   spaces\tand\ttabs  ",
                  "Ünïcödé ÀÉÎ straße ﬁne", "line one\n\nline   two \n"]

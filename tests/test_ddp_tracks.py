@@ -16,7 +16,6 @@ from lkd.devices import DistributedSetupError
 from tests.conftest import CONFIGS, REPO_ROOT
 from tests.glue_fixtures import tiny_data_args as glue_data_args
 from tests.glue_fixtures import tiny_model_args as glue_model_args
-from tests.lm_fixtures import tiny_wikitext  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 
@@ -175,7 +174,7 @@ def test_glue_predictions_on_two_processes_are_one_file(tmp_path, tiny_glue, mon
     assert ddp == one
 
 
-def test_routed_lm_distillation_on_two_processes(tmp_path, tiny_wikitext):  # noqa: F811
+def test_routed_lm_distillation_on_two_processes(tmp_path, tiny_wikitext):
     from tests.lm_fixtures import tiny_overrides
 
     config = CONFIGS / "lm" / "student_routed.yaml"

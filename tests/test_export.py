@@ -14,7 +14,7 @@ from lkd.export import ExportError, export_student, load_student
 from lkd.modules import LMDistillModule
 from lkd.teacher import Teacher
 from tests.conftest import CONFIGS
-from tests.lm_fixtures import VOCAB, _one_torch_thread, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
+from tests.lm_fixtures import VOCAB, tiny_student, tiny_teacher
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def mnist_teacher_run(tmp_path_factory, tiny_mnist):
     """A real `lkd fit` of configs/mnist/teacher.yaml on the tiny data: (its checkpoint, the data overrides)."""
     import os
 
-    from tests.conftest import mnist_tiny_args
+    from tests.mnist_fixtures import mnist_tiny_args
 
     folder = tmp_path_factory.mktemp("mnist_run")
     data = mnist_tiny_args(tiny_mnist)

@@ -21,7 +21,8 @@ from torch import nn
 
 from lkd.cli import LKDCLI
 from lkd.export import LEGACY_FILES, MANIFEST, ExportError, export_student, load_student
-from tests.conftest import CONFIGS, mnist_tiny_args
+from tests.conftest import CONFIGS
+from tests.mnist_fixtures import mnist_tiny_args
 from tests.test_export import Branchy
 
 TEACHER = str(CONFIGS / "mnist" / "teacher.yaml")

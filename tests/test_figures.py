@@ -21,7 +21,6 @@ from lkd.models import DiscreteKeyValueBottleneck
 from lkd.modules import ClassifierModule, GLUEClassifierModule
 from tests.conftest import CONFIGS
 from tests.glue_fixtures import MINILM, TINY_BERT
-from tests.lm_fixtures import tiny_wikitext  # noqa: F401  (fixture)
 
 
 def events(log_dir: Path) -> EventAccumulator:

@@ -15,8 +15,9 @@ import torch
 from lkd.callbacks.best_checkpoint import PublishError
 from lkd.cli import LKDCLI, ResumeMismatchError
 from lkd.cli_ckpt import CheckpointChoiceError
-from tests.conftest import CONFIGS, mnist_tiny_args
+from tests.conftest import CONFIGS
 from tests.glue_fixtures import tiny_model_args
+from tests.mnist_fixtures import mnist_tiny_args
 from tests.test_text_classification_data import _rows, write_csv
 
 GLUE_ALONE = CONFIGS / "glue" / "student_alone.yaml"

@@ -10,7 +10,7 @@ import torch
 
 from lkd.cli import LKDCLI
 from tests.conftest import CONFIGS
-from tests.lm_fixtures import _one_torch_thread, tiny_overrides, tiny_wikitext  # noqa: F401 - fixtures
+from tests.lm_fixtures import tiny_overrides
 
 # `key shape` of LMDistillModule.state_dict() for configs/lm/student_routed.yaml + tests.lm_fixtures.tiny_overrides,
 # as written by the code at 59bd5b8 (lkd/modules/lm.py of 659 lines)

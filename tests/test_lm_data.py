@@ -8,7 +8,7 @@ import torch
 from lkd.data.text import BlockSizeError, TextColumnError, TextDataModule, detect_text_column, group_into_blocks
 from lkd.tokenizers import ByteTokenizer, load_tokenizer
 from tests.conftest import write_hub_dataset
-from tests.lm_fixtures import WIKITEXT_CONFIG, _one_torch_thread, make_lines, tiny_wikitext  # noqa: F401
+from tests.lm_fixtures import WIKITEXT_CONFIG, make_lines
 
 
 def test_group_into_blocks_concatenates_and_drops_the_rest():

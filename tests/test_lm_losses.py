@@ -17,7 +17,6 @@ from lkd.losses.lm import (
     validate_loss_weights,
 )
 from lkd.losses.routing import router_objective
-from tests.lm_fixtures import _one_torch_thread  # noqa: F401
 
 
 def test_feature_loss_zero_when_equal_and_hand_value():

@@ -3,8 +3,8 @@ step (and where its two objectives send gradient), the DistillationReport callba
 
 import json
 import math
+from functools import partial
 
-import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -19,13 +19,10 @@ from lkd.models.transfer import LayerMapError
 from lkd.modules import CausalLMModule, LMDistillModule, VocabularyMismatchError
 from lkd.schedules import lr_factor
 from lkd.teacher import Teacher
-from tests.lm_fixtures import VOCAB, WIKITEXT_CONFIG, _one_torch_thread, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
+from tests.helpers import tiny_trainer
+from tests.lm_fixtures import VOCAB, WIKITEXT_CONFIG, tiny_student, tiny_teacher
 
-
-def trainer(tmp_path, **kw):
-    defaults = dict(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False, enable_model_summary=False,
-                    enable_checkpointing=False, max_steps=2, limit_val_batches=1, num_sanity_val_steps=0)
-    return pl.Trainer(**{**defaults, **kw})
+trainer = partial(tiny_trainer, max_epochs=None, max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, deterministic=None)
 
 
 def data(root, **kw):

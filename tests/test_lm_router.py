@@ -6,7 +6,7 @@ import torch
 
 from lkd.models.router import StudentAwareRouter, gap_features
 from lkd.models.routing import NoMoELayersError, RoutingContext, moe_gates, require_moe_gates, route_teacher, teacher_gate_mass
-from tests.lm_fixtures import VOCAB, tiny_student, tiny_teacher, _one_torch_thread  # noqa: F401
+from tests.lm_fixtures import VOCAB, tiny_student, tiny_teacher
 
 E, L, D = 8, 4, 24
 

@@ -22,7 +22,7 @@ from lkd.models.routing import (
 )
 from lkd.modules import LMDistillModule
 from lkd.teacher import Teacher
-from tests.lm_fixtures import VOCAB, _one_torch_thread, tiny_student, tiny_teacher, tiny_wikitext  # noqa: F401
+from tests.lm_fixtures import VOCAB, tiny_student, tiny_teacher
 
 E, L = 8, 4
 

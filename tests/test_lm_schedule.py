@@ -1,6 +1,7 @@
 """RoutingSchedule: values at given steps (linear, cosine), setup errors, and the schedule after resume."""
 
-import lightning.pytorch as pl
+from functools import partial
+
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -10,7 +11,8 @@ from lkd.data.text import TextDataModule
 from lkd.models.router import StudentAwareRouter
 from lkd.modules.lm import LMDistillModule
 from lkd.teacher import Teacher
-from tests.lm_fixtures import WIKITEXT_CONFIG, tiny_student, tiny_teacher, tiny_wikitext, _one_torch_thread  # noqa: F401
+from tests.helpers import tiny_trainer
+from tests.lm_fixtures import WIKITEXT_CONFIG, tiny_student, tiny_teacher
 
 
 def test_linear_values_at_given_steps():
@@ -45,22 +47,22 @@ def _module():
                            loss_weights={"kl": 1.0})
 
 
-def _trainer(tmp_path, callbacks, **kw):
-    return pl.Trainer(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=callbacks, limit_val_batches=0, num_sanity_val_steps=0, **kw)
+# checkpoints on (the resume test turns them off itself), no epoch limit: the resumed run goes into a second epoch
+_trainer = partial(tiny_trainer, max_epochs=None, limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=True,
+                   deterministic=None)
 
 
 def test_top_k_above_the_teachers_experts_is_a_setup_error(tiny_wikitext, tmp_path):
     dm = TextDataModule(str(tiny_wikitext), WIKITEXT_CONFIG, block_size=16, batch_size=4)
     with pytest.raises(ValueError, match="goes up to 9 but the teacher has 8 experts.*end_top_k <= 8"):
-        _trainer(tmp_path, [RoutingSchedule(end_top_k=9)], max_steps=1).fit(_module(), dm)
+        _trainer(tmp_path, callbacks=[RoutingSchedule(end_top_k=9)], max_steps=1).fit(_module(), dm)
 
 
 def test_schedule_without_router_is_a_setup_error(tiny_wikitext, tmp_path):
     dm = TextDataModule(str(tiny_wikitext), WIKITEXT_CONFIG, block_size=16, batch_size=4)
     module = LMDistillModule(tiny_student(), Teacher(tiny_teacher()), tokenizer="bytes", loss_weights={"kl": 1.0})
     with pytest.raises(ValueError, match="needs a module with a router"):
-        _trainer(tmp_path, [RoutingSchedule()], max_steps=1).fit(module, dm)
+        _trainer(tmp_path, callbacks=[RoutingSchedule()], max_steps=1).fit(module, dm)
 
 
 class Record(Callback):
@@ -107,17 +109,17 @@ def test_schedule_after_resume_matches_an_uninterrupted_run(tiny_wikitext, tmp_p
     dm = lambda: TextDataModule(str(tiny_wikitext), WIKITEXT_CONFIG, block_size=8, batch_size=1, max_blocks=12)  # noqa: E731
     common = dict(max_steps=6, accumulate_grad_batches=2, enable_checkpointing=False)
     ref = Record()
-    _trainer(tmp_path / "ref", [RoutingSchedule(end_top_k=4), ref], **common).fit(_module(), dm())
+    _trainer(tmp_path / "ref", callbacks=[RoutingSchedule(end_top_k=4), ref], **common).fit(_module(), dm())
     expected = RoutingSchedule(end_top_k=4, total_steps=6)
     assert ref.seen == {s: (expected.values(s)[0], round(expected.values(s)[1], 6)) for s in range(6)}
     first = Record(stop_at=3)
-    t1 = _trainer(tmp_path / "a", [RoutingSchedule(end_top_k=4), first], **common)
+    t1 = _trainer(tmp_path / "a", callbacks=[RoutingSchedule(end_top_k=4), first], **common)
     t1.fit(_module(), dm())
     assert max(first.seen) == 2  # steps 0, 1, 2 taken
     t1.save_checkpoint(tmp_path / "mid.ckpt")
     second = Record()
     schedule = RoutingSchedule(end_top_k=4, total_steps=None)
     # resumed with a longer max_steps: the saved total (6) keeps the schedule, steps 6-7 stay at the end values
-    _trainer(tmp_path / "b", [schedule, second], **{**common, "max_steps": 8}).fit(_module(), dm(), ckpt_path=tmp_path / "mid.ckpt")
+    _trainer(tmp_path / "b", callbacks=[schedule, second], **{**common, "max_steps": 8}).fit(_module(), dm(), ckpt_path=tmp_path / "mid.ckpt")
     assert schedule.total_steps == 6
     assert {**first.seen, **second.seen} == {**ref.seen, 6: (4, 0.5), 7: (4, 0.5)}

@@ -13,7 +13,6 @@ from lkd.modules import ClassifierModule, DistillModule
 from lkd.teacher import Teacher, TeacherPlacement
 from tests.glue_fixtures import MINILM, TINY_BERT
 from tests.helpers import tiny_cnn, tiny_trainer
-from tests.lm_fixtures import tiny_wikitext  # noqa: F401 - fixture
 
 MiB = 2**20
 

@@ -13,8 +13,9 @@ from lkd.data import GLUEDataModule, MNISTDataModule
 from lkd.data.transforms import normalize_uint8
 from lkd.modules import DistillModule, GLUEDistillModule
 from lkd.teacher import Teacher
-from tests.conftest import CONFIGS, make_digits, write_hub_dataset
+from tests.conftest import CONFIGS, write_hub_dataset
 from tests.helpers import tiny_cnn, tiny_mlp, tiny_trainer
+from tests.mnist_fixtures import make_digits
 
 
 def mnist(root, **kwargs) -> MNISTDataModule:

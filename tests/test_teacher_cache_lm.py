@@ -3,6 +3,8 @@ missing rows, cached distillation equal to live distillation, what a cache canno
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -19,16 +21,8 @@ from lkd.modules.lm import LMDistillModule
 from lkd.teacher import Teacher
 from lkd.tokenizers import ByteTokenizer
 from tests.conftest import CONFIGS, write_hub_dataset
-from tests.lm_fixtures import (  # noqa: F401
-    VOCAB,
-    WIKITEXT_CONFIG,
-    _one_torch_thread,
-    make_lines,
-    tiny_overrides,
-    tiny_student,
-    tiny_teacher,
-    tiny_wikitext,
-)
+from tests.helpers import tiny_trainer
+from tests.lm_fixtures import VOCAB, WIKITEXT_CONFIG, make_lines, tiny_overrides, tiny_student, tiny_teacher
 
 K = 8
 
@@ -49,11 +43,7 @@ def build(path, root=None, dtype="float16", *, dm=None, **kw) -> TeacherCache:
     return build_teacher_cache(module(path, **kw), dm or data(root), path, dtype=dtype)
 
 
-def trainer(tmp_path, **kw) -> pl.Trainer:
-    defaults = dict(default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False, enable_model_summary=False,
-                    enable_checkpointing=False, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0,
-                    deterministic=True)
-    return pl.Trainer(**{**defaults, **kw})
+trainer = partial(tiny_trainer, max_epochs=None, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0)
 
 
 # ---- the loss ----------------------------------------------------------------------------------------
