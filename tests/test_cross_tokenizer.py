@@ -25,6 +25,7 @@ from lkd.metrics.retention import BitsPerByte
 from lkd.modules import LMDistillModule, VocabularyMismatchError
 from lkd.teacher import Teacher
 from lkd.tokenizers import ByteTokenizer, shared_vocabulary, token_byte_lengths, token_bytes, tokenizer_fingerprint, train_byte_level_bpe
+from tests.helpers import tiny_trainer
 from tests.lm_fixtures import WIKITEXT_CONFIG, make_lines, tiny_student, tiny_teacher
 
 UNICODE_LINES = ["Senjō no Valkyria 3 : 戦場のヴァルキュリア3 , café naïve €5 🙂 .", "  multiple   spaces\tand\ttabs  ",
@@ -301,9 +302,9 @@ def test_wrong_losses_for_the_tokenizers_are_refused_early():
         module({"alm": 1.0}, teacher_tokenizer=None, student_vocab=257)
 
 
-def fit(model, dm, steps=3, **trainer_kw):
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0, **trainer_kw)
+def fit(model, dm, tmp_path, steps=3, **trainer_kw):
+    trainer = tiny_trainer(tmp_path, max_epochs=None, max_steps=steps, limit_val_batches=1, num_sanity_val_steps=0,
+                           deterministic=None, **trainer_kw)
     trainer.fit(model, datamodule=dm)
     return trainer
 
@@ -313,13 +314,13 @@ def aligned_data(root, tokenizer_path, **kw):
                           tokenizer=tokenizer_path, **kw)
 
 
-def test_alm_distillation_trains_the_student_toward_the_teacher(tiny_wikitext, byte_bpe):
+def test_alm_distillation_trains_the_student_toward_the_teacher(tiny_wikitext, byte_bpe, tmp_path):
     dm = aligned_data(tiny_wikitext, byte_bpe)
     torch.manual_seed(0)
     model = module({"alm": 1.0, "uld": 0.5, "shared_kl": 0.5}, alm_temperature=2.0)
-    trainer = fit(model, dm, steps=1)
+    trainer = fit(model, dm, tmp_path, steps=1)
     first = {k: float(trainer.callback_metrics[f"train/{k}"]) for k in ("alm", "uld", "shared_kl")}
-    trainer = fit(model, dm, steps=40)
+    trainer = fit(model, dm, tmp_path, steps=40)
     last = {k: float(trainer.callback_metrics[f"train/{k}_step"]) for k in ("alm", "uld", "shared_kl")}
     assert all(last[k] < first[k] for k in first), (first, last)
     metrics = trainer.callback_metrics

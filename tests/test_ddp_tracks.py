@@ -17,8 +17,6 @@ from tests.conftest import CONFIGS, REPO_ROOT
 from tests.glue_fixtures import tiny_data_args as glue_data_args
 from tests.glue_fixtures import tiny_model_args as glue_model_args
 
-pytestmark = pytest.mark.slow
-
 
 def lkd_two_processes(tmp_path: Path, config: Path, *overrides: str, strategy: str = "ddp") -> list[dict]:
     """``lkd fit -c config`` on 2 CPU processes in ``tmp_path/run``; returns what each rank's SaveRankState wrote."""
@@ -78,6 +76,7 @@ def mnist_teacher(tmp_path, tiny_data_args, monkeypatch) -> Path:
 MNIST_RUN = ["--trainer.max_epochs=2", "--trainer.limit_val_batches=1", "--trainer.logger=false"]
 
 
+@pytest.mark.slow  # two processes through the `lkd` command: 16-25 s each
 def test_response_kd_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
     ranks = lkd_two_processes(tmp_path, CONFIGS / "mnist" / "student_kd.yaml", *tiny_data_args, *MNIST_RUN,
                               f"--model.init_args.teacher.checkpoint={mnist_teacher}", "--best_checkpoint.path=best.ckpt")
@@ -103,6 +102,7 @@ def test_response_kd_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
     assert len(best) == 1 and files - set(best) == {"best.ckpt", "runs/config.yaml", "runs/checkpoints/latest.ckpt"}
 
 
+@pytest.mark.slow  # two processes through the `lkd` command: 16-25 s each
 def test_dkvb_student_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
     rank0, rank1 = lkd_two_processes(tmp_path, CONFIGS / "mnist" / "student_dkvb_kd.yaml", *tiny_data_args, *MNIST_RUN,
                                      f"--model.init_args.teacher.checkpoint={mnist_teacher}")
@@ -112,6 +112,7 @@ def test_dkvb_student_on_two_processes(tmp_path, tiny_data_args, mnist_teacher):
     assert_global_val_loss(rank0, rank1)
 
 
+@pytest.mark.slow  # two processes through the `lkd` command: 16-25 s each
 def test_glue_distillation_on_two_processes(tmp_path, tiny_glue):
     config = CONFIGS / "glue" / "student_kd.yaml"
     rank0, rank1 = lkd_two_processes(tmp_path, config, *glue_model_args(config), *glue_data_args(tiny_glue),
@@ -121,6 +122,7 @@ def test_glue_distillation_on_two_processes(tmp_path, tiny_glue):
     assert rank0["metrics"]["val/score"] == rank1["metrics"]["val/score"]
 
 
+@pytest.mark.slow  # two processes through the `lkd` command: 16-25 s each
 def test_glue_dkvb_student_codebooks_synced_on_two_processes(tmp_path, tiny_glue):
     """A GLUE student with a DKVB whose keys move by EMA (EMAKeyUpdate): the codebook's EMA statistics are
     all-reduced, so both ranks, which draw different rows, end with the same keys, and the keys did move.
@@ -156,6 +158,7 @@ def test_glue_dkvb_student_codebooks_synced_on_two_processes(tmp_path, tiny_glue
     assert rank0["callbacks"]["EMAKeyUpdate"] == rank1["callbacks"]["EMAKeyUpdate"]
 
 
+@pytest.mark.slow  # two processes through the `lkd` command: 16-25 s each
 def test_glue_predictions_on_two_processes_are_one_file(tmp_path, tiny_glue, monkeypatch):
     """``lkd predict`` under DDP: each rank predicts its own rows, rank 0 writes all of them once."""
     config = CONFIGS / "glue" / "teacher.yaml"
@@ -174,6 +177,7 @@ def test_glue_predictions_on_two_processes_are_one_file(tmp_path, tiny_glue, mon
     assert ddp == one
 
 
+@pytest.mark.slow  # two processes through the `lkd` command: 16-25 s each
 def test_routed_lm_distillation_on_two_processes(tmp_path, tiny_wikitext):
     from tests.lm_fixtures import tiny_overrides
 

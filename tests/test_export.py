@@ -17,14 +17,20 @@ from tests.conftest import CONFIGS
 from tests.lm_fixtures import VOCAB, tiny_student, tiny_teacher
 
 
+def lm_module() -> LMDistillModule:
+    torch.manual_seed(0)
+    return LMDistillModule(tiny_student(), Teacher(tiny_teacher()), tokenizer="bytes", loss_weights={"kl": 1.0})
+
+
 @pytest.fixture(scope="module")
 def lm_export(tmp_path_factory):
-    torch.manual_seed(0)
-    module = LMDistillModule(tiny_student(), Teacher(tiny_teacher()), tokenizer="bytes", loss_weights={"kl": 1.0})
+    """The tiny LM student exported in every format, int8 included (10-20 s: its users are marked slow)."""
+    module = lm_module()
     folder = tmp_path_factory.mktemp("export") / "lm"
     return module, export_student(module, folder, formats="all", quantize="int8", card={"teacher": "tiny MoE"})
 
 
+@pytest.mark.slow  # the lm_export fixture: ONNX export and int8 quantization of the LM
 def test_lm_student_folder_loads_in_transformers_with_equal_logits_and_generates(lm_export):
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -43,6 +49,7 @@ def test_lm_student_folder_loads_in_transformers_with_equal_logits_and_generates
     assert out[0]["generated_text"].startswith("The cat") and len(out[0]["generated_text"].encode()) == len("The cat") + 5
 
 
+@pytest.mark.slow  # the lm_export fixture
 def test_lm_onnx_and_int8_run_in_onnxruntime_with_dynamic_shapes(lm_export):
     import onnxruntime as ort
 
@@ -60,8 +67,8 @@ def test_lm_onnx_and_int8_run_in_onnxruntime_with_dynamic_shapes(lm_export):
     assert "LlamaForCausalLM" in card and "tiny MoE" in card and "model.int8.onnx" in card and "from_pretrained" in card
 
 
-def test_export_refuses_and_writes_nothing(tmp_path, lm_export):
-    module, _ = lm_export
+def test_export_refuses_and_writes_nothing(tmp_path):
+    module = lm_module()  # refused before anything is exported: no need for lm_export
     folder = tmp_path / "taken"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
@@ -179,6 +186,7 @@ def test_dkvb_on_a_trained_encoder_exports_to_onnx_from_images(tmp_path):
     assert out.shape == (5, 10) and abs(out - ref.numpy()).max() < 1e-4
 
 
+@pytest.mark.slow  # ONNX export of a BERT, then a transformers pipeline: 6-12 s each
 @pytest.mark.parametrize("num_classes", [2, 1])
 def test_glue_student_becomes_a_sequence_classification_folder_that_pipeline_runs(tmp_path, num_classes):
     from torch import nn
@@ -208,6 +216,7 @@ def test_glue_student_becomes_a_sequence_classification_folder_that_pipeline_run
         assert hf.config.problem_type == "regression" and hf.config.num_labels == 1
 
 
+@pytest.mark.slow  # the lm_export fixture, then lm-eval
 def test_lm_evaluation_harness_scores_the_exported_folder_as_counted_by_hand(lm_export, tmp_path):
     """lm-eval (model type hf) on the exported byte-level student: its bits per byte equal Σ NLL / (ln 2 · bytes)
     computed here from the student itself, each document predicted from the tokenizer's prefix token."""

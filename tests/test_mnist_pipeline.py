@@ -22,6 +22,7 @@ def quiet(tiny_data_args: list[str]) -> list[str]:
             "--trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow  # `make demo`'s runs one after another: 5-8 s
 def test_demo_pipeline_with_teacher_cache(tmp_path, tiny_data_args):
     results = run(seed=3, workdir=tmp_path, teacher_epochs=1, student_epochs=1, dkvb_epochs=1, teacher_cache=True,
                   extra=quiet(tiny_data_args))
@@ -48,6 +49,7 @@ def test_demo_pipeline_with_teacher_cache(tmp_path, tiny_data_args):
     assert distillation_gain(results).startswith(f"Distilled vs alone: {gain:+.2f} points with 500 labels (")
 
 
+@pytest.mark.slow  # `make demo`'s runs one after another: 5-8 s
 def test_few_labels_demo_pipeline(tmp_path, tiny_data_args):
     """The demo's setting on tiny data: 50 of the 500 training images labelled, the other 450 a transfer set."""
     seen = []

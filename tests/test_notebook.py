@@ -36,6 +36,7 @@ def test_committed_notebook_has_no_outputs():
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow  # the whole notebook in a Jupyter kernel: 80 s
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="needs the offline MNIST mirror")
 def test_notebook_runs_on_cpu_with_smoke_settings(tmp_path):
     # 16-bit as on Kaggle (CPU autocast is bf16; a GPU picks its own, see test_precision_auto_choice)
@@ -55,6 +56,7 @@ def test_notebook_runs_on_cpu_with_smoke_settings(tmp_path):
     ({"TRACKS": ["mnist", "imagenet"]}, "unknown track(s) ['imagenet']; choose from ['mnist', 'continual', 'glue', 'lm']"),
     ({"PRECISION": "16-mixed"}, "precision '16-mixed' cannot run on CPU (no CUDA device); it runs ['32-true', 'bf16-mixed']"),
 ])
+@pytest.mark.slow  # starts a Jupyter kernel: 7-8 s each
 def test_bad_parameters_fail_in_the_setup_cell(tmp_path, params, message):
     nb = load(WORKDIR=str(tmp_path / "runs"), **params)
     with pytest.raises(CellExecutionError) as err:
