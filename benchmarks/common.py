@@ -240,14 +240,14 @@ def threads_from_env() -> int:
 
 def lm_teacher(seed: int, **sizes):
     """The byte-level Qwen3-MoE teacher (random weights from ``seed``): :data:`LM_TEACHER` unless ``sizes`` say otherwise."""
-    from lkd.models.causal_lm import tiny_moe_lm
+    from lkd.models import TinyMoELM
 
-    return tiny_moe_lm(BYTE_VOCAB, **{**LM_TEACHER, **sizes}, seed=seed)
+    return TinyMoELM(BYTE_VOCAB, **{**LM_TEACHER, **sizes}, seed=seed).model
 
 
 def lm_student(seed: int, vocab_size: int = BYTE_VOCAB, **sizes):
     """The Llama student (random weights from ``seed``; bytes unless ``vocab_size``): :data:`LM_STUDENT` unless
     ``sizes`` say otherwise."""
-    from lkd.models.causal_lm import tiny_llama_lm
+    from lkd.models import TinyLlamaLM
 
-    return tiny_llama_lm(vocab_size, **{**LM_STUDENT, **sizes}, seed=seed)
+    return TinyLlamaLM(vocab_size, **{**LM_STUDENT, **sizes}, seed=seed).model

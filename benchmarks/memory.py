@@ -14,7 +14,7 @@ step. Variants:
 * ``bf16 teacher``: ``teacher.dtype: bfloat16`` (:class:`lkd.teacher.Teacher`);
 * ``bf16 teacher + checkpointing``: and ``activation_checkpointing: true`` for the student.
 
-Reported: the peak memory during training (:func:`lkd.timing.peak_memory_mb`, the test report's measure: CPU:
+Reported: the peak memory during training (:func:`lkd.evaluation.peak_memory_mb`, the test report's measure: CPU:
 the resident-set high-water mark, reset at train start through ``/proc/self/clear_refs``; CUDA: the
 allocator's peak, reset there too), the modules' own bytes, the median step time, and both as ratios to the
 fp32-teacher baseline measured in the same run. ``teacher.offload`` only matters on an accelerator (on a CPU
@@ -71,7 +71,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def reset_peak_memory(device) -> None:
-    """Start a new high-water mark for :func:`lkd.timing.peak_memory_mb`: the CUDA allocator's peak, or the
+    """Start a new high-water mark for :func:`lkd.evaluation.peak_memory_mb`: the CUDA allocator's peak, or the
     process's resident-set high-water mark (Linux ``clear_refs`` 5, which ``getrusage``'s ``ru_maxrss`` follows)."""
     import torch
 
@@ -85,11 +85,11 @@ def child(variant: str, args) -> dict:
     """One variant in this process: build, train ``1 + steps`` steps, report peak memory and step times."""
     import torch
 
-    from lkd.data.text import TextDataModule
+    from lkd.data import TextDataModule
+    from lkd.evaluation import peak_memory_mb
     from lkd.memory import count_parameters, module_bytes
     from lkd.modules import CausalLMModule, LMDistillModule
     from lkd.teacher import Teacher
-    from lkd.timing import peak_memory_mb
 
     memory_at_start = {}
 

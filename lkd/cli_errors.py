@@ -61,6 +61,29 @@ PUBLIC_CLASSES = {"LightningModule": "lkd.modules", "LightningDataModule": "lkd.
 """Where lkd's own classes of each base live, for "did you mean" and the list of what is available."""
 
 
+def _configurable(cls: type) -> bool:
+    """A class a YAML ``class_path`` names: a network, LightningModule, data module or callback."""
+    import lightning.pytorch as pl
+    from torch import nn
+
+    return issubclass(cls, (nn.Module, pl.LightningDataModule, pl.Callback))
+
+
+def _buildable(module, names, keep) -> list[str]:
+    """The classes of ``module`` among ``names`` that ``keep`` accepts, each once, by its own name (no aliases)."""
+    return [n for n in names if n[:1].isupper() and isinstance(c := getattr(module, n, None), type) and c.__name__ == n and keep(c)]
+
+
+def _within(names: list[str], width: int) -> str:
+    """``names`` joined by commas, cut to about ``width`` characters with how many were left out."""
+    shown = []
+    for name in names:
+        if shown and len(", ".join([*shown, name])) > width:
+            return f"{', '.join(shown)} and {len(names) - len(shown)} more"
+        shown.append(name)
+    return ", ".join(shown)
+
+
 def class_path_summary(message: str) -> str | None:
     """One line for a ``class_path`` that names no class of the expected kind: a typo (``lkd.modules.DistilModule``:
     did you mean ``lkd.modules.DistillModule``?), a module that does not exist, or a class of another kind
@@ -86,9 +109,9 @@ def class_path_summary(message: str) -> str | None:
     no_module = re.search(r"No module named '([\w.]+)'", message)
     if kind:
         home = PUBLIC_CLASSES.get(kind.group(1))
-        names = [n for n in getattr(importlib.import_module(home), "__all__", [])
-                 if kind.group(1) in {c.__name__ for c in getattr(getattr(importlib.import_module(home), n), "__mro__", ())}] if home else []
-        listed = f" lkd's: {', '.join(f'{home}.{n}' for n in names)}." if names else ""
+        names = _buildable(importlib.import_module(home), getattr(importlib.import_module(home), "__all__", []),
+                           lambda c: kind.group(1) in {b.__name__ for b in c.__mro__}) if home else []
+        listed = f" lkd's: {_within([f'{home}.{n}' for n in names], 250)}." if names else ""
         return f"{option}={path}: not a {kind.group(1)}.{listed} HINT: name a {kind.group(1)} subclass"
     if missing:
         module, attr = missing.groups()
@@ -98,9 +121,8 @@ def class_path_summary(message: str) -> str | None:
             names = []
         close = difflib.get_close_matches(attr, names, n=3, cutoff=0.6)
         guess = f" Did you mean {' or '.join(f'{module}.{c}' for c in close)}?" if close else ""
-        public = [n for n in names if n[:1].isupper() and isinstance(getattr(importlib.import_module(module), n, None), type)
-                  and not issubclass(getattr(importlib.import_module(module), n), (Exception, tuple))]
-        listed = f"its classes: {', '.join(public[:20])}" if public else "check the spelling of the import path"
+        public = _buildable(importlib.import_module(module), names, _configurable) if names else []
+        listed = f"its classes: {_within(public, 200)}" if public else "check the spelling of the import path"
         return f"{option}={path or module + '.' + attr}: {module} has no {attr}.{guess} HINT: {listed}"
     if no_module:
         return f"{option}={path}: no module named {no_module.group(1)}. HINT: check the spelling (lkd's classes: lkd.modules.*, lkd.models.*, lkd.data.*, lkd.callbacks.*)"

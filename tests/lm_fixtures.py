@@ -21,15 +21,15 @@ TINY_STUDENT = dict(vocab_size=VOCAB, hidden_size=24, num_layers=4, num_heads=2,
 
 
 def tiny_teacher(seed: int = 0, **kw):
-    from lkd.models.causal_lm import tiny_moe_lm
+    from lkd.models import TinyMoELM
 
-    return tiny_moe_lm(**{**TINY_TEACHER, **kw}, seed=seed)
+    return TinyMoELM(**{**TINY_TEACHER, **kw}, seed=seed).model
 
 
 def tiny_student(seed: int = 1, **kw):
-    from lkd.models.causal_lm import tiny_llama_lm
+    from lkd.models import TinyLlamaLM
 
-    return tiny_llama_lm(**{**TINY_STUDENT, **kw}, seed=seed)
+    return TinyLlamaLM(**{**TINY_STUDENT, **kw}, seed=seed).model
 
 
 def as_class_arg(builder: str, init_args: dict) -> str:
@@ -39,7 +39,7 @@ def as_class_arg(builder: str, init_args: dict) -> str:
 
 CROSS_STUDENT_TOKENIZER = "checkpoints/lm/tiny_bpe"  # relative: the smoke tests run in a tmp folder
 CROSS_STUDENT_VOCAB = 300
-MOE_BUILDERS = ("lkd.models.causal_lm.TinyMoELM", "lkd.models.causal_lm.PretrainedLM")
+MOE_BUILDERS = ("lkd.models.TinyMoELM", "lkd.models.PretrainedLM")
 
 
 def tiny_overrides(config: Path, data_root: Path) -> list[str]:
@@ -68,7 +68,7 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
         if cross and key == "student":
             size = {**size, "vocab_size": CROSS_STUDENT_VOCAB}
         target = "teacher.model" if key == "teacher" else key
-        args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.causal_lm.' + builder, size)}")
+        args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.' + builder, size)}")
     args += [f"--data.init_args.hub_id={data_root}", f"--data.init_args.config={WIKITEXT_CONFIG}",
              "--data.init_args.train_split=validation[:90%]", "--data.init_args.val_split=validation[90%:]",
              "--data.init_args.test_split=test", "--data.init_args.block_size=16", "--data.init_args.batch_size=2"]

@@ -1,10 +1,11 @@
 """Small, resumable callbacks for behaviour that changes during training."""
 
-from lkd.callbacks.best_checkpoint import PublishBestCheckpoint
+from lkd.callbacks.best_checkpoint import PublishBestCheckpoint, PublishError
 from lkd.callbacks.continual import ContinualEvaluation
 from lkd.callbacks.figures import ConfusionMatrixFigure
 from lkd.callbacks.fit_summary import FitSummary
 from lkd.callbacks.glue_predictions import GLUEPredictionWriter
+from lkd.callbacks.hparams import HParamsConfigCallback
 from lkd.callbacks.key_carrying import DiscreteKeyInit, KeyCarrying
 from lkd.callbacks.key_phases import EMAKeyUpdate
 from lkd.callbacks.lm_report import DistillationReport
@@ -12,6 +13,7 @@ from lkd.callbacks.lr_monitor import LearningRateLogger
 from lkd.callbacks.routing import RouterExpertUsage, RoutingSchedule
 
 __all__ = [
-    "ConfusionMatrixFigure", "ContinualEvaluation", "DistillationReport", "EMAKeyUpdate", "FitSummary", "GLUEPredictionWriter", "KeyCarrying", "LearningRateLogger",
-    "PublishBestCheckpoint", "RouterExpertUsage", "RoutingSchedule", "DiscreteKeyInit",
+    "ConfusionMatrixFigure", "ContinualEvaluation", "DiscreteKeyInit", "DistillationReport", "EMAKeyUpdate", "FitSummary",
+    "GLUEPredictionWriter", "HParamsConfigCallback", "KeyCarrying", "LearningRateLogger", "PublishBestCheckpoint", "PublishError",
+    "RouterExpertUsage", "RoutingSchedule",
 ]

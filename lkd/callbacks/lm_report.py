@@ -12,10 +12,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lkd.evaluation import peak_memory_mb, tokens_per_second
 from lkd.memory import count_parameters
 from lkd.metrics.retention import RetentionMetrics
 from lkd.models.causal_lm import state_bytes
-from lkd.timing import peak_memory_mb, tokens_per_second
 
 
 _SUMS = ("student_nll_sum", "student_tokens", "student_bytes", "teacher_nll_sum", "teacher_tokens", "teacher_bytes")
@@ -29,7 +29,7 @@ class DistillationReport(Callback):
       student), top-1 / top-5 agreement, teacher and student perplexity and their ratio;
     * ``compression``: parameters and bytes of both models and their ratio;
     * ``speed``: tokens/s of a no-grad forward of each model on the first test batch (at most
-      ``timing_batch_size`` sequences; :func:`lkd.timing.tokens_per_second`, the benchmarks' timer) and the ratio;
+      ``timing_batch_size`` sequences; :func:`lkd.evaluation.tokens_per_second`, the benchmarks' timer) and the ratio;
     * ``peak_memory_mb`` of the process.
 
     With two tokenizers (a cross-tokenizer module) the vocabularies differ, so ``retention`` holds what does
@@ -99,7 +99,7 @@ class DistillationReport(Callback):
         cross = self._sums["student_tokens"] > 0
         if self._retention is None or not (cross or self._retention.update_called):
             return
-        teacher, student = pl_module.teacher.model, pl_module.student
+        teacher, student = pl_module.teacher.model, pl_module.trained_model
         if cross:
             report = {"retention": self._cross_retention()}
         else:

@@ -96,7 +96,7 @@ class RoutingSchedule(Callback):
         if mode != "student_aware":
             raise ValueError(
                 f"RoutingSchedule drives the top-k and temperature of the student_aware router, but the router's mode is "
-                f"{mode!r}, which has neither. HINT: drop the callback, or use lkd.models.router.StudentAwareRouter"
+                f"{mode!r}, which has neither. HINT: drop the callback, or use lkd.models.StudentAwareRouter"
             )
         experts = routed.num_experts
         if self.end_top_k is None:

@@ -1,6 +1,15 @@
+"""LightningDataModules and what their batches are made of. Every public class is exported here, so a YAML
+``class_path`` reads ``lkd.data.TextDataModule`` (the long paths, ``lkd.data.text.TextDataModule``, still import)."""
+
+from lkd.data.alignment import AlignedBlock, AlignmentError, Chunk
 from lkd.data.continual import NonStationaryMNISTDataModule
 from lkd.data.glue import GLUEDataModule
-from lkd.data.mnist import MNISTDataModule
+from lkd.data.labels import TextLabels
+from lkd.data.mnist import MNISTDataModule, TensorBatches
+from lkd.data.samplers import LengthGroupedSampler, SeededRandomSampler
+from lkd.data.text import AlignedTokenBlocks, BlockSizeError, TextColumnError, TextDataModule, TokenBlocks
 from lkd.data.text_classification import TextClassificationDataModule, TextDataError
 
-__all__ = ["GLUEDataModule", "MNISTDataModule", "NonStationaryMNISTDataModule", "TextClassificationDataModule", "TextDataError"]
+__all__ = ["AlignedBlock", "AlignedTokenBlocks", "AlignmentError", "BlockSizeError", "Chunk", "GLUEDataModule", "LengthGroupedSampler",
+           "MNISTDataModule", "NonStationaryMNISTDataModule", "SeededRandomSampler", "TensorBatches", "TextClassificationDataModule",
+           "TextColumnError", "TextDataError", "TextDataModule", "TextLabels", "TokenBlocks"]

