@@ -35,8 +35,7 @@ import yaml  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.report import column, table  # noqa: E402
-from lkd.cache import build_teacher_cache  # noqa: E402
-from lkd.cache.store import TeacherCache  # noqa: E402
+from lkd.cache import TeacherCache  # noqa: E402
 from lkd.data.text import TextDataModule  # noqa: E402
 from lkd.evaluation import bits_per_byte  # noqa: E402
 from lkd.memory import count_parameters  # noqa: E402
@@ -139,7 +138,7 @@ def ensure_cache(pair: str, teacher_model, cfg: dict, args) -> TeacherCache:
     path = cache_path(pair, cfg)
     if not path.is_file():
         print(f"building the teacher cache {path} (SmolLM2 over the training and validation blocks)", flush=True)
-        build_teacher_cache(module(pair, {"ce": 1.0}, teacher_model, cfg, 0, args), data(pair, cfg), path)
+        module(pair, {"ce": 1.0}, teacher_model, cfg, 0, args).write_teacher_cache(data(pair, cfg), path)
     return TeacherCache.load(path)
 
 

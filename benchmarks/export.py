@@ -137,7 +137,7 @@ def glue(args) -> dict:
     cli = fit("glue/student_alone.yaml", work, [f"--seed_everything={args.seed}", "--trainer.max_epochs=1", "--data.init_args.task=sst2",
                                                f"--data.init_args.train_size={args.glue_train_size}", "--trainer.val_check_interval=1.0"])
     export("glue/student_alone.yaml", work / "student.ckpt", work / "exported", ["--data.init_args.task=sst2"])
-    network = cli.model.network.eval()
+    network = cli.model.trained_model.eval()
     dm = cli.datamodule
     batches = list(dm.val_dataloader())
     runs = runners(TextLogits(network).eval(), work / "exported", ["input_ids", "attention_mask"])

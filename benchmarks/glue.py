@@ -120,7 +120,7 @@ def run_job(job: dict, workdir: Path) -> dict:
     names = (*glue_metric_names(job["task"], cli.model.num_classes), "score")
     metrics = {name: round(100 * float(m[f"val/{name}"]), 2) for name in names}
     return {**job, "metrics": metrics, "score": metrics["score"], "seconds": round(seconds),
-            "params": count_parameters(cli.model.network), "steps": cli.trainer.global_step, "budget": BUDGET[job["task"]]}
+            "params": count_parameters(cli.model.trained_model), "steps": cli.trainer.global_step, "budget": BUDGET[job["task"]]}
 
 
 # ---- the plan ---------------------------------------------------------------------------------------------

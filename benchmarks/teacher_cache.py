@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.report import PERCENT, column, table  # noqa: E402
-from lkd.cache import TeacherCache, build_teacher_cache  # noqa: E402
+from lkd.cache import TeacherCache  # noqa: E402
 from lkd.cli import LKDCLI  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mnist"
@@ -105,7 +105,7 @@ def main() -> None:
     data.prepare_data()
     data.setup("fit")
     started = time.perf_counter()
-    build_teacher_cache(model, data, cache_path, dtype=args.dtype, overwrite=True)
+    model.write_teacher_cache(data, cache_path, dtype=args.dtype, overwrite=True)
     build_s = time.perf_counter() - started
     cache = TeacherCache.load(cache_path)
     rows_cached = sum(len(s["sample_ids"]) for s in cache.content["splits"].values())

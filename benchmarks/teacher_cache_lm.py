@@ -31,7 +31,6 @@ import torch  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks.lm_distill import adamw, data, evaluate, prepare, train_teacher, trainer  # noqa: E402
 from benchmarks.report import column, table  # noqa: E402
-from lkd.cache import build_teacher_cache  # noqa: E402
 from lkd.memory import count_parameters  # noqa: E402
 from lkd.modules import CausalLMModule, LMDistillModule  # noqa: E402
 from lkd.teacher import Teacher  # noqa: E402
@@ -83,7 +82,7 @@ def main() -> None:
     dm = data(args)
     dm.setup("fit")
     started = time.perf_counter()
-    cache = build_teacher_cache(build("distillation, cached teacher", teacher, cache_path, args), dm, cache_path)
+    cache = build("distillation, cached teacher", teacher, cache_path, args).write_teacher_cache(dm, cache_path)
     build_s = time.perf_counter() - started
     tokens = {s: v["sample_ids"].numel() * args.block_size for s, v in cache.content["splits"].items()}
     per_token = cache.bytes_per_example() / args.block_size

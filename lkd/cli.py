@@ -251,8 +251,9 @@ class LKDCLI(LightningCLI):
         return result
 
     def cache_teacher(self, dtype: str = "float16", overwrite: bool = False) -> None:
-        """Write ``model.teacher.cache`` from the model's teacher and the data's training/validation splits."""
-        from lkd.cache import TeacherCacheError, build_teacher_cache
+        """Write ``model.teacher.cache`` from the model's teacher and the data's training/validation splits
+        (:meth:`lkd.modules.LKDModule.write_teacher_cache`, which hands the cache builder its targets function)."""
+        from lkd.cache import TeacherCacheError
 
         teacher = getattr(self.model, "frozen_teacher", None)
         if teacher is None:
@@ -266,9 +267,8 @@ class LKDCLI(LightningCLI):
                 "cache-teacher writes to model.init_args.teacher.cache, which is not set. HINT: add "
                 "--model.init_args.teacher.cache=PATH (and keep it in the config, so fit reads the same file)"
             )
-        build_teacher_cache(self.model, self.datamodule, path, dtype=dtype, overwrite=overwrite,
-                            device=self.trainer.strategy.root_device,
-                            forward_context=self.trainer.precision_plugin.forward_context)
+        self.model.write_teacher_cache(self.datamodule, path, dtype=dtype, overwrite=overwrite, device=self.trainer.strategy.root_device,
+                                       forward_context=self.trainer.precision_plugin.forward_context)
 
     @override
     def _instantiate_trainer(self, config: dict, callbacks: list):

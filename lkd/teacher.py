@@ -216,13 +216,25 @@ class Teacher(nn.Module):
         check_teacher_fits(self.model, student, trainer.strategy.root_device, offload=self.offload, teacher_dtype=self.dtype)
 
     # ---- the teacher cache ---------------------------------------------------------------------------
-    def attach_cache(self, module, datamodule, trainer, *, num_classes: int | None = None) -> None:
-        """Attach ``cache`` (writing it first if missing) and check it against this teacher and the data."""
+    def attach_cache(self, data, targets: dict, *, num_classes: int | None = None) -> None:
+        """Serve targets from ``cache`` (none when it is not set), once the file is checked against this teacher, the
+        splits of ``data`` (:class:`lkd.cache.CacheableData`) and ``targets``, what the module's targets are
+        (its ``cache_description()``); a stale file is refused (:class:`lkd.cache.StaleTeacherCacheError`). The file
+        must exist: the module writes a missing one first (:meth:`lkd.modules.LKDModule.write_teacher_cache`)."""
         self.store = None
-        if self.cache_path is not None:
-            from lkd.cache import attach_teacher_cache
+        if self.cache_path is None:
+            return
+        from lkd.cache import TeacherCache
 
-            self.store = attach_teacher_cache(module, datamodule, trainer, self.cache_path, num_classes=num_classes)
+        cache = TeacherCache.load(self.cache_path)
+        identities = {stage: data.cache_identity(stage) for stage in data.cache_stages()}
+        cache.check(self.fingerprint(), identities, num_classes=num_classes, targets=targets)
+        live = [s for s in identities if s not in cache.stages]
+        rank_zero_info(
+            f"teacher cache {cache.path}: {', '.join(cache.stages)} from the cache ({cache.dtype})"
+            + (f"; {', '.join(live)} with the live teacher" if live else "")
+        )
+        self.store = cache
 
     def cached(self, stage: str, sample_ids: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
         """The cached targets of a batch (``{"logits": (B, C)}`` or ``{"topk": ((B, T, k), (B, T, k))}``), or

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lkd.cache import build_teacher_cache
 from lkd.cache.store import StaleTeacherCacheError, TeacherCache
 from lkd.data.alignment import AlignmentError, align_chunks, pack_blocks, token_offsets
 from lkd.data.text import AlignedTokenBlocks, TextDataModule, TokenBlocks
@@ -333,7 +332,7 @@ def test_cached_two_tokenizer_targets_equal_the_live_ones_and_another_pair_is_re
     torch.manual_seed(0)
     live = module(weights)
     dm = aligned_data(tiny_wikitext, byte_bpe, max_blocks=8)
-    built = build_teacher_cache(live, dm, cache, dtype="float32")
+    built = live.write_teacher_cache(dm, cache, dtype="float32")
     assert built.targets["kind"] == "lm_aligned" and built.content["build"]["batches"] == 4  # 8 blocks of train and of val, 4 a batch
     batch = next(iter(dm.cache_batches("train")))
     with torch.no_grad():
@@ -358,7 +357,7 @@ def test_interrupted_cache_build_continues_where_it_stopped(tiny_wikitext, byte_
     torch.manual_seed(0)
     model = module(weights)
     dm = aligned_data(tiny_wikitext, byte_bpe, max_blocks=16)
-    reference = build_teacher_cache(model, dm, tmp_path / "ref.cache", dtype="float32", shard_batches=1)
+    reference = model.write_teacher_cache(dm, tmp_path / "ref.cache", dtype="float32", shard_batches=1)
     calls = {"n": 0}
     original = LMDistillModule.cache_targets
 
@@ -371,7 +370,7 @@ def test_interrupted_cache_build_continues_where_it_stopped(tiny_wikitext, byte_
     monkeypatch.setattr(LMDistillModule, "cache_targets", dies_after_three)
     path = tmp_path / "resumed.cache"
     with pytest.raises(KeyboardInterrupt):
-        build_teacher_cache(model, dm, path, dtype="float32", shard_batches=1)
+        model.write_teacher_cache(dm, path, dtype="float32", shard_batches=1)
     assert not path.exists() and len(list((tmp_path / "resumed.cache.partial").glob("train-*.pt"))) == 3
     monkeypatch.setattr(LMDistillModule, "cache_targets", original)
     counted = {"n": 0}
@@ -381,7 +380,7 @@ def test_interrupted_cache_build_continues_where_it_stopped(tiny_wikitext, byte_
         return original(self, batch)
 
     monkeypatch.setattr(LMDistillModule, "cache_targets", counting)
-    resumed = build_teacher_cache(model, dm, path, dtype="float32", shard_batches=1)
+    resumed = model.write_teacher_cache(dm, path, dtype="float32", shard_batches=1)
     assert counted["n"] == reference.content["build"]["batches"] - 3  # only what was not done
     assert resumed.content["build"]["resumed_batches"] == 3
     assert not (tmp_path / "resumed.cache.partial").exists()

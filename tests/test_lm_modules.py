@@ -159,7 +159,7 @@ def test_routed_step_sends_each_objective_to_its_own_side():
     routed, tau = module.routed_teacher, module.contrastive_temperature
     s_out = module.student(input_ids=ids, output_hidden_states=True, output_attentions=True)
     student = module.projections.student_features(s_out)
-    ctx = routed.context(s_out, {"logits": routed.native(ids, "train").logits})
+    ctx = routed.context(s_out, {"logits": module.teacher_targets({"input_ids": ids}, "train")["logits"]})
     (t_out,), _ = routed.passes(ids, ctx, "train", learns=True, hidden=True, attentions=True)
     teacher = module.projections.teacher_features(t_out)
     sg = lambda feats: {k: [x.detach() for x in v] if isinstance(v, list) else v.detach() for k, v in feats.items()}  # noqa: E731
@@ -176,7 +176,7 @@ def test_routed_step_sends_each_objective_to_its_own_side():
 
 
 def test_teacher_weights_come_from_a_causal_lm_checkpoint(tiny_wikitext, tmp_path):
-    """Teacher(tiny_moe_lm(...), checkpoint=<CausalLMModule checkpoint>): its "model." weights, loaded in setup,
+    """Teacher(TinyMoELM(...).model, checkpoint=<CausalLMModule checkpoint>): its "model." weights, loaded in setup,
     frozen through the fit, saved under teacher.model.*."""
     lm = CausalLMModule(tiny_teacher(seed=3), tokenizer="bytes")
     t = trainer(tmp_path / "teacher", max_steps=1, limit_val_batches=0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lkd.cache import StaleTeacherCacheError, TeacherCache, TeacherCacheError, build_teacher_cache
+from lkd.cache import StaleTeacherCacheError, TeacherCache, TeacherCacheError
 from lkd.data import GLUEDataModule, MNISTDataModule
 from lkd.data.transforms import normalize_uint8
 from lkd.modules import DistillModule, GLUEDistillModule
@@ -41,7 +41,7 @@ def teacher(tmp_path) -> str:
 
 
 def build(teacher_ckpt, data, path, dtype="float32") -> TeacherCache:
-    return build_teacher_cache(module(teacher_ckpt, str(path)), data, path, dtype=dtype)
+    return module(teacher_ckpt, str(path)).write_teacher_cache(data, path, dtype=dtype)
 
 
 def reference_logits(teacher_ckpt: str, data: MNISTDataModule, split: str) -> torch.Tensor:
@@ -286,7 +286,7 @@ def glue_data(root, **kwargs) -> GLUEDataModule:
 
 def test_glue_cache_is_keyed_by_idx_of_a_seeded_subset_and_equals_live(tmp_path, tiny_glue):
     path = tmp_path / "glue.pt"
-    cache = build_teacher_cache(glue_module(str(path)), glue_data(tiny_glue, train_size=40, seed=3), path, dtype="float32")
+    cache = glue_module(str(path)).write_teacher_cache(glue_data(tiny_glue, train_size=40, seed=3), path, dtype="float32")
     ids = cache.content["splits"]["train"]["sample_ids"]
     assert len(ids) == 40 and not torch.equal(ids, torch.arange(40))  # GLUE idx of the shuffled subset
     assert cache.content["splits"]["train"]["identity"]["tokenizer"].endswith("all-MiniLM-L6-v2")

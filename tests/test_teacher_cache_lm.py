@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from lkd.cache import StaleTeacherCacheError, TeacherCache, TeacherCacheError, build_teacher_cache
+from lkd.cache import StaleTeacherCacheError, TeacherCache, TeacherCacheError
 from lkd.cache.store import CacheableData, teacher_fingerprint
 from lkd.callbacks import DistillationReport
 from lkd.data.text import TextDataModule
@@ -40,7 +40,7 @@ def module(cache=None, *, teacher_seed=0, top_k=K, **kw) -> LMDistillModule:
 
 
 def build(path, root=None, dtype="float16", *, dm=None, **kw) -> TeacherCache:
-    return build_teacher_cache(module(path, **kw), dm or data(root), path, dtype=dtype)
+    return module(path, **kw).write_teacher_cache(dm or data(root), path, dtype=dtype)
 
 
 trainer = partial(tiny_trainer, max_epochs=None, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0)

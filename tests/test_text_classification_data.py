@@ -108,7 +108,7 @@ def test_a_glue_config_runs_on_a_csv_by_overrides_alone(reviews, tmp_path):
     ])
     assert cli.datamodule.hub_id is None and cli.datamodule.num_classes == 3
     assert cli.model.num_classes == 3 and cli.model.task == "reviews"  # linked from the data
-    assert cli.model.network.classifier.out_features == 3
+    assert cli.model.trained_model.classifier.out_features == 3
     assert cli.trainer.global_step == 2 and "val/acc" in cli.trainer.callback_metrics
     from lkd.data.text_classification import LengthGroupedSampler
 

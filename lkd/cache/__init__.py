@@ -1,7 +1,7 @@
 """Teacher-output cache: run a frozen teacher once, distil from its stored logits (``lkd cache-teacher``)."""
 
-from lkd.cache.build import attach_teacher_cache, build_teacher_cache
-from lkd.cache.store import SplitIdentity, StaleTeacherCacheError, TeacherCache, TeacherCacheError
+from lkd.cache.build import TargetsFn, build_teacher_cache, check_cache_target, check_cacheable
+from lkd.cache.store import CacheableData, SplitIdentity, StaleTeacherCacheError, TeacherCache, TeacherCacheError
 
-__all__ = ["SplitIdentity", "StaleTeacherCacheError", "TeacherCache", "TeacherCacheError", "attach_teacher_cache",
-           "build_teacher_cache"]
+__all__ = ["CacheableData", "SplitIdentity", "StaleTeacherCacheError", "TargetsFn", "TeacherCache", "TeacherCacheError",
+           "build_teacher_cache", "check_cache_target", "check_cacheable"]

@@ -1,9 +1,11 @@
-"""Writing a teacher cache (``lkd cache-teacher``) and attaching one to a distillation module.
+"""Writing a teacher cache (``lkd cache-teacher``, or the first fit of a config whose cache is missing).
 
-The cache knows neither a data module's type nor a track: the data module offers its splits through
-:class:`lkd.cache.store.CacheableData`, and the distillation module (an :class:`lkd.modules.LKDModule` with
-a :class:`lkd.teacher.Teacher`) says what to store per batch (``cache_targets``) and what the file holds
-(``cache_description``).
+The builder knows neither a data module's type, nor a track, nor the module that owns the teacher. It is handed
+what it needs: the data module, which offers its splits through :class:`lkd.cache.store.CacheableData`; a
+**targets function** ``batch -> (sample_ids (B,), {field: tensor})``, what to store per batch (a distillation
+module's ``cache_targets``); a **description** of what the file holds (``cache_description``, checked against
+the file when it is read) and the **teacher's fingerprint** (:func:`lkd.cache.store.teacher_fingerprint`). The
+module that owns the teacher calls it (:meth:`lkd.modules.LKDModule.write_teacher_cache`), not the other way round.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info
@@ -29,6 +32,23 @@ from lkd.cache.store import (
     encode_token_ids,
     write_cache,
 )
+
+TargetsFn = Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""``batch -> (sample_ids (B,), {field: tensor})``: what a cache stores for one batch, e.g. ``{"logits": (B, C)}``."""
+
+
+def check_cache_target(path: str | Path, *, dtype: str = "float16", overwrite: bool = False) -> Path:
+    """The cache path, once it is known that a cache can be written there in ``dtype``: raises
+    :class:`TeacherCacheError` for an unknown dtype, an existing file without ``overwrite`` or a path that cannot be
+    written. Cheap: call it before the data and the teacher are loaded."""
+    if dtype not in STORAGE_DTYPES:
+        raise TeacherCacheError(f"cache dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    path = Path(path).expanduser()
+    if path.is_file() and not overwrite:
+        raise TeacherCacheError(f"teacher cache {path} exists. HINT: pass --overwrite=true to replace it, or another path")
+    if problem := cache_path_problem(path, rewrite=True):
+        raise TeacherCacheError(problem)
+    return path
 
 
 def check_cacheable(datamodule) -> CacheableData:
@@ -45,8 +65,10 @@ def check_cacheable(datamodule) -> CacheableData:
 
 
 def build_teacher_cache(
-    module: pl.LightningModule,
-    datamodule: pl.LightningDataModule,
+    targets: TargetsFn,
+    description: dict,
+    teacher: dict,
+    datamodule: CacheableData,
     path: str | Path,
     *,
     dtype: str = "float16",
@@ -55,13 +77,17 @@ def build_teacher_cache(
     overwrite: bool = False,
     shard_batches: int = 16,
 ) -> TeacherCache:
-    """Run ``module``'s frozen teacher once over the training (and validation) split and store its targets.
+    """Run ``targets`` once over the set-up data module's training (and validation) split and store what it returns.
 
-    ``module.cache_targets(batch) -> (sample_ids (B,), {field: tensor})``: ``{"logits": (B, C)}`` for the
-    classification tracks, top-k log-probabilities and token ids for language models (described by
-    ``module.cache_description()``). The data are read in order and unaugmented. ``forward_context`` wraps
-    each teacher forward (the trainer's precision context, so cached targets are those a live teacher would
-    give under the same precision).
+    Args:
+        targets: ``batch -> (sample_ids (B,), {field: tensor})`` (:data:`TargetsFn`): ``{"logits": (B, C)}`` for the
+            classification tracks, top-k log-probabilities and token ids for language models; run without gradients
+            inside ``forward_context`` (the trainer's precision context, so cached targets are those a live teacher
+            would give under the same precision) on batches moved to ``device``.
+        description: what the file holds (``{"kind": "logits"}``, ``{"kind": "lm_topk", "k": ..., "vocab": ...}``);
+            token-id fields are stored in the fewest bytes ``description["vocab"]`` allows.
+        teacher: the teacher's fingerprint (:func:`lkd.cache.store.teacher_fingerprint`).
+        datamodule: set up for ``"fit"`` (:class:`lkd.cache.store.CacheableData`); read in order and unaugmented.
 
     A long build logs its progress (batches done, seconds per batch, time left) and keeps what it has done in
     ``<path>.partial/`` (a shard every ``shard_batches`` batches): run it again after an interruption and it
@@ -69,26 +95,14 @@ def build_teacher_cache(
     and the log says so). The folder is removed once the cache is written.
 
     Returns the written cache, loaded back. Raises :class:`TeacherCacheError` for a data module that cannot
-    feed a cache, an existing file without ``overwrite``, a path that cannot be written (before any data is read),
+    feed a cache, an existing file without ``overwrite``, a path that cannot be written (:func:`check_cache_target`),
     or logits that overflow ``dtype``.
     """
-    if dtype not in STORAGE_DTYPES:
-        raise TeacherCacheError(f"cache dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
-    path = Path(path).expanduser()
-    if path.is_file() and not overwrite:
-        raise TeacherCacheError(f"teacher cache {path} exists. HINT: pass --overwrite=true to replace it, or another path")
-    if problem := cache_path_problem(path, rewrite=True):  # before the data and the teacher are loaded
-        raise TeacherCacheError(problem)
+    path = check_cache_target(path, dtype=dtype, overwrite=overwrite)
     data = check_cacheable(datamodule)
     started = time.perf_counter()
-    description = module.cache_description()
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    module.connect_data(datamodule)
-    module.prepare_teacher("fit")
-    module.teacher.to(device)
     identities = {stage: data.cache_identity(stage) for stage in data.cache_stages()}
-    progress = _Progress(path, {"teacher": module.teacher.fingerprint(), "targets": description, "dtype": dtype,
+    progress = _Progress(path, {"teacher": teacher, "targets": description, "dtype": dtype,
                                 "identities": {k: asdict(v) for k, v in identities.items()}}, shard_batches)
     splits = {}
     for stage, identity in identities.items():
@@ -103,7 +117,7 @@ def build_teacher_cache(
                 else:
                     tic = time.perf_counter()
                     batch = datamodule.on_after_batch_transfer(move_data_to_device(batch, torch.device(device)), 0)
-                    batch_ids, fields = module.cache_targets(batch)
+                    batch_ids, fields = targets(batch)
                     batch_ids, fields = batch_ids.cpu(), {k: v.cpu() for k, v in fields.items()}
                     progress.add(stage, index, batch_ids, fields, time.perf_counter() - tic)
                     computed += 1
@@ -129,10 +143,9 @@ def build_teacher_cache(
         splits[stage] = {**split, "max_abs_error": error}
     if "train" not in splits:
         raise TeacherCacheError("the data module has an empty training split; nothing to cache")
-    module.teacher.cpu()
     build = {"teacher_seconds": progress.seconds, "batches": progress.batches, "resumed_batches": len(progress.loaded),
              "device": str(device)}
-    write_cache(path, teacher=module.teacher.fingerprint(), splits=splits, dtype=dtype, targets=description, build=build)
+    write_cache(path, teacher=teacher, splits=splits, dtype=dtype, targets=description, build=build)
     progress.remove()
     cache = TeacherCache.load(path)
     summary = ", ".join(f"{s} {len(v['sample_ids'])} rows (max |error| {v['max_abs_error']:.2e})" for s, v in splits.items())
@@ -210,30 +223,3 @@ def _to_storage(logits: torch.Tensor, dtype: str, stage: str) -> torch.Tensor:
             "--dtype=bfloat16 or --dtype=float32"
         )
     return stored
-
-
-def attach_teacher_cache(module: pl.LightningModule, datamodule, trainer: pl.Trainer, path: str | Path, *,
-                         num_classes: int | None = None) -> TeacherCache:
-    """Load the cache at ``path`` and check it against ``module``'s teacher and the data module (called from the
-    module's ``setup("fit")``, after the data is connected and the teacher loaded).
-
-    A missing file is written first (as ``lkd cache-teacher`` would, float16; on global rank 0 while the
-    other ranks wait), so the first fit of a config builds the cache and later fits reuse it. An existing
-    file is never rebuilt silently: a stale one is refused (:class:`~lkd.cache.store.StaleTeacherCacheError`).
-    """
-    data = check_cacheable(datamodule)
-    if not Path(path).expanduser().exists():
-        if trainer.is_global_zero:
-            rank_zero_info(f"teacher cache {path} does not exist yet: running the teacher once to write it")
-            build_teacher_cache(module, datamodule, path, device=trainer.strategy.root_device,
-                                forward_context=trainer.precision_plugin.forward_context)
-        trainer.strategy.barrier("lkd_teacher_cache")
-    cache = TeacherCache.load(path)
-    identities = {stage: data.cache_identity(stage) for stage in data.cache_stages()}
-    cache.check(module.teacher.fingerprint(), identities, num_classes=num_classes, targets=module.cache_description())
-    live = [s for s in identities if s not in cache.stages]
-    rank_zero_info(
-        f"teacher cache {cache.path}: {', '.join(cache.stages)} from the cache ({cache.dtype})"
-        + (f"; {', '.join(live)} with the live teacher" if live else "")
-    )
-    return cache

@@ -50,7 +50,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     Batches are dicts: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the tokenizer makes
     them), (B, T) padded to the longest example in the batch; ``labels`` (B,) long class ids, or float for
-    regression; ``idx`` (B,) each example's row id (teacher cache key, submission index).
+    regression; ``idx`` (B,) each example's row id (submission index), also as ``sample_id`` (teacher cache key).
 
     Args:
         dataset: hub id or local folder (resolved to a mirror, :mod:`lkd.hub`). Leave None with ``data_files``.

@@ -56,10 +56,11 @@ def tokenise(data: datasets.Dataset, columns: list[str], tokenizer, max_length: 
 
 def collate(tokenizer, examples: list[dict]) -> dict[str, torch.Tensor]:
     """One batch: the model inputs (B, T) padded to the longest example, ``labels`` (B,) when the examples have
-    them, ``idx`` (B,)."""
+    them, ``idx`` (B,) and ``sample_id`` (B,), the same tensor under the name every track's batches share (the key
+    of a teacher cache)."""
     inputs = [{k: e[k] for k in MODEL_INPUTS if k in e} for e in examples]
     batch = dict(tokenizer.pad(inputs, return_tensors="pt"))
     if "labels" in examples[0]:
         batch["labels"] = torch.stack([e["labels"] for e in examples])
-    batch["idx"] = torch.stack([e["idx"] for e in examples])
+    batch["idx"] = batch["sample_id"] = torch.stack([e["idx"] for e in examples])
     return batch

@@ -1,10 +1,16 @@
-"""LightningModules: one base (:class:`LKDModule`) and one file per track (student + losses)."""
+"""LightningModules: one base (:class:`LKDModule`) and one file per track (student + losses). Every public class is
+exported here, so a YAML ``class_path`` reads ``lkd.modules.LMDistillModule``."""
 
-from lkd.modules.base import LKDModule, NonFiniteLossError, StepOutput
-from lkd.modules.glue import GLUEClassifierModule, GLUEDistillModule
-from lkd.modules.lm import CausalLMModule, LMDistillModule
-from lkd.modules.mnist import ClassifierModule, DistillModule
-from lkd.modules.tokenizer_pairs import VocabularyMismatchError
+from lkd.modules.base import LKDModule, ScheduleLengthError
+from lkd.modules.glue import GLUEClassifierModule, GLUEDistillModule, GLUEModule
+from lkd.modules.lm import CausalLMModule, LMDistillModule, LMModule, RoutedDistillModule
+from lkd.modules.mnist import ClassifierModule, DistillModule, MNISTModule
+from lkd.modules.routed_teacher import RoutedTeacher, TeacherPasses
+from lkd.modules.step import NonFiniteLossError, StepOutput
+from lkd.modules.teaching import TeacherLifeCycle
+from lkd.modules.tokenizer_pairs import BatchTokens, OneTokenizer, TwoTokenizers, VocabularyMismatchError
 
-__all__ = ["CausalLMModule", "ClassifierModule", "DistillModule", "GLUEClassifierModule", "GLUEDistillModule", "LKDModule",
-           "LMDistillModule", "NonFiniteLossError", "StepOutput", "VocabularyMismatchError"]
+__all__ = ["BatchTokens", "CausalLMModule", "ClassifierModule", "DistillModule", "GLUEClassifierModule", "GLUEDistillModule",
+           "GLUEModule", "LKDModule", "LMDistillModule", "LMModule", "MNISTModule", "NonFiniteLossError", "OneTokenizer",
+           "RoutedDistillModule", "RoutedTeacher", "ScheduleLengthError", "StepOutput", "TeacherLifeCycle", "TeacherPasses",
+           "TwoTokenizers", "VocabularyMismatchError"]

@@ -2,8 +2,10 @@
 the teacher's life cycle.
 
 A track module (``lkd.modules.mnist``, ``lkd.modules.glue``, ``lkd.modules.lm``) holds only its networks and
-its losses: it implements :meth:`LKDModule.step` (one batch → :class:`StepOutput`), :meth:`LKDModule.parameter_groups`
-and, for its metrics, :meth:`LKDModule.make_metrics`. :class:`LKDModule` then
+its losses: it implements :meth:`LKDModule.step` (one batch → :class:`StepOutput`), :attr:`LKDModule.trained_model`
+(the network it trains: ``model``, or a distillation module's ``student``) and, for its metrics,
+:meth:`LKDModule.make_metrics`; a distillation module also :meth:`LKDModule.cache_targets` (its teacher's targets for
+a batch). :class:`LKDModule` then
 
 * runs ``training_step`` / ``validation_step`` / ``test_step`` through one ``_shared_step``: logs
   ``{stage}/loss`` and every loss term as ``{stage}/{term}``, stops on a non-finite training loss
@@ -13,30 +15,35 @@ and, for its metrics, :meth:`LKDModule.make_metrics`. :class:`LKDModule` then
 * averages every ``self.log`` value over processes when there are several (``sync_dist``);
 * rebuilds every :class:`lkd.models.DiscreteKeyValueBottleneck` it holds with a synced codebook EMA when
   the trainer runs several processes (any track: MNIST, GLUE, ...);
+* checks a classifier's labels (:meth:`check_labels`) and reads every track's sample ids (:meth:`sample_ids`);
 * for a distillation module (one with a :class:`lkd.teacher.Teacher` as ``self.teacher``): hands the data
   module what it needs from the model (:meth:`connect_data`), loads, freezes and casts the teacher, checks
-  it fits on the device, attaches its cache (``setup``), and parks it at the start of every stage;
-* builds the optimiser from the parameter groups and the learning-rate schedule (:mod:`lkd.schedules`).
+  it fits on the device, writes its cache when missing and attaches it (``setup``), serves each step the teacher's
+  targets from the cache or a live forward (:meth:`teacher_targets`), and parks it at the start of every stage
+  (the teacher side is :class:`lkd.modules.teaching.TeacherLifeCycle`, mixed in);
+* builds the optimiser from the parameter groups (default: :attr:`trained_model`'s trainable parameters) and the
+  learning-rate schedule (:mod:`lkd.schedules`).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
-from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from torchmetrics import Metric, MetricCollection
 from typing_extensions import override
 
+from lkd.losses import UNLABELLED
 from lkd.models.dkvb import DiscreteKeyValueBottleneck
 from lkd.modules.optimizer_checks import optimizer_problems
+from lkd.modules.step import NonFiniteLossError, StepOutput, check_finite_loss  # noqa: F401 - NonFiniteLossError: lkd.modules.base's too
+from lkd.modules.teaching import TeacherLifeCycle
 from lkd.schedules import ScheduleName, build_scheduler, schedule_problems
-from lkd.teacher import Teacher
 
 STAGES = ("train", "val", "test")
 
@@ -45,59 +52,7 @@ class ScheduleLengthError(ValueError):
     """A resumed run is longer than the learning-rate schedule it restored."""
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf."""
-
-
-@dataclass
-class StepOutput:
-    """What a track's :meth:`LKDModule.step` returns for one batch.
-
-    Attributes:
-        loss: 0-d tensor to back-propagate (training).
-        batch_size: examples (or tokens) the logged means are weighted by.
-        terms: unweighted loss terms and other per-batch values, logged as ``{stage}/{name}``.
-        metric_args: positional arguments of the stage's metric collection ``update`` (e.g. ``(preds, labels)``).
-        logged_loss: what ``{stage}/loss`` shows, when it is not ``loss`` (e.g. without a router's own objective).
-        outputs: what the step returns to callbacks (e.g. ``{"preds", "labels"}`` for the confusion matrix).
-    """
-
-    loss: torch.Tensor
-    batch_size: int
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    metric_args: tuple = ()
-    logged_loss: torch.Tensor | None = None
-    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def newest_checkpoint(module: pl.LightningModule) -> str:
-    """The most recently written checkpoint of the module's run, if any."""
-    if module._trainer is None:
-        return ""
-    paths = {
-        p
-        for cb in module.trainer.checkpoint_callbacks
-        for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
-        if p and os.path.isfile(p)
-    }
-    return max(paths, key=os.path.getmtime, default="")
-
-
-def check_finite_loss(module: pl.LightningModule, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-    """Stop training with :class:`NonFiniteLossError` (step, terms, newest checkpoint) on a NaN/inf loss."""
-    if torch.isfinite(loss):
-        return
-    last_good = newest_checkpoint(module)
-    parts = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-    raise NonFiniteLossError(
-        f"training loss is {loss.item()} at global step {module.global_step} (epoch {module.current_epoch}); "
-        f"terms: {parts or 'none'}. Training stopped; the last good checkpoint is "
-        f"{last_good or 'not written yet'}. HINT: lower the learning rate, check the inputs, or use "
-        "gradient clipping (trainer.gradient_clip_val)."
-    )
-
-
-class LKDModule(pl.LightningModule):
+class LKDModule(TeacherLifeCycle, pl.LightningModule):
     """Base of every lkd LightningModule (see the module docstring for what it does).
 
     Args:
@@ -110,7 +65,13 @@ class LKDModule(pl.LightningModule):
     """
 
     num_classes: int | None = None
-    """Classes of a classification track (its module sets it, linked from the data); None: not a classifier."""
+    """Classes of a classification track (its module sets it, linked from the data; 1: regression); None: not a
+    classifier."""
+    accepts_unlabelled = False
+    """Whether training rows may be :data:`lkd.losses.UNLABELLED` (a transfer set: only a module with a teacher can
+    label them)."""
+    transfer_set_option, unlabelled_hint = "", "distil from a teacher"
+    """Where a track's data makes a transfer set, and what to do instead, for :meth:`check_labels`'s message."""
 
     def __init__(self, optimizer: OptimizerCallable = torch.optim.AdamW, lr_schedule: ScheduleName = "cosine",
                  warmup: float = 0.0, min_lr_ratio: float = 0.0):
@@ -136,9 +97,16 @@ class LKDModule(pl.LightningModule):
         """Loss, terms and metric inputs of one batch."""
         raise NotImplementedError
 
+    @property
+    def trained_model(self) -> nn.Module:
+        """The network this module trains, evaluates and exports: a distillation module's ``student``, else its
+        ``model`` (the attribute names stay: they are the checkpoint keys' prefixes)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which network it trains (trained_model)")
+
     def parameter_groups(self) -> list[dict]:
-        """The optimiser's parameter groups (``{"params": [...], "name": ..., ["lr": ...]}``)."""
-        raise NotImplementedError
+        """The optimiser's parameter groups (``{"params": [...], "name": ..., ["lr": ...]}``); default one, ``model``:
+        :attr:`trained_model`'s trainable parameters."""
+        return [{"params": [p for p in self.trained_model.parameters() if p.requires_grad], "name": "model"}]
 
     def epoch_metrics(self, stage: str, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Metrics derived from the epoch's computed ones (e.g. GLUE's score); default: none added."""
@@ -147,6 +115,39 @@ class LKDModule(pl.LightningModule):
     def connect_data(self, datamodule: pl.LightningDataModule) -> None:
         """Hand the data module what it needs from the model (tokenizer, length limits): the one direction
         model → data. Called in ``setup`` (and by ``lkd cache-teacher``); default: nothing to hand."""
+
+    # ---- what every track's batches and labels share ---------------------------------------------------
+    def sample_ids(self, batch) -> torch.Tensor | None:
+        """The batch's sample ids (B,), the key of a teacher cache: a dict batch's ``sample_id`` (GLUE / text
+        classification: the same tensor as its ``idx``; language models: the block's id), an ``(x, y, sample_id)``
+        tuple's third item (MNIST); None when the batch has none."""
+        if isinstance(batch, dict):
+            return batch.get("sample_id")
+        return batch[2] if isinstance(batch, (tuple, list)) and len(batch) > 2 else None
+
+    def check_labels(self, labels: torch.Tensor, stage: str) -> None:
+        """Refuse a classifier's labels (B,) outside ``0..num_classes-1`` (validation and test rows must all carry one)
+        and, unless :attr:`accepts_unlabelled`, training rows without a label (:data:`lkd.losses.UNLABELLED`, NaN for a
+        regression target). Nothing to check for a module that is not a classifier."""
+        n = self.num_classes
+        if n is None or not labels.numel():
+            return
+        if stage == "train":
+            unlabelled = ~labels.isfinite() if labels.is_floating_point() else labels == UNLABELLED
+            if unlabelled.any() and not self.accepts_unlabelled:
+                raise ValueError(
+                    f"{type(self).__name__} got {int(unlabelled.sum())} training rows without labels (a transfer set: "
+                    f"{self.transfer_set_option}; label {UNLABELLED}), which only a teacher can label; training alone would "
+                    f"have nothing to learn from them. HINT: {self.unlabelled_hint}"
+                )
+            labels = labels[~unlabelled]
+        if n < 2 or labels.is_floating_point() or not labels.numel():  # regression targets: any value
+            return
+        if labels.min() < 0 or labels.max() >= n:
+            bad = labels[(labels < 0) | (labels >= n)].unique().tolist()
+            hint = ("-1 marks a row without a label (GLUE's hidden test labels): score a labelled split ('validation') "
+                    "instead" if bad == [UNLABELLED] else "the data module's classes and the model's num_classes must agree")
+            raise ValueError(f"{stage} labels {bad[:10]} are out of range for num_classes={n} (expected 0..{n - 1}). HINT: {hint}")
 
     # ---- logging --------------------------------------------------------------------------------------
     @override
@@ -265,8 +266,8 @@ class LKDModule(pl.LightningModule):
         if self.frozen_teacher is not None:
             self.prepare_teacher(stage)
             if stage == "fit" and self._trainer is not None:
-                self.teacher.check_fits(self.student, self.trainer)
-                self.teacher.attach_cache(self, datamodule, self.trainer, num_classes=self.num_classes)
+                self.teacher.check_fits(self.trained_model, self.trainer)
+                self._attach_teacher_cache(datamodule)
 
     def _sync_dkvb_codebooks(self) -> None:
         """Every DKVB this module holds gets a codebook EMA synced across processes (multi-process runs).
@@ -279,52 +280,6 @@ class LKDModule(pl.LightningModule):
         for name, module in self.named_modules():
             if isinstance(module, DiscreteKeyValueBottleneck) and module.sync_codebook_across_processes():
                 rank_zero_info(f"{name}: DKVB codebook EMA synced across {self.trainer.world_size} processes")
-
-    def prepare_teacher(self, stage: str = "fit") -> None:
-        """Load the teacher's checkpoint and hold it in its dtype; before any step, so a missing or mismatched
-        teacher fails before training (a resumed run then restores the identical teacher from its own checkpoint)."""
-        self.teacher.load(num_classes=self.num_classes)
-        self.teacher.check_trained_for(**self.teacher_expectations())
-        self.before_teacher_hold(stage)
-        self.teacher.hold()
-
-    def teacher_expectations(self) -> dict:
-        """What the teacher checkpoint's saved hyperparameters must agree with (``{"task": "sst2"}``);
-        :meth:`lkd.teacher.Teacher.check_trained_for` refuses a mismatch. Default: nothing."""
-        return {}
-
-    def before_teacher_hold(self, stage: str) -> None:
-        """Runs with the teacher's fp32 weights loaded, before it is cast (GLUE: copy it into the student)."""
-
-    def teacher_targets(self, batch, stage: str) -> dict[str, torch.Tensor]:
-        """The teacher's targets for a batch: from the cache for a cached stage, else a live forward without
-        gradients (:meth:`cache_targets`)."""
-        if (cached := self.teacher.cached(stage, self.sample_ids(batch))) is not None:
-            return cached
-        with torch.no_grad():
-            return self.cache_targets(batch)[1]
-
-    def cache_targets(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(sample ids (B,), {field: tensor})``: what a teacher cache stores for a batch (and the live targets)."""
-        raise NotImplementedError
-
-    def cache_description(self) -> dict:
-        """What a teacher cache for this module holds (checked against the file)."""
-        return {"kind": "logits"}
-
-    def sample_ids(self, batch) -> torch.Tensor | None:
-        """The batch's sample ids (B,), the key of a teacher cache."""
-        return None
-
-    @property
-    def frozen_teacher(self) -> Teacher | None:
-        """The module's :class:`~lkd.teacher.Teacher` (``self.teacher``), None for a module without one."""
-        teacher = self._modules.get("teacher")
-        return teacher if isinstance(teacher, Teacher) else None
-
-    def _park_teacher(self) -> None:
-        if self.frozen_teacher is not None:
-            self.frozen_teacher.park()
 
     @override
     def configure_callbacks(self) -> list:

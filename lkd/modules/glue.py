@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from typing_extensions import override
 
-from lkd.losses import UNLABELLED, hard_label_loss, hinton_kd_loss, labelled_rows, layerwise_loss, regression_kd_loss
+from lkd.losses import hard_label_loss, hinton_kd_loss, labelled_rows, layerwise_loss, regression_kd_loss
 from lkd.losses.kd import kd_problems
 from lkd.memory import enable_activation_checkpointing
 from lkd.metrics.glue import glue_metrics, glue_score
@@ -37,7 +37,8 @@ class GLUEModule(LKDModule):
 
     Logs ``{stage}/loss``, every loss term, every task metric (``{stage}/acc``, ``/f1``, ``/mcc``,
     ``/pearson``, ``/spearman``) and ``{stage}/score`` (their mean, the GLUE leaderboard's task score; the
-    default checkpoint monitor of GLUE configs). Subclasses implement ``loss`` and ``network``.
+    default checkpoint monitor of GLUE configs). Subclasses implement ``loss`` and ``trained_model``. Training rows
+    without labels (a transfer set) are accepted by distillation only, and left out of the training metrics.
 
     Args:
         num_classes: outputs (linked from the data module; 1 = regression with an MSE loss).
@@ -47,6 +48,9 @@ class GLUEModule(LKDModule):
             ``constant`` (:mod:`lkd.schedules`); counted in optimizer steps.
         warmup_ratio: fraction of the optimizer steps spent warming up.
     """
+
+    transfer_set_option = "data.init_args.transfer_copies > 0"
+    unlabelled_hint = "use GLUEDistillModule, or set transfer_copies: 0"
 
     def __init__(self, num_classes: int = 2, task: str = "sst2", optimizer: OptimizerCallable = torch.optim.AdamW,
                  lr_schedule: ScheduleName = "linear", warmup_ratio: float = 0.1):
@@ -64,18 +68,13 @@ class GLUEModule(LKDModule):
         return {**values, f"{stage}/score": glue_score(values)} if values else values
 
     @property
-    def network(self) -> TransformerClassifier:
-        """The model being trained and evaluated."""
-        raise NotImplementedError
-
-    @property
     def tokenizer_name(self) -> str:
-        """The tokenizer the data must be encoded with: the network's encoder."""
-        return self.network.encoder_name
+        """The tokenizer the data must be encoded with: the trained network's encoder."""
+        return self.trained_model.encoder_name
 
     @property
     def max_length(self) -> int:
-        return self.network.max_length
+        return self.trained_model.max_length
 
     @property
     def is_regression(self) -> bool:
@@ -87,12 +86,8 @@ class GLUEModule(LKDModule):
             datamodule.connect(self.tokenizer_name, self.max_length)
 
     @override
-    def sample_ids(self, batch) -> torch.Tensor | None:
-        return batch.get("idx")
-
-    @override
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        return self.network(input_ids, attention_mask, token_type_ids).logits
+        return self.trained_model(input_ids, attention_mask, token_type_ids).logits
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy, or MSE for a regression task."""
@@ -109,7 +104,7 @@ class GLUEModule(LKDModule):
     @override
     def step(self, batch: dict, stage: str) -> StepOutput:
         labels = batch["labels"]
-        self._check_labels(labels, stage)
+        self.check_labels(labels, stage)
         logits, loss, terms = self.loss(batch, stage)
         preds = self.predictions(logits.detach())
         if stage == "train" and not (keep := labelled_rows(labels)).all():  # transfer-set rows: no label to score
@@ -118,27 +113,8 @@ class GLUEModule(LKDModule):
 
     @override
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self.network(**_inputs(batch)).logits
+        logits = self.trained_model(**_inputs(batch)).logits
         return {"idx": batch["idx"], "prediction": self.predictions(logits)}
-
-    def _check_labels(self, labels: torch.Tensor, stage: str) -> None:
-        if self.is_regression or not labels.numel():
-            return
-        if stage == "train":  # UNLABELLED rows of a transfer set (TextClassificationDataModule.transfer_copies)
-            labels = labels[labels != UNLABELLED]
-            if not labels.numel():
-                return
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            bad = labels[(labels < 0) | (labels >= self.num_classes)].unique().tolist()
-            hint = " (-1 marks GLUE's hidden test labels: score 'validation' instead)" if bad == [-1] else ""
-            raise ValueError(
-                f"{stage} labels {bad[:10]} are out of range for num_classes={self.num_classes} "
-                f"(expected 0..{self.num_classes - 1}){hint}"
-            )
-
-    @override
-    def parameter_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.network.parameters() if p.requires_grad], "name": "model"}]
 
 
 class GLUEClassifierModule(GLUEModule):
@@ -156,16 +132,12 @@ class GLUEClassifierModule(GLUEModule):
         self.model = model(num_classes)
 
     @property
-    def network(self) -> TransformerClassifier:
+    @override
+    def trained_model(self) -> TransformerClassifier:
         return self.model
 
     @override
     def loss(self, batch, stage):
-        if stage == "train" and not labelled_rows(batch["labels"]).all():
-            raise ValueError(
-                "the training data has rows without labels (a transfer set: data.init_args.transfer_copies > 0), which only "
-                "a teacher can label; fine-tuning alone would skip them. HINT: use GLUEDistillModule, or set transfer_copies: 0"
-            )
         logits = self.model(**_inputs(batch)).logits
         return logits, self.task_loss(logits, batch["labels"]), {}
 
@@ -197,6 +169,8 @@ class GLUEDistillModule(GLUEModule):
         activation_checkpointing: recompute the student encoder's layers in the backward instead of storing
             their activations (transformers gradient checkpointing): less memory, about one more forward of time.
     """
+
+    accepts_unlabelled = True
 
     def __init__(
         self,
@@ -259,7 +233,8 @@ class GLUEDistillModule(GLUEModule):
             )
 
     @property
-    def network(self) -> TransformerClassifier:
+    @override
+    def trained_model(self) -> TransformerClassifier:
         return self.student
 
     @property
@@ -273,8 +248,16 @@ class GLUEDistillModule(GLUEModule):
 
     @override
     def cache_targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(idx (B,), {"logits": (B, C)})`` of a batch."""
-        return batch["idx"], {"logits": self.teacher(**_inputs(batch)).logits}
+        """``(sample ids (B,), {"logits": (B, C)})`` of a batch."""
+        return self.sample_ids(batch), {"logits": self.teacher(**_inputs(batch)).logits}
+
+    @override
+    def live_targets(self, batch: dict, stage: str) -> dict[str, torch.Tensor]:
+        """The cached fields and, for ``L_cos``, the teacher's ``hidden_states`` (a cache is refused with cos_weight > 0)."""
+        if self.cos_weight == 0:
+            return super().live_targets(batch, stage)
+        out = self.teacher(**_inputs(batch), output_hidden_states=True)
+        return {"logits": out.logits, "hidden_states": out.hidden_states}
 
     @override
     def parameter_groups(self) -> list[dict]:
@@ -289,18 +272,14 @@ class GLUEDistillModule(GLUEModule):
         hidden = self.cos_weight > 0
         student_out = self.student(**inputs, output_hidden_states=hidden)
         s = student_out.logits
-        if hidden:  # hidden states of the teacher: a live forward (a cache is refused with cos_weight > 0)
-            with torch.no_grad():
-                teacher_out = self.teacher(**inputs, output_hidden_states=True)
-            t = teacher_out.logits  # (B, C) fp32
-        else:
-            t = self.teacher_targets(batch, stage)["logits"]  # (B, C), from the cache or live
+        teacher = self.teacher_targets(batch, stage)  # from the cache or live (with the hidden states for L_cos)
+        t = teacher["logits"]  # (B, C) fp32
         if self.is_regression:
             loss, terms = regression_kd_loss(s, t, labels, alpha=self.alpha)
         else:
             loss, terms = hinton_kd_loss(s, t, labels, temperature=self.temperature, alpha=self.alpha)
         if hidden:
-            terms["cos"] = self._cosine_term(student_out.hidden_states, teacher_out.hidden_states, inputs.get("attention_mask"))
+            terms["cos"] = self._cosine_term(student_out.hidden_states, teacher["hidden_states"], inputs.get("attention_mask"))
             loss = loss + self.cos_weight * terms["cos"]
         return s, loss, terms
 

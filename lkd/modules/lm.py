@@ -57,10 +57,6 @@ class LMModule(LKDModule):
         self.token_bytes: torch.Tensor | None = None  # (V,) UTF-8 bytes per token id, from the data's tokenizer (bind_tokenizers)
 
     @property
-    def trained_model(self) -> nn.Module:
-        raise NotImplementedError
-
-    @property
     def vocab_size(self) -> int:
         return causal_lm.vocab_size(self.trained_model)
 
@@ -94,10 +90,6 @@ class LMModule(LKDModule):
         counted = self.token_bytes.to(input_ids.device)[input_ids[:, 1:]]  # (B, T-1)
         return (counted if mask is None else counted * mask[:, 1:]).sum()
 
-    @override
-    def sample_ids(self, batch) -> torch.Tensor | None:
-        return batch.get("sample_id")
-
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) of the model being trained."""
         return self.trained_model(input_ids=input_ids).logits
@@ -111,7 +103,7 @@ class CausalLMModule(LMModule):
     adds ``train/aux_loss`` weighted by its config's ``router_aux_loss_coef``.
 
     Args:
-        model: a transformers causal LM (YAML ``class_path``, e.g. :func:`lkd.models.causal_lm.tiny_moe_lm`).
+        model: a transformers causal LM (YAML ``class_path``, e.g. :class:`lkd.models.TinyMoELM`).
         tokenizer, optimizer, warmup_steps, min_lr_ratio, lr_schedule: see :class:`LMModule`.
     """
 
@@ -123,12 +115,9 @@ class CausalLMModule(LMModule):
         self.save_hyperparameters(ignore=["model", "optimizer"])
 
     @property
+    @override
     def trained_model(self) -> nn.Module:
         return self.model
-
-    @override
-    def parameter_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "name": "model"}]
 
     @override
     def step(self, batch, stage: str) -> StepOutput:
@@ -162,7 +151,7 @@ class LMDistillModule(LMModule):
     :class:`lkd.callbacks.DistillationReport`.
 
     Args:
-        student: the model to train (YAML ``class_path``, e.g. :class:`lkd.models.causal_lm.TinyLlamaLM`).
+        student: the model to train (YAML ``class_path``, e.g. :class:`lkd.models.TinyLlamaLM`).
         teacher: the frozen teacher (:class:`lkd.teacher.Teacher`).
         tokenizer: the student's tokenizer (and the teacher's without ``teacher_tokenizer``); a folder path with
             ``data.init_args.train_tokenizer`` trains a byte-level BPE there first.
@@ -251,6 +240,7 @@ class LMDistillModule(LMModule):
 
     # ---- set-up: data, tokenizers, the cache contract, parameter groups ---------------------------------
     @property
+    @override
     def trained_model(self) -> nn.Module:
         return self.student
 
@@ -282,11 +272,23 @@ class LMDistillModule(LMModule):
     def cache_targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(block ids (B,), {"topk_logprobs": (B, T, k), "topk_indices": (B, T, k)})`` of a batch; with two
         tokenizers also ``"token_logprobs"`` (B, T) (the teacher's log-probability of each of its own tokens)."""
-        ids = batch["teacher_input_ids" if self.cross_tokenizer else "input_ids"]  # (B, T)
+        ids = self.teacher_ids(batch)  # (B, T)
         logits = self.teacher(input_ids=ids).logits  # (B, T, V)
         logprobs, indices = teacher_topk(logits, self.teacher.cache_top_k, self.temperature)
         targets = {"topk_logprobs": logprobs, "topk_indices": indices}
-        return batch["sample_id"], ({"token_logprobs": token_logprobs(logits, ids)} | targets if self.cross_tokenizer else targets)
+        return self.sample_ids(batch), ({"token_logprobs": token_logprobs(logits, ids)} | targets if self.cross_tokenizer else targets)
+
+    @override
+    def live_targets(self, batch: dict, stage: str) -> dict:
+        """The live teacher's features the loss table reads (:meth:`FeatureProjections.teacher_features`: ``logits``, with
+        two tokenizers ``token_logprobs`` and ``topk``, the hidden states and attention maps the losses compare)."""
+        ids = self.teacher_ids(batch)  # (B, T)
+        out = self.teacher(input_ids=ids, output_hidden_states=self.needs_hidden, output_attentions=self.projections.attention)
+        return self.projections.teacher_features(out, ids)
+
+    def teacher_ids(self, batch: dict) -> torch.Tensor:
+        """The teacher's tokens (B, T) of a batch: the student's, or with two tokenizers its own."""
+        return batch["teacher_input_ids" if self.cross_tokenizer else "input_ids"]
 
     @override
     def parameter_groups(self) -> list[dict]:
@@ -325,18 +327,18 @@ class LMDistillModule(LMModule):
                           logged_loss=student_loss, outputs=outputs)
 
     def teacher_passes(self, batch, stage: str, tokens: BatchTokens, s_out, student: dict) -> TeacherPasses:
-        """The teacher's features for a batch from its cache (no forward), its live forward (no gradient) or the routed
-        teacher (:meth:`RoutedTeacher.run`)."""
-        if (cached := self.teacher.cached(stage, self.sample_ids(batch))) is not None:
-            return TeacherPasses([cached], own=cached)  # {"topk": ((B, T, k), (B, T, k))} (+ "token_logprobs" (B, T))
-        routed, t_ids = self.routed_teacher, tokens.teacher_ids
+        """The teacher's features for a batch: its targets (:meth:`teacher_targets`: the cache, or a live forward without
+        gradient) or, through an active routing, the routed teacher's passes (:meth:`RoutedTeacher.run`, given the
+        teacher's own targets when it needs them)."""
+        routed = self.routed_teacher
         if routed is None or not routed.active:
-            with torch.no_grad():
-                out = self.teacher(input_ids=t_ids, output_hidden_states=self.needs_hidden, output_attentions=self.projections.attention)
-                feats = self.projections.teacher_features(out, t_ids)
+            feats = self.teacher_targets(batch, stage)  # cached {"topk": ((B, T, k), (B, T, k))} (+ "token_logprobs" (B, T)), or live
             return TeacherPasses([feats], own=feats)
+        own = self.teacher_targets(batch, stage) if routed.needs_own(stage) else None
+        t_ids = tokens.teacher_ids
         s_bytes = None if tokens.index is None or self.token_bytes is None else self.token_bytes.to(t_ids.device)[tokens.student_ids]
-        return routed.run(t_ids, stage, self.global_step, self.projections, s_out, student, index=tokens.index, student_bytes=s_bytes)
+        return routed.run(t_ids, stage, self.global_step, self.projections, s_out, student, own=own, index=tokens.index,
+                          student_bytes=s_bytes)
 
     @override
     def on_after_backward(self) -> None:

@@ -13,7 +13,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lkd.losses import UNLABELLED, hinton_kd_loss, labelled_rows
+from lkd.losses import hinton_kd_loss, labelled_rows
 from lkd.losses.kd import kd_problems
 from lkd.modules.base import LKDModule, StepOutput
 from lkd.schedules import ScheduleName
@@ -25,19 +25,19 @@ ModelFactory = Callable[[int], nn.Module]
 
 
 class MNISTModule(LKDModule):
-    """What the MNIST modules share: ``(images, labels, sample_ids)`` batches, ``{stage}/acc``, a label check.
+    """What the MNIST modules share: ``(images, labels, sample_ids)`` batches and ``{stage}/acc``.
 
     Training rows labelled :data:`lkd.losses.UNLABELLED` (a transfer set: ``MNISTDataModule(labelled_size=...)``)
     are accepted by modules with ``accepts_unlabelled`` (distillation: the teacher labels them) and left out of
-    ``train/acc``; validation and test rows must all carry labels.
+    ``train/acc``; validation and test rows must all carry labels (:meth:`lkd.modules.LKDModule.check_labels`).
 
     Args:
         num_classes: number of classes (linked from ``data.num_classes`` by the CLI).
         optimizer, lr_schedule: see :class:`lkd.modules.base.LKDModule` (default: Adam, one-cycle).
     """
 
-    accepts_unlabelled = False
-    """Whether training rows may be :data:`~lkd.losses.UNLABELLED` (only a module with a teacher can use them)."""
+    transfer_set_option = "data.init_args.labelled_size with unlabelled: transfer"
+    unlabelled_hint = "set data.init_args.unlabelled: drop to train on the labelled rows alone, or distil with DistillModule"
 
     def __init__(self, num_classes: int = 10, optimizer: OptimizerCallable = torch.optim.Adam,
                  lr_schedule: ScheduleName = "onecycle"):
@@ -46,11 +46,6 @@ class MNISTModule(LKDModule):
         self.num_classes = num_classes
         super().__init__(optimizer, lr_schedule)
 
-    @property
-    def network(self) -> nn.Module:
-        """The network being trained and evaluated."""
-        raise NotImplementedError
-
     @override
     def make_metrics(self) -> MetricCollection:
         return MetricCollection({"acc": MulticlassAccuracy(self.num_classes, average="micro")})
@@ -58,15 +53,11 @@ class MNISTModule(LKDModule):
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes)."""
-        return self.network(images)
+        return self.trained_model(images)
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of the network being trained."""
-        return self.network(images)
-
-    @override
-    def sample_ids(self, batch) -> torch.Tensor | None:
-        return batch[2] if len(batch) > 2 else None
+        return self.trained_model(images)
 
     def loss(self, batch, logits: torch.Tensor, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, terms) of a batch given the network's logits."""
@@ -75,8 +66,8 @@ class MNISTModule(LKDModule):
     @override
     def step(self, batch, stage: str) -> StepOutput:
         images, labels = batch[0], batch[1]  # (B, 1, 28, 28) float, (B,)
-        self._check_labels(labels, stage)
-        logits = self.network(images)  # (B, C)
+        self.check_labels(labels, stage)
+        logits = self.trained_model(images)  # (B, C)
         loss, terms = self.loss(batch, logits, stage)
         scored, scored_labels = logits.detach(), labels
         if stage == "train" and not (keep := labelled_rows(labels)).all():  # transfer-set rows: no label to score
@@ -89,27 +80,6 @@ class MNISTModule(LKDModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.classify(images).argmax(dim=-1)
-
-    def _check_labels(self, labels: torch.Tensor, stage: str) -> None:
-        if stage == "train" and (labels == UNLABELLED).any():
-            if not self.accepts_unlabelled:
-                raise ValueError(
-                    f"{type(self).__name__} got {int((labels == UNLABELLED).sum())} training rows without labels "
-                    f"(label {UNLABELLED}: a transfer set, data.init_args.labelled_size with unlabelled: transfer), which only "
-                    "a teacher can label; training alone would have nothing to learn from them. HINT: set "
-                    "data.init_args.unlabelled: drop to train on the labelled rows alone, or distil with DistillModule"
-                )
-            labels = labels[labels != UNLABELLED]
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            bad = labels[(labels < 0) | (labels >= self.num_classes)].unique().tolist()
-            raise ValueError(
-                f"{stage} labels {bad[:10]} are out of range for num_classes={self.num_classes} (expected 0.."
-                f"{self.num_classes - 1}). HINT: the data module's classes and the model's num_classes must agree."
-            )
-
-    @override
-    def parameter_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.network.parameters() if p.requires_grad], "name": "model"}]
 
 
 class ClassifierModule(MNISTModule):
@@ -131,7 +101,8 @@ class ClassifierModule(MNISTModule):
         self.label_smoothing = label_smoothing
 
     @property
-    def network(self) -> nn.Module:
+    @override
+    def trained_model(self) -> nn.Module:
         return self.model
 
     @override
@@ -175,13 +146,14 @@ class DistillModule(MNISTModule):
         self.teacher_val_acc = MulticlassAccuracy(num_classes, average="micro")
 
     @property
-    def network(self) -> nn.Module:
+    @override
+    def trained_model(self) -> nn.Module:
         return self.student
 
     @override
     def cache_targets(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(sample_ids (B,), {"logits": (B, C) fp32})``."""
-        return batch[2], {"logits": self.teacher(batch[0])}
+        return self.sample_ids(batch), {"logits": self.teacher(batch[0])}
 
     @override
     def loss(self, batch, logits, stage):

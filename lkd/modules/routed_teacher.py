@@ -106,26 +106,24 @@ class RoutedTeacher:
         return stage == "train" and self.router.trainable and global_step % self.every_n_steps == 0
 
     # ---- the teacher's forwards ------------------------------------------------------------------------
+    def needs_own(self, stage: str) -> bool:
+        """Whether :meth:`run` needs the teacher's own (unrouted) targets: for a routing that reads the student (the gap
+        features) and outside training (drift and the test report compare with them)."""
+        return self.reads_student or stage != "train"
+
     def run(self, teacher_ids: torch.Tensor, stage: str, global_step: int, features: FeatureProjections, student_out,
-            student: dict, *, index: ChunkIndex | None = None, student_bytes: torch.Tensor | None = None) -> TeacherPasses:
-        """The routed teacher's features for one batch (``teacher_ids`` (B, T)): its own forward when needed
-        (:meth:`native`), the routing's inputs (:meth:`context`), the routed passes (:meth:`passes`), each read by
-        ``features`` (the module's :class:`lkd.models.projections.FeatureProjections`)."""
-        native = self.native(teacher_ids, stage)
-        own = None if native is None else features.own_targets(native.logits, teacher_ids)
+            student: dict, *, own: dict | None = None, index: ChunkIndex | None = None,
+            student_bytes: torch.Tensor | None = None) -> TeacherPasses:
+        """The routed teacher's features for one batch (``teacher_ids`` (B, T)): the routing's inputs (:meth:`context`),
+        the routed passes (:meth:`passes`), each read by ``features`` (the module's
+        :class:`lkd.models.projections.FeatureProjections`). ``own``: the teacher's own targets (its ``logits``; the
+        module's :meth:`lkd.modules.LKDModule.teacher_targets`) when :meth:`needs_own`, else None."""
+        own = None if own is None else features.own_targets(own["logits"], teacher_ids)
         ctx = self.context(student_out, own, student_logprobs=student.get("token_logprobs"), index=index, student_bytes=student_bytes)
         learns = self.learns(stage, global_step)
         outs, records = self.passes(teacher_ids, ctx, stage, learns=learns, hidden=features.needs_hidden or self.reads_student,
                                     attentions=features.attention)
         return TeacherPasses([features.teacher_features(out, teacher_ids) for out in outs], own, records, learns)
-
-    def native(self, teacher_ids: torch.Tensor, stage: str):
-        """The teacher's own forward (no gradient), or None: run when the routing reads the student (the gap features)
-        and outside training (drift and the test report compare with it)."""
-        if not (self.reads_student or stage != "train"):
-            return None
-        with torch.no_grad():
-            return self.teacher(input_ids=teacher_ids)
 
     def context(self, student_out=None, own: dict | None = None, *, student_logprobs: torch.Tensor | None = None,
                 index: ChunkIndex | None = None, student_bytes: torch.Tensor | None = None) -> RoutingContext:

@@ -104,7 +104,7 @@ def train_and_test(name: str, config: Path, workdir: Path, seed: int, epochs: in
         ckpt_path = cli.trainer.checkpoint_callback.best_model_path
     trainer, module, data = cli.trainer, cli.model, cli.datamodule
     (metrics,) = trainer.test(module, datamodule=data, ckpt_path=ckpt_path, verbose=False)
-    network = module.student if hasattr(module, "student") else module.model
+    network = module.trained_model
     labelled = labelled_rows(data.datasets["train"].labels)  # (N,) bool; UNLABELLED rows: a transfer set
     return RunResult(
         name=name,
