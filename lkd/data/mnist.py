@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
+from lkd.data.loaders import SplitLoaders
 from lkd.data.samplers import SeededRandomSampler
 from lkd.data.transforms import normalize_uint8, random_shift
 from lkd.hub import load_hub_dataset
@@ -92,7 +93,7 @@ def decoded_splits(hub_id: str, config: str | None) -> tuple[tuple[str, ...], tu
     return tuple(hub["train"].features["label"].names), tensors(hub["train"]), tensors(hub["test"])
 
 
-class MNISTDataModule(pl.LightningDataModule):
+class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
     """MNIST (hub id ``ylecun/mnist``) split into train / val / test, optionally restricted to some classes.
 
     Train and val come from the hub's train split: a seeded permutation, the first ``train_size`` indices
@@ -292,25 +293,10 @@ class MNISTDataModule(pl.LightningDataModule):
         """The split's sample ids (N,) in the order :meth:`cache_batches` yields them."""
         return self.datasets[stage].sample_ids.long()
 
-    def cache_batches(self, stage: str):
-        """The split's batches in order, unaugmented, before device transfer."""
-        return self._loader(stage, shuffle=False)
 
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
 
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
 
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
     @override
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

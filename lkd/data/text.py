@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from lkd.cache.store import SplitIdentity, sha256_tensors
 from lkd.data.alignment import pack_blocks, token_offsets
+from lkd.data.loaders import SplitLoaders
 from lkd.hub import PACKAGED_MODELS, check_split, load_hub_dataset
 from lkd.tokenizers import as_tokenizer, tokenizer_fingerprint, tokenizer_source, train_byte_level_bpe
 
@@ -148,7 +149,7 @@ class _AlignedTokenize:
                 "chunks": [b.chunks.reshape(-1).tolist() for b in blocks], "num_bytes": [b.num_bytes for b in blocks]}
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(SplitLoaders, pl.LightningDataModule):
     """Tokenised, concatenated, blocked text for causal-LM training and distillation.
 
     The offline WikiText mirror has no train split (see ``configs/lm``): the offline configs train on
@@ -364,22 +365,11 @@ class TextDataModule(pl.LightningDataModule):
     def cache_sample_ids(self, stage: str) -> torch.Tensor:
         return self.split(stage).sample_ids.long()
 
-    def cache_batches(self, stage: str):
-        return self._loader(stage, shuffle=False)
 
     def _loader(self, key: str, shuffle: bool) -> DataLoader:
         size = self.batch_size if key == "train" else self.eval_batch_size
         return DataLoader(self.split(key), batch_size=size, shuffle=shuffle, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
 
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
 
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
