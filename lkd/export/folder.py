@@ -226,11 +226,15 @@ def commit(stage: Path, folder: Path, previous: list[str]) -> tuple[list[str], l
 
 def write_manifest(folder: Path, files: list[str], kind: str, ckpt_path: str | Path | None) -> Path:
     """:data:`MANIFEST`: what the folder is and the files the export wrote (all --overwrite will ever remove)."""
-    from lkd import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        lkd_version = version("lkd")  # the installed distribution's (the package root is above this layer)
+    except PackageNotFoundError:
+        lkd_version = "unknown"
     path = folder / MANIFEST
     path.write_text(json.dumps({
-        "lkd_export": MANIFEST_FORMAT, "lkd_version": __version__,
+        "lkd_export": MANIFEST_FORMAT, "lkd_version": lkd_version,
         "what": "a student exported by `lkd export`; `lkd export --overwrite` replaces only the files listed here",
         "kind": kind, "checkpoint": None if ckpt_path is None else str(ckpt_path),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
