@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lkd.hub import resolve_pretrained, smollm2_gguf_path
+from lkd.models.pruning import Calibration, activation_importance, calibration_batches, check_prunable, check_pruning, prune_llama
 
 SMOLLM2_VOCAB = 49152
 
@@ -153,6 +154,53 @@ class PretrainedLM(CausalLM):
 
     def __init__(self, name: str, *, trust_remote_code: bool = False, attn_implementation: str = "eager", dtype: str = "float32"):
         super().__init__(pretrained_lm(name, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, dtype=dtype))
+
+
+class PrunedLM(CausalLM):
+    """A student made from a pretrained Llama-family teacher by depth and width pruning (Minitron, arXiv 2407.14679):
+    an ordinary ``LlamaForCausalLM`` as ``.model`` (:mod:`lkd.models.pruning` says how channels and heads are ranked).
+
+    Args:
+        teacher: the model to prune: ``"smollm2"`` (the offline SmolLM2-135M), a hub id / local folder
+            (:func:`pretrained_lm`), or a model (a :class:`CausalLM` or a transformers ``LlamaForCausalLM``).
+        keep_layers: teacher layers to keep, 0-based and increasing (depth pruning); None keeps all.
+        intermediate_size: MLP channels kept per layer, the most important ones; None keeps all.
+        num_heads: query heads kept per layer, a multiple of the teacher's ``num_key_value_heads`` (pruned per KV
+            group, every key/value head kept); None keeps all.
+        calibration: the tokens importance is measured on (needed when a width is pruned).
+        tokenizer: the teacher's tokenizer, for the calibration text (default: ``teacher`` when it is a name).
+        attn_implementation: the attention kernel of a teacher loaded by name (and of the student).
+    """
+
+    def __init__(self, teacher: str | nn.Module, *, keep_layers: list[int] | None = None, intermediate_size: int | None = None,
+                 num_heads: int | None = None, calibration: Calibration | None = None, tokenizer: str | None = None,
+                 attn_implementation: str = "eager"):
+        if isinstance(teacher, str):
+            source = smollm2_135m(attn_implementation=attn_implementation) if teacher == "smollm2" else \
+                pretrained_lm(teacher, attn_implementation=attn_implementation)
+        else:
+            source = teacher.model if isinstance(teacher, CausalLM) else teacher
+        check_prunable(source)
+        check_pruning(source.config, keep_layers=keep_layers, intermediate_size=intermediate_size, num_heads=num_heads)
+        width = (intermediate_size or source.config.intermediate_size) < source.config.intermediate_size or \
+            (num_heads or source.config.num_attention_heads) < source.config.num_attention_heads
+        importance = None
+        if width:
+            tokenizer = tokenizer or (teacher if isinstance(teacher, str) else None)
+            if calibration is None or tokenizer is None:
+                raise ValueError(
+                    "width pruning (intermediate_size or num_heads below the teacher's) ranks channels and heads on calibration "
+                    f"text: calibration is {calibration!r} and tokenizer {tokenizer!r}. HINT: set calibration (hub_id, config, "
+                    "split, n_blocks) and, for a teacher given as a model, tokenizer (the teacher's, by name)"
+                )
+            from lkd.tokenizers import as_tokenizer
+
+            training = source.training
+            source.eval()  # dropout-free activations; restored below
+            importance = activation_importance(source, calibration_batches(calibration, as_tokenizer(tokenizer)))
+            source.train(training)
+        super().__init__(prune_llama(source, keep_layers=keep_layers, intermediate_size=intermediate_size,
+                                     num_heads=num_heads, importance=importance))
 
 
 # ---- introspection ------------------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""Students made from a teacher (lkd.models.pruning, PrunedLM): depth and width pruning of tiny Llamas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from lkd.models import Calibration, PrunedLM, TinyLlamaLM, TinyMoELM, activation_importance, prune_llama
+from lkd.models.pruning import kept_heads
+from tests.lm_fixtures import WIKITEXT_CONFIG
+
+LLAMA = {"vocab_size": 257, "hidden_size": 32, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 48,
+             "max_position_embeddings": 64}
+
+
+@pytest.fixture
+def teacher():
+    return TinyLlamaLM(**LLAMA, seed=0).model.eval()
+
+
+def ids(seed: int = 0, shape=(2, 12)) -> torch.Tensor:
+    return torch.randint(0, 257, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_keeping_every_layer_and_width_gives_the_teachers_logits(teacher):
+    x = ids()
+    importance = activation_importance(teacher, [x])
+    student = prune_llama(teacher, keep_layers=[0, 1, 2, 3], intermediate_size=48, num_heads=4, importance=importance)
+    assert_close(student(input_ids=x).logits, teacher(input_ids=x).logits)
+    assert sum(p.numel() for p in student.parameters()) == sum(p.numel() for p in teacher.parameters())
+
+
+@torch.no_grad()
+def test_a_prefix_of_layers_keeps_those_layers_hidden_states(teacher):
+    x = ids(1)
+    student = prune_llama(teacher, keep_layers=[0, 1])
+    assert student.config.num_hidden_layers == 2 and len(student.model.layers) == 2
+    s = student(input_ids=x, output_hidden_states=True).hidden_states
+    t = teacher(input_ids=x, output_hidden_states=True).hidden_states
+    for k in range(2):  # embeddings, then the output of layer 0; the last entry is after the final norm
+        assert_close(s[k], t[k])
+    assert_close(s[2], teacher.model.norm(t[2]))  # the student's last layer is teacher layer 1: its output, normed
+    assert not torch.allclose(student(input_ids=x).logits, teacher(input_ids=x).logits)
+
+
+@torch.no_grad()
+def test_depth_pruning_copies_each_kept_layer(teacher):
+    student = prune_llama(teacher, keep_layers=[0, 3])
+    for j, i in enumerate([0, 3]):
+        for (name, s), (_, t) in zip(student.model.layers[j].state_dict().items(), teacher.model.layers[i].state_dict().items()):
+            assert_close(s, t, msg=name)
+
+
+@torch.no_grad()
+def test_the_dominant_mlp_channel_is_kept(teacher):
+    x = ids(2)
+    layer = teacher.model.layers[1].mlp
+    layer.up_proj.weight[7] *= 50  # channel 7 of layer 1 is by far the most active
+    layer.up_proj.weight[30] *= 20  # then channel 30
+    importance = activation_importance(teacher, [x])
+    assert importance.channels.shape == (4, 48) and importance.heads.shape == (4, 4)
+    assert importance.channels[1].argmax() == 7
+    student = prune_llama(teacher, intermediate_size=2, importance=importance)
+    assert student.config.intermediate_size == 2
+    assert_close(student.model.layers[1].mlp.up_proj.weight, layer.up_proj.weight[[7, 30]])
+    assert_close(student.model.layers[1].mlp.down_proj.weight, layer.down_proj.weight[:, [7, 30]])
+
+
+@torch.no_grad()
+def test_importance_is_mean_abs_activation_and_mean_head_norm(teacher):
+    """The criterion, recomputed by hand for layer 0 from a forward with hooks of our own."""
+    x = ids(3)
+    seen = {}
+    h1 = teacher.model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("mlp", a[0]))
+    h2 = teacher.model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("attn", a[0]))
+    teacher(input_ids=x)
+    h1.remove(), h2.remove()
+    importance = activation_importance(teacher, [x[:1], x[1:]])  # two batches: means over every token
+    assert importance.tokens == x.numel()
+    assert_close(importance.channels[0], seen["mlp"].abs().mean(dim=(0, 1)))
+    per_head = seen["attn"].view(2, 12, 4, 8).norm(dim=-1)  # (B, T, H, hd) -> (B, T, H)
+    assert_close(importance.heads[0], per_head.mean(dim=(0, 1)))
+
+
+@torch.no_grad()
+def test_heads_are_pruned_per_kv_group(teacher):
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.2])  # group 0: heads 0, 1; group 1: heads 2, 3
+    assert kept_heads(scores, 2, 2).tolist() == [1, 2]
+    x = ids(4)
+    importance = activation_importance(teacher, [x])
+    importance.heads[2] = scores
+    student = prune_llama(teacher, num_heads=2, importance=importance)
+    assert (student.config.num_attention_heads, student.config.num_key_value_heads, student.config.head_dim) == (2, 2, 8)
+    q = teacher.model.layers[2].self_attn.q_proj.weight.view(4, 8, 32)  # (H, hd, hidden)
+    assert_close(student.model.layers[2].self_attn.q_proj.weight, q[[1, 2]].reshape(16, 32))
+    o = teacher.model.layers[2].self_attn.o_proj.weight.view(32, 4, 8)  # (hidden, H, hd)
+    assert_close(student.model.layers[2].self_attn.o_proj.weight, o[:, [1, 2]].reshape(32, 16))
+    assert_close(student.model.layers[2].self_attn.k_proj.weight, teacher.model.layers[2].self_attn.k_proj.weight)
+    assert student(input_ids=x).logits.shape == (2, 12, 257)
+
+
+@torch.no_grad()
+def test_pruned_model_saves_and_loads_as_transformers(teacher, tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    importance = activation_importance(teacher, [ids(5)])
+    student = prune_llama(teacher, keep_layers=[0, 2], intermediate_size=24, num_heads=2, importance=importance)
+    student.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is LlamaForCausalLM
+    assert (loaded.config.num_hidden_layers, loaded.config.intermediate_size, loaded.config.num_attention_heads) == (2, 24, 2)
+    assert_close(loaded(input_ids=ids(6)).logits, student(input_ids=ids(6)).logits)
+
+
+def test_pruned_lm_wraps_a_model_and_calibrates_on_hub_data(teacher, tiny_wikitext):
+    from lkd.tokenizers import ByteTokenizer
+
+    calibration = Calibration(hub_id=str(tiny_wikitext), config=WIKITEXT_CONFIG, split="validation", n_blocks=4, block_size=16)
+    student = PrunedLM(TinyLlamaLM(**LLAMA, seed=0), keep_layers=[0, 2], intermediate_size=16, num_heads=2,
+                       calibration=calibration, tokenizer=ByteTokenizer())
+    assert (student.config.num_hidden_layers, student.config.intermediate_size, student.config.num_attention_heads) == (2, 16, 2)
+    assert student(input_ids=ids()).logits.shape == (2, 12, 257)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"keep_layers": [0, 4]}, "keep_layers [0, 4] must be distinct, increasing layer indices in 0..3"),
+    ({"keep_layers": [2, 1]}, "keep_layers [2, 1]"),
+    ({"intermediate_size": 49}, "intermediate_size must be in 1..48"),
+    ({"num_heads": 8}, "num_heads must be a multiple of num_key_value_heads=2 in 2..4"),
+    ({"num_heads": 3}, "got 3: e.g. [2, 4]"),
+    ({"num_heads": 2}, "width pruning"),
+])
+def test_bad_settings_are_refused_at_construction(teacher, options, message):
+    with pytest.raises(ValueError) as err:
+        PrunedLM(teacher, **options)
+    assert message in str(err.value)
+
+
+def test_bad_settings_are_collected_into_one_error(teacher):
+    with pytest.raises(ValueError, match=r"(?s)keep_layers.*intermediate_size.*num_heads"):
+        PrunedLM(teacher, keep_layers=[9], intermediate_size=0, num_heads=5)
+
+
+def test_an_moe_teacher_is_refused_naming_its_architecture():
+    moe = TinyMoELM(vocab_size=257, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
+                    intermediate_size=64, moe_intermediate_size=16, num_experts=4, top_k=2, seed=0)
+    with pytest.raises(ValueError) as err:
+        PrunedLM(moe, keep_layers=[0])
+    last = str(err.value).splitlines()[-1]
+    assert "qwen3_moe" in last and "Llama" in last and "HINT" in last
