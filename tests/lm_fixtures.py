@@ -68,6 +68,10 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
         if cross and key == "student":
             size = {**size, "vocab_size": CROSS_STUDENT_VOCAB}
         target = "teacher.model" if key == "teacher" else key
+        if spec["class_path"] == "lkd.models.PrunedLM":  # a student pruned from a tiny Llama: half its layers kept
+            pruned = {"teacher": {"class_path": "lkd.models.TinyLlamaLM", "init_args": {**size, "seed": 0}}, "keep_layers": [0, 2]}
+            args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.PrunedLM', pruned)}")
+            continue
         args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.' + builder, size)}")
     args += [f"--data.init_args.hub_id={data_root}", f"--data.init_args.config={WIKITEXT_CONFIG}",
              "--data.init_args.train_split=validation[:90%]", "--data.init_args.val_split=validation[90%:]",

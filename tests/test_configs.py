@@ -99,7 +99,7 @@ def test_there_are_configs():
                                         "student_dkvb_carry", "teacher_dkvb")} <= names
     assert {f"lm/{n}.yaml" for n in ("teacher_moe_tiny", "student_scratch", "student_kd", "student_multiloss",
                                       "student_routed", "student_sar", "smollm2_finetune", "hub_huihui_moe_smollm", "hub_huihui_moe_routed",
-                                      "cross_tokenizer_smollm2")} <= names
+                                      "cross_tokenizer_smollm2", "student_pruned_depth")} <= names
 
 
 def test_every_config_folder_is_a_track_with_tiny_overrides():
@@ -157,6 +157,8 @@ def check_lm(cli, settings: dict, text: str) -> None:
         assert "OFFLINE DATA" in text and "no train split" in text
     metrics = cli.trainer.callback_metrics
     assert metrics["val/ppl"].isfinite() and metrics["val/bpb"].isfinite()  # bits per byte beside perplexity
+    if settings["model"]["init_args"].get("student", {}).get("class_path") == "lkd.models.PrunedLM":  # pruned, not replaced
+        assert type(cli.model.student).__name__ == "PrunedLM" and cli.model.student.config.num_hidden_layers == 2
     if getattr(cli.model, "cross_tokenizer", False):  # two tokenizers: the chunk alignment ran and fed the losses
         assert metrics["train/chunks_per_block_step"] >= 2
         assert {f"train/{k}_step" for k, w in cli.model.loss_weights.items() if w > 0} <= set(metrics)
