@@ -145,6 +145,11 @@ def test_bad_settings_are_collected_into_one_error(teacher):
         PrunedLM(teacher, keep_layers=[9], intermediate_size=0, num_heads=5)
 
 
+def test_bad_calibration_settings_are_refused():
+    with pytest.raises(ValueError, match=r"calibration.n_blocks must be >= 1, got 0"):
+        Calibration(n_blocks=0)
+
+
 def test_an_moe_teacher_is_refused_naming_its_architecture():
     moe = TinyMoELM(vocab_size=257, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
                     intermediate_size=64, moe_intermediate_size=16, num_experts=4, top_k=2, seed=0)
