@@ -26,7 +26,7 @@ QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer
 
 
 def own_csv_args(folder: Path) -> list[str]:
-    """The README's own-CSV overrides (files relative to the working folder, as a user types them)."""
+    """The own-CSV overrides of docs/text_classification.md (files relative to the working folder, as a user types them)."""
     write_csv(folder / "reviews.csv", _rows(30))
     write_csv(folder / "dev.csv", _rows(9, offset=30))
     unlabelled = [{k: v for k, v in row.items() if k != "stars"} for row in _rows(6, offset=40)]
