@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lkd.checkpoint import checkpoints_under
 from lkd.data.identity import data_identity
 
 
@@ -123,7 +124,7 @@ class PublishBestCheckpoint(Callback):
             return
         path, option = self.path, f"best_checkpoint.path={self.path}"
         if path.is_dir():
-            found = sorted(str(p.relative_to(path)) for p in path.glob("*.ckpt"))[:5]
+            found = [str(p.relative_to(path)) for p in checkpoints_under(path, most=5)[0]]
             raise PublishError(f"{option} is a folder{f' holding {found}' if found else ''}; the best checkpoint is "
                                f"copied to a file. HINT: --best_checkpoint.path={path / 'best.ckpt'}")
         blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)

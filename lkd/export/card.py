@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
+from lkd.data.identity import data_identity
 from lkd.export.result import ExportResult
 
 
@@ -93,9 +94,10 @@ def teacher_line(module) -> str | None:
 def data_line(datamodule) -> str | None:
     if datamodule is None:
         return None
-    parts = [getattr(datamodule, k, None) for k in ("hub_id", "dataset", "config", "task")]
-    if (files := getattr(datamodule, "data_files", None)) is not None:
-        parts.append(f"files {files}")
+    identity = data_identity(datamodule)  # which data: what a published checkpoint records too
+    parts = [identity.get(k) for k in ("hub_id", "dataset", "config", "task")]
+    if "data_files" in identity:
+        parts.append(f"files {identity['data_files']}")
     named = {k.removesuffix("_split"): getattr(datamodule, k, None) for k in ("train_split", "val_split", "validation_split", "test_split")}
     if not any(isinstance(v, str) for v in named.values()):  # TextDataModule keeps {"train", "val", "test"} names in `splits`
         named = getattr(datamodule, "splits", None) or {}
