@@ -28,14 +28,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lkd.callbacks import (
-    FitSummary,
-    GLUEPredictionWriter,
-    LearningRateLogger,
-    PublishBestCheckpoint,
-)
+from lkd.callbacks import FitSummary, GLUEPredictionWriter, LearningRateLogger, PublishBestCheckpoint
 from lkd.callbacks.hparams import HParamsConfigCallback
 from lkd.cli_ckpt import (
+    DATA_LINKS,
     as_dict,
     expand_task,
     flat,
@@ -76,8 +72,8 @@ class LKDCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Each link applies only where the chosen classes have both ends (MNIST has no task, LMs no classes).
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
+        for source, target in DATA_LINKS.items():
+            parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -208,13 +204,7 @@ class LKDCLI(LightningCLI):
                test: bool = True):
         """``lkd export``: the student of ``ckpt_path`` (this config's module) into ``to`` (:mod:`lkd.export`)."""
         from lkd.checkpoint import load_checkpoint
-        from lkd.export import (
-            ExportError,
-            check_request,
-            check_student_state,
-            export_student,
-            student_network,
-        )
+        from lkd.export import ExportError, check_request, check_student_state, export_student, student_network
         from lkd.export.card import card_info, student_spec
 
         # before the checkpoint, the test pass or any write: --to may not be the checkpoint's folder, the working

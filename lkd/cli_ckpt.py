@@ -14,8 +14,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 EVALUATING = ("test", "validate", "predict")
 INIT = "init"
-LINK_TARGETS = ("init_args.num_classes", "init_args.task")
-"""Model settings the command links from the data (``data.num_classes``, ``data.task``): never a user's change."""
+DATA_LINKS = {"data.num_classes": "model.init_args.num_classes", "data.task": "model.init_args.task"}
+"""Model settings the command links from the data (:class:`lkd.cli.LKDCLI` links each, at instantiation)."""
+LINK_TARGETS = tuple(target.removeprefix("model.") for target in DATA_LINKS.values())
+"""The linked settings as keys of the model's config: never a user's change."""
 TASK = "{task}"
 
 
