@@ -40,6 +40,23 @@ def as_class_arg(builder: str, init_args: dict) -> str:
 CROSS_STUDENT_TOKENIZER = "checkpoints/lm/tiny_bpe"  # relative: the smoke tests run in a tmp folder
 CROSS_STUDENT_VOCAB = 300
 MOE_BUILDERS = ("lkd.models.TinyMoELM", "lkd.models.PretrainedLM")
+MADE_FROM_TEACHER = ("lkd.models.PrunedLM", "lkd.models.RetokenizedLM")
+
+
+def made_from_tiny_teacher(spec: dict, data_root: Path) -> str:
+    """A student made from the tiny Llama teacher the way the config makes it from SmolLM2: half its layers kept (depth),
+    narrower layers ranked on the tiny corpus (width), or moved to the tiny BPE (another tokenizer)."""
+    init = spec["init_args"]
+    teacher = {"class_path": "lkd.models.TinyLlamaLM", "init_args": {**TINY_STUDENT, "seed": 0}}
+    corpus = {"hub_id": str(data_root), "config": WIKITEXT_CONFIG, "split": "validation[:90%]", "n_blocks": 4, "block_size": 16}
+    if spec["class_path"] == "lkd.models.RetokenizedLM":
+        moved = {"teacher": teacher, "tokenizer": CROSS_STUDENT_TOKENIZER, "teacher_tokenizer": "bytes", "init": init.get("init", "spelling"),
+                 "train_tokenizer": CROSS_STUDENT_VOCAB, "corpus": corpus}
+        return as_class_arg(spec["class_path"], moved)
+    pruned = {"teacher": teacher, "keep_layers": [0, 2] if "keep_layers" in init else None}
+    if "intermediate_size" in init or "num_heads" in init:
+        pruned |= {"intermediate_size": 16, "num_heads": 1, "calibration": corpus, "tokenizer": "bytes"}
+    return as_class_arg(spec["class_path"], pruned)
 
 
 def tiny_overrides(config: Path, data_root: Path) -> list[str]:
@@ -59,6 +76,7 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
                 f"--data.init_args.train_tokenizer={CROSS_STUDENT_VOCAB}", "--data.init_args.teacher_block_size=32"]
     else:
         args = ["--model.init_args.tokenizer=bytes"]
+    made_from_teacher = init.get("student", {}).get("class_path") in MADE_FROM_TEACHER
     for key in ("model", "teacher", "student"):
         if key not in init:
             continue
@@ -68,9 +86,11 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
         if cross and key == "student":
             size = {**size, "vocab_size": CROSS_STUDENT_VOCAB}
         target = "teacher.model" if key == "teacher" else key
-        if spec["class_path"] == "lkd.models.PrunedLM":  # a student pruned from a tiny Llama: half its layers kept
-            pruned = {"teacher": {"class_path": "lkd.models.TinyLlamaLM", "init_args": {**size, "seed": 0}}, "keep_layers": [0, 2]}
-            args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.PrunedLM', pruned)}")
+        if made_from_teacher and key == "teacher":  # the student is made from this teacher: the same tiny Llama
+            args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.TinyLlamaLM', {**TINY_STUDENT, 'seed': 0})}")
+            continue
+        if spec["class_path"] in MADE_FROM_TEACHER:
+            args.append(f"--model.init_args.{target}={made_from_tiny_teacher(spec, data_root)}")
             continue
         args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.' + builder, size)}")
     args += [f"--data.init_args.hub_id={data_root}", f"--data.init_args.config={WIKITEXT_CONFIG}",

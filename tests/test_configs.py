@@ -157,8 +157,14 @@ def check_lm(cli, settings: dict, text: str) -> None:
         assert "OFFLINE DATA" in text and "no train split" in text
     metrics = cli.trainer.callback_metrics
     assert metrics["val/ppl"].isfinite() and metrics["val/bpb"].isfinite()  # bits per byte beside perplexity
-    if settings["model"]["init_args"].get("student", {}).get("class_path") == "lkd.models.PrunedLM":  # pruned, not replaced
-        assert type(cli.model.student).__name__ == "PrunedLM" and cli.model.student.config.num_hidden_layers == 2
+    student = settings["model"]["init_args"].get("student", {})
+    if student.get("class_path") == "lkd.models.PrunedLM":  # pruned from the tiny teacher, not replaced
+        config = cli.model.student.config
+        assert type(cli.model.student).__name__ == "PrunedLM"
+        assert config.num_hidden_layers == (2 if "keep_layers" in student["init_args"] else 4)
+        assert config.intermediate_size == (16 if "intermediate_size" in student["init_args"] else 48)
+    if student.get("class_path") == "lkd.models.RetokenizedLM":  # the tiny teacher's body moved to the tiny BPE
+        assert type(cli.model.student).__name__ == "RetokenizedLM" and cli.model.student.config.vocab_size == len(cli.datamodule.tokenizer)
     if getattr(cli.model, "cross_tokenizer", False):  # two tokenizers: the chunk alignment ran and fed the losses
         assert metrics["train/chunks_per_block_step"] >= 2
         assert {f"train/{k}_step" for k, w in cli.model.loss_weights.items() if w > 0} <= set(metrics)

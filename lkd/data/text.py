@@ -269,16 +269,10 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
 
     def _train_tokenizer_if_missing(self, source: Any) -> None:
         """With ``train_tokenizer``: train a byte-level BPE on the training split into the folder ``source``
-        when that folder has no tokenizer yet."""
+        when that folder has no tokenizer yet (:func:`train_bpe_if_missing`)."""
         if self.train_tokenizer is None or not isinstance(source, str) or source in BUILTIN_TOKENIZERS:
             return  # a tokenizer lkd loads by name is never a folder to train into
-        folder = Path(source).expanduser()
-        if (folder / "tokenizer.json").is_file():
-            return
-        ds = load_hub_dataset(self.hub_id, self.config, split=self.splits["train"])
-        column = detect_text_column(ds.features, self.text_column)
-        rank_zero_info(f"training a byte-level BPE of {self.train_tokenizer} tokens on {self.splits['train']} into {folder}")
-        train_byte_level_bpe((t for t in ds[column] if t), self.train_tokenizer, folder)
+        train_bpe_if_missing(source, self.train_tokenizer, self.hub_id, self.config, self.splits["train"], self.text_column)
 
     @property
     def aligned(self) -> bool:
@@ -373,3 +367,18 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
 
 
 
+
+
+def train_bpe_if_missing(folder: str | Path, vocab_size: int, hub_id: str, config: str | None, split: str,
+                         text_column: str | None = None) -> Path:
+    """Train a byte-level BPE of ``vocab_size`` tokens on a data set split's non-empty texts into ``folder``
+    (:func:`lkd.tokenizers.train_byte_level_bpe`) unless it already holds a ``tokenizer.json``. The data module and a
+    student moved to a new tokenizer (:class:`lkd.models.RetokenizedLM`) train the same one from the same split."""
+    folder = Path(folder).expanduser()
+    if (folder / "tokenizer.json").is_file():
+        return folder
+    ds = load_hub_dataset(hub_id, config, split=split)
+    column = detect_text_column(ds.features, text_column)
+    rank_zero_info(f"training a byte-level BPE of {vocab_size} tokens on {split} into {folder}")
+    train_byte_level_bpe((t for t in ds[column] if t), vocab_size, folder)
+    return folder

@@ -21,6 +21,7 @@ Tokenizers live in :mod:`lkd.tokenizers` (``load_tokenizer``). Remote code is ne
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lkd.hub import resolve_pretrained, smollm2_gguf_path
@@ -175,11 +176,7 @@ class PrunedLM(CausalLM):
     def __init__(self, teacher: str | nn.Module, *, keep_layers: list[int] | None = None, intermediate_size: int | None = None,
                  num_heads: int | None = None, calibration: Calibration | None = None, tokenizer: str | None = None,
                  attn_implementation: str = "eager"):
-        if isinstance(teacher, str):
-            source = smollm2_135m(attn_implementation=attn_implementation) if teacher == "smollm2" else \
-                pretrained_lm(teacher, attn_implementation=attn_implementation)
-        else:
-            source = teacher.model if isinstance(teacher, CausalLM) else teacher
+        source = _load_teacher(teacher, attn_implementation)
         check_prunable(source)
         check_pruning(source.config, keep_layers=keep_layers, intermediate_size=intermediate_size, num_heads=num_heads)
         width = (intermediate_size or source.config.intermediate_size) < source.config.intermediate_size or \
@@ -201,6 +198,56 @@ class PrunedLM(CausalLM):
             source.train(training)
         super().__init__(prune_llama(source, keep_layers=keep_layers, intermediate_size=intermediate_size,
                                      num_heads=num_heads, importance=importance))
+
+
+class RetokenizedLM(CausalLM):
+    """A student moved to another tokenizer: the pretrained ``teacher``'s body with ``tokenizer``'s vocabulary, each new
+    embedding row (and head row, when untied) made from the teacher's rows of the token's spelling (FOCUS / FVT;
+    :mod:`lkd.models.vocabulary_transfer`). An ordinary transformers model of the teacher's class as ``.model``.
+
+    Args:
+        teacher: ``"smollm2"``, a hub id / local folder, or a model (a :class:`CausalLM` or a transformers causal LM).
+        tokenizer: the student's tokenizer (:func:`lkd.tokenizers.load_tokenizer`'s names, or a folder).
+        teacher_tokenizer: the teacher's tokenizer (default: ``teacher`` when it is a name).
+        init: ``"spelling"`` (the rows above) or ``"random"`` (N(0, std of the teacher's rows): the ablation).
+        seed: the generator of ``init="random"``.
+        train_tokenizer: vocabulary size of a byte-level BPE to train into the folder ``tokenizer`` when it has no
+            tokenizer yet, on ``corpus`` (the data module's ``train_tokenizer`` trains the same one from the same split).
+        corpus: the split the BPE is trained on (its ``hub_id``, ``config``, ``split``, ``text_column``).
+        attn_implementation: the attention kernel of a teacher loaded by name (and of the student).
+    """
+
+    def __init__(self, teacher: str | nn.Module, tokenizer: str, *, teacher_tokenizer: str | None = None, init: str = "spelling",
+                 seed: int = 0, train_tokenizer: int | None = None, corpus: Calibration | None = None,
+                 attn_implementation: str = "eager"):
+        from lkd.models.vocabulary_transfer import INITS, move_to_tokenizer
+        from lkd.tokenizers import as_tokenizer
+
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}. HINT: 'spelling' builds each new row from the "
+                             "teacher's rows of the token's spelling; 'random' is the ablation")
+        teacher_tokenizer = teacher_tokenizer or (teacher if isinstance(teacher, str) else None)
+        if teacher_tokenizer is None:
+            raise ValueError("RetokenizedLM needs the teacher's tokenizer to spell the new tokens: teacher_tokenizer is None and the "
+                             "teacher is given as a model. HINT: set teacher_tokenizer (e.g. smollm2)")
+        if train_tokenizer is not None:
+            from lkd.data.text import train_bpe_if_missing
+
+            corpus = corpus or Calibration()
+            train_bpe_if_missing(tokenizer, train_tokenizer, corpus.hub_id, corpus.config, corpus.split, corpus.text_column)
+        source = _load_teacher(teacher, attn_implementation)
+        model, spelling = move_to_tokenizer(source, as_tokenizer(tokenizer), as_tokenizer(teacher_tokenizer), init=init, seed=seed)
+        super().__init__(model)
+        self.spelling_summary = spelling.summary()
+        rank_zero_info(f"RetokenizedLM: {self.spelling_summary}")
+
+
+def _load_teacher(teacher: str | nn.Module, attn_implementation: str) -> nn.Module:
+    """The transformers model of a teacher given by name (``"smollm2"``, hub id, folder) or as a model."""
+    if isinstance(teacher, str):
+        return smollm2_135m(attn_implementation=attn_implementation) if teacher == "smollm2" else \
+            pretrained_lm(teacher, attn_implementation=attn_implementation)
+    return teacher.model if isinstance(teacher, CausalLM) else teacher
 
 
 # ---- introspection ------------------------------------------------------------------------------------
