@@ -187,25 +187,33 @@ def test_smollm2_width_pruned_by_importance_beats_the_least_important(tmp_path):
 
 
 @pytest.mark.slow
-def test_lkd_export_of_the_pruned_config_writes_a_llama_folder(tmp_path, monkeypatch, tiny_wikitext):
-    """configs/lm/student_pruned_depth.yaml on tiny stand-ins: fit 2 steps, `lkd export`, load the folder in transformers."""
+@pytest.mark.parametrize("name", ["student_pruned_depth", "student_moved_tokenizer"])
+def test_lkd_export_of_a_made_from_teacher_config_writes_a_llama_folder(name, tmp_path, monkeypatch, tiny_wikitext):
+    """configs/lm/{name}.yaml on tiny stand-ins: fit 2 steps, `lkd export`, load the folder (and its tokenizer) in transformers."""
     from pathlib import Path
 
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     from lkd.cli import LKDCLI
     from tests.lm_fixtures import tiny_overrides
 
     monkeypatch.chdir(tmp_path)
-    config = Path(__file__).parents[1] / "configs" / "lm" / "student_pruned_depth.yaml"
+    config = Path(__file__).parents[1] / "configs" / "lm" / f"{name}.yaml"
     tiny = tiny_overrides(config, tiny_wikitext)
     cli = LKDCLI(args=["fit", "-c", str(config), *tiny, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
                        "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0", "--trainer.precision=32-true",
                        "--best_checkpoint.path=student.ckpt"])
     LKDCLI(args=["export", "-c", str(config), *tiny, "--trainer.precision=32-true", "--ckpt_path=student.ckpt", "--to=out"])
     loaded = AutoModelForCausalLM.from_pretrained("out").eval()
-    assert type(loaded) is LlamaForCausalLM and loaded.config.num_hidden_layers == 2
+    assert type(loaded) is LlamaForCausalLM
+    if name == "student_pruned_depth":
+        assert loaded.config.num_hidden_layers == 2
+    else:  # the moved student ships with its new tokenizer, not the teacher's bytes
+        tokenizer = AutoTokenizer.from_pretrained("out")
+        assert len(tokenizer) == loaded.config.vocab_size == len(cli.datamodule.tokenizer) > 257
+        assert tokenizer("the cat")["input_ids"] == cli.datamodule.tokenizer("the cat")["input_ids"]
     state = torch.load("student.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     cli.model.student.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")})
+    x = ids() % loaded.config.vocab_size
     with torch.no_grad():
-        assert_close(loaded(input_ids=ids()).logits, cli.model.student.model.eval()(input_ids=ids()).logits, rtol=0, atol=1e-5)
+        assert_close(loaded(input_ids=x).logits, cli.model.student.model.eval()(input_ids=x).logits, rtol=0, atol=1e-5)
