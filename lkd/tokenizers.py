@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -229,6 +229,16 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, folder: str | Pa
     tokenizer.save_pretrained(str(folder))
     return tokenizer
 
+
+
+def train_bpe_if_missing(folder: str | Path, vocab_size: int, texts: Callable[[], Iterable[str]]) -> Path:
+    """Train a byte-level BPE of ``vocab_size`` tokens on ``texts()`` into ``folder`` (:func:`train_byte_level_bpe`)
+    unless it already holds a ``tokenizer.json``; ``texts`` is called only when training. The text data module and a
+    student moved to a new tokenizer (:class:`lkd.models.RetokenizedLM`) train the same one from the same split."""
+    folder = Path(folder).expanduser()
+    if not (folder / "tokenizer.json").is_file():
+        train_byte_level_bpe(texts(), vocab_size, folder)
+    return folder
 
 def byte_tokenizer_fast():
     """lkd's byte tokenizer (:class:`lkd.tokenizers.ByteTokenizer`: UTF-8 byte b is id b, ``<|endoftext|>`` is 256) as a

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -18,7 +17,7 @@ from lkd.cache.store import SplitIdentity, sha256_tensors
 from lkd.data.alignment import pack_blocks, token_offsets
 from lkd.data.loaders import SplitLoaders
 from lkd.hub import PACKAGED_MODELS, check_split, load_hub_dataset
-from lkd.tokenizers import as_tokenizer, tokenizer_fingerprint, tokenizer_source, train_byte_level_bpe
+from lkd.tokenizers import as_tokenizer, tokenizer_fingerprint, tokenizer_source, train_bpe_if_missing
 
 BUILTIN_TOKENIZERS = ("bytes", "smollm2", *PACKAGED_MODELS)
 
@@ -272,7 +271,12 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         when that folder has no tokenizer yet (:func:`train_bpe_if_missing`)."""
         if self.train_tokenizer is None or not isinstance(source, str) or source in BUILTIN_TOKENIZERS:
             return  # a tokenizer lkd loads by name is never a folder to train into
-        train_bpe_if_missing(source, self.train_tokenizer, self.hub_id, self.config, self.splits["train"], self.text_column)
+        def texts():
+            ds = load_hub_dataset(self.hub_id, self.config, split=self.splits["train"])
+            rank_zero_info(f"training a byte-level BPE of {self.train_tokenizer} tokens on {self.splits['train']} into {source}")
+            return (t for t in ds[detect_text_column(ds.features, self.text_column)] if t)
+
+        train_bpe_if_missing(source, self.train_tokenizer, texts)
 
     @property
     def aligned(self) -> bool:
@@ -368,17 +372,3 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
 
 
 
-
-def train_bpe_if_missing(folder: str | Path, vocab_size: int, hub_id: str, config: str | None, split: str,
-                         text_column: str | None = None) -> Path:
-    """Train a byte-level BPE of ``vocab_size`` tokens on a data set split's non-empty texts into ``folder``
-    (:func:`lkd.tokenizers.train_byte_level_bpe`) unless it already holds a ``tokenizer.json``. The data module and a
-    student moved to a new tokenizer (:class:`lkd.models.RetokenizedLM`) train the same one from the same split."""
-    folder = Path(folder).expanduser()
-    if (folder / "tokenizer.json").is_file():
-        return folder
-    ds = load_hub_dataset(hub_id, config, split=split)
-    column = detect_text_column(ds.features, text_column)
-    rank_zero_info(f"training a byte-level BPE of {vocab_size} tokens on {split} into {folder}")
-    train_byte_level_bpe((t for t in ds[column] if t), vocab_size, folder)
-    return folder

@@ -20,8 +20,9 @@ Tokenizers live in :mod:`lkd.tokenizers` (``load_tokenizer``). Remote code is ne
 
 from __future__ import annotations
 
+import logging
+
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lkd.hub import resolve_pretrained, smollm2_gguf_path
@@ -231,15 +232,17 @@ class RetokenizedLM(CausalLM):
             raise ValueError("RetokenizedLM needs the teacher's tokenizer to spell the new tokens: teacher_tokenizer is None and the "
                              "teacher is given as a model. HINT: set teacher_tokenizer (e.g. smollm2)")
         if train_tokenizer is not None:
-            from lkd.data.text import train_bpe_if_missing
+            from lkd.hub import load_hub_dataset
+            from lkd.tokenizers import train_bpe_if_missing
 
             corpus = corpus or Calibration()
-            train_bpe_if_missing(tokenizer, train_tokenizer, corpus.hub_id, corpus.config, corpus.split, corpus.text_column)
+            train_bpe_if_missing(tokenizer, train_tokenizer, lambda: (
+                t for t in load_hub_dataset(corpus.hub_id, corpus.config, split=corpus.split)[corpus.text_column] if t))
         source = _load_teacher(teacher, attn_implementation)
         model, spelling = move_to_tokenizer(source, as_tokenizer(tokenizer), as_tokenizer(teacher_tokenizer), init=init, seed=seed)
         super().__init__(model)
         self.spelling_summary = spelling.summary()
-        rank_zero_info(f"RetokenizedLM: {self.spelling_summary}")
+        logging.getLogger(__name__).info("RetokenizedLM: %s", self.spelling_summary)
 
 
 def _load_teacher(teacher: str | nn.Module, attn_implementation: str) -> nn.Module:

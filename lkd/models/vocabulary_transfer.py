@@ -8,7 +8,7 @@ from the teacher's pieces; mergekit-tokensurgeon does the same for DistillKit):
 
     e_new(v) = E_teacher[u]                          when the teacher has a token u with v's exact bytes (shared)
     e_new(v) = mean_{u in spell(v)} E_teacher[u]     otherwise, spell(v) = the teacher's tokens of v's text
-    e_new(v) = mean_u E_teacher[u]                   for a special token the teacher has no token of the same name
+    e_new(v) = mean_u E_teacher[u]                   for a token the teacher cannot spell (a special token it lacks)
 
 The output head is initialised the same way from the teacher's head rows when it is not tied to the embedding.
 ``init="random"`` draws every row from N(0, std(E_teacher)) instead (the ablation: what the initialisation buys).
@@ -33,7 +33,8 @@ class Spelling:
         pieces: for each student id, the teacher ids its row is the mean of (empty: the mean of all teacher rows).
         shared: student ids with a teacher token of the same bytes (one piece, copied exactly).
         composed: student ids spelled with several teacher tokens.
-        unmatched: student ids (special tokens the teacher lacks) given the mean of all teacher rows.
+        unmatched: student ids the teacher cannot spell (a special token it has no token of the same name for, a byte
+            its vocabulary lacks), given the mean of all teacher rows.
     """
 
     pieces: list[list[int]]
@@ -44,7 +45,7 @@ class Spelling:
     def summary(self) -> str:
         n = len(self.pieces)
         return (f"{n} tokens: {self.shared} shared with the teacher (copied), {self.composed} spelled with teacher tokens "
-                f"(mean of their rows), {self.unmatched} special tokens the teacher lacks (mean row)")
+                f"(mean of their rows), {self.unmatched} the teacher cannot spell (special tokens or bytes it lacks: mean row)")
 
 
 def _greedy(data: bytes, teacher_id: dict[bytes, int]) -> list[int] | None:
