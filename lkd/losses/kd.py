@@ -41,7 +41,19 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
     _check_logits(student_logits, teacher_logits)
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return (t.exp() * (t - s)).sum(-1)
+    return kl_from_logprobs(t, s)
+
+
+def kl_from_logprobs(p_logprobs: torch.Tensor, q_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) = Σ_c p(c) · (log p(c) − log q(c)) over the last dim, from log-probabilities (the one KL
+    formula of lkd: :func:`token_kl`, :func:`topk_kd_kl_div` and :mod:`lkd.losses.on_policy` use it).
+
+    Args:
+        p_logprobs, q_logprobs: (..., C) log-probabilities (finite), fp32.
+    Returns:
+        (...,) nats.
+    """
+    return (p_logprobs.exp() * (p_logprobs - q_logprobs)).sum(-1)
 
 
 def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -107,6 +119,28 @@ def topk_kd_kl_div(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor,
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    s_buckets, t_buckets = topk_buckets(student_logits, teacher_logprobs, teacher_indices, temperature)
+    return kl_from_logprobs(t_buckets, s_buckets).mean() * temperature**2
+
+
+def topk_buckets(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_indices: torch.Tensor,
+                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's and the teacher's distributions over the teacher's top-k tokens plus one **tail bucket**
+    ("any other token"): the k + 1 outcomes of :func:`topk_kd_kl_div` (and of the top-k on-policy divergences).
+
+        teacher: (log p_t(i) for i in top-k,  log max(1 − Σ_i p_t(i), 1e-12))
+        student: (log p_s(i) for i in top-k,  log Σ_{j ∉ top-k} p_s(j))   (a log-sum-exp, no 1 − Σ cancellation)
+
+    When k is the whole vocabulary the tail is empty and dropped (k outcomes).
+
+    Args:
+        student_logits: (..., V).
+        teacher_logprobs: (..., k) log-probabilities of the teacher's top-k tokens at temperature T.
+        teacher_indices: (..., k) their token ids.
+        temperature: T > 0 (the student's logits are divided by it).
+    Returns:
+        (student log-probabilities, teacher log-probabilities), each (..., k + 1) fp32, or (..., k) when k = V.
+    """
     if teacher_logprobs.shape != teacher_indices.shape or teacher_logprobs.shape[:-1] != student_logits.shape[:-1]:
         raise ValueError(
             f"top-k targets {tuple(teacher_logprobs.shape)} / indices {tuple(teacher_indices.shape)} do not match "
@@ -118,12 +152,11 @@ def topk_kd_kl_div(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor,
     indices = teacher_indices.long()
     s_top = s.gather(-1, indices) - log_z  # (..., k) student log-probabilities of the teacher's top-k
     t_top = teacher_logprobs.float()
-    kl = (t_top.exp() * (t_top - s_top)).sum(-1)  # (...,)
-    if k < vocab:
-        t_tail = (1 - t_top.exp().sum(-1)).clamp_min(1e-12)  # (...,) teacher mass outside its top-k
-        s_tail = torch.logsumexp(s.scatter(-1, indices, float("-inf")), dim=-1) - log_z.squeeze(-1)  # (...,)
-        kl = kl + t_tail * (t_tail.log() - s_tail)
-    return kl.mean() * temperature**2
+    if k >= vocab:  # no tail: the top-k is the whole vocabulary
+        return s_top, t_top
+    t_tail = (1 - t_top.exp().sum(-1, keepdim=True)).clamp_min(1e-12)  # (..., 1) teacher mass outside its top-k
+    s_tail = torch.logsumexp(s.scatter(-1, indices, float("-inf")), dim=-1, keepdim=True) - log_z  # (..., 1)
+    return torch.cat([s_top, s_tail], dim=-1), torch.cat([t_top, t_tail.log()], dim=-1)  # (..., k + 1)
 
 
 UNLABELLED = -1  # class label of a row without one (a transfer-set row the teacher labels); regression: NaN
