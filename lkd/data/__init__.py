@@ -6,10 +6,11 @@ from lkd.data.continual import NonStationaryMNISTDataModule
 from lkd.data.glue import GLUEDataModule
 from lkd.data.labels import TextLabels
 from lkd.data.mnist import MNISTDataModule, TensorBatches
+from lkd.data.prompts import PromptDataModule
 from lkd.data.samplers import LengthGroupedSampler, SeededRandomSampler
 from lkd.data.text import AlignedTokenBlocks, BlockSizeError, TextColumnError, TextDataModule, TokenBlocks
 from lkd.data.text_classification import TextClassificationDataModule, TextDataError
 
 __all__ = ["AlignedBlock", "AlignedTokenBlocks", "AlignmentError", "BlockSizeError", "Chunk", "GLUEDataModule", "LengthGroupedSampler",
-           "MNISTDataModule", "NonStationaryMNISTDataModule", "SeededRandomSampler", "TensorBatches", "TextClassificationDataModule",
-           "TextColumnError", "TextDataError", "TextDataModule", "TextLabels", "TokenBlocks"]
+           "MNISTDataModule", "NonStationaryMNISTDataModule", "PromptDataModule", "SeededRandomSampler", "TensorBatches",
+           "TextClassificationDataModule", "TextColumnError", "TextDataError", "TextDataModule", "TextLabels", "TokenBlocks"]

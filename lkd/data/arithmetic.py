@@ -1,0 +1,92 @@
+"""A small offline prompt / completion task for the on-policy distillation benchmark: integer arithmetic
+(``{"prompt": "12+345=", "completion": "357"}``) written as JSON Lines that :class:`lkd.data.PromptDataModule`
+reads through ``data_files``, and the exact-match check that scores a generated answer."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+END_MARKERS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")
+"""End-of-turn / end-of-text markers a decoded generation may carry (SmolLM2 / ChatML, GPT-2, Llama 2, Llama 3)."""
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+"""The operators :func:`write_arithmetic_task` knows, and what each computes."""
+
+
+def _operand_count(digits: tuple[int, int]) -> int:
+    """How many operands have between ``digits[0]`` and ``digits[1]`` digits (0 counts as a 1-digit number)."""
+    low, high = digits
+    return 10**high - (0 if low == 1 else 10 ** (low - 1))
+
+
+def _operand(rng: random.Random, digits: tuple[int, int]) -> int:
+    """A number whose digit count is drawn uniformly from ``digits`` (so short and long problems are equally
+    common), then its value uniformly among the numbers of that many digits."""
+    n = rng.randint(*digits)
+    return rng.randint(0 if n == 1 else 10 ** (n - 1), 10**n - 1)
+
+
+def write_arithmetic_task(folder: str | Path, *, n_train: int, n_test: int, digits: tuple[int, int] = (1, 3),
+                          ops: Sequence[str] = ("+", "-"), seed: int = 0) -> dict[str, Path]:
+    """Write ``train.jsonl`` (``n_train`` rows) and ``test.jsonl`` (``n_test`` rows; not written when 0) of
+    ``{"prompt": "12+345=", "completion": "357"}`` into ``folder``.
+
+    Every problem is distinct and no test problem is in train (the same prompt text is the same problem). Each
+    operand has between ``digits[0]`` and ``digits[1]`` digits (uniform over the digit count, then over the
+    value); a subtraction may go below zero (``"3-12="`` → ``"-9"``). The same arguments write the same files.
+
+    Returns:
+        ``{"train": path, "test": path}``, ready for ``PromptDataModule(data_files=...)``.
+    """
+    low, high = digits
+    problems = []
+    if not 1 <= low <= high:
+        problems.append(f"digits must be (low, high) with 1 <= low <= high, got {digits}")
+    if not ops or any(op not in OPS for op in ops):
+        problems.append(f"ops must be a non-empty selection of {list(OPS)}, got {list(ops)}")
+    if n_train < 1 or n_test < 0:
+        problems.append(f"n_train must be >= 1 and n_test >= 0, got {n_train} and {n_test}")
+    if not problems and n_train + n_test > (space := len(set(ops)) * _operand_count(digits) ** 2):
+        problems.append(f"n_train + n_test = {n_train + n_test} distinct problems asked for, but digits={digits} with ops="
+                        f"{list(ops)} make only {space}. HINT: widen digits, add ops or ask for fewer rows")
+    if problems:
+        raise ValueError("write_arithmetic_task: " + "; ".join(problems))
+    rng, ops = random.Random(seed), sorted(set(ops), key=list(OPS).index)  # the same ops in any order: the same files
+    seen: set[str] = set()
+    rows: list[dict[str, str]] = []
+    attempts, limit = 0, 100 * (n_train + n_test) + 10_000
+    while len(rows) < n_train + n_test:
+        if (attempts := attempts + 1) > limit:  # short operands exhausted: the rest are too rare to draw at random
+            raise ValueError(f"write_arithmetic_task: found only {len(rows)} distinct problems in {limit} draws for digits="
+                             f"{digits}, ops={ops}. HINT: widen digits or ask for fewer rows")
+        a, op, b = _operand(rng, digits), rng.choice(ops), _operand(rng, digits)
+        prompt = f"{a}{op}{b}="
+        if prompt not in seen:
+            seen.add(prompt)
+            rows.append({"prompt": prompt, "completion": str(OPS[op](a, b))})
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, part in (("train", rows[:n_train]), ("test", rows[n_train:])):
+        if part:
+            paths[split] = folder / f"{split}.jsonl"
+            paths[split].write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    return paths
+
+
+def answer_text(text: str, *, stop: Sequence[str] = END_MARKERS) -> str:
+    """The answer in ``text``: leading whitespace dropped, cut at the first newline or end marker (``stop``),
+    surrounding whitespace stripped. ``" 357<|im_end|>junk"`` → ``"357"``."""
+    text = text.lstrip()
+    for marker in ("\n", *stop):
+        text = text.split(marker, 1)[0]
+    return text.strip()
+
+
+def exact_match(prediction: str, reference: str, *, stop: Sequence[str] = END_MARKERS) -> bool:
+    """Whether a generated answer equals the reference: both compared as :func:`answer_text` (whitespace stripped,
+    the text before the first newline or end marker), so ``"357\\n12+1="`` matches ``"357"`` and ``"35"`` does not."""
+    return answer_text(prediction, stop=stop) == answer_text(reference, stop=stop)
