@@ -46,7 +46,8 @@ class ByteTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def decode(self, ids) -> str:
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """UTF-8 text of the byte ids (the end-of-text token is never text, whatever ``skip_special_tokens`` says)."""
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 

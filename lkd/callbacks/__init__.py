@@ -1,6 +1,7 @@
 """Small, resumable callbacks for behaviour that changes during training."""
 
 from lkd.callbacks.best_checkpoint import PublishBestCheckpoint, PublishError
+from lkd.callbacks.completions import CompletionEvaluation
 from lkd.callbacks.continual import ContinualEvaluation
 from lkd.callbacks.figures import ConfusionMatrixFigure
 from lkd.callbacks.fit_summary import FitSummary
@@ -13,7 +14,7 @@ from lkd.callbacks.lr_monitor import LearningRateLogger
 from lkd.callbacks.routing import RouterExpertUsage, RoutingSchedule
 
 __all__ = [
-    "ConfusionMatrixFigure", "ContinualEvaluation", "DiscreteKeyInit", "DistillationReport", "EMAKeyUpdate", "FitSummary",
+    "CompletionEvaluation", "ConfusionMatrixFigure", "ContinualEvaluation", "DiscreteKeyInit", "DistillationReport", "EMAKeyUpdate", "FitSummary",
     "GLUEPredictionWriter", "HParamsConfigCallback", "KeyCarrying", "LearningRateLogger", "PublishBestCheckpoint", "PublishError",
     "RouterExpertUsage", "RoutingSchedule",
 ]

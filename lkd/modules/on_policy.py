@@ -1,0 +1,198 @@
+"""On-policy distillation of causal language models on prompt data: the student samples completions, the teacher
+scores every sampled token, the student minimises a divergence on its own samples (GKD, Agarwal et al., ICLR 2024,
+arXiv 2306.13649; the sampled-token reverse KL of Thinking Machines' Tinker cookbook and Qwen3's report).
+
+Per row of a training batch, with probability ``lmbda`` (drawn per row from the seed, the epoch and the row's index,
+so a resumed run draws the same) the completion is the student's own sample; the other rows use the data's
+reference completion (``off_policy: reference``: supervised KD) or the teacher's greedy completion
+(``off_policy: teacher``: sequence-level KD, Kim & Rush 2016, arXiv 1606.07947). Validation and test score the
+reference completions teacher-forced. The completion tokens alone enter the loss:
+
+    L = reduce_{n in completion} D(p_t(· | x, y_<n), p_s(· | x, y_<n))  [+ w_ce · CE(y_n) on reference rows]
+
+with D = the generalized JSD(β) over the full vocabulary (``loss: jsd``) or over the teacher's top-k plus a tail
+bucket (``jsd_topk``), or, on sampled rows, the sampled-token estimator −sg[log p_t(y_n) − log p_s(y_n)] · log p_s(y_n)
+(``sampled``; the other rows then use the JSD). :mod:`lkd.losses.on_policy` holds the formulas.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+from typing_extensions import override
+
+from lkd.data.prompts import join_prompt_completion
+from lkd.losses.on_policy import generalized_jsd, generalized_jsd_topk, on_policy_problems, reduce_tokens, sampled_token_reverse_kl
+from lkd.models import causal_lm
+from lkd.models.sampling import Completions, sample_completions, sampling_problems
+from lkd.modules.base import StepOutput
+from lkd.modules.lm import LMModule
+from lkd.schedules import ScheduleName
+from lkd.teacher import Teacher
+
+LOSSES = ("jsd", "jsd_topk", "sampled")
+OFF_POLICY = ("reference", "teacher")
+
+
+class OnPolicyDistillModule(LMModule):
+    """Teacher → student distillation on the student's own samples (see the module docstring).
+
+    Args:
+        student: the causal LM to train (YAML ``class_path``).
+        teacher: the frozen teacher (:class:`lkd.teacher.Teacher`), run live: it scores new samples every step.
+        tokenizer: the tokenizer of both models and of the prompt data.
+        lmbda: fraction of training rows whose completion the student samples (0: off-policy only, 1: all).
+        beta: the JSD's β: 0 = forward KL(p_t ‖ p_s), 1 = reverse KL(p_s ‖ p_t).
+        loss: ``jsd``, ``jsd_topk`` (the teacher's ``top_k`` tokens plus a tail bucket) or ``sampled``.
+        top_k: the teacher tokens per position of ``jsd_topk``.
+        off_policy: where the other rows' completions come from: ``reference`` (the data's) or ``teacher`` (its
+            greedy completion).
+        temperature: the divergence's temperature (both distributions).
+        reduction: ``token`` (mean over the batch's completion tokens) or ``sequence`` (per row, then over rows).
+        ce_weight: weight of the student's cross-entropy on reference completions (0: none).
+        max_new_tokens: the most tokens a completion samples.
+        sample_temperature: the student's sampling temperature (0 = greedy).
+        top_p: nucleus mass of the student's sampling.
+        seed: seeds the per-row choice and the samples (with the epoch, the step and the process rank).
+    """
+
+    def __init__(self, student: nn.Module, teacher: Teacher, tokenizer: str = "smollm2", *, lmbda: float = 1.0, beta: float = 0.5,
+                 loss: str = "jsd", top_k: int = 32, off_policy: str = "reference", temperature: float = 1.0,
+                 reduction: str = "token", ce_weight: float = 0.0, max_new_tokens: int = 32, sample_temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW, warmup_steps: float = 0.05,
+                 min_lr_ratio: float = 0.1, lr_schedule: ScheduleName = "cosine"):
+        super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio, lr_schedule)
+        problems = on_policy_problems(beta=beta, lmbda=lmbda, temperature=temperature, reduction=reduction)
+        problems += sampling_problems(max_new_tokens=max_new_tokens, temperature=sample_temperature, top_p=top_p)
+        if loss not in LOSSES:
+            problems.append(f"loss must be one of {LOSSES}, got {loss!r}")
+        if off_policy not in OFF_POLICY:
+            problems.append(f"off_policy must be one of {OFF_POLICY} (the completions of the rows the student does not sample), got {off_policy!r}")
+        if top_k < 1:
+            problems.append(f"top_k must be >= 1, got {top_k}")
+        if ce_weight < 0:
+            problems.append(f"ce_weight must be >= 0, got {ce_weight}")
+        if teacher.cache_path is not None:
+            problems.append(f"teacher.cache is {teacher.cache_path!r}, but on-policy distillation needs the live teacher: it scores "
+                            "completions sampled during training. HINT: remove model.init_args.teacher.cache")
+        sv, tv = causal_lm.vocab_size(student), causal_lm.vocab_size(teacher.model)
+        if sv != tv:
+            problems.append(f"the student's vocabulary ({sv}) differs from the teacher's ({tv}): one tokenizer is expected")
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
+        self.student, self.teacher = student, teacher
+        self.lmbda, self.beta, self.loss_name, self.top_k, self.off_policy = lmbda, beta, loss, top_k, off_policy
+        self.temperature, self.reduction, self.ce_weight, self.seed = temperature, reduction, ce_weight, seed
+        self.max_new_tokens, self.sample_temperature, self.top_p = max_new_tokens, sample_temperature, top_p
+        self.save_hyperparameters(ignore=["student", "teacher", "optimizer"])
+
+    @property
+    @override
+    def trained_model(self) -> nn.Module:
+        return self.student
+
+    @override
+    def sample_ids(self, batch) -> torch.Tensor | None:
+        return batch.get("row_index") if isinstance(batch, dict) else None
+
+    @override
+    def connect_data(self, datamodule) -> None:
+        if hasattr(datamodule, "connect"):
+            datamodule.connect(self.tokenizer, context_length=self.context_length)
+        self.bind_tokenizers(datamodule)
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        self.pad_token_id = getattr(datamodule, "pad_id", None)
+        if self.pad_token_id is None:
+            self.pad_token_id = self.eos_token_id
+
+    # ---- which rows the student samples -----------------------------------------------------------------------
+    def on_policy_rows(self, row_index: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: rows whose completion the student samples, each drawn with probability ``lmbda`` from
+        (seed, epoch, row index): the same rows on a resumed run, independent of the batch's composition."""
+        if self.lmbda in (0.0, 1.0):
+            return torch.full(row_index.shape, self.lmbda == 1.0, device=row_index.device)
+        epoch = self.current_epoch if self._trainer is not None else 0
+        draws = [torch.rand((), generator=torch.Generator().manual_seed(hash((self.seed, epoch, int(i))) & 0x7FFFFFFF))
+                 for i in row_index.tolist()]
+        return (torch.stack(draws) < self.lmbda).to(row_index.device)
+
+    def sampler_generator(self) -> torch.Generator:
+        """The random source of this step's samples: seed, optimizer step and process rank."""
+        rank = self.global_rank if self._trainer is not None else 0
+        step = self.global_step if self._trainer is not None else 0
+        device = self.device if self.device.type != "mps" else torch.device("cpu")
+        return torch.Generator(device=device).manual_seed(hash((self.seed, step, rank)) & 0x7FFFFFFFFFFF)
+
+    def sample(self, model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, temperature: float) -> Completions:
+        return sample_completions(model, prompt_ids, prompt_mask, max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_token_id,
+                                  pad_token_id=self.pad_token_id, temperature=temperature, top_p=self.top_p,
+                                  generator=self.sampler_generator() if temperature > 0 else None)
+
+    def completions(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(completion_ids (B, C), completion_mask (B, C), on_policy (B,))``: the sampled rows' samples and the
+        others' reference (or teacher) completions, right-padded to one width."""
+        prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+        refs, ref_mask = batch["completion_ids"], batch["completion_mask"]
+        B = len(prompt_ids)
+        on = self.on_policy_rows(batch["row_index"]) if stage == "train" else torch.zeros(B, dtype=torch.bool, device=prompt_ids.device)
+        parts: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # rows -> (row ids, tokens, mask)
+        if on.any():
+            rows = on.nonzero().squeeze(-1)
+            sampled = self.sample(self.student, prompt_ids[rows], prompt_mask[rows], temperature=self.sample_temperature)
+            parts["student"] = (rows, sampled.tokens, sampled.mask)
+        rest = (~on).nonzero().squeeze(-1)
+        if rest.numel() and stage == "train" and self.off_policy == "teacher":
+            taught = self.sample(self.teacher, prompt_ids[rest], prompt_mask[rest], temperature=0.0)
+            parts["teacher"] = (rest, taught.tokens, taught.mask)
+        elif rest.numel():
+            parts["reference"] = (rest, refs[rest], ref_mask[rest])
+        width = max(t.shape[1] for _, t, _ in parts.values())
+        ids = prompt_ids.new_full((B, width), self.pad_token_id)
+        mask = prompt_ids.new_zeros((B, width))
+        for rows, tokens, m in parts.values():
+            ids[rows, :tokens.shape[1]] = tokens
+            mask[rows, :m.shape[1]] = m.long()
+        return ids, mask, on
+
+    # ---- the step --------------------------------------------------------------------------------------------------
+    @override
+    def step(self, batch, stage: str) -> StepOutput:
+        completion_ids, completion_mask, on = self.completions(batch, stage)
+        input_ids, attention_mask, loss_mask = join_prompt_completion(batch["prompt_ids"], batch["prompt_mask"], completion_ids,
+                                                                      completion_mask)  # (B, P + C) each
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        s_logits = self.student(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits[:, :-1]
+        with torch.no_grad():
+            t_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits[:, :-1]
+        targets, mask = input_ids[:, 1:], loss_mask[:, 1:].bool()  # (B, T-1): position n predicts token n + 1
+        if self.loss_name == "jsd_topk":
+            t_lp = F.log_softmax(t_logits.float() / self.temperature, dim=-1)
+            top = t_lp.topk(min(self.top_k, t_lp.shape[-1]), dim=-1)
+            per_token = generalized_jsd_topk(s_logits, top.values, top.indices, beta=self.beta, temperature=self.temperature)
+        else:
+            per_token = generalized_jsd(s_logits, t_logits, beta=self.beta, temperature=self.temperature)  # (B, T-1)
+        s_token_lp = F.log_softmax(s_logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # (B, T-1)
+        if self.loss_name == "sampled" and on.any():
+            t_token_lp = F.log_softmax(t_logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+            estimator = sampled_token_reverse_kl(s_token_lp, t_token_lp)
+            per_token = torch.where(on[:, None], estimator, per_token)
+        divergence = reduce_tokens(per_token, mask, reduction=self.reduction)
+        tokens = int(mask.sum())
+        nll = -(s_token_lp * mask).sum() / max(tokens, 1)
+        terms = {"divergence": divergence, "on_policy_rows": on.float().mean(),
+                 "completion_tokens": mask.sum(-1).float().mean()}
+        loss = divergence
+        reference_rows = mask & (~on)[:, None] if self.off_policy == "reference" or stage != "train" else None
+        if self.ce_weight > 0 and reference_rows is not None and reference_rows.any():
+            ce = -(s_token_lp * reference_rows).sum() / reference_rows.sum()
+            terms["ce"] = ce
+            loss = loss + self.ce_weight * ce
+        terms["nll"] = nll.detach()
+        return StepOutput(loss, len(input_ids), terms, metric_args=(nll.detach(), tokens, self.predicted_bytes(input_ids, loss_mask)))
+
+    @override
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "student"}]
