@@ -128,3 +128,33 @@ def test_an_unknown_checker_is_refused_with_the_choices():
 
     with pytest.raises(ValueError, match="checker 'exact' is neither one of"):
         CompletionEvaluation(checker="exact")
+
+
+def test_completion_sft_trains_on_completion_tokens_only_and_is_scored_without_a_teacher(task):
+    from lkd.callbacks import CompletionEvaluation
+    from lkd.modules import CompletionSFTModule
+
+    model = CompletionSFTModule(TinyLlamaLM(**LLAMA, seed=1), tokenizer="bytes", max_new_tokens=4)
+    dm = data(task)
+    model.connect_data(dm)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    loss = model.step(batch, "train").loss
+    prompts_changed = dict(batch, prompt_ids=batch["prompt_ids"].clone())
+    prompts_changed["prompt_ids"][batch["prompt_mask"].bool()] = 7  # other prompts change the loss, not which tokens count
+    assert model.step(prompts_changed, "train").loss != loss
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[CompletionEvaluation(checker="exact_match")])
+    trainer.fit(model, datamodule=dm)
+    assert "val/exact_match" in trainer.callback_metrics and "val/teacher_nll" not in trainer.callback_metrics
+
+
+def test_arithmetic_answers_can_be_written_least_significant_digit_first(tmp_path):
+    import json
+
+    files = write_arithmetic_task(tmp_path, n_train=50, n_test=0, digits=(2, 3), ops=("+", "-"), reversed_answer=True)
+    for row in map(json.loads, files["train"].read_text().splitlines()):
+        a, op, b = row["prompt"].rstrip("=").replace("-", " - ").replace("+", " + ").split()
+        value = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert row["completion"] == ("-" if value < 0 else "") + str(abs(value))[::-1]

@@ -47,20 +47,24 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 class CompletionEvaluation(pl.Callback):
     """Greedy and sampled completions of held-out prompts, scored (see the module docstring). For
-    :class:`lkd.modules.OnPolicyDistillModule` and prompt data (:class:`lkd.data.PromptDataModule`).
+    :class:`lkd.modules.OnPolicyDistillModule` and :class:`lkd.modules.CompletionSFTModule` (no teacher: no teacher
+    columns) on prompt data (:class:`lkd.data.PromptDataModule`).
 
     Args:
         max_batches: held-out batches scored per stage (None: all).
         checker: ``exact_match`` or ``package.module.function`` returning whether a completion is right; None: no
             exact match.
         compare_teacher: also decode the teacher's greedy completions (ROUGE-L against them, shown in the table).
+        teacher_nll: also sample the student and score the samples by the teacher (``teacher_nll``).
         show: prompts shown in the TensorBoard text table.
     """
 
-    def __init__(self, max_batches: int | None = 4, checker: str | None = None, compare_teacher: bool = True, show: int = 4):
+    def __init__(self, max_batches: int | None = 4, checker: str | None = None, compare_teacher: bool = True, teacher_nll: bool = True,
+                 show: int = 4):
         if max_batches is not None and max_batches < 1:
             raise ValueError(f"max_batches must be >= 1 or None (all), got {max_batches}")
         self.max_batches, self.checker_name, self.compare_teacher, self.show = max_batches, checker, compare_teacher, show
+        self.teacher_nll = teacher_nll
         self.checker = load_checker(checker) if checker is not None else None
         self._batches: list[dict] = []
 
@@ -104,17 +108,19 @@ class CompletionEvaluation(pl.Callback):
         sums = {"exact_match": 0.0, "rougeL_reference": 0.0, "rougeL_teacher": 0.0}
         counts = dict.fromkeys(sums, 0)
         nll, nll_tokens, rows = 0.0, 0, []
+        model, teacher_model = pl_module.trained_model, getattr(pl_module, "teacher", None)
         for batch in batches:
             ids, mask = batch["prompt_ids"], batch["prompt_mask"]
-            student = pl_module.sample(pl_module.student, ids, mask, temperature=0.0)
-            teacher = pl_module.sample(pl_module.teacher, ids, mask, temperature=0.0) if self.compare_teacher else None
-            sampled = pl_module.sample(pl_module.student, ids, mask, temperature=pl_module.sample_temperature)
-            seq, attention, loss_mask = join_prompt_completion(ids, mask, sampled.tokens, sampled.mask.long())
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)
-            logits = pl_module.teacher(input_ids=seq, attention_mask=attention, position_ids=positions).logits[:, :-1]
-            token_lp = F.log_softmax(logits.float(), dim=-1).gather(-1, seq[:, 1:, None]).squeeze(-1)
-            nll -= float((token_lp * loss_mask[:, 1:]).sum())
-            nll_tokens += int(loss_mask[:, 1:].sum())
+            student = pl_module.sample(model, ids, mask, temperature=0.0)
+            teacher = pl_module.sample(teacher_model, ids, mask, temperature=0.0) if self.compare_teacher and teacher_model is not None else None
+            if teacher_model is not None and self.teacher_nll:  # the teacher's NLL of the student's own samples
+                sampled = pl_module.sample(model, ids, mask, temperature=getattr(pl_module, "sample_temperature", 1.0))
+                seq, attention, loss_mask = join_prompt_completion(ids, mask, sampled.tokens, sampled.mask.long())
+                positions = (attention.cumsum(-1) - 1).clamp(min=0)
+                logits = teacher_model(input_ids=seq, attention_mask=attention, position_ids=positions).logits[:, :-1]
+                token_lp = F.log_softmax(logits.float(), dim=-1).gather(-1, seq[:, 1:, None]).squeeze(-1)
+                nll -= float((token_lp * loss_mask[:, 1:]).sum())
+                nll_tokens += int(loss_mask[:, 1:].sum())
             for r in range(len(ids)):
                 text = decode(student.tokens[r], student.mask[r])
                 ref = batch["completion_text"][r] if "completion_text" in batch else None

@@ -30,13 +30,16 @@ def _operand(rng: random.Random, digits: tuple[int, int]) -> int:
 
 
 def write_arithmetic_task(folder: str | Path, *, n_train: int, n_test: int, digits: tuple[int, int] = (1, 3),
-                          ops: Sequence[str] = ("+", "-"), seed: int = 0) -> dict[str, Path]:
+                          ops: Sequence[str] = ("+", "-"), seed: int = 0, reversed_answer: bool = False) -> dict[str, Path]:
     """Write ``train.jsonl`` (``n_train`` rows) and ``test.jsonl`` (``n_test`` rows; not written when 0) of
     ``{"prompt": "12+345=", "completion": "357"}`` into ``folder``.
 
     Every problem is distinct and no test problem is in train (the same prompt text is the same problem). Each
     operand has between ``digits[0]`` and ``digits[1]`` digits (uniform over the digit count, then over the
     value); a subtraction may go below zero (``"3-12="`` → ``"-9"``). The same arguments write the same files.
+    ``reversed_answer`` writes the answer's digits least significant first (``"12+345="`` → ``"753"``, a sign stays in
+    front): the order in which the digits are computed, which small transformers learn far faster than the plain
+    one (Lee et al., "Teaching Arithmetic to Small Transformers", arXiv 2307.03381).
 
     Returns:
         ``{"train": path, "test": path}``, ready for ``PromptDataModule(data_files=...)``.
@@ -66,7 +69,9 @@ def write_arithmetic_task(folder: str | Path, *, n_train: int, n_test: int, digi
         prompt = f"{a}{op}{b}="
         if prompt not in seen:
             seen.add(prompt)
-            rows.append({"prompt": prompt, "completion": str(OPS[op](a, b))})
+            answer = OPS[op](a, b)
+            digits_text = str(abs(answer))[::-1] if reversed_answer else str(abs(answer))
+            rows.append({"prompt": prompt, "completion": ("-" if answer < 0 else "") + digits_text})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}

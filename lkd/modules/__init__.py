@@ -2,6 +2,7 @@
 exported here, so a YAML ``class_path`` reads ``lkd.modules.LMDistillModule``."""
 
 from lkd.modules.base import LKDModule, ScheduleLengthError
+from lkd.modules.completion_sft import CompletionSFTModule
 from lkd.modules.glue import GLUEClassifierModule, GLUEDistillModule, GLUEModule
 from lkd.modules.lm import CausalLMModule, LMDistillModule, LMModule, RoutedDistillModule
 from lkd.modules.mnist import ClassifierModule, DistillModule, MNISTModule
@@ -11,7 +12,7 @@ from lkd.modules.step import NonFiniteLossError, StepOutput
 from lkd.modules.teaching import TeacherLifeCycle
 from lkd.modules.tokenizer_pairs import BatchTokens, OneTokenizer, TwoTokenizers, VocabularyMismatchError
 
-__all__ = ["BatchTokens", "CausalLMModule", "ClassifierModule", "DistillModule", "GLUEClassifierModule", "GLUEDistillModule",
+__all__ = ["BatchTokens", "CausalLMModule", "ClassifierModule", "CompletionSFTModule", "DistillModule", "GLUEClassifierModule", "GLUEDistillModule",
            "GLUEModule", "LKDModule", "LMDistillModule", "LMModule", "MNISTModule", "NonFiniteLossError", "OnPolicyDistillModule", "OneTokenizer",
            "RoutedDistillModule", "RoutedTeacher", "ScheduleLengthError", "StepOutput", "TeacherLifeCycle", "TeacherPasses",
            "TwoTokenizers", "VocabularyMismatchError"]

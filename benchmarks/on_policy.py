@@ -1,0 +1,242 @@
+"""On-policy distillation on a task with a checkable answer: multi-digit addition, a byte-level Llama teacher trained to
+near-perfect held-out exact match, and a student with under a quarter of its parameters.
+
+    OMP_NUM_THREADS=2 python benchmarks/on_policy.py           # resumes from runs/on_policy/runs.jsonl
+    python benchmarks/on_policy.py --rows sft on_policy_b05 --seeds 0 --steps 40 --results-dir runs/op_trial   # a trial
+
+Stages:
+
+1. the task (:func:`lkd.data.arithmetic.write_arithmetic_task`): ``--n-train`` problems with references, ``--n-test``
+   held-out ones, carved validation for the evaluation of the teacher;
+2. the teacher (:class:`lkd.modules.CompletionSFTModule`, completion-only cross-entropy), trained once and kept in
+   ``--workdir``; its held-out exact match is the reference;
+3. seeds × rows, seed-major: each student trained ``--steps`` optimizer steps (batch ``--batch``), its greedy held-out
+   exact match measured every ``--eval-every`` steps (evaluation time off the clock), each finished run appended to
+   ``runs.jsonl``. Rows: the student on the references alone; off-policy (supervised) KD on the references;
+   sequence-level KD on the teacher's greedy completions; on-policy with β ∈ {0, 0.5, 1} (λ = 1); λ = 0.5; the
+   sampled-token reverse-KL estimator. Columns at equal optimizer steps and at equal wall-clock (the exact match of
+   each run's last evaluation within the supervised-KD row's training time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning.pytorch as pl
+import torch
+
+from benchmarks import common
+from benchmarks.report import column, table
+from lkd.callbacks.completions import CompletionEvaluation
+from lkd.data.arithmetic import write_arithmetic_task
+from lkd.data.prompts import PromptDataModule
+from lkd.models import TinyLlamaLM
+from lkd.modules import CompletionSFTModule, OnPolicyDistillModule
+from lkd.teacher import Teacher
+
+TEACHER = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 384}
+STUDENT = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}
+ROWS = {  # row: module options (None: the student on the references alone)
+    "sft": None,
+    "supervised_kd": {"lmbda": 0.0, "beta": 0.0, "off_policy": "reference"},
+    "seq_kd": {"lmbda": 0.0, "beta": 0.0, "off_policy": "teacher"},
+    "on_policy_b0": {"lmbda": 1.0, "beta": 0.0},
+    "on_policy_b05": {"lmbda": 1.0, "beta": 0.5},
+    "on_policy_b1": {"lmbda": 1.0, "beta": 1.0},
+    "mixed_l05": {"lmbda": 0.5, "beta": 0.5},
+    "sampled": {"lmbda": 1.0, "loss": "sampled"},
+}
+LABELS = {"sft": "student on the references alone (CE)", "supervised_kd": "off-policy KD on the references (forward KL)",
+          "seq_kd": "sequence-level KD (teacher's greedy completions, forward KL)", "on_policy_b0": "on-policy, β = 0 (forward KL)",
+          "on_policy_b05": "on-policy, β = 0.5 (JSD)", "on_policy_b1": "on-policy, β = 1 (reverse KL)",
+          "mixed_l05": "λ = 0.5 (half the rows on-policy), β = 0.5", "sampled": "on-policy, sampled-token reverse KL"}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_seeds_option(p, [0, 1, 2])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--digits", type=int, nargs=2, default=[3, 3])
+    p.add_argument("--n-train", type=int, default=8000)
+    p.add_argument("--n-test", type=int, default=300)
+    p.add_argument("--teacher-epochs", type=int, default=20)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--workdir", type=Path, default=common.ROOT / "runs" / "on_policy")
+    common.add_output_options(p)
+    return p.parse_args()
+
+
+def task(args) -> dict[str, Path]:
+    return write_arithmetic_task(args.workdir / "task", n_train=args.n_train, n_test=args.n_test, digits=tuple(args.digits),
+                                 ops=("+",), seed=0)
+
+
+def data(args, *, batch: int, val_size: int = 200) -> PromptDataModule:
+    files = task(args)
+    return PromptDataModule(data_files={"train": str(files["train"]), "test": str(files["test"])}, val_split=None,
+                            val_size=val_size, batch_size=batch, eval_batch_size=100, seed=0)
+
+
+def max_new_tokens(args) -> int:
+    return args.digits[1] + 2  # the answer's digits, a carry and the end of sequence
+
+
+def optimizer(args):
+    return lambda params: torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+
+
+def exact_match(module, dm: PromptDataModule) -> float:
+    """Greedy held-out (test split) exact match of ``module``'s trained model."""
+    dm.setup("test")
+    scorer = CompletionEvaluation(max_batches=None, checker="exact_match", compare_teacher=False, teacher_nll=False, show=0)
+    return scorer.scores(module, list(dm.test_dataloader()))[0]["exact_match"]
+
+
+def teacher_model(args) -> tuple[TinyLlamaLM, float, int]:
+    """The trained teacher (kept in --workdir), its held-out exact match and its parameters."""
+    path = args.workdir / "teacher.pt"
+    model = TinyLlamaLM(vocab_size=257, max_position_embeddings=64, seed=0, **TEACHER)
+    module = CompletionSFTModule(model, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args))
+    dm = data(args, batch=64)
+    module.connect_data(dm)
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        pl.seed_everything(0, verbose=False)
+        print(f"training the teacher ({args.teacher_epochs} epochs)", flush=True)
+        common.quiet_trainer(max_epochs=args.teacher_epochs, gradient_clip_val=1.0).fit(module, datamodule=dm)
+        torch.save(model.state_dict(), path)
+    return model, exact_match(module, dm), sum(p.numel() for p in model.parameters())
+
+
+class Curve(pl.Callback):
+    """Exact match every ``every`` optimizer steps, against training seconds (evaluation time off the clock)."""
+
+    def __init__(self, dm, every: int):
+        self.dm, self.every, self.points, self.train_s, self._mark = dm, every, [], 0.0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._mark = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.train_s += time.perf_counter() - self._mark
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            self.points.append({"step": step, "train_s": self.train_s, "exact_match": exact_match(pl_module, self.dm)})
+
+
+def run(row: str, seed: int, teacher: TinyLlamaLM, args) -> dict:
+    pl.seed_everything(seed, verbose=False)
+    student = TinyLlamaLM(vocab_size=257, max_position_embeddings=64, seed=seed, **STUDENT)
+    options = ROWS[row]
+    if options is None:
+        module = CompletionSFTModule(student, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args))
+    else:
+        module = OnPolicyDistillModule(student, Teacher(model=teacher), tokenizer="bytes", max_new_tokens=max_new_tokens(args), seed=seed,
+                                       optimizer=optimizer(args), **options)
+    dm, eval_dm = data(args, batch=args.batch), data(args, batch=args.batch)
+    module.connect_data(eval_dm)
+    curve = Curve(eval_dm, args.eval_every)
+    common.quiet_trainer(max_steps=args.steps, max_epochs=-1, gradient_clip_val=1.0, callbacks=[curve]).fit(module, datamodule=dm)
+    out = {"row": row, "seed": seed, "exact_match": curve.points[-1]["exact_match"], "train_s": curve.train_s, "curve": curve.points,
+           "params": sum(p.numel() for p in student.parameters())}
+    print(f"{row} seed {seed}: exact match {out['exact_match']:.3f} ({out['train_s']:.0f} s)", flush=True)
+    return out
+
+
+def at_seconds(run: dict, seconds: float) -> float:
+    """The exact match of ``run``'s last evaluation within ``seconds`` of training (0 before its first)."""
+    within = [p["exact_match"] for p in run["curve"] if p["train_s"] <= seconds + 1e-9]
+    return within[-1] if within else 0.0
+
+
+def run_key(args) -> str:
+    return json.dumps({k: getattr(args, k) for k in ("digits", "n_train", "n_test", "teacher_epochs", "steps", "batch", "lr", "eval_every")}
+                      | {"teacher": TEACHER, "student": STUDENT}, sort_keys=True)
+
+
+def kept_runs(args) -> dict[tuple[str, int], dict]:
+    path = args.workdir / "runs.jsonl"
+    kept = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        entry = json.loads(line)
+        if entry.pop("key") == run_key(args):
+            kept[(entry["row"], entry["seed"])] = entry
+    return kept
+
+
+def section(results: list[dict], teacher: dict, args) -> dict:
+    by_row: dict[str, list[dict]] = {}
+    for r in results:
+        by_row.setdefault(r["row"], []).append(r)
+    budget = statistics.mean(r["train_s"] for r in by_row["supervised_kd"]) if "supervised_kd" in by_row else None
+    rows = [{"name": "teacher (trained on the references)", "em": [teacher["exact_match"]], "params": teacher["params"]}]
+    for row in ROWS:
+        if row not in by_row:
+            continue
+        runs = sorted(by_row[row], key=lambda r: r["seed"])
+        rows.append({"name": LABELS[row], "em": [r["exact_match"] for r in runs], "params": runs[0]["params"],
+                     "train_s": statistics.mean(r["train_s"] for r in runs),
+                     "em_time": [at_seconds(r, budget) for r in runs] if budget is not None else None})
+    mean = lambda row: statistics.mean(r["exact_match"] for r in by_row[row])  # noqa: E731
+    std = lambda row: statistics.stdev([r["exact_match"] for r in by_row[row]]) if len(by_row[row]) > 1 else 0.0  # noqa: E731
+    notes = []
+    on_policy = [r for r in ("on_policy_b0", "on_policy_b05", "on_policy_b1", "mixed_l05", "sampled") if r in by_row]
+    if on_policy and "supervised_kd" in by_row:
+        best = max(on_policy, key=mean)
+        margin = (mean(best) - mean("supervised_kd")) / max(std(best), std("supervised_kd"), 1e-9)
+        n = min(len(by_row[best]), len(by_row["supervised_kd"]))
+        timed = statistics.mean(at_seconds(r, budget) for r in by_row[best])
+        notes.append(f"Target (checkable task): best on-policy row {LABELS[best]} {mean(best):.3f} vs off-policy KD "
+                     f"{mean('supervised_kd'):.3f} held-out exact match at equal steps over {n} seeds: {margin:+.1f} std (> 2: "
+                     f"{'met' if margin > 2 and n >= 3 else 'not met'}); at the off-policy row's training time ({budget:.0f} s) it "
+                     f"reaches {timed:.3f} ({'not worse: met' if timed >= mean('supervised_kd') else 'worse: not met'}).")
+    result = common.new_result("On-policy distillation", args, seeds=args.seeds, threads=True)
+    result["intro"] = [
+        f"{args.digits[0]}-to-{args.digits[1]}-digit addition written as prompts (`123+456=`) with reference answers "
+        f"(`lkd.data.arithmetic`): {args.n_train:,} training problems, {args.n_test} held-out ones, byte tokens. The teacher "
+        f"(a Llama, hidden {TEACHER['hidden_size']}, {TEACHER['num_layers']} layers) is trained on the references "
+        f"({args.teacher_epochs} epochs, completion-only cross-entropy); every student (hidden {STUDENT['hidden_size']}, "
+        f"{STUDENT['num_layers']} layers) trains {args.steps} optimizer steps of {args.batch} prompts (AdamW lr {args.lr:g}, "
+        "warm-up then cosine), held-out exact match at greedy decoding. \"equal time\" is each run's exact match at its "
+        "last evaluation within the off-policy KD row's mean training time (evaluation off the clock).",
+    ]
+    columns = [column("student: training", "name"), column("exact match (equal steps)", "em", format="{:.3f}", aggregate="mean_std"),
+               column("per seed", "em", format="{:.3f}", aggregate="list"),
+               column("exact match (equal time)", "em_time", format="{:.3f}", aggregate="mean_std", missing=""),
+               column("parameters", "params", format="{:,}"), column("train time (s, mean)", "train_s", format="{:.0f}", missing="")]
+    result.update(tables=[table(columns, rows)], notes=notes, data={"runs": results, "teacher": teacher})
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, em, params = teacher_model(args)
+    teacher = {"exact_match": em, "params": params}
+    print(f"teacher held-out exact match {em:.3f} ({params:,} parameters)", flush=True)
+    results, done = [], kept_runs(args)
+    for seed in args.seeds:
+        for row in args.rows:
+            if (row, seed) in done:
+                results.append(done[(row, seed)])
+                continue
+            results.append(run(row, seed, model, args))
+            with (args.workdir / "runs.jsonl").open("a") as f:
+                f.write(json.dumps({"key": run_key(args), **results[-1]}) + "\n")
+    common.finish(section(results, teacher, args), "on_policy", args)
+
+
+if __name__ == "__main__":
+    main()
