@@ -81,7 +81,7 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
         if key not in init:
             continue
         spec = init[key]["model"] if key == "teacher" else init[key]
-        moe = key == "teacher" or (key == "model" and spec["class_path"] in MOE_BUILDERS)
+        moe = (key == "teacher" and spec["class_path"] != "lkd.models.TinyLlamaLM") or (key == "model" and spec["class_path"] in MOE_BUILDERS)
         builder, size = ("TinyMoELM", TINY_TEACHER) if moe else ("TinyLlamaLM", TINY_STUDENT)
         if cross and key == "student":
             size = {**size, "vocab_size": CROSS_STUDENT_VOCAB}
@@ -93,6 +93,9 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
             args.append(f"--model.init_args.{target}={made_from_tiny_teacher(spec, data_root)}")
             continue
         args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.' + builder, size)}")
+    if text["data"]["class_path"] == "lkd.data.ArithmeticPromptDataModule":  # prompt data: a small task, written in the run's folder
+        return args + ["--data.init_args.n_train=40", "--data.init_args.n_test=8", "--data.init_args.val_size=8",
+                       "--data.init_args.batch_size=4", "--data.init_args.digits=[1, 2]"]
     args += [f"--data.init_args.hub_id={data_root}", f"--data.init_args.config={WIKITEXT_CONFIG}",
              "--data.init_args.train_split=validation[:90%]", "--data.init_args.val_split=validation[90%:]",
              "--data.init_args.test_split=test", "--data.init_args.block_size=16", "--data.init_args.batch_size=2"]

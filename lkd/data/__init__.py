@@ -2,6 +2,7 @@
 ``class_path`` reads ``lkd.data.TextDataModule`` (the long paths, ``lkd.data.text.TextDataModule``, still import)."""
 
 from lkd.data.alignment import AlignedBlock, AlignmentError, Chunk
+from lkd.data.arithmetic import ArithmeticPromptDataModule
 from lkd.data.continual import NonStationaryMNISTDataModule
 from lkd.data.glue import GLUEDataModule
 from lkd.data.labels import TextLabels
@@ -11,6 +12,6 @@ from lkd.data.samplers import LengthGroupedSampler, SeededRandomSampler
 from lkd.data.text import AlignedTokenBlocks, BlockSizeError, TextColumnError, TextDataModule, TokenBlocks
 from lkd.data.text_classification import TextClassificationDataModule, TextDataError
 
-__all__ = ["AlignedBlock", "AlignedTokenBlocks", "AlignmentError", "BlockSizeError", "Chunk", "GLUEDataModule", "LengthGroupedSampler",
+__all__ = ["ArithmeticPromptDataModule", "AlignedBlock", "AlignedTokenBlocks", "AlignmentError", "BlockSizeError", "Chunk", "GLUEDataModule", "LengthGroupedSampler",
            "MNISTDataModule", "NonStationaryMNISTDataModule", "PromptDataModule", "SeededRandomSampler", "TensorBatches",
            "TextClassificationDataModule", "TextColumnError", "TextDataError", "TextDataModule", "TextLabels", "TokenBlocks"]

@@ -1,6 +1,7 @@
 """A small offline prompt / completion task for the on-policy distillation benchmark: integer arithmetic
 (``{"prompt": "12+345=", "completion": "357"}``) written as JSON Lines that :class:`lkd.data.PromptDataModule`
-reads through ``data_files``, and the exact-match check that scores a generated answer."""
+reads through ``data_files`` (:class:`ArithmeticPromptDataModule` writes and reads them, for a YAML), and the
+exact-match check that scores a generated answer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
+
+from lkd.data.prompts import PromptDataModule
 
 END_MARKERS = ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>")
 """End-of-turn / end-of-text markers a decoded generation may carry (SmolLM2 / ChatML, GPT-2, Llama 2, Llama 3)."""
@@ -95,3 +98,41 @@ def exact_match(prediction: str, reference: str, *, stop: Sequence[str] = END_MA
     """Whether a generated answer equals the reference: both compared as :func:`answer_text` (whitespace stripped,
     the text before the first newline or end marker), so ``"357\\n12+1="`` matches ``"357"`` and ``"35"`` does not."""
     return answer_text(prediction, stop=stop) == answer_text(reference, stop=stop)
+
+
+class ArithmeticPromptDataModule(PromptDataModule):
+    """The arithmetic task as prompt data, self-contained for a YAML: :func:`write_arithmetic_task` writes ``train.jsonl``
+    and ``test.jsonl`` into ``folder`` (when missing, before the data is read; the same arguments write the same files)
+    and :class:`lkd.data.PromptDataModule` reads them, carving ``val_size`` held-out problems from the training file.
+
+    Args:
+        folder: where the task's files are written (default under ``runs/``, which git ignores).
+        n_train, n_test, digits, ops, reversed_answer, task_seed: :func:`write_arithmetic_task`'s (``task_seed`` its seed).
+        val_size, batch_size, eval_batch_size, seed, num_workers: :class:`lkd.data.PromptDataModule`'s.
+    """
+
+    def __init__(self, folder: str = "runs/arithmetic", *, n_train: int = 8000, n_test: int = 300, digits: tuple[int, int] = (3, 3),
+                 ops: tuple[str, ...] = ("+",), reversed_answer: bool = True, task_seed: int = 0, val_size: int = 200,
+                 batch_size: int = 32, eval_batch_size: int | None = None, seed: int = 0, num_workers: int = 0):
+        self.task = {"n_train": n_train, "n_test": n_test, "digits": tuple(digits), "ops": tuple(ops),
+                     "reversed_answer": reversed_answer, "seed": task_seed}
+        self.folder = Path(folder)
+        super().__init__(data_files={"train": str(self.folder / "train.jsonl"), "test": str(self.folder / "test.jsonl")},
+                         val_split=None, val_size=val_size, test_split="test" if n_test else None, require_completions=True,
+                         batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, num_workers=num_workers)
+
+    def write_task(self) -> None:
+        """Write the task's files unless ``folder`` holds them for these arguments (``task.json`` says which)."""
+        settings = self.folder / "task.json"
+        wanted = json.dumps(self.task, sort_keys=True)
+        if settings.is_file() and settings.read_text() == wanted:
+            return
+        write_arithmetic_task(self.folder, **self.task)
+        settings.write_text(wanted)
+
+    def prepare_data(self) -> None:
+        self.write_task()
+
+    def setup(self, stage: str) -> None:
+        self.write_task()
+        super().setup(stage)
