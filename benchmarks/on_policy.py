@@ -42,7 +42,7 @@ from lkd.modules import CompletionSFTModule, OnPolicyDistillModule
 from lkd.teacher import Teacher
 
 TEACHER = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 384}
-STUDENT = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}
+STUDENT = {"hidden_size": 96, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 192}
 ROWS = {  # row: module options (None: the student on the references alone)
     "sft": None,
     "supervised_kd": {"lmbda": 0.0, "beta": 0.0, "off_policy": "reference"},
@@ -66,10 +66,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--digits", type=int, nargs=2, default=[3, 3])
     p.add_argument("--n-train", type=int, default=8000)
     p.add_argument("--n-test", type=int, default=300)
-    p.add_argument("--teacher-epochs", type=int, default=20)
+    p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument("--teacher-lr", type=float, default=1e-3)
+    p.add_argument("--teacher-ckpt", type=Path, default=None,
+                   help="take the teacher from this checkpoint of configs/lm/onpolicy_arithmetic_teacher.yaml instead of training it")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--workdir", type=Path, default=common.ROOT / "runs" / "on_policy")
     common.add_output_options(p)
@@ -77,8 +80,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def task(args) -> dict[str, Path]:
+    """The task's files (configs/lm/onpolicy_arithmetic*.yaml's: reversed answers, addition)."""
     return write_arithmetic_task(args.workdir / "task", n_train=args.n_train, n_test=args.n_test, digits=tuple(args.digits),
-                                 ops=("+",), seed=0)
+                                 ops=("+",), seed=0, reversed_answer=True)
 
 
 def data(args, *, batch: int, val_size: int = 200) -> PromptDataModule:
@@ -91,8 +95,8 @@ def max_new_tokens(args) -> int:
     return args.digits[1] + 2  # the answer's digits, a carry and the end of sequence
 
 
-def optimizer(args):
-    return lambda params: torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+def optimizer(lr: float):
+    return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
 
 
 def exact_match(module, dm: PromptDataModule) -> float:
@@ -106,11 +110,15 @@ def teacher_model(args) -> tuple[TinyLlamaLM, float, int]:
     """The trained teacher (kept in --workdir), its held-out exact match and its parameters."""
     path = args.workdir / "teacher.pt"
     model = TinyLlamaLM(vocab_size=257, max_position_embeddings=64, seed=0, **TEACHER)
-    module = CompletionSFTModule(model, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args))
+    module = CompletionSFTModule(model, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args.teacher_lr))
     dm = data(args, batch=64)
     module.connect_data(dm)
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
+    elif args.teacher_ckpt is not None:
+        state = torch.load(args.teacher_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        torch.save(model.state_dict(), path)
     else:
         pl.seed_everything(0, verbose=False)
         print(f"training the teacher ({args.teacher_epochs} epochs)", flush=True)
@@ -140,10 +148,10 @@ def run(row: str, seed: int, teacher: TinyLlamaLM, args) -> dict:
     student = TinyLlamaLM(vocab_size=257, max_position_embeddings=64, seed=seed, **STUDENT)
     options = ROWS[row]
     if options is None:
-        module = CompletionSFTModule(student, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args))
+        module = CompletionSFTModule(student, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args.lr))
     else:
         module = OnPolicyDistillModule(student, Teacher(model=teacher), tokenizer="bytes", max_new_tokens=max_new_tokens(args), seed=seed,
-                                       optimizer=optimizer(args), **options)
+                                       optimizer=optimizer(args.lr), **options)
     dm, eval_dm = data(args, batch=args.batch), data(args, batch=args.batch)
     module.connect_data(eval_dm)
     curve = Curve(eval_dm, args.eval_every)
@@ -161,7 +169,8 @@ def at_seconds(run: dict, seconds: float) -> float:
 
 
 def run_key(args) -> str:
-    return json.dumps({k: getattr(args, k) for k in ("digits", "n_train", "n_test", "teacher_epochs", "steps", "batch", "lr", "eval_every")}
+    return json.dumps({k: getattr(args, k) for k in ("digits", "n_train", "n_test", "teacher_epochs", "teacher_lr", "steps", "batch", "lr",
+                                                     "eval_every")}
                       | {"teacher": TEACHER, "student": STUDENT}, sort_keys=True)
 
 
@@ -203,10 +212,11 @@ def section(results: list[dict], teacher: dict, args) -> dict:
                      f"reaches {timed:.3f} ({'not worse: met' if timed >= mean('supervised_kd') else 'worse: not met'}).")
     result = common.new_result("On-policy distillation", args, seeds=args.seeds, threads=True)
     result["intro"] = [
-        f"{args.digits[0]}-to-{args.digits[1]}-digit addition written as prompts (`123+456=`) with reference answers "
-        f"(`lkd.data.arithmetic`): {args.n_train:,} training problems, {args.n_test} held-out ones, byte tokens. The teacher "
-        f"(a Llama, hidden {TEACHER['hidden_size']}, {TEACHER['num_layers']} layers) is trained on the references "
-        f"({args.teacher_epochs} epochs, completion-only cross-entropy); every student (hidden {STUDENT['hidden_size']}, "
+        f"{args.digits[0]}-to-{args.digits[1]}-digit addition written as prompts (`123+456=`) with reference answers least "
+        f"significant digit first (`975`; `lkd.data.arithmetic`, `configs/lm/onpolicy_arithmetic*.yaml`): {args.n_train:,} "
+        f"training problems, {args.n_test} held-out ones, byte tokens. The teacher (a Llama, hidden {TEACHER['hidden_size']}, "
+        f"{TEACHER['num_layers']} layers) is trained on the references ({args.teacher_epochs} epochs, lr {args.teacher_lr:g}, "
+        "completion-only cross-entropy); every student (hidden {STUDENT['hidden_size']}, "
         f"{STUDENT['num_layers']} layers) trains {args.steps} optimizer steps of {args.batch} prompts (AdamW lr {args.lr:g}, "
         "warm-up then cosine), held-out exact match at greedy decoding. \"equal time\" is each run's exact match at its "
         "last evaluation within the off-policy KD row's mean training time (evaluation off the clock).",

@@ -333,7 +333,13 @@ def main() -> None:
             results.append(run(row, seed, students, args))
             with (args.workdir / "runs.jsonl").open("a") as f:
                 f.write(json.dumps({"key": run_key(args), **results[-1]}) + "\n")
-    timed = speed(students, args) if args.repeats > 0 and not args.skip_missing else None
+    kept_speed = args.workdir / "speed.json"  # measured once, reused by later invocations (a report of kept runs)
+    timed = None
+    if kept_speed.is_file():
+        timed = common.PairedTiming(json.loads(kept_speed.read_text()), baseline="teacher")
+    elif args.repeats > 0 and not args.skip_missing:
+        timed = speed(students, args)
+        kept_speed.write_text(json.dumps(timed.seconds))
     harnessed = harness(teacher, args)
     common.finish(section(results, teachers, timed, harnessed, args), "pretrained_students", args)
 
