@@ -228,6 +228,13 @@ def harness(teacher: CausalLM, args) -> dict | None:
     return out
 
 
+def _margin(margin: float, seeds: int) -> str:
+    """The gain in std of the rows (target: > 2 std over 3 seeds), or why there is no verdict yet."""
+    if seeds < 2:
+        return "no std from one seed yet (> 2 std over 3 seeds: open)"
+    return f"{margin:+.1f} std (> 2 over 3 seeds: {'met' if margin > 2 and seeds >= 3 else 'not met' if seeds >= 3 else 'open'})"
+
+
 def _key(weights: dict | None) -> str | None:
     return None if weights is None else "+".join(weights)
 
@@ -276,7 +283,7 @@ def section(results: list[dict], teachers: dict, timed: common.PairedTiming | No
         recovered = (mean(f"{student}_untrained") - mean(best)) / (mean(f"{student}_untrained") - teachers["same"]["bpb"])
         n = min(seeds(ce), seeds(best))
         notes.append(f"Target ({student}-pruned): {LOSS_LABELS[_key(ROWS[best][1])]} {mean(best):.4f} vs cross-entropy "
-                     f"{mean(ce):.4f} bpb over {n} seeds: {margin:.1f} std (> 2: {'met' if margin > 2 and n >= 3 else 'not met'}); "
+                     f"{mean(ce):.4f} bpb over {n} seed(s): {_margin(margin, n)}; "
                      f"recovers {recovered:.0%} of what pruning lost (≥ 50 %: {'met' if recovered >= 0.5 else 'not met'}).")
     best = min((r for r in ("moved_alm_ce", "moved_shared_kl_ce") if r in by_row), key=mean, default=None)
     if best is not None and "moved_ce" in by_row and "bpe" in teachers:
@@ -284,7 +291,7 @@ def section(results: list[dict], teachers: dict, timed: common.PairedTiming | No
         ratio = mean(best) / teachers["bpe"]["bpb"]
         n = min(seeds("moved_ce"), seeds(best))
         notes.append(f"Target (moved tokenizer): {LOSS_LABELS[_key(ROWS[best][1])]} {mean(best):.4f} vs cross-entropy "
-                     f"{mean('moved_ce'):.4f} bpb over {n} seeds: {margin:.1f} std (> 2: {'met' if margin > 2 and n >= 3 else 'not met'}); "
+                     f"{mean('moved_ce'):.4f} bpb over {n} seed(s): {_margin(margin, n)}; "
                      f"{ratio:.3f}× the teacher's {teachers['bpe']['bpb']:.4f} (within 10 %: {'met' if ratio <= 1.1 else 'not met'}).")
     if harnessed is not None:
         s, t = harnessed["student"], harnessed["teacher"]
