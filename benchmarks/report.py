@@ -337,6 +337,19 @@ SUMMARY = (
                              spec={"aggregate": "seeds", "format": "{:.3f}"}),
          "teacher": in_row("cross_tokenizer", "bpb", name=Prefix("teacher"), spec={"aggregate": "seeds", "format": "{:.3f}"})}),
     SummaryRow(
+        "Pretrained students", "docs/language_models.md", "Pretrained students",
+        "SmolLM2-135M pruned to {params} parameters, 100 steps on WikiText-2, test bits per byte: width-pruned {width_ce} "
+        "(CE) vs {width_kd_ce} (KL + CE), depth-pruned {depth_ce} vs {depth_kd_ce}, from {width_untrained} / "
+        "{depth_untrained} untrained; the teacher {teacher}",
+        {"params": in_row("pretrained_students", "params", name=Prefix("width (MLP 1536 → 640 channels, 9 → 6 heads, by activation importance): untrained"),
+                          spec={"format": "{:.1f} M", "scale": 1e-6}),
+         **{f"{kind}_{row}": in_row("pretrained_students", "bpb", name=f"{label}: {what}", spec={"aggregate": "seeds", "format": "{:.3f}"})
+            for kind, label in (("width", "width (MLP 1536 → 640 channels, 9 → 6 heads, by activation importance)"),
+                                ("depth", "depth (15 of 30 layers)"))
+            for row, what in (("ce", "cross-entropy only"), ("kd_ce", "distilled + cross-entropy"), ("untrained", "untrained"))},
+         "teacher": in_row("pretrained_students", "bpb", name=Prefix("teacher: SmolLM2-135M-Instruct, its own tokenizer (on the pruned"),
+                           spec={"aggregate": "seeds", "format": "{:.3f}"})}),
+    SummaryRow(
         "Export", "docs/export.md", "Export",
         "`lkd export` → onnxruntime int8 vs torch eager fp32, throughput and metric change: MNIST {mnist}, accuracy "
         "{mnist_delta}; GLUE {glue}, SST-2 accuracy {glue_delta}; LM {lm}, perplexity {lm_delta}. The exported LM "
