@@ -42,7 +42,7 @@ from lkd.modules import CompletionSFTModule, OnPolicyDistillModule
 from lkd.teacher import Teacher
 
 TEACHER = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 384}
-STUDENT = {"hidden_size": 96, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 192}
+STUDENT = {"hidden_size": 64, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}
 ROWS = {  # row: module options (None: the student on the references alone)
     "sft": None,
     "supervised_kd": {"lmbda": 0.0, "beta": 0.0, "off_policy": "reference"},
@@ -70,10 +70,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher-lr", type=float, default=1e-3)
     p.add_argument("--teacher-ckpt", type=Path, default=None,
                    help="take the teacher from this checkpoint of configs/lm/onpolicy_arithmetic_teacher.yaml instead of training it")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--warm-steps", type=int, default=3000,
+                   help="every student starts from the same seed's SFT student after this many steps (GKD starts from SFT)")
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--workdir", type=Path, default=common.ROOT / "runs" / "on_policy")
     common.add_output_options(p)
     return p.parse_args()
@@ -143,9 +145,28 @@ class Curve(pl.Callback):
             self.points.append({"step": step, "train_s": self.train_s, "exact_match": exact_match(pl_module, self.dm)})
 
 
+def warm_start(seed: int, args) -> tuple[dict, float]:
+    """The seed's student after ``--warm-steps`` of SFT on the references (kept in --workdir) and its exact match."""
+    path = args.workdir / f"warm_seed{seed}_{args.warm_steps}.pt"
+    student = TinyLlamaLM(vocab_size=257, max_position_embeddings=64, seed=seed, **STUDENT)
+    module = CompletionSFTModule(student, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args.lr))
+    dm = data(args, batch=args.batch)
+    module.connect_data(dm)
+    if path.is_file():
+        student.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        pl.seed_everything(seed, verbose=False)
+        print(f"warm start of seed {seed}: {args.warm_steps} SFT steps", flush=True)
+        common.quiet_trainer(max_steps=args.warm_steps, max_epochs=-1, gradient_clip_val=1.0).fit(module, datamodule=dm)
+        torch.save(student.state_dict(), path)
+    return student.state_dict(), exact_match(module, dm)
+
+
 def run(row: str, seed: int, teacher: TinyLlamaLM, args) -> dict:
+    warm, warm_em = warm_start(seed, args)
     pl.seed_everything(seed, verbose=False)
     student = TinyLlamaLM(vocab_size=257, max_position_embeddings=64, seed=seed, **STUDENT)
+    student.load_state_dict(warm)
     options = ROWS[row]
     if options is None:
         module = CompletionSFTModule(student, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args.lr))
@@ -157,20 +178,21 @@ def run(row: str, seed: int, teacher: TinyLlamaLM, args) -> dict:
     curve = Curve(eval_dm, args.eval_every)
     common.quiet_trainer(max_steps=args.steps, max_epochs=-1, gradient_clip_val=1.0, callbacks=[curve]).fit(module, datamodule=dm)
     out = {"row": row, "seed": seed, "exact_match": curve.points[-1]["exact_match"], "train_s": curve.train_s, "curve": curve.points,
+           "warm_exact_match": warm_em,
            "params": sum(p.numel() for p in student.parameters())}
     print(f"{row} seed {seed}: exact match {out['exact_match']:.3f} ({out['train_s']:.0f} s)", flush=True)
     return out
 
 
 def at_seconds(run: dict, seconds: float) -> float:
-    """The exact match of ``run``'s last evaluation within ``seconds`` of training (0 before its first)."""
+    """The exact match of ``run``'s last evaluation within ``seconds`` of training (its warm start's before its first)."""
     within = [p["exact_match"] for p in run["curve"] if p["train_s"] <= seconds + 1e-9]
-    return within[-1] if within else 0.0
+    return within[-1] if within else run["warm_exact_match"]
 
 
 def run_key(args) -> str:
-    return json.dumps({k: getattr(args, k) for k in ("digits", "n_train", "n_test", "teacher_epochs", "teacher_lr", "steps", "batch", "lr",
-                                                     "eval_every")}
+    return json.dumps({k: getattr(args, k) for k in ("digits", "n_train", "n_test", "teacher_epochs", "teacher_lr", "warm_steps", "steps",
+                                                     "batch", "lr", "eval_every")}
                       | {"teacher": TEACHER, "student": STUDENT}, sort_keys=True)
 
 
@@ -190,6 +212,10 @@ def section(results: list[dict], teacher: dict, args) -> dict:
         by_row.setdefault(r["row"], []).append(r)
     budget = statistics.mean(r["train_s"] for r in by_row["supervised_kd"]) if "supervised_kd" in by_row else None
     rows = [{"name": "teacher (trained on the references)", "em": [teacher["exact_match"]], "params": teacher["params"]}]
+    warm = {r["seed"]: r["warm_exact_match"] for r in results}
+    if warm:
+        rows.append({"name": f"every student's start: SFT on the references, {args.warm_steps} steps", "em": [warm[k] for k in sorted(warm)],
+                     "params": results[0]["params"]})
     for row in ROWS:
         if row not in by_row:
             continue
@@ -217,7 +243,8 @@ def section(results: list[dict], teacher: dict, args) -> dict:
         f"training problems, {args.n_test} held-out ones, byte tokens. The teacher (a Llama, hidden {TEACHER['hidden_size']}, "
         f"{TEACHER['num_layers']} layers) is trained on the references ({args.teacher_epochs} epochs, lr {args.teacher_lr:g}, "
         "completion-only cross-entropy); every student (hidden {STUDENT['hidden_size']}, "
-        f"{STUDENT['num_layers']} layers) trains {args.steps} optimizer steps of {args.batch} prompts (AdamW lr {args.lr:g}, "
+        f"{STUDENT['num_layers']} layers) starts from its seed's SFT student ({args.warm_steps} steps on the references: GKD "
+        f"distils SFT students too), then trains {args.steps} more optimizer steps of {args.batch} prompts (AdamW lr {args.lr:g}, "
         "warm-up then cosine), held-out exact match at greedy decoding. \"equal time\" is each run's exact match at its "
         "last evaluation within the off-policy KD row's mean training time (evaluation off the clock).",
     ]
