@@ -76,6 +76,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--skip-missing", action="store_true", help="train nothing: report the runs kept in runs.jsonl")
     p.add_argument("--workdir", type=Path, default=common.ROOT / "runs" / "on_policy")
     common.add_output_options(p)
     return p.parse_args()
@@ -268,6 +269,8 @@ def main() -> None:
         for row in args.rows:
             if (row, seed) in done:
                 results.append(done[(row, seed)])
+                continue
+            if args.skip_missing:
                 continue
             results.append(run(row, seed, model, args))
             with (args.workdir / "runs.jsonl").open("a") as f:
