@@ -52,11 +52,13 @@ ROWS = {  # row: module options (None: the student on the references alone)
     "on_policy_b1": {"lmbda": 1.0, "beta": 1.0},
     "mixed_l05": {"lmbda": 0.5, "beta": 0.5},
     "sampled": {"lmbda": 1.0, "loss": "sampled"},
+    "replay": {"lmbda": 1.0, "beta": 0.5, "replay_steps": 2},
 }
 LABELS = {"sft": "student on the references alone (CE)", "supervised_kd": "off-policy KD on the references (forward KL)",
           "seq_kd": "sequence-level KD (teacher's greedy completions, forward KL)", "on_policy_b0": "on-policy, β = 0 (forward KL)",
           "on_policy_b05": "on-policy, β = 0.5 (JSD)", "on_policy_b1": "on-policy, β = 1 (reverse KL)",
-          "mixed_l05": "λ = 0.5 (half the rows on-policy), β = 0.5", "sampled": "on-policy, sampled-token reverse KL"}
+          "mixed_l05": "λ = 0.5 (half the rows on-policy), β = 0.5", "sampled": "on-policy, sampled-token reverse KL",
+          "replay": "on-policy, β = 0.5, each rollout trained on for 2 steps (replay)"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -227,7 +229,7 @@ def section(results: list[dict], teacher: dict, args) -> dict:
     mean = lambda row: statistics.mean(r["exact_match"] for r in by_row[row])  # noqa: E731
     std = lambda row: statistics.stdev([r["exact_match"] for r in by_row[row]]) if len(by_row[row]) > 1 else 0.0  # noqa: E731
     notes = []
-    on_policy = [r for r in ("on_policy_b0", "on_policy_b05", "on_policy_b1", "mixed_l05", "sampled") if r in by_row]
+    on_policy = [r for r in ("on_policy_b0", "on_policy_b05", "on_policy_b1", "mixed_l05", "sampled", "replay") if r in by_row]
     if on_policy and "supervised_kd" in by_row:
         best = max(on_policy, key=mean)
         margin = (mean(best) - mean("supervised_kd")) / max(std(best), std("supervised_kd"), 1e-9)

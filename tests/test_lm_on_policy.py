@@ -158,3 +158,14 @@ def test_arithmetic_answers_can_be_written_least_significant_digit_first(tmp_pat
         a, op, b = row["prompt"].rstrip("=").replace("-", " - ").replace("+", " + ").split()
         value = int(a) + int(b) if op == "+" else int(a) - int(b)
         assert row["completion"] == ("-" if value < 0 else "") + str(abs(value))[::-1]
+
+
+def test_replay_reuses_a_rollout_for_the_next_steps(task):
+    model = module(lmbda=1.0, replay_steps=2)
+    calls = []
+    original = model.sample
+    model.sample = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    fit(model, data(task), steps=4)
+    assert len(calls) == 2  # steps 0 and 2 roll out; 1 and 3 train on the stored rollout (validation samples nothing)
+    with pytest.raises(ValueError, match="replay_steps must be >= 1"):
+        module(replay_steps=0)

@@ -55,13 +55,18 @@ class OnPolicyDistillModule(LMModule):
         max_new_tokens: the most tokens a completion samples.
         sample_temperature: the student's sampling temperature (0 = greedy).
         top_p: nucleus mass of the student's sampling.
+        replay_steps: optimizer steps each rollout is trained on (DistiLLM's replay, arXiv 2402.03898, in its simplest
+            form): 1 = a fresh rollout every step; k = a rollout (the batch's prompts with their sampled / reference
+            completions) is generated every k-th step and reused for the k − 1 steps after it (those steps' batches
+            are skipped), so sampling costs 1/k per step. Not kept in checkpoints: a resumed run rolls out afresh.
         seed: seeds the per-row choice and the samples (with the epoch, the step and the process rank).
     """
 
     def __init__(self, student: nn.Module, teacher: Teacher, tokenizer: str = "smollm2", *, lmbda: float = 1.0, beta: float = 0.5,
                  loss: str = "jsd", top_k: int = 32, off_policy: str = "reference", temperature: float = 1.0,
                  reduction: str = "token", ce_weight: float = 0.0, max_new_tokens: int = 32, sample_temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW, warmup_steps: float = 0.05,
+                 top_p: float = 1.0, replay_steps: int = 1, seed: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW,
+                 warmup_steps: float = 0.05,
                  min_lr_ratio: float = 0.1, lr_schedule: ScheduleName = "cosine"):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio, lr_schedule)
         problems = on_policy_problems(beta=beta, lmbda=lmbda, temperature=temperature, reduction=reduction)
@@ -72,6 +77,8 @@ class OnPolicyDistillModule(LMModule):
             problems.append(f"off_policy must be one of {OFF_POLICY} (the completions of the rows the student does not sample), got {off_policy!r}")
         if top_k < 1:
             problems.append(f"top_k must be >= 1, got {top_k}")
+        if replay_steps < 1:
+            problems.append(f"replay_steps must be >= 1 (1 = a fresh rollout every step), got {replay_steps}")
         if ce_weight < 0:
             problems.append(f"ce_weight must be >= 0, got {ce_weight}")
         if teacher.cache_path is not None:
@@ -86,6 +93,7 @@ class OnPolicyDistillModule(LMModule):
         self.lmbda, self.beta, self.loss_name, self.top_k, self.off_policy = lmbda, beta, loss, top_k, off_policy
         self.temperature, self.reduction, self.ce_weight, self.seed = temperature, reduction, ce_weight, seed
         self.max_new_tokens, self.sample_temperature, self.top_p = max_new_tokens, sample_temperature, top_p
+        self.replay_steps, self._rollout = replay_steps, None
         self.save_hyperparameters(ignore=["student", "teacher", "optimizer"])
 
     @property
@@ -157,11 +165,22 @@ class OnPolicyDistillModule(LMModule):
             mask[rows, :m.shape[1]] = m.long()
         return ids, mask, on
 
+    def rollout(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(prompt_ids, prompt_mask, completion_ids, completion_mask, on_policy)`` of this step: the batch's, or with
+        ``replay_steps`` > 1 between rollouts the last rollout's."""
+        step = self.global_step if self._trainer is not None else 0
+        if stage == "train" and self.replay_steps > 1 and step % self.replay_steps and self._rollout is not None:
+            return self._rollout
+        out = (batch["prompt_ids"], batch["prompt_mask"], *self.completions(batch, stage))
+        if stage == "train" and self.replay_steps > 1:
+            self._rollout = out
+        return out
+
     # ---- the step --------------------------------------------------------------------------------------------------
     @override
     def step(self, batch, stage: str) -> StepOutput:
-        completion_ids, completion_mask, on = self.completions(batch, stage)
-        input_ids, attention_mask, loss_mask = join_prompt_completion(batch["prompt_ids"], batch["prompt_mask"], completion_ids,
+        prompt_ids, prompt_mask, completion_ids, completion_mask, on = self.rollout(batch, stage)
+        input_ids, attention_mask, loss_mask = join_prompt_completion(prompt_ids, prompt_mask, completion_ids,
                                                                       completion_mask)  # (B, P + C) each
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         s_logits = self.student(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits[:, :-1]
