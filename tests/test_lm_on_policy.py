@@ -169,3 +169,27 @@ def test_replay_reuses_a_rollout_for_the_next_steps(task):
     assert len(calls) == 2  # steps 0 and 2 roll out; 1 and 3 train on the stored rollout (validation samples nothing)
     with pytest.raises(ValueError, match="replay_steps must be >= 1"):
         module(replay_steps=0)
+
+
+@pytest.mark.slow
+def test_the_on_policy_recipe_fits_its_teacher_then_the_student_and_exports_it(tmp_path, monkeypatch):
+    """configs/lm/onpolicy_arithmetic_teacher.yaml then onpolicy_arithmetic.yaml on tiny stand-ins, then `lkd export`: the
+    folder runs in a transformers pipeline."""
+    from pathlib import Path
+
+    from transformers import pipeline
+
+    from lkd.cli import LKDCLI
+    from tests.lm_fixtures import tiny_overrides
+
+    monkeypatch.chdir(tmp_path)
+    configs = Path(__file__).parents[1] / "configs" / "lm"
+    teacher, student = configs / "onpolicy_arithmetic_teacher.yaml", configs / "onpolicy_arithmetic.yaml"
+    LKDCLI(args=["fit", "-c", str(teacher), *tiny_overrides(teacher, tmp_path), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                 "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0"])
+    tiny = tiny_overrides(student, tmp_path)
+    LKDCLI(args=["fit", "-c", str(student), *tiny, "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+                 "--trainer.num_sanity_val_steps=0"])
+    LKDCLI(args=["export", "-c", str(student), *tiny, "--ckpt_path=checkpoints/lm/onpolicy_arithmetic.ckpt", "--to=out"])
+    out = pipeline("text-generation", model="out")("12+34=", max_new_tokens=3, do_sample=False)
+    assert out[0]["generated_text"].startswith("12+34=")

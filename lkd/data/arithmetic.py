@@ -114,7 +114,7 @@ class ArithmeticPromptDataModule(PromptDataModule):
     def __init__(self, folder: str = "runs/arithmetic", *, n_train: int = 8000, n_test: int = 300, digits: tuple[int, int] = (3, 3),
                  ops: tuple[str, ...] = ("+",), reversed_answer: bool = True, task_seed: int = 0, val_size: int = 200,
                  batch_size: int = 32, eval_batch_size: int | None = None, seed: int = 0, num_workers: int = 0):
-        self.task = {"n_train": n_train, "n_test": n_test, "digits": tuple(digits), "ops": tuple(ops),
+        self.task_settings = {"n_train": n_train, "n_test": n_test, "digits": tuple(digits), "ops": tuple(ops),
                      "reversed_answer": reversed_answer, "seed": task_seed}
         self.folder = Path(folder)
         super().__init__(data_files={"train": str(self.folder / "train.jsonl"), "test": str(self.folder / "test.jsonl")},
@@ -124,10 +124,10 @@ class ArithmeticPromptDataModule(PromptDataModule):
     def write_task(self) -> None:
         """Write the task's files unless ``folder`` holds them for these arguments (``task.json`` says which)."""
         settings = self.folder / "task.json"
-        wanted = json.dumps(self.task, sort_keys=True)
+        wanted = json.dumps(self.task_settings, sort_keys=True)
         if settings.is_file() and settings.read_text() == wanted:
             return
-        write_arithmetic_task(self.folder, **self.task)
+        write_arithmetic_task(self.folder, **self.task_settings)
         settings.write_text(wanted)
 
     def prepare_data(self) -> None:
