@@ -239,13 +239,22 @@ def section(results: list[dict], teacher: dict, args) -> dict:
                      f"{mean('supervised_kd'):.3f} held-out exact match at equal steps over {n} seeds: {margin:+.1f} std (> 2: "
                      f"{'met' if margin > 2 and n >= 3 else 'not met'}); at the off-policy row's training time ({budget:.0f} s) it "
                      f"reaches {timed:.3f} ({'not worse: met' if timed >= mean('supervised_kd') else 'worse: not met'}).")
+    if warm and max(warm.values()) - min(warm.values()) > 0.3:
+        notes.append(f"The seeds' SFT starts differ widely ({', '.join(f'{warm[k]:.3f}' for k in sorted(warm))}): this small student "
+                     "learns the task in a sudden transition whose step varies by seed, so every row follows its start and the "
+                     "rows cannot be told apart at this budget. The task or the warm start needs changing before the target "
+                     "can be judged.")
+    if "sampled" in by_row and warm and mean("sampled") < min(warm.values()) - 0.1:
+        notes.append(f"The sampled-token estimator fell below every seed's start (to {mean('sampled'):.3f}) at lr {args.lr:g}: with a "
+                     "teacher this certain, a token it rules out gets an advantage near log p_t ≈ −18, and those pushes swamp "
+                     "the rest. A smaller learning rate or clipped advantages is the next thing to try.")
     result = common.new_result("On-policy distillation", args, seeds=args.seeds, threads=True)
     result["intro"] = [
         f"{args.digits[0]}-to-{args.digits[1]}-digit addition written as prompts (`123+456=`) with reference answers least "
         f"significant digit first (`975`; `lkd.data.arithmetic`, `configs/lm/onpolicy_arithmetic*.yaml`): {args.n_train:,} "
         f"training problems, {args.n_test} held-out ones, byte tokens. The teacher (a Llama, hidden {TEACHER['hidden_size']}, "
         f"{TEACHER['num_layers']} layers) is trained on the references ({args.teacher_epochs} epochs, lr {args.teacher_lr:g}, "
-        "completion-only cross-entropy); every student (hidden {STUDENT['hidden_size']}, "
+        f"completion-only cross-entropy); every student (hidden {STUDENT['hidden_size']}, "
         f"{STUDENT['num_layers']} layers) starts from its seed's SFT student ({args.warm_steps} steps on the references: GKD "
         f"distils SFT students too), then trains {args.steps} more optimizer steps of {args.batch} prompts (AdamW lr {args.lr:g}, "
         "warm-up then cosine), held-out exact match at greedy decoding. \"equal time\" is each run's exact match at its "
