@@ -200,8 +200,13 @@ def run_key(args) -> str:
 
 
 def kept_runs(args) -> dict[tuple[str, int], dict]:
+    """Finished runs with this invocation's settings: those of the committed result file (another checkout's sessions)
+    and of ``--workdir``'s ``runs.jsonl`` (this checkout's, appended run by run)."""
     path = args.workdir / "runs.jsonl"
     kept = {}
+    committed = common.ROOT / "benchmarks" / "results" / "on_policy.json"
+    if committed.is_file() and (data := json.loads(committed.read_text()).get("data", {})).get("run_key") == run_key(args):
+        kept |= {(r["row"], r["seed"]): r for r in data["runs"]}
     for line in path.read_text().splitlines() if path.is_file() else []:
         entry = json.loads(line)
         if entry.pop("key") == run_key(args):
@@ -264,7 +269,7 @@ def section(results: list[dict], teacher: dict, args) -> dict:
                column("per seed", "em", format="{:.3f}", aggregate="list"),
                column("exact match (equal time)", "em_time", format="{:.3f}", aggregate="mean_std", missing=""),
                column("parameters", "params", format="{:,}"), column("train time (s, mean)", "train_s", format="{:.0f}", missing="")]
-    result.update(tables=[table(columns, rows)], notes=notes, data={"runs": results, "teacher": teacher})
+    result.update(tables=[table(columns, rows)], notes=notes, data={"runs": results, "run_key": run_key(args), "teacher": teacher})
     return result
 
 

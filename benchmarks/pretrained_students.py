@@ -159,8 +159,13 @@ def run_key(args) -> str:
 
 
 def kept_runs(args) -> dict[tuple[str, int], dict]:
+    """Finished runs with this invocation's settings: those of the committed result file (another checkout's sessions)
+    and of ``--workdir``'s ``runs.jsonl`` (this checkout's, appended run by run)."""
     path = args.workdir / "runs.jsonl"
     kept = {}
+    committed = common.ROOT / "benchmarks" / "results" / "pretrained_students.json"
+    if committed.is_file() and (data := json.loads(committed.read_text()).get("data", {})).get("run_key") == run_key(args):
+        kept |= {(r["row"], r["seed"]): r for r in data["runs"]}
     for line in path.read_text().splitlines() if path.is_file() else []:
         entry = json.loads(line)
         if entry.pop("key") == run_key(args):
@@ -308,7 +313,7 @@ def section(results: list[dict], teachers: dict, timed: common.PairedTiming | No
         "over the UTF-8 bytes it spells, so students with different tokenizers compare. Pruning loss recovered = "
         "(untrained − trained) / (untrained − teacher).",
     ]
-    result.update(tables=tables, notes=notes, data={"runs": results, "teachers": teachers,
+    result.update(tables=tables, notes=notes, data={"runs": results, "run_key": run_key(args), "teachers": teachers,
                                                     "timing": None if timed is None else timed.seconds, "harness": harnessed})
     return result
 
