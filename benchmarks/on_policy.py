@@ -200,18 +200,7 @@ def run_key(args) -> str:
 
 
 def kept_runs(args) -> dict[tuple[str, int], dict]:
-    """Finished runs with this invocation's settings: those of the committed result file (another checkout's sessions)
-    and of ``--workdir``'s ``runs.jsonl`` (this checkout's, appended run by run)."""
-    path = args.workdir / "runs.jsonl"
-    kept = {}
-    committed = common.ROOT / "benchmarks" / "results" / "on_policy.json"
-    if committed.is_file() and (data := json.loads(committed.read_text()).get("data", {})).get("run_key") == run_key(args):
-        kept |= {(r["row"], r["seed"]): r for r in data["runs"]}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        entry = json.loads(line)
-        if entry.pop("key") == run_key(args):
-            kept[(entry["row"], entry["seed"])] = entry
-    return kept
+    return common.kept_runs("on_policy", args.workdir, run_key(args))
 
 
 def section(results: list[dict], teacher: dict, args) -> dict:

@@ -16,11 +16,11 @@ from typing_extensions import override
 from lkd.data.prompts import join_prompt_completion
 from lkd.models.sampling import Completions, sample_completions
 from lkd.modules.base import StepOutput
-from lkd.modules.lm import LMModule
+from lkd.modules.lm import PromptLMModule
 from lkd.schedules import ScheduleName
 
 
-class CompletionSFTModule(LMModule):
+class CompletionSFTModule(PromptLMModule):
     """A causal LM trained on reference completions (completion-only cross-entropy), from :class:`lkd.data.PromptDataModule`.
 
     Args:
@@ -35,27 +35,12 @@ class CompletionSFTModule(LMModule):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.model, self.max_new_tokens = model, max_new_tokens
-        self.eos_token_id = self.pad_token_id = None
         self.save_hyperparameters(ignore=["model", "optimizer"])
 
     @property
     @override
     def trained_model(self) -> nn.Module:
         return self.model
-
-    @override
-    def sample_ids(self, batch) -> torch.Tensor | None:
-        return batch.get("row_index") if isinstance(batch, dict) else None
-
-    @override
-    def connect_data(self, datamodule) -> None:
-        if hasattr(datamodule, "connect"):
-            datamodule.connect(self.tokenizer, context_length=self.context_length)
-        self.bind_tokenizers(datamodule)
-        self.eos_token_id = getattr(getattr(datamodule, "tokenizer", None), "eos_token_id", None)
-        self.pad_token_id = getattr(datamodule, "pad_id", None)
-        if self.pad_token_id is None:
-            self.pad_token_id = self.eos_token_id
 
     def sample(self, model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, temperature: float) -> Completions:
         """Completions of ``model`` for left-padded prompts (greedy at ``temperature`` 0)."""

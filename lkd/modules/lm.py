@@ -95,6 +95,27 @@ class LMModule(LKDModule):
         return self.trained_model(input_ids=input_ids).logits
 
 
+class PromptLMModule(LMModule):
+    """What the modules trained on prompt data (:class:`lkd.data.PromptDataModule`) share: ``row_index`` as the sample
+    id, and the end-of-sequence and pad ids their sampling needs, read from the data when it is connected."""
+
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    @override
+    def sample_ids(self, batch) -> torch.Tensor | None:
+        return batch.get("row_index") if isinstance(batch, dict) else None
+
+    @override
+    def connect_data(self, datamodule) -> None:
+        if hasattr(datamodule, "connect"):
+            datamodule.connect(self.tokenizer, context_length=self.context_length)
+        self.bind_tokenizers(datamodule)
+        self.eos_token_id = getattr(getattr(datamodule, "tokenizer", None), "eos_token_id", None)
+        pad = getattr(datamodule, "pad_id", None)
+        self.pad_token_id = self.eos_token_id if pad is None else pad
+
+
 class CausalLMModule(LMModule):
     """Trains one causal LM on next-token prediction (``lkd fit -c configs/lm/teacher_moe_tiny.yaml``).
 

@@ -28,7 +28,7 @@ from lkd.losses.on_policy import generalized_jsd, generalized_jsd_topk, on_polic
 from lkd.models import causal_lm
 from lkd.models.sampling import Completions, sample_completions, sampling_problems
 from lkd.modules.base import StepOutput
-from lkd.modules.lm import LMModule
+from lkd.modules.lm import PromptLMModule
 from lkd.schedules import ScheduleName
 from lkd.teacher import Teacher
 
@@ -36,7 +36,7 @@ LOSSES = ("jsd", "jsd_topk", "sampled")
 OFF_POLICY = ("reference", "teacher")
 
 
-class OnPolicyDistillModule(LMModule):
+class OnPolicyDistillModule(PromptLMModule):
     """Teacher → student distillation on the student's own samples (see the module docstring).
 
     Args:
@@ -100,21 +100,6 @@ class OnPolicyDistillModule(LMModule):
     @override
     def trained_model(self) -> nn.Module:
         return self.student
-
-    @override
-    def sample_ids(self, batch) -> torch.Tensor | None:
-        return batch.get("row_index") if isinstance(batch, dict) else None
-
-    @override
-    def connect_data(self, datamodule) -> None:
-        if hasattr(datamodule, "connect"):
-            datamodule.connect(self.tokenizer, context_length=self.context_length)
-        self.bind_tokenizers(datamodule)
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
-        self.pad_token_id = getattr(datamodule, "pad_id", None)
-        if self.pad_token_id is None:
-            self.pad_token_id = self.eos_token_id
 
     # ---- which rows the student samples -----------------------------------------------------------------------
     def on_policy_rows(self, row_index: torch.Tensor) -> torch.Tensor:
