@@ -233,6 +233,23 @@ def test_exact_match_compares_the_first_line():
 
 
 # ---- errors ------------------------------------------------------------------------------------------------
+def test_prompt_template_builds_prompts_from_the_rows_columns(tmp_path):
+    rows = [{"sentence": "a fine film", "label": 1, "ref": "yes"}, {"sentence": "dull", "label": 0, "ref": "no"}]
+    dm = module(tmp_path, rows, prompt_template="Review ({label}): {sentence}", completion_column="ref", val_split="train")
+    batch = first_batch(dm)
+    assert batch["prompt_text"] == ["Review (1): a fine film", "Review (0): dull"]
+    assert batch["completion_text"] == ["yes", "no"]
+    with pytest.raises(PromptDataError, match=r"no column 'sentense' \(did you mean 'sentence'\?\), which prompt_template "
+                                              r"'x \{sentense\}' names; its columns: \['sentence', 'label', 'ref'\]"):
+        module(tmp_path, rows, prompt_template="x {sentense}").setup("fit")
+    with pytest.raises(ValueError, match=r"prompt_template 'x' names no column"):
+        module(tmp_path, rows, prompt_template="x")
+    with pytest.raises(ValueError, match=r"prompt_template 'x \{' is not a format string"):
+        module(tmp_path, rows, prompt_template="x {")
+    with pytest.raises(ValueError, match=r"prompt_template .* or messages_column .*not both"):
+        module(tmp_path, rows, prompt_template="{sentence}", messages_column="m")
+
+
 def test_errors_name_the_value_and_the_fix(tmp_path):
     rows = [{"question": "1+1=", "answer": "2"}]
     with pytest.raises(PromptDataError, match=r"has no prompt column 'prompt'; its columns: \['question', 'answer'\]. HINT"):

@@ -16,6 +16,7 @@ optional reference completions (teacher forcing, exact-match scoring), from any 
 
 from __future__ import annotations
 
+import string
 from functools import cached_property
 from typing import Any
 
@@ -104,6 +105,15 @@ class PromptCollator:
         return batch | {k: v for k, v in column.items() if k.endswith("_text")}
 
 
+def template_fields(template: str) -> list[str] | None:
+    """The column names a ``str.format`` template reads, in order of first use (None: not a format string)."""
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError:
+        return None
+    return list(dict.fromkeys(names))
+
+
 def plain_prompt(messages: list[dict]) -> str:
     """A prompt's text without a chat template: one user message is its content as is; anything else (a system
     message, several turns) is ``"role: content"`` lines ending in ``"assistant: "``."""
@@ -127,6 +137,8 @@ class PromptDataModule(SplitLoaders, pl.LightningDataModule):
         data_files: local JSONL / CSV / parquet files (:func:`lkd.data.files.load_data_files`), a path or list (the ``train``
             split) or ``{split: path(s)}``, e.g. :func:`lkd.data.arithmetic.write_arithmetic_task`'s.
         prompt_column, completion_column: the prompt and reference texts (no completion column, or a None value: no reference).
+        prompt_template: build each prompt from the row's columns instead (wins over ``prompt_column``): a Python format
+            string naming them, e.g. ``"Summarise this review in a few words: {sentence}"`` for GLUE SST-2.
         messages_column: chat data instead (a list of ``{"role", "content"}``; wins over the two columns): a final
             assistant message is the reference, the messages before it the prompt (a system message there replaces
             ``system_prompt``); without a final assistant message the row has no reference.
@@ -150,7 +162,7 @@ class PromptDataModule(SplitLoaders, pl.LightningDataModule):
         self, hub_id: str | None = None, config: str | None = None,
         data_files: str | list[str] | dict[str, str | list[str]] | None = None, *,
         prompt_column: str = "prompt", completion_column: str | None = "completion", messages_column: str | None = None,
-        train_split: str = "train", val_split: str | None = None, test_split: str | None = "test",
+        prompt_template: str | None = None, train_split: str = "train", val_split: str | None = None, test_split: str | None = "test",
         val_size: float | int | None = None,  # noqa: PYI041 - jsonargparse: "100" a count, "0.1" a fraction
         tokenizer: Any = None, chat_template: bool | None = None, system_prompt: str | None = None,
         max_prompt_tokens: int | None = None, truncate_prompts: bool = False,
@@ -166,6 +178,14 @@ class PromptDataModule(SplitLoaders, pl.LightningDataModule):
                             ("max_prompt_tokens", max_prompt_tokens), ("max_completion_tokens", max_completion_tokens)):
             if value is not None and value < 1:
                 problems.append(f"{name} must be >= 1{'' if name == 'batch_size' else ' or null'}, got {value}")
+        if prompt_template is not None and messages_column is not None:
+            problems.append(f"give prompt_template ({prompt_template!r}) or messages_column ({messages_column!r}), not both")
+        fields = None if prompt_template is None else template_fields(prompt_template)
+        if prompt_template is not None and fields is None:
+            problems.append(f"prompt_template {prompt_template!r} is not a format string (write a literal brace as {{{{ or }}}})")
+        elif prompt_template is not None and not fields:
+            problems.append(f"prompt_template {prompt_template!r} names no column; write the columns in braces, e.g. "
+                            "'Summarise: {sentence}'")
         if truncate_prompts and max_prompt_tokens is None:
             problems.append("truncate_prompts=True needs max_prompt_tokens (the length to cut to)")
         if val_size is not None and (val_split is not None or not (0 < val_size < 1 or val_size >= 1 and float(val_size).is_integer())):
@@ -178,6 +198,7 @@ class PromptDataModule(SplitLoaders, pl.LightningDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.has = {key: split is not None or (key == "val" and val_size is not None) for key, split in self.splits.items()}
         self.prompt_column, self.completion_column, self.messages_column = prompt_column, completion_column, messages_column
+        self.prompt_template = prompt_template
         self.val_size = int(val_size) if val_size is not None and val_size >= 1 else val_size  # a count (YAML may give 100.0)
         self.seed, self.num_workers, self.tokenizer_arg, self.chat_template = seed, num_workers, tokenizer, chat_template
         self.system_prompt, self.require_completions, self.truncate_prompts = system_prompt, require_completions, truncate_prompts
@@ -277,7 +298,11 @@ class PromptDataModule(SplitLoaders, pl.LightningDataModule):
         columns, where = [c for c in self._raw[key].column_names if c != ROW], self._where(key)
         column, option, other = ((self.messages_column, "messages_column", "prompt_column") if self.messages_column
                                  else (self.prompt_column, "prompt_column", "messages_column"))
-        if column not in columns:
+        if self.prompt_template is not None:
+            if missing := [f for f in template_fields(self.prompt_template) if f not in columns]:
+                raise PromptDataError(f"{where} has no column {missing[0]!r}{near(missing[0], columns)}, which prompt_template "
+                                      f"{self.prompt_template!r} names; its columns: {columns}. HINT: name those columns in the template")
+        elif column not in columns:
             raise PromptDataError(f"{where} has no {option.split('_')[0]} column {column!r}{near(column, columns)}; its columns: "
                                   f"{columns}. HINT: set data.init_args.{option} to one of them (or set {other} instead)")
         if self.require_completions and not self.messages_column and self.completion_column not in columns:
@@ -307,7 +332,9 @@ class PromptDataModule(SplitLoaders, pl.LightningDataModule):
                 references.append(reference)
         else:
             references = data[self.completion_column] if self.completion_column in data.column_names else [None] * len(rows)
-            for row, prompt in zip(rows, data[self.prompt_column]):
+            texts = (data[self.prompt_column] if self.prompt_template is None else
+                     [self.prompt_template.format_map(r) for r in data.select_columns(template_fields(self.prompt_template))])
+            for row, prompt in zip(rows, texts):
                 if not isinstance(prompt, str) or not prompt:
                     raise PromptDataError(f"{where}, row {row}: the prompt ({self.prompt_column!r}) is {prompt!r}; a prompt must "
                                           "be a non-empty string. HINT: fix or drop the row")
