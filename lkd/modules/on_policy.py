@@ -13,6 +13,10 @@ reference completions teacher-forced. The completion tokens alone enter the loss
 with D = the generalized JSD(β) over the full vocabulary (``loss: jsd``) or over the teacher's top-k plus a tail
 bucket (``jsd_topk``), or, on sampled rows, the sampled-token estimator −sg[log p_t(y_n) − log p_s(y_n)] · log p_s(y_n)
 (``sampled``; the other rows then use the JSD). :mod:`lkd.losses.on_policy` holds the formulas.
+
+With a ``router`` a Mixture-of-Experts teacher scores the samples under a routing of its experts
+(:mod:`lkd.modules.on_policy_routing`, :class:`lkd.modules.routed_teacher.RoutedTeacher`); a trained routing adds its
+objective to the loss.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ from typing_extensions import override
 from lkd.data.prompts import join_prompt_completion
 from lkd.losses.on_policy import generalized_jsd, generalized_jsd_topk, on_policy_problems, reduce_tokens, sampled_token_reverse_kl
 from lkd.models import causal_lm
+from lkd.models.routing import Routing
 from lkd.models.sampling import Completions, sample_completions, sampling_problems
 from lkd.modules.base import StepOutput
 from lkd.modules.lm import PromptLMModule
-from lkd.schedules import ScheduleName
+from lkd.modules.on_policy_routing import real_text_mask, routed_scores, routing_problems_on_policy
+from lkd.modules.routed_teacher import RoutedTeacher, TeacherPasses, routing_problems
+from lkd.schedules import ScheduleName, learning_rate_problem
 from lkd.teacher import Teacher
 
 LOSSES = ("jsd", "jsd_topk", "sampled")
@@ -60,6 +67,11 @@ class OnPolicyDistillModule(PromptLMModule):
             completions) is generated every k-th step and reused for the k − 1 steps after it (those steps' batches
             are skipped), so sampling costs 1/k per step. Not kept in checkpoints: a resumed run rolls out afresh.
         seed: seeds the per-row choice and the samples (with the epoch, the step and the process rank).
+        router: how a Mixture-of-Experts teacher's experts are mixed while it scores (:mod:`lkd.models.routing`, or
+            :class:`lkd.models.router.StudentAwareRouter`; :mod:`lkd.modules.on_policy_routing`); None = its own gating.
+            Checkpoint keys ``router.*``, parameter group ``router``. ``loss: sampled`` is refused with a trained one.
+        router_top_k, router_temperature, router_lm_weight, router_balance_weight, router_every_n_steps, router_lr: as
+            :class:`lkd.modules.LMDistillModule`'s (k and τ until a :class:`lkd.callbacks.RoutingSchedule` drives them).
     """
 
     def __init__(self, student: nn.Module, teacher: Teacher, tokenizer: str = "smollm2", *, lmbda: float = 1.0, beta: float = 0.5,
@@ -67,7 +79,9 @@ class OnPolicyDistillModule(PromptLMModule):
                  reduction: str = "token", ce_weight: float = 0.0, max_new_tokens: int = 32, sample_temperature: float = 1.0,
                  top_p: float = 1.0, replay_steps: int = 1, seed: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW,
                  warmup_steps: float = 0.05,
-                 min_lr_ratio: float = 0.1, lr_schedule: ScheduleName = "cosine"):
+                 min_lr_ratio: float = 0.1, lr_schedule: ScheduleName = "cosine", router: Routing | None = None,
+                 router_top_k: int | None = None, router_temperature: float = 1.0, router_lm_weight: float = 1.0,
+                 router_balance_weight: float = 0.0, router_every_n_steps: int = 1, router_lr: float = 1e-4):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio, lr_schedule)
         problems = on_policy_problems(beta=beta, lmbda=lmbda, temperature=temperature, reduction=reduction)
         problems += sampling_problems(max_new_tokens=max_new_tokens, temperature=sample_temperature, top_p=top_p)
@@ -87,6 +101,11 @@ class OnPolicyDistillModule(PromptLMModule):
         sv, tv = causal_lm.vocab_size(student), causal_lm.vocab_size(teacher.model)
         if sv != tv:
             problems.append(f"the student's vocabulary ({sv}) differs from the teacher's ({tv}): one tokenizer is expected")
+        problems += routing_problems(temperature=router_temperature, lm_weight=router_lm_weight,
+                                     balance_weight=router_balance_weight, every_n_steps=router_every_n_steps)
+        problems += routing_problems_on_policy(router, loss=loss)
+        if problem := learning_rate_problem("router_lr", router_lr, "model.init_args.router_lr=1.0e-4 (the default)"):
+            problems.append(problem)
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.student, self.teacher = student, teacher
@@ -94,7 +113,11 @@ class OnPolicyDistillModule(PromptLMModule):
         self.temperature, self.reduction, self.ce_weight, self.seed = temperature, reduction, ce_weight, seed
         self.max_new_tokens, self.sample_temperature, self.top_p = max_new_tokens, sample_temperature, top_p
         self.replay_steps, self._rollout = replay_steps, None
-        self.save_hyperparameters(ignore=["student", "teacher", "optimizer"])
+        self.router, self.router_lr = router, router_lr  # registered: the checkpoint's router.* and the "router" group
+        self.routed_teacher = None if router is None else RoutedTeacher(
+            teacher, router, causal_lm.hidden_size(student), top_k=router_top_k, temperature=router_temperature,
+            lm_weight=router_lm_weight, balance_weight=router_balance_weight, every_n_steps=router_every_n_steps)
+        self.save_hyperparameters(ignore=["student", "teacher", "router", "optimizer"])
 
     @property
     @override
@@ -168,35 +191,77 @@ class OnPolicyDistillModule(PromptLMModule):
         input_ids, attention_mask, loss_mask = join_prompt_completion(prompt_ids, prompt_mask, completion_ids,
                                                                       completion_mask)  # (B, P + C) each
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        s_logits = self.student(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits[:, :-1]
-        with torch.no_grad():
-            t_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits[:, :-1]
+        s_out = self.student(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                             output_hidden_states=self.reads_student)
+        s_logits = s_out.logits[:, :-1]  # (B, T-1, V)
+        teacher = self.teacher_passes({"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions},
+                                      stage, s_out)
         targets, mask = input_ids[:, 1:], loss_mask[:, 1:].bool()  # (B, T-1): position n predicts token n + 1
-        if self.loss_name == "jsd_topk":
-            t_lp = F.log_softmax(t_logits.float() / self.temperature, dim=-1)
-            top = t_lp.topk(min(self.top_k, t_lp.shape[-1]), dim=-1)
-            per_token = generalized_jsd_topk(s_logits, top.values, top.indices, beta=self.beta, temperature=self.temperature)
-        else:
-            per_token = generalized_jsd(s_logits, t_logits, beta=self.beta, temperature=self.temperature)  # (B, T-1)
         s_token_lp = F.log_softmax(s_logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # (B, T-1)
-        if self.loss_name == "sampled" and on.any():
-            t_token_lp = F.log_softmax(t_logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-            estimator = sampled_token_reverse_kl(s_token_lp, t_token_lp)
-            per_token = torch.where(on[:, None], estimator, per_token)
+        per_token = torch.stack([self.token_divergence(s_logits, t["logits"][:, :-1], s_token_lp, targets, on)
+                                 for t in teacher.features]).mean(0)  # (B, T-1); Knowledge Augmentation: its passes averaged
         divergence = reduce_tokens(per_token, mask, reduction=self.reduction)
         tokens = int(mask.sum())
         nll = -(s_token_lp * mask).sum() / max(tokens, 1)
         terms = {"divergence": divergence, "on_policy_rows": on.float().mean(),
                  "completion_tokens": mask.sum(-1).float().mean()}
         loss = divergence
-        reference_rows = mask & (~on)[:, None] if self.off_policy == "reference" or stage != "train" else None
-        if self.ce_weight > 0 and reference_rows is not None and reference_rows.any():
+        references = ~on if self.off_policy == "reference" or stage != "train" else torch.zeros_like(on)  # (B,) the data's completions
+        reference_rows = mask & references[:, None]
+        if self.ce_weight > 0 and reference_rows.any():
             ce = -(s_token_lp * reference_rows).sum() / reference_rows.sum()
             terms["ce"] = ce
             loss = loss + self.ce_weight * ce
         terms["nll"] = nll.detach()
-        return StepOutput(loss, len(input_ids), terms, metric_args=(nll.detach(), tokens, self.predicted_bytes(input_ids, loss_mask)))
+        student_loss = loss
+        if teacher.records:  # routed: its drift and, when it learns, its objective (lkd.modules.on_policy_routing)
+            router_loss, router_logs = self.routed_teacher.objective(stage, teacher, {"divergence": divergence}, {"divergence": 1.0},
+                                                                     input_ids, real_text_mask(attention_mask, loss_mask, references))
+            terms |= router_logs
+            loss = loss if router_loss is None else loss + router_loss
+        return StepOutput(loss, len(input_ids), terms, metric_args=(nll.detach(), tokens, self.predicted_bytes(input_ids, loss_mask)),
+                          logged_loss=student_loss)
+
+    def token_divergence(self, s_logits: torch.Tensor, t_logits: torch.Tensor, s_token_lp: torch.Tensor, targets: torch.Tensor,
+                         on: torch.Tensor) -> torch.Tensor:
+        """(B, T-1) the per-token loss against one teacher pass: the JSD (``jsd`` / ``jsd_topk``), or on sampled rows the
+        sampled-token estimator (``sampled``). ``s_logits``, ``t_logits``: (B, T-1, V); ``s_token_lp``, ``targets``:
+        (B, T-1); ``on``: (B,) the sampled rows."""
+        if self.loss_name == "jsd_topk":
+            t_lp = F.log_softmax(t_logits.float() / self.temperature, dim=-1)
+            top = t_lp.topk(min(self.top_k, t_lp.shape[-1]), dim=-1)
+            per_token = generalized_jsd_topk(s_logits, top.values, top.indices, beta=self.beta, temperature=self.temperature)
+        else:
+            per_token = generalized_jsd(s_logits, t_logits, beta=self.beta, temperature=self.temperature)  # (B, T-1)
+        if self.loss_name == "sampled" and on.any():
+            t_token_lp = F.log_softmax(t_logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+            per_token = torch.where(on[:, None], sampled_token_reverse_kl(s_token_lp, t_token_lp), per_token)
+        return per_token
+
+    # ---- the teacher's scores, through a routing of its experts ------------------------------------------------------
+    @property
+    def reads_student(self) -> bool:
+        """An active routing reads the student's hidden states (the student returns them)."""
+        routed = self.routed_teacher
+        return routed is not None and routed.active and routed.reads_student
+
+    def teacher_passes(self, model_inputs: dict[str, torch.Tensor], stage: str, student_out) -> TeacherPasses:
+        """The teacher's scores of the joined sequences (``model_inputs``: ``input_ids``, ``attention_mask``,
+        ``position_ids`` (B, T) each): one pass of its own gating without gradient (``features[0]["logits"]`` (B, T, V)),
+        or through an active routing the routed teacher's passes (:func:`lkd.modules.on_policy_routing.routed_scores`)."""
+        routed = self.routed_teacher
+        if routed is None or not routed.active:
+            with torch.no_grad():
+                return TeacherPasses([{"logits": self.teacher(**model_inputs).logits}])
+        return routed_scores(routed, model_inputs, stage, self.global_step, student_out)
+
+    @override
+    def on_after_backward(self) -> None:
+        self.teacher.placement.release()  # routed: off the device once the backward through it is done
 
     @override
     def parameter_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "student"}]
+        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "student"}]
+        if self.router is not None and (params := list(self.router.parameters())):
+            groups.append({"params": params, "name": "router", "lr": self.router_lr})
+        return groups

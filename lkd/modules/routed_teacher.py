@@ -142,15 +142,17 @@ class RoutedTeacher:
         return RoutingContext(student_hidden=hidden, gap=gap, top_k=self.top_k, temperature=self.temperature)
 
     def passes(self, teacher_ids: torch.Tensor, ctx: RoutingContext, stage: str, *, learns: bool, hidden: bool,
-               attentions: bool) -> tuple[list, list[RoutingRecord]]:
+               attentions: bool, model_inputs: dict | None = None) -> tuple[list, list[RoutingRecord]]:
         """The teacher's forwards under the routing, with their :class:`RoutingRecord` s: ``router.repeats`` in
         training (Knowledge Augmentation), one in evaluation; with gradient into the routing when it ``learns``
-        (the teacher then stays on the device until :meth:`release`)."""
+        (the teacher then stays on the device until :meth:`release`). ``model_inputs``: more arguments of the
+        teacher's forward (padded rows: ``attention_mask`` and ``position_ids``, (B, T) each)."""
         self.teacher.placement.hold = learns  # the backward runs through the routed teacher
         outs, records = [], []
         for _ in range(self.router.repeats if stage == "train" else 1):
             with torch.set_grad_enabled(learns), route_teacher(self.teacher.model, self.router, ctx) as record:
-                outs.append(self.teacher(input_ids=teacher_ids, output_hidden_states=hidden, output_attentions=attentions))
+                outs.append(self.teacher(input_ids=teacher_ids, output_hidden_states=hidden, output_attentions=attentions,
+                                         **(model_inputs or {})))
             records.append(record)
         return outs, records
 
