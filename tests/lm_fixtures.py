@@ -39,6 +39,7 @@ def as_class_arg(builder: str, init_args: dict) -> str:
 
 CROSS_STUDENT_TOKENIZER = "checkpoints/lm/tiny_bpe"  # relative: the smoke tests run in a tmp folder
 CROSS_STUDENT_VOCAB = 300
+SMOLLM2_VOCAB = 49152  # the smollm2 tokenizer's ids: a tiny teacher reading them predicts over all of them
 MOE_BUILDERS = ("lkd.models.TinyMoELM", "lkd.models.PretrainedLM")
 MADE_FROM_TEACHER = ("lkd.models.PrunedLM", "lkd.models.RetokenizedLM")
 
@@ -71,7 +72,10 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
     text = yaml.safe_load(config.read_text())
     init = text["model"]["init_args"]
     cross = init.get("teacher_tokenizer") is not None
-    if cross:  # two tokenizers: the teacher reads bytes, the student a byte-level BPE trained on the tiny corpus
+    prompts = text["data"]["class_path"] == "lkd.data.ArithmeticPromptDataModule"
+    if cross and prompts:  # two tokenizers on prompt data (nothing to train a BPE on): SmolLM2's, with its chat template, and bytes
+        args = ["--model.init_args.teacher_tokenizer=smollm2", "--model.init_args.tokenizer=bytes"]
+    elif cross:  # two tokenizers: the teacher reads bytes, the student a byte-level BPE trained on the tiny corpus
         args = ["--model.init_args.teacher_tokenizer=bytes", f"--model.init_args.tokenizer={CROSS_STUDENT_TOKENIZER}",
                 f"--data.init_args.train_tokenizer={CROSS_STUDENT_VOCAB}", "--data.init_args.teacher_block_size=32"]
     else:
@@ -83,8 +87,10 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
         spec = init[key]["model"] if key == "teacher" else init[key]
         moe = (key == "teacher" and spec["class_path"] != "lkd.models.TinyLlamaLM") or (key == "model" and spec["class_path"] in MOE_BUILDERS)
         builder, size = ("TinyMoELM", TINY_TEACHER) if moe else ("TinyLlamaLM", TINY_STUDENT)
-        if cross and key == "student":
+        if cross and key == "student" and not prompts:
             size = {**size, "vocab_size": CROSS_STUDENT_VOCAB}
+        if cross and key == "teacher" and prompts:
+            size = {**size, "vocab_size": SMOLLM2_VOCAB}
         target = "teacher.model" if key == "teacher" else key
         if made_from_teacher and key == "teacher":  # the student is made from this teacher: the same tiny Llama
             args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.TinyLlamaLM', {**TINY_STUDENT, 'seed': 0})}")
@@ -93,7 +99,7 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
             args.append(f"--model.init_args.{target}={made_from_tiny_teacher(spec, data_root)}")
             continue
         args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.' + builder, size)}")
-    if text["data"]["class_path"] == "lkd.data.ArithmeticPromptDataModule":  # prompt data: a small task, written in the run's folder
+    if prompts:  # prompt data: a small task, written in the run's folder
         return args + ["--data.init_args.n_train=40", "--data.init_args.n_test=8", "--data.init_args.val_size=8",
                        "--data.init_args.batch_size=4", "--data.init_args.digits=[1, 2]"]
     args += [f"--data.init_args.hub_id={data_root}", f"--data.init_args.config={WIKITEXT_CONFIG}",

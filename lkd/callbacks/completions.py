@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from typing_extensions import override
 
 CHECKERS = {"exact_match": "lkd.data.arithmetic.exact_match"}
@@ -48,7 +47,8 @@ def rouge_l(prediction: str, reference: str) -> float:
 class CompletionEvaluation(pl.Callback):
     """Greedy and sampled completions of held-out prompts, scored (see the module docstring). For
     :class:`lkd.modules.OnPolicyDistillModule` and :class:`lkd.modules.CompletionSFTModule` (no teacher: no teacher
-    columns) on prompt data (:class:`lkd.data.PromptDataModule`).
+    columns) on prompt data (:class:`lkd.data.PromptDataModule`). The teacher columns come from the module's
+    ``teacher_greedy`` and ``teacher_nll``, which know the teacher's tokens (its own, across tokenizers).
 
     Args:
         max_batches: held-out batches scored per stage (None: all).
@@ -100,7 +100,6 @@ class CompletionEvaluation(pl.Callback):
     @torch.no_grad()
     def scores(self, pl_module, batches: list[dict]) -> tuple[dict[str, float], list[tuple[str, ...]]]:
         """``({metric: value}, [(prompt, reference, student, teacher), ...])`` over ``batches``."""
-        from lkd.data.prompts import join_prompt_completion
         from lkd.tokenizers import as_tokenizer
 
         tokenizer = as_tokenizer(pl_module.tokenizer)
@@ -112,15 +111,13 @@ class CompletionEvaluation(pl.Callback):
         for batch in batches:
             ids, mask = batch["prompt_ids"], batch["prompt_mask"]
             student = pl_module.sample(model, ids, mask, temperature=0.0)
-            teacher = pl_module.sample(teacher_model, ids, mask, temperature=0.0) if self.compare_teacher and teacher_model is not None else None
-            if teacher_model is not None and self.teacher_nll:  # the teacher's NLL of the student's own samples
+            # the teacher's greedy answers and its NLL of the student's own samples, through the module (it knows the
+            # teacher's tokens: across tokenizers its own prompts, and the completions read as text)
+            teacher = pl_module.teacher_greedy(batch) if self.compare_teacher and teacher_model is not None else None
+            if teacher_model is not None and self.teacher_nll:
                 sampled = pl_module.sample(model, ids, mask, temperature=getattr(pl_module, "sample_temperature", 1.0))
-                seq, attention, loss_mask = join_prompt_completion(ids, mask, sampled.tokens, sampled.mask.long())
-                positions = (attention.cumsum(-1) - 1).clamp(min=0)
-                logits = teacher_model(input_ids=seq, attention_mask=attention, position_ids=positions).logits[:, :-1]
-                token_lp = F.log_softmax(logits.float(), dim=-1).gather(-1, seq[:, 1:, None]).squeeze(-1)
-                nll -= float((token_lp * loss_mask[:, 1:]).sum())
-                nll_tokens += int(loss_mask[:, 1:].sum())
+                total, counted = pl_module.teacher_nll(batch, sampled)
+                nll, nll_tokens = nll + total, nll_tokens + counted
             for r in range(len(ids)):
                 text = decode(student.tokens[r], student.mask[r])
                 ref = batch["completion_text"][r] if "completion_text" in batch else None

@@ -21,6 +21,10 @@ it does not care how a tokenizer normalises or spells a token:
 
 The walk is the two-pointer merge TRL's GOLD trainer uses on byte offsets (and, after its PR #5885, it
 treats a BOS on one side only as outside the alignment, as here).
+
+On-policy distillation across tokenizers aligns a completion given as the student's *tokens* (its samples need not
+be how its tokenizer would cut the text): :func:`spell_tokens` writes their text with each token's byte span, and
+:func:`align_completion` has the teacher's tokenizer read that text and aligns the two in byte positions.
 """
 
 from __future__ import annotations
@@ -181,3 +185,98 @@ def pack_blocks(text: str, teacher, student, *, student_block: int, teacher_bloc
         current.append(chunk)
     flush()
     return blocks
+
+
+# ---- a token sequence read by another tokenizer (on-policy distillation across tokenizers) ----------------------
+@dataclass(frozen=True)
+class SpelledTokens:
+    """The text a token sequence spells, with each token's place in it.
+
+    Attributes:
+        text: the UTF-8 text of the tokens' bytes; each byte that is not valid UTF-8 there reads as U+FFFD (one
+            character per such byte, so a sampled stray byte keeps its place).
+        token_spans: ``(start, end)`` of each token in **byte** positions of the tokens' bytes; ``(p, p)`` for a token
+            without text (a special token).
+        char_starts: ``len(text) + 1`` byte positions: where each character of ``text`` starts, then the end.
+    """
+
+    text: str
+    token_spans: list[tuple[int, int]]
+    char_starts: list[int]
+
+
+def spell_tokens(pieces: Sequence[bytes | None]) -> SpelledTokens:
+    """The text of tokens given by their bytes (:func:`lkd.tokenizers.token_bytes`; None: a special token, no text).
+
+    The tokens' bytes are decoded with ``surrogateescape`` so each invalid byte stays one character, which is then
+    written as U+FFFD (another tokenizer cannot read a lone surrogate): character positions map to byte positions
+    one to one, and an alignment in byte positions lines up with the tokens exactly.
+    """
+    spans, position = [], 0
+    for piece in pieces:
+        spans.append((position, position + len(piece or b"")))
+        position += len(piece or b"")
+    escaped = b"".join(p or b"" for p in pieces).decode("utf-8", errors="surrogateescape")
+    chars, starts, at = [], [], 0
+    for ch in escaped:
+        starts.append(at)
+        stray = "\udc80" <= ch <= "\udcff"  # an escaped invalid byte (valid UTF-8 never decodes to a surrogate)
+        chars.append("\ufffd" if stray else ch)
+        at += 1 if stray else len(ch.encode("utf-8"))
+    return SpelledTokens("".join(chars), spans, [*starts, at])
+
+
+@dataclass(frozen=True)
+class AlignedCompletion:
+    """A completion in one tokenizer's tokens read by another tokenizer.
+
+    Attributes:
+        teacher_ids: the other tokenizer's tokens of the completion's text, then its EOS where the completion ended
+            with one (cut to ``teacher_room``).
+        chunks: ``(s0, s1, t0, t1)`` per aligned chunk in text order, token indices within the completion on each
+            side; where the completion ended, the last chunk is the EOS pair ``(n, n + 1, m, m + 1)``.
+        text: the completion's text (:func:`spell_tokens`).
+    """
+
+    teacher_ids: list[int]
+    chunks: list[tuple[int, int, int, int]]
+    text: str
+
+
+def align_completion(student_ids: Sequence[int], student_pieces: Sequence[bytes | None], teacher, *, student_eos: int | None,
+                     teacher_eos: int, teacher_room: int | None = None) -> AlignedCompletion:
+    """Read a student's completion (sampled or a reference) as text with the teacher's tokenizer, and align the two.
+
+    The student's tokens are spelled (:func:`spell_tokens`), the teacher tokenises the text (:func:`token_offsets`),
+    and :func:`align_chunks` cuts it in **byte** positions (the teacher's character offsets mapped through
+    ``char_starts``). A trailing student EOS becomes the teacher's EOS and one chunk of its own, so both models'
+    probability of ending there is compared. Chunks whose teacher tokens would pass ``teacher_room`` (the teacher's
+    context left after its prompt) are dropped, from the first that does not fit (the EOS chunk only if all fit). A
+    completion without text has only its EOS chunk, if any; one whose text a side gives no token for has no chunk.
+
+    Args:
+        student_ids: the completion's tokens, without padding.
+        student_pieces: bytes per student token id (:func:`lkd.tokenizers.token_bytes`).
+        teacher: the teacher's tokenizer (fast, or :class:`lkd.tokenizers.ByteTokenizer`: it must give offsets).
+        student_eos, teacher_eos: the two end-of-sequence ids.
+        teacher_room: the most teacher tokens the completion may have (None: no limit).
+    """
+    ids = list(student_ids)
+    ended = bool(ids) and ids[-1] == student_eos
+    content = ids[:-1] if ended else ids
+    spelled = spell_tokens([student_pieces[i] for i in content])
+    t_ids, t_chars = token_offsets(teacher, spelled.text) if spelled.text else ([], [])
+    starts = spelled.char_starts
+    t_offsets = [(starts[a], starts[b]) for a, b in t_chars]
+    try:
+        aligned = align_chunks(t_offsets, spelled.token_spans, starts[-1])
+    except AlignmentError:  # text one side gives no token for: nothing to compare, not even the end (other prefixes)
+        return AlignedCompletion([], [], spelled.text)
+    room = len(t_ids) + 1 if teacher_room is None else teacher_room
+    kept = [(c.s0, c.s1, c.t0, c.t1) for c in aligned if c.t1 <= room]
+    whole = len(kept) == len(aligned)
+    t_ids = t_ids if whole else t_ids[:kept[-1][3] if kept else 0]
+    if ended and whole and len(t_ids) < room:
+        kept.append((len(content), len(content) + 1, len(t_ids), len(t_ids) + 1))
+        t_ids = [*t_ids, teacher_eos]
+    return AlignedCompletion(t_ids, kept, spelled.text)

@@ -109,7 +109,7 @@ class PromptLMModule(LMModule):
     @override
     def connect_data(self, datamodule) -> None:
         if hasattr(datamodule, "connect"):
-            datamodule.connect(self.tokenizer, context_length=self.context_length)
+            datamodule.connect(self.tokenizer, context_length=self.context_length, **self.data_links())
         self.bind_tokenizers(datamodule)
         self.eos_token_id = getattr(getattr(datamodule, "tokenizer", None), "eos_token_id", None)
         pad = getattr(datamodule, "pad_id", None)

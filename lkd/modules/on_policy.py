@@ -17,6 +17,10 @@ bucket (``jsd_topk``), or, on sampled rows, the sampled-token estimator −sg[lo
 With a ``router`` a Mixture-of-Experts teacher scores the samples under a routing of its experts
 (:mod:`lkd.modules.on_policy_routing`, :class:`lkd.modules.routed_teacher.RoutedTeacher`); a trained routing adds its
 objective to the loss.
+
+With a ``teacher_tokenizer`` of its own the teacher reads each completion as text, in its tokens, after its own
+rendering of the prompt, and D is a chunk loss on the completion's aligned chunks (``loss: alm``, ``shared_kl`` or
+``uld``; :mod:`lkd.modules.on_policy_tokenizers`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 from typing_extensions import override
 
 from lkd.data.prompts import join_prompt_completion
+from lkd.losses.lm import token_logprobs
 from lkd.losses.on_policy import generalized_jsd, generalized_jsd_topk, on_policy_problems, reduce_tokens, sampled_token_reverse_kl
 from lkd.models import causal_lm
 from lkd.models.routing import Routing
@@ -35,6 +40,7 @@ from lkd.models.sampling import Completions, sample_completions, sampling_proble
 from lkd.modules.base import StepOutput
 from lkd.modules.lm import PromptLMModule
 from lkd.modules.on_policy_routing import real_text_mask, routed_scores, routing_problems_on_policy
+from lkd.modules.on_policy_tokenizers import CROSS_LOSSES, TeacherTokenizer, distinct_teacher_tokenizer, tokenizer_problems
 from lkd.modules.routed_teacher import RoutedTeacher, TeacherPasses, routing_problems
 from lkd.schedules import ScheduleName, learning_rate_problem
 from lkd.teacher import Teacher
@@ -49,14 +55,19 @@ class OnPolicyDistillModule(PromptLMModule):
     Args:
         student: the causal LM to train (YAML ``class_path``).
         teacher: the frozen teacher (:class:`lkd.teacher.Teacher`), run live: it scores new samples every step.
-        tokenizer: the tokenizer of both models and of the prompt data.
+        tokenizer: the student's tokenizer (and the teacher's without ``teacher_tokenizer``) and the prompt data's.
+        teacher_tokenizer: the teacher's tokenizer when it differs from the student's: the teacher reads each completion
+            as text in its own tokens after its own rendering of the prompt, and the models are compared on aligned
+            chunks (:mod:`lkd.modules.on_policy_tokenizers`); None (or the student's own) = one tokenizer for both.
         lmbda: fraction of training rows whose completion the student samples (0: off-policy only, 1: all).
         beta: the JSD's β: 0 = forward KL(p_t ‖ p_s), 1 = reverse KL(p_s ‖ p_t).
-        loss: ``jsd``, ``jsd_topk`` (the teacher's ``top_k`` tokens plus a tail bucket) or ``sampled``.
-        top_k: the teacher tokens per position of ``jsd_topk``.
+        loss: one tokenizer: ``jsd`` (the default), ``jsd_topk`` (the teacher's ``top_k`` tokens plus a tail bucket) or
+            ``sampled``; two tokenizers: ``alm`` (the default: chunk likelihoods), ``shared_kl`` or ``uld``
+            (:mod:`lkd.losses.cross_tokenizer`).
+        top_k: the teacher tokens per position of ``jsd_topk`` (per chunk start of ``shared_kl`` / ``uld``).
         off_policy: where the other rows' completions come from: ``reference`` (the data's) or ``teacher`` (its
             greedy completion).
-        temperature: the divergence's temperature (both distributions).
+        temperature: the divergence's temperature (both distributions; τ of ``alm``).
         reduction: ``token`` (mean over the batch's completion tokens) or ``sequence`` (per row, then over rows).
         ce_weight: weight of the student's cross-entropy on reference completions (0: none).
         max_new_tokens: the most tokens a completion samples.
@@ -74,8 +85,9 @@ class OnPolicyDistillModule(PromptLMModule):
             :class:`lkd.modules.LMDistillModule`'s (k and τ until a :class:`lkd.callbacks.RoutingSchedule` drives them).
     """
 
-    def __init__(self, student: nn.Module, teacher: Teacher, tokenizer: str = "smollm2", *, lmbda: float = 1.0, beta: float = 0.5,
-                 loss: str = "jsd", top_k: int = 32, off_policy: str = "reference", temperature: float = 1.0,
+    def __init__(self, student: nn.Module, teacher: Teacher, tokenizer: str = "smollm2", *, teacher_tokenizer: str | None = None,
+                 lmbda: float = 1.0, beta: float = 0.5, loss: str | None = None, top_k: int = 32, off_policy: str = "reference",
+                 temperature: float = 1.0,
                  reduction: str = "token", ce_weight: float = 0.0, max_new_tokens: int = 32, sample_temperature: float = 1.0,
                  top_p: float = 1.0, replay_steps: int = 1, seed: int = 0, optimizer: OptimizerCallable = torch.optim.AdamW,
                  warmup_steps: float = 0.05,
@@ -83,10 +95,11 @@ class OnPolicyDistillModule(PromptLMModule):
                  router_top_k: int | None = None, router_temperature: float = 1.0, router_lm_weight: float = 1.0,
                  router_balance_weight: float = 0.0, router_every_n_steps: int = 1, router_lr: float = 1e-4):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio, lr_schedule)
+        sv, tv = causal_lm.vocab_size(student), causal_lm.vocab_size(teacher.model)
+        pair = distinct_teacher_tokenizer(tokenizer, teacher_tokenizer, same_vocab_size=sv == tv)  # None: one tokenizer
+        loss_name = loss or (CROSS_LOSSES[0] if pair is not None else LOSSES[0])
         problems = on_policy_problems(beta=beta, lmbda=lmbda, temperature=temperature, reduction=reduction)
         problems += sampling_problems(max_new_tokens=max_new_tokens, temperature=sample_temperature, top_p=top_p)
-        if loss not in LOSSES:
-            problems.append(f"loss must be one of {LOSSES}, got {loss!r}")
         if off_policy not in OFF_POLICY:
             problems.append(f"off_policy must be one of {OFF_POLICY} (the completions of the rows the student does not sample), got {off_policy!r}")
         if top_k < 1:
@@ -98,18 +111,20 @@ class OnPolicyDistillModule(PromptLMModule):
         if teacher.cache_path is not None:
             problems.append(f"teacher.cache is {teacher.cache_path!r}, but on-policy distillation needs the live teacher: it scores "
                             "completions sampled during training. HINT: remove model.init_args.teacher.cache")
-        sv, tv = causal_lm.vocab_size(student), causal_lm.vocab_size(teacher.model)
-        if sv != tv:
-            problems.append(f"the student's vocabulary ({sv}) differs from the teacher's ({tv}): one tokenizer is expected")
+        problems += tokenizer_problems(loss_name, pair, one_tokenizer_losses=LOSSES, student_vocab=sv, teacher_vocab=tv,
+                                       reduction=reduction, router=router)
         problems += routing_problems(temperature=router_temperature, lm_weight=router_lm_weight,
                                      balance_weight=router_balance_weight, every_n_steps=router_every_n_steps)
-        problems += routing_problems_on_policy(router, loss=loss)
+        problems += routing_problems_on_policy(router, loss=loss_name)
         if problem := learning_rate_problem("router_lr", router_lr, "model.init_args.router_lr=1.0e-4 (the default)"):
             problems.append(problem)
         if problems:
             raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
         self.student, self.teacher = student, teacher
-        self.lmbda, self.beta, self.loss_name, self.top_k, self.off_policy = lmbda, beta, loss, top_k, off_policy
+        self.lmbda, self.beta, self.loss_name, self.top_k, self.off_policy = lmbda, beta, loss_name, top_k, off_policy
+        self.teacher_tokenizer, self.cross_tokenizer = pair, pair is not None
+        self.teacher_tokens = None if pair is None else TeacherTokenizer(pair, loss_name, temperature=temperature, top_k=top_k,
+                                                                         teacher_context=causal_lm.context_length(teacher.model))
         self.temperature, self.reduction, self.ce_weight, self.seed = temperature, reduction, ce_weight, seed
         self.max_new_tokens, self.sample_temperature, self.top_p = max_new_tokens, sample_temperature, top_p
         self.replay_steps, self._rollout = replay_steps, None
@@ -123,6 +138,17 @@ class OnPolicyDistillModule(PromptLMModule):
     @override
     def trained_model(self) -> nn.Module:
         return self.student
+
+    @override
+    def data_links(self) -> dict:
+        """Two tokenizers: the data renders and tokenises each prompt for the teacher too (``teacher_prompt_ids``)."""
+        return {} if self.teacher_tokens is None else self.teacher_tokens.data_links()
+
+    @override
+    def bind_tokenizers(self, datamodule) -> None:
+        super().bind_tokenizers(datamodule)
+        if self.teacher_tokens is not None:
+            self.teacher_tokens.bind(datamodule, self.device)
 
     # ---- which rows the student samples -----------------------------------------------------------------------
     def on_policy_rows(self, row_index: torch.Tensor) -> torch.Tensor:
@@ -147,6 +173,30 @@ class OnPolicyDistillModule(PromptLMModule):
                                   pad_token_id=self.pad_token_id, temperature=temperature, top_p=self.top_p,
                                   generator=self.sampler_generator() if temperature > 0 else None)
 
+    def teacher_greedy(self, batch: dict, rows: torch.Tensor | None = None) -> Completions:
+        """The teacher's greedy completions of the batch's prompts (``rows`` of them), in the student's tokens: across
+        tokenizers, of its own prompts, read back (:meth:`lkd.modules.on_policy_tokenizers.TeacherTokenizer.greedy`)."""
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+        if self.teacher_tokens is not None:
+            return self.teacher_tokens.greedy(self.teacher, pick(batch["teacher_prompt_ids"]), pick(batch["teacher_prompt_mask"]),
+                                              max_new_tokens=self.max_new_tokens)
+        return self.sample(self.teacher, pick(batch["prompt_ids"]), pick(batch["prompt_mask"]), temperature=0.0)
+
+    @torch.no_grad()
+    def teacher_nll(self, batch: dict, completions: Completions) -> tuple[float, int]:
+        """The teacher's summed NLL of completions of the batch's prompts (in the student's tokens) and the tokens it
+        counted: those tokens, or across tokenizers its own tokens of their text after its own prompts (and its EOS)."""
+        if self.teacher_tokens is not None:
+            reading = self.teacher_tokens.read(batch["teacher_prompt_ids"], batch["teacher_prompt_mask"], completions.tokens,
+                                               completions.mask.long(), student_prompt_width=batch["prompt_ids"].shape[1])
+            ids, attention, counted = reading.input_ids, reading.attention_mask, reading.completion_mask
+        else:
+            ids, attention, counted = join_prompt_completion(batch["prompt_ids"], batch["prompt_mask"], completions.tokens,
+                                                             completions.mask.long())  # (B, T) each
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        logprobs = token_logprobs(self.teacher(input_ids=ids, attention_mask=attention, position_ids=positions).logits, ids)  # (B, T)
+        return -float((logprobs * counted).sum()), int(counted.sum())
+
     def completions(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(completion_ids (B, C), completion_mask (B, C), on_policy (B,))``: the sampled rows' samples and the
         others' reference (or teacher) completions, right-padded to one width."""
@@ -161,7 +211,7 @@ class OnPolicyDistillModule(PromptLMModule):
             parts["student"] = (rows, sampled.tokens, sampled.mask)
         rest = (~on).nonzero().squeeze(-1)
         if rest.numel() and stage == "train" and self.off_policy == "teacher":
-            taught = self.sample(self.teacher, prompt_ids[rest], prompt_mask[rest], temperature=0.0)
+            taught = self.teacher_greedy(batch, rest)
             parts["teacher"] = (rest, taught.tokens, taught.mask)
         elif rest.numel():
             parts["reference"] = (rest, refs[rest], ref_mask[rest])
@@ -176,10 +226,14 @@ class OnPolicyDistillModule(PromptLMModule):
     def rollout(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(prompt_ids, prompt_mask, completion_ids, completion_mask, on_policy)`` of this step: the batch's, or with
         ``replay_steps`` > 1 between rollouts the last rollout's."""
+        return self.rollout_and_batch(batch, stage)[0]
+
+    def rollout_and_batch(self, batch: dict, stage: str) -> tuple[tuple, dict]:
+        """This step's :meth:`rollout` and the batch it was rolled out from (its teacher prompts, across tokenizers)."""
         step = self.global_step if self._trainer is not None else 0
         if stage == "train" and self.replay_steps > 1 and step % self.replay_steps and self._rollout is not None:
             return self._rollout
-        out = (batch["prompt_ids"], batch["prompt_mask"], *self.completions(batch, stage))
+        out = ((batch["prompt_ids"], batch["prompt_mask"], *self.completions(batch, stage)), batch)
         if stage == "train" and self.replay_steps > 1:
             self._rollout = out
         return out
@@ -187,6 +241,8 @@ class OnPolicyDistillModule(PromptLMModule):
     # ---- the step --------------------------------------------------------------------------------------------------
     @override
     def step(self, batch, stage: str) -> StepOutput:
+        if self.teacher_tokens is not None:
+            return self.cross_tokenizer_step(batch, stage)
         prompt_ids, prompt_mask, completion_ids, completion_mask, on = self.rollout(batch, stage)
         input_ids, attention_mask, loss_mask = join_prompt_completion(prompt_ids, prompt_mask, completion_ids,
                                                                       completion_mask)  # (B, P + C) each
@@ -237,6 +293,36 @@ class OnPolicyDistillModule(PromptLMModule):
             t_token_lp = F.log_softmax(t_logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
             per_token = torch.where(on[:, None], sampled_token_reverse_kl(s_token_lp, t_token_lp), per_token)
         return per_token
+
+    def cross_tokenizer_step(self, batch: dict, stage: str) -> StepOutput:
+        """The step across tokenizers (:mod:`lkd.modules.on_policy_tokenizers`): the student scores its joined sequences,
+        the teacher its own prompts followed by the completions read as text in its tokens, and the chunk loss compares
+        them; ``ce``, ``nll`` and bits per byte are the student's, over its completion tokens."""
+        (prompt_ids, prompt_mask, completion_ids, completion_mask, on), source = self.rollout_and_batch(batch, stage)
+        input_ids, attention_mask, loss_mask = join_prompt_completion(prompt_ids, prompt_mask, completion_ids,
+                                                                      completion_mask)  # (B, S) each
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        s_logits = self.student(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits  # (B, S, V_s)
+        s_token_lp = token_logprobs(s_logits, input_ids)  # (B, S): log p_s(x_n | x_<n), 0 at n = 0
+        reading = self.teacher_tokens.read(source["teacher_prompt_ids"], source["teacher_prompt_mask"], completion_ids,
+                                           completion_mask, student_prompt_width=prompt_ids.shape[1])
+        with torch.no_grad():
+            t_logits = self.teacher(input_ids=reading.input_ids, attention_mask=reading.attention_mask,
+                                    position_ids=reading.position_ids).logits  # (B, T, V_t)
+        mask = loss_mask.bool()  # (B, S) the student's completion tokens
+        divergence, logs = self.teacher_tokens.divergence(s_logits, s_token_lp * mask, t_logits, reading)
+        tokens = int(mask.sum())
+        nll = -(s_token_lp * mask).sum() / max(tokens, 1)
+        terms = {"divergence": divergence, "on_policy_rows": on.float().mean(), "completion_tokens": mask.sum(-1).float().mean(),
+                 "teacher_completion_tokens": reading.completion_mask.sum(-1).float().mean(), **logs}
+        loss = divergence
+        references = ~on if self.off_policy == "reference" or stage != "train" else torch.zeros_like(on)  # (B,) the data's completions
+        reference_rows = mask & references[:, None]
+        if self.ce_weight > 0 and reference_rows.any():
+            terms["ce"] = -(s_token_lp * reference_rows).sum() / reference_rows.sum()
+            loss = loss + self.ce_weight * terms["ce"]
+        terms["nll"] = nll.detach()
+        return StepOutput(loss, len(input_ids), terms, metric_args=(nll.detach(), tokens, self.predicted_bytes(input_ids, loss_mask)))
 
     # ---- the teacher's scores, through a routing of its experts ------------------------------------------------------
     @property
