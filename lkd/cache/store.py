@@ -32,6 +32,12 @@ position plus ``token_logprobs`` (N, T), the teacher's log-probability of each o
 chunk likelihoods and the teacher's bits per byte), and each split's identity names both tokenizers'
 fingerprints (``tokenizer``, ``teacher_tokenizer``), so a cache written for another pair is refused.
 
+On prompt data (:class:`lkd.modules.OnPolicyDistillModule` with ``lmbda: 0`` and ``off_policy: teacher``:
+sequence-level KD) the kind is ``"lm_completions"`` (``max_new_tokens`` M in the description too): per prompt row,
+keyed by its ``row_index``, the teacher's greedy completion ``completion_ids`` (N, M) (pad after its end),
+``completion_length`` (N,) and the top-k at each completion position (``topk_logprobs`` / ``topk_indices``
+(N, M, k), the distribution that predicts completion token m).
+
 So a cache is ``k · (2 + 2)`` bytes per token for vocabularies up to 65,536 (ids stored as int16 minus
 32,768), ``k · (2 + 4)`` above; the full fp16 distribution would be ``2 · V``. The distillation loss reads
 them through :func:`lkd.losses.kd.topk_kd_kl_div`: a **tail bucket**, not top-k renormalised. The teacher is
@@ -256,7 +262,8 @@ class TeacherCache:
     @property
     def targets(self) -> dict:
         """What the cache holds: ``{"kind": "logits"}``, or ``{"kind": "lm_topk" | "lm_aligned", "k", "temperature",
-        "vocab"}`` (``lm_aligned``: two tokenizers, with ``token_logprobs`` (N, T) per block besides the top-k)."""
+        "vocab"}`` (``lm_aligned``: two tokenizers, with ``token_logprobs`` (N, T) per block besides the top-k), or
+        ``{"kind": "lm_completions", ..., "max_new_tokens"}`` (the teacher's greedy completions of prompts)."""
         return dict(self.content.get("targets", LOGITS_TARGETS))
 
     def num_classes(self) -> int | None:
@@ -313,9 +320,14 @@ class TeacherCache:
 
     def batch_targets(self, stage: str, sample_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """What a distillation step reads for ``sample_ids`` (B,): ``{"logits": (B, C)}``, or for a language-model
-        cache ``{"topk": ((B, T, k) log-probabilities, (B, T, k) token ids)}``."""
+        cache ``{"topk": ((B, T, k) log-probabilities, (B, T, k) token ids)}``; for a sequence-level KD cache
+        (``lm_completions``) also ``completion_ids`` (B, M) and ``completion_length`` (B,), with T = M."""
         if self.targets["kind"] == "lm_topk":
             return {"topk": self.topk(stage, sample_ids)}
+        if self.targets["kind"] == "lm_completions":  # sequence-level KD: the teacher's greedy completions, top-k along them
+            tokens, lengths = self._rows(stage, sample_ids, "completion_ids", "completion_length")
+            return {"completion_ids": decode_token_ids(tokens), "completion_length": decode_token_ids(lengths),
+                    "topk": self.topk(stage, sample_ids)}
         if self.targets["kind"] == "lm_aligned":  # two tokenizers: also the teacher's log-probability of its own tokens
             return {"topk": self.topk(stage, sample_ids),
                     "token_logprobs": self._rows(stage, sample_ids, "token_logprobs").float()}

@@ -28,13 +28,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lkd.cache.store import SplitIdentity, sha256_tensors
 from lkd.data.errors import TextDataError, near
 from lkd.data.files import load_data_files
 from lkd.data.loaders import SplitLoaders
 from lkd.data.samplers import SeededRandomSampler
 from lkd.data.splits import carve_splits
 from lkd.hub import load_hub_dataset
-from lkd.tokenizers import as_tokenizer, tokenizer_source
+from lkd.tokenizers import as_tokenizer, tokenizer_fingerprint, tokenizer_source
 
 ROW = "__lkd_row__"
 """The column that keeps each example's row in the split it came from (``row_index``)."""
@@ -156,6 +157,10 @@ class PromptDataModule(SplitLoaders, pl.LightningDataModule):
         require_completions: every row must have a reference (an error naming the first row without).
         batch_size, eval_batch_size: rows per training / evaluation batch (default: ``batch_size``); num_workers: workers.
         seed: seed of the carving and of the training order (a fresh order every epoch, the same on resume).
+
+    **Teacher cache.** It offers :class:`lkd.cache.CacheableData` (``train`` and ``val``, keyed by ``row_index``; the
+    prompts' tokens are the content hash), so a sequence-level KD cache can hold the teacher's answers
+    (:mod:`lkd.modules.on_policy_cache`).
     """
 
     def __init__(
@@ -416,6 +421,26 @@ class PromptDataModule(SplitLoaders, pl.LightningDataModule):
         """Tokenise the stage's splits now (the LM modules call this after connect): problems surface before training."""
         for key in self._stage_keys(stage):
             self.split(key)
+
+    # ---- the teacher-cache contract (lkd.cache.store.CacheableData): key = the row's index -------------------
+    def cache_stages(self) -> list[str]:
+        """``train`` and, when there is one, ``val``: the splits a teacher cache (sequence-level KD) holds."""
+        return [key for key in ("train", "val") if self.has[key]]
+
+    def cache_identity(self, stage: str) -> SplitIdentity:
+        """The rendered prompts' tokens (what the teacher completes) are the content hash; the row indices, in loader
+        order, the sample ids'. References do not enter it: the teacher never reads them."""
+        rows = self.split(stage)
+        prompts = [torch.tensor(r["prompt_ids"], dtype=torch.long) for r in rows]
+        content = {"prompt_ids": torch.cat(prompts), "prompt_lengths": torch.tensor([len(p) for p in prompts])}
+        source = "data_files" if self.data_files is not None else f"{self.hub_id}/{self.config}"
+        return SplitIdentity(dataset=f"{type(self).__name__} {source}", split=self.splits[stage] or f"val_size={self.val_size}",
+                             rows=len(rows), sample_ids_sha256=sha256_tensors({"ids": self.cache_sample_ids(stage)}),
+                             content_sha256=sha256_tensors(content), tokenizer=tokenizer_fingerprint(self.tokenizer))
+
+    def cache_sample_ids(self, stage: str) -> torch.Tensor:
+        """(N,) the split's ``row_index`` in the order :meth:`cache_batches` yields them."""
+        return torch.tensor([r["row_index"] for r in self.split(stage)], dtype=torch.long)
 
     def _loader(self, key: str, shuffle: bool) -> DataLoader | list:
         if not self.has[key]:

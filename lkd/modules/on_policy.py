@@ -21,6 +21,10 @@ objective to the loss.
 With a ``teacher_tokenizer`` of its own the teacher reads each completion as text, in its tokens, after its own
 rendering of the prompt, and D is a chunk loss on the completion's aligned chunks (``loss: alm``, ``shared_kl`` or
 ``uld``; :mod:`lkd.modules.on_policy_tokenizers`).
+
+With a ``teacher.cache`` (``lmbda: 0``, ``off_policy: teacher``: sequence-level KD) the teacher's greedy completions and
+its top-k along them are read from the cache, written once by ``lkd cache-teacher``, and D is ``jsd_topk``
+(:mod:`lkd.modules.on_policy_cache`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from lkd.models.routing import Routing
 from lkd.models.sampling import Completions, sample_completions, sampling_problems
 from lkd.modules.base import StepOutput
 from lkd.modules.lm import PromptLMModule
+from lkd.modules.on_policy_cache import CachedCompletions, cache_description, cache_problems, completion_targets
 from lkd.modules.on_policy_routing import real_text_mask, routed_scores, routing_problems_on_policy
 from lkd.modules.on_policy_tokenizers import CROSS_LOSSES, TeacherTokenizer, distinct_teacher_tokenizer, tokenizer_problems
 from lkd.modules.routed_teacher import RoutedTeacher, TeacherPasses, routing_problems
@@ -54,17 +59,20 @@ class OnPolicyDistillModule(PromptLMModule):
 
     Args:
         student: the causal LM to train (YAML ``class_path``).
-        teacher: the frozen teacher (:class:`lkd.teacher.Teacher`), run live: it scores new samples every step.
+        teacher: the frozen teacher (:class:`lkd.teacher.Teacher`), run live: it scores new samples every step; with
+            ``teacher.cache`` (sequence-level KD only) its completions and top-k come from the cache
+            (:mod:`lkd.modules.on_policy_cache`).
         tokenizer: the student's tokenizer (and the teacher's without ``teacher_tokenizer``) and the prompt data's.
         teacher_tokenizer: the teacher's tokenizer when it differs from the student's: the teacher reads each completion
             as text in its own tokens after its own rendering of the prompt, and the models are compared on aligned
             chunks (:mod:`lkd.modules.on_policy_tokenizers`); None (or the student's own) = one tokenizer for both.
         lmbda: fraction of training rows whose completion the student samples (0: off-policy only, 1: all).
         beta: the JSD's β: 0 = forward KL(p_t ‖ p_s), 1 = reverse KL(p_s ‖ p_t).
-        loss: one tokenizer: ``jsd`` (the default), ``jsd_topk`` (the teacher's ``top_k`` tokens plus a tail bucket) or
-            ``sampled``; two tokenizers: ``alm`` (the default: chunk likelihoods), ``shared_kl`` or ``uld``
-            (:mod:`lkd.losses.cross_tokenizer`).
-        top_k: the teacher tokens per position of ``jsd_topk`` (per chunk start of ``shared_kl`` / ``uld``).
+        loss: one tokenizer: ``jsd`` (the default), ``jsd_topk`` (the teacher's ``top_k`` tokens plus a tail bucket; the
+            default, and the only loss, with a teacher cache) or ``sampled``; two tokenizers: ``alm`` (the default: chunk
+            likelihoods), ``shared_kl`` or ``uld`` (:mod:`lkd.losses.cross_tokenizer`).
+        top_k: the teacher tokens per position of ``jsd_topk`` and of a teacher cache (per chunk start of ``shared_kl`` /
+            ``uld``).
         off_policy: where the other rows' completions come from: ``reference`` (the data's) or ``teacher`` (its
             greedy completion).
         temperature: the divergence's temperature (both distributions; τ of ``alm``).
@@ -97,7 +105,7 @@ class OnPolicyDistillModule(PromptLMModule):
         super().__init__(tokenizer, optimizer, warmup_steps, min_lr_ratio, lr_schedule)
         sv, tv = causal_lm.vocab_size(student), causal_lm.vocab_size(teacher.model)
         pair = distinct_teacher_tokenizer(tokenizer, teacher_tokenizer, same_vocab_size=sv == tv)  # None: one tokenizer
-        loss_name = loss or (CROSS_LOSSES[0] if pair is not None else LOSSES[0])
+        loss_name = loss or (CROSS_LOSSES[0] if pair is not None else "jsd_topk" if teacher.cache_path is not None else LOSSES[0])
         problems = on_policy_problems(beta=beta, lmbda=lmbda, temperature=temperature, reduction=reduction)
         problems += sampling_problems(max_new_tokens=max_new_tokens, temperature=sample_temperature, top_p=top_p)
         if off_policy not in OFF_POLICY:
@@ -108,9 +116,8 @@ class OnPolicyDistillModule(PromptLMModule):
             problems.append(f"replay_steps must be >= 1 (1 = a fresh rollout every step), got {replay_steps}")
         if ce_weight < 0:
             problems.append(f"ce_weight must be >= 0, got {ce_weight}")
-        if teacher.cache_path is not None:
-            problems.append(f"teacher.cache is {teacher.cache_path!r}, but on-policy distillation needs the live teacher: it scores "
-                            "completions sampled during training. HINT: remove model.init_args.teacher.cache")
+        problems += cache_problems(teacher, lmbda=lmbda, off_policy=off_policy, loss=loss_name, router=router, teacher_tokenizer=pair,
+                                   replay_steps=replay_steps, top_k=top_k, vocab=tv)
         problems += tokenizer_problems(loss_name, pair, one_tokenizer_losses=LOSSES, student_vocab=sv, teacher_vocab=tv,
                                        reduction=reduction, router=router)
         problems += routing_problems(temperature=router_temperature, lm_weight=router_lm_weight,
@@ -149,6 +156,23 @@ class OnPolicyDistillModule(PromptLMModule):
         super().bind_tokenizers(datamodule)
         if self.teacher_tokens is not None:
             self.teacher_tokens.bind(datamodule, self.device)
+
+    # ---- the teacher cache: sequence-level KD (lkd.modules.on_policy_cache) ------------------------------------------
+    @override
+    def cache_description(self) -> dict:
+        return cache_description(top_k=self.top_k, temperature=self.temperature, vocab=causal_lm.vocab_size(self.teacher.model),
+                                 max_new_tokens=self.max_new_tokens)
+
+    @override
+    def cache_targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(row_index (B,), {...})``: the teacher's greedy completion of each prompt and its top-k along it
+        (:func:`lkd.modules.on_policy_cache.completion_targets`)."""
+        return batch["row_index"], completion_targets(self.teacher, batch, self.teacher_greedy(batch), max_new_tokens=self.max_new_tokens,
+                                                      pad_token_id=self.pad_token_id, top_k=self.top_k, temperature=self.temperature)
+
+    def cached_completions(self, batch: dict, stage: str) -> CachedCompletions | None:
+        """The batch's teacher completions and top-k from the attached cache, None when no cache serves ``stage``."""
+        return CachedCompletions.read(self.teacher, stage, batch["row_index"])
 
     # ---- which rows the student samples -----------------------------------------------------------------------
     def on_policy_rows(self, row_index: torch.Tensor) -> torch.Tensor:
@@ -210,7 +234,9 @@ class OnPolicyDistillModule(PromptLMModule):
             sampled = self.sample(self.student, prompt_ids[rows], prompt_mask[rows], temperature=self.sample_temperature)
             parts["student"] = (rows, sampled.tokens, sampled.mask)
         rest = (~on).nonzero().squeeze(-1)
-        if rest.numel() and stage == "train" and self.off_policy == "teacher":
+        if rest.numel() and (cached := self.cached_completions(batch, stage)) is not None:  # lmbda 0: every row
+            parts["teacher"] = (rest, cached.tokens[rest], cached.mask[rest])
+        elif rest.numel() and stage == "train" and self.off_policy == "teacher":
             taught = self.teacher_greedy(batch, rest)
             parts["teacher"] = (rest, taught.tokens, taught.mask)
         elif rest.numel():
@@ -250,11 +276,12 @@ class OnPolicyDistillModule(PromptLMModule):
         s_out = self.student(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                              output_hidden_states=self.reads_student)
         s_logits = s_out.logits[:, :-1]  # (B, T-1, V)
-        teacher = self.teacher_passes({"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions},
-                                      stage, s_out)
+        cached = self.cached_completions(batch, stage)  # a teacher cache: its top-k along the completions, no teacher forward
+        teacher = cached.passes(prompt_ids.shape[1], input_ids.shape[1]) if cached is not None else self.teacher_passes(
+            {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions}, stage, s_out)
         targets, mask = input_ids[:, 1:], loss_mask[:, 1:].bool()  # (B, T-1): position n predicts token n + 1
         s_token_lp = F.log_softmax(s_logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # (B, T-1)
-        per_token = torch.stack([self.token_divergence(s_logits, t["logits"][:, :-1], s_token_lp, targets, on)
+        per_token = torch.stack([self.token_divergence(s_logits, t, s_token_lp, targets, on)
                                  for t in teacher.features]).mean(0)  # (B, T-1); Knowledge Augmentation: its passes averaged
         divergence = reduce_tokens(per_token, mask, reduction=self.reduction)
         tokens = int(mask.sum())
@@ -262,7 +289,8 @@ class OnPolicyDistillModule(PromptLMModule):
         terms = {"divergence": divergence, "on_policy_rows": on.float().mean(),
                  "completion_tokens": mask.sum(-1).float().mean()}
         loss = divergence
-        references = ~on if self.off_policy == "reference" or stage != "train" else torch.zeros_like(on)  # (B,) the data's completions
+        taught = (stage == "train" and self.off_policy == "teacher") or cached is not None  # the teacher's completions
+        references = torch.zeros_like(on) if taught else ~on  # (B,) the data's completions
         reference_rows = mask & references[:, None]
         if self.ce_weight > 0 and reference_rows.any():
             ce = -(s_token_lp * reference_rows).sum() / reference_rows.sum()
@@ -278,11 +306,15 @@ class OnPolicyDistillModule(PromptLMModule):
         return StepOutput(loss, len(input_ids), terms, metric_args=(nll.detach(), tokens, self.predicted_bytes(input_ids, loss_mask)),
                           logged_loss=student_loss)
 
-    def token_divergence(self, s_logits: torch.Tensor, t_logits: torch.Tensor, s_token_lp: torch.Tensor, targets: torch.Tensor,
+    def token_divergence(self, s_logits: torch.Tensor, teacher: dict, s_token_lp: torch.Tensor, targets: torch.Tensor,
                          on: torch.Tensor) -> torch.Tensor:
         """(B, T-1) the per-token loss against one teacher pass: the JSD (``jsd`` / ``jsd_topk``), or on sampled rows the
-        sampled-token estimator (``sampled``). ``s_logits``, ``t_logits``: (B, T-1, V); ``s_token_lp``, ``targets``:
+        sampled-token estimator (``sampled``). ``s_logits``: (B, T-1, V); ``teacher``: the pass's ``logits`` (B, T, V) or,
+        from a cache, its ``topk`` ((B, T-1, k) log-probabilities at T, (B, T-1, k) ids); ``s_token_lp``, ``targets``:
         (B, T-1); ``on``: (B,) the sampled rows."""
+        if "topk" in teacher:  # a teacher cache (jsd_topk only)
+            return generalized_jsd_topk(s_logits, *teacher["topk"], beta=self.beta, temperature=self.temperature)
+        t_logits = teacher["logits"][:, :-1]  # (B, T-1, V)
         if self.loss_name == "jsd_topk":
             t_lp = F.log_softmax(t_logits.float() / self.temperature, dim=-1)
             top = t_lp.topk(min(self.top_k, t_lp.shape[-1]), dim=-1)
