@@ -35,14 +35,14 @@ import torch
 from benchmarks import common
 from benchmarks.report import column, table
 from lkd.callbacks.completions import CompletionEvaluation
-from lkd.data.arithmetic import write_arithmetic_task
+from lkd.data.arithmetic import answer_text, write_arithmetic_task
 from lkd.data.prompts import PromptDataModule
 from lkd.models import TinyLlamaLM
 from lkd.modules import CompletionSFTModule, OnPolicyDistillModule
 from lkd.teacher import Teacher
 
 TEACHER = {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 384}
-STUDENT = {"hidden_size": 64, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}
+STUDENT = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128}  # 0.11× the teacher
 ROWS = {  # row: module options (None: the student on the references alone)
     "sft": None,
     "supervised_kd": {"lmbda": 0.0, "beta": 0.0, "off_policy": "reference"},
@@ -72,12 +72,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher-lr", type=float, default=1e-3)
     p.add_argument("--teacher-ckpt", type=Path, default=None,
                    help="take the teacher from this checkpoint of configs/lm/onpolicy_arithmetic_teacher.yaml instead of training it")
-    p.add_argument("--warm-steps", type=int, default=3000,
-                   help="every student starts from the same seed's SFT student after this many steps (GKD starts from SFT)")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--warm-steps", type=int, default=4000,
+                   help="every student starts from one SFT student trained this many steps (GKD starts from SFT)")
+    p.add_argument("--warm-seed", type=int, default=0, help="the seed of that SFT student (shared by every row and seed)")
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--skip-missing", action="store_true", help="train nothing: report the runs kept in runs.jsonl")
     p.add_argument("--workdir", type=Path, default=common.ROOT / "runs" / "on_policy")
     common.add_output_options(p)
@@ -104,11 +105,19 @@ def optimizer(lr: float):
     return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
 
 
-def exact_match(module, dm: PromptDataModule) -> float:
-    """Greedy held-out (test split) exact match of ``module``'s trained model."""
+def held_out(module, dm: PromptDataModule) -> dict[str, float]:
+    """Greedy held-out (test split) scores of ``module``'s trained model: ``exact_match`` and ``digit_accuracy`` (the share
+    of the reference's characters the answer has at the same place: partial credit, a smoother signal)."""
     dm.setup("test")
     scorer = CompletionEvaluation(max_batches=None, checker="exact_match", compare_teacher=False, teacher_nll=False, show=0)
-    return scorer.scores(module, list(dm.test_dataloader()))[0]["exact_match"]
+    values, rows = scorer.scores(module, list(dm.test_dataloader()))
+    digits = [sum(a == b for a, b in zip(answer_text(student), ref, strict=False)) / len(ref) for _, ref, student, _ in rows]
+    return {"exact_match": values["exact_match"], "digit_accuracy": statistics.mean(digits)}
+
+
+def exact_match(module, dm: PromptDataModule) -> float:
+    """Greedy held-out (test split) exact match of ``module``'s trained model."""
+    return held_out(module, dm)["exact_match"]
 
 
 def teacher_model(args) -> tuple[TinyLlamaLM, float, int]:
@@ -145,12 +154,14 @@ class Curve(pl.Callback):
         self.train_s += time.perf_counter() - self._mark
         step = trainer.global_step
         if step % self.every == 0 or step == trainer.max_steps:
-            self.points.append({"step": step, "train_s": self.train_s, "exact_match": exact_match(pl_module, self.dm)})
+            self.points.append({"step": step, "train_s": self.train_s, **held_out(pl_module, self.dm)})
 
 
-def warm_start(seed: int, args) -> tuple[dict, float]:
-    """The seed's student after ``--warm-steps`` of SFT on the references (kept in --workdir) and its exact match."""
-    path = args.workdir / f"warm_seed{seed}_{args.warm_steps}.pt"
+def warm_start(args) -> tuple[dict, float]:
+    """The student after ``--warm-steps`` of SFT on the references from ``--warm-seed`` (kept in --workdir), and its exact
+    match: every row and seed starts from it, so a seed changes only the data order, the samples and the rows drawn."""
+    seed = args.warm_seed
+    path = args.workdir / f"warm_{STUDENT['num_layers']}x{STUDENT['hidden_size']}_seed{seed}_{args.warm_steps}.pt"
     student = TinyLlamaLM(vocab_size=257, max_position_embeddings=64, seed=seed, **STUDENT)
     module = CompletionSFTModule(student, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args.lr))
     dm = data(args, batch=args.batch)
@@ -166,7 +177,7 @@ def warm_start(seed: int, args) -> tuple[dict, float]:
 
 
 def run(row: str, seed: int, teacher: TinyLlamaLM, args) -> dict:
-    warm, warm_em = warm_start(seed, args)
+    warm, warm_em = warm_start(args)
     pl.seed_everything(seed, verbose=False)
     student = TinyLlamaLM(vocab_size=257, max_position_embeddings=64, seed=seed, **STUDENT)
     student.load_state_dict(warm)
@@ -180,10 +191,12 @@ def run(row: str, seed: int, teacher: TinyLlamaLM, args) -> dict:
     module.connect_data(eval_dm)
     curve = Curve(eval_dm, args.eval_every)
     common.quiet_trainer(max_steps=args.steps, max_epochs=-1, gradient_clip_val=1.0, callbacks=[curve]).fit(module, datamodule=dm)
-    out = {"row": row, "seed": seed, "exact_match": curve.points[-1]["exact_match"], "train_s": curve.train_s, "curve": curve.points,
+    out = {"row": row, "seed": seed, "exact_match": curve.points[-1]["exact_match"], "digit_accuracy": curve.points[-1]["digit_accuracy"],
+           "train_s": curve.train_s, "curve": curve.points,
            "warm_exact_match": warm_em,
            "params": sum(p.numel() for p in student.parameters())}
-    print(f"{row} seed {seed}: exact match {out['exact_match']:.3f} ({out['train_s']:.0f} s)", flush=True)
+    print(f"{row} seed {seed}: exact match {out['exact_match']:.3f}, digits {out['digit_accuracy']:.3f} ({out['train_s']:.0f} s)",
+          flush=True)
     return out
 
 
@@ -194,8 +207,8 @@ def at_seconds(run: dict, seconds: float) -> float:
 
 
 def run_key(args) -> str:
-    return json.dumps({k: getattr(args, k) for k in ("digits", "n_train", "n_test", "teacher_epochs", "teacher_lr", "warm_steps", "steps",
-                                                     "batch", "lr", "eval_every")}
+    keys = ("digits", "n_train", "n_test", "teacher_epochs", "teacher_lr", "warm_steps", "warm_seed", "steps", "batch", "lr", "eval_every")
+    return json.dumps({k: getattr(args, k) for k in keys}
                       | {"teacher": TEACHER, "student": STUDENT}, sort_keys=True)
 
 
@@ -211,13 +224,14 @@ def section(results: list[dict], teacher: dict, args) -> dict:
     rows = [{"name": "teacher (trained on the references)", "em": [teacher["exact_match"]], "params": teacher["params"]}]
     warm = {r["seed"]: r["warm_exact_match"] for r in results}
     if warm:
-        rows.append({"name": f"every student's start: SFT on the references, {args.warm_steps} steps", "em": [warm[k] for k in sorted(warm)],
-                     "params": results[0]["params"]})
+        rows.append({"name": f"every student's start: SFT on the references, {args.warm_steps} steps",
+                     "em": [warm[min(warm)]], "params": results[0]["params"]})
     for row in ROWS:
         if row not in by_row:
             continue
         runs = sorted(by_row[row], key=lambda r: r["seed"])
         rows.append({"name": LABELS[row], "em": [r["exact_match"] for r in runs], "params": runs[0]["params"],
+                     "digits": [r.get("digit_accuracy") for r in runs],
                      "train_s": statistics.mean(r["train_s"] for r in runs),
                      "em_time": [at_seconds(r, budget) for r in runs] if budget is not None else None})
     mean = lambda row: statistics.mean(r["exact_match"] for r in by_row[row])  # noqa: E731
@@ -233,11 +247,10 @@ def section(results: list[dict], teacher: dict, args) -> dict:
                      f"{mean('supervised_kd'):.3f} held-out exact match at equal steps over {n} seeds: {margin:+.1f} std (> 2: "
                      f"{'met' if margin > 2 and n >= 3 else 'not met'}); at the off-policy row's training time ({budget:.0f} s) it "
                      f"reaches {timed:.3f} ({'not worse: met' if timed >= mean('supervised_kd') else 'worse: not met'}).")
-    if warm and max(warm.values()) - min(warm.values()) > 0.3:
-        notes.append(f"The seeds' SFT starts differ widely ({', '.join(f'{warm[k]:.3f}' for k in sorted(warm))}): this small student "
-                     "learns the task in a sudden transition whose step varies by seed, so every row follows its start and the "
-                     "rows cannot be told apart at this budget. The task or the warm start needs changing before the target "
-                     "can be judged.")
+    if "sft" in by_row and warm:
+        notes.append(f"The student on the references alone ends at {mean('sft'):.3f} exact match (its start {warm[min(warm)]:.3f}) "
+                     f"against the teacher's {teacher['exact_match']:.3f}: two layers are too few for carries, so there is room "
+                     "for distillation to show (the issue asks for ≤ 0.8).")
     if "sampled" in by_row and warm and mean("sampled") < min(warm.values()) - 0.1:
         notes.append(f"The sampled-token estimator fell below every seed's start (to {mean('sampled'):.3f}) at lr {args.lr:g}: with a "
                      "teacher this certain, a token it rules out gets an advantage near log p_t ≈ −18, and those pushes swamp "
@@ -249,13 +262,17 @@ def section(results: list[dict], teacher: dict, args) -> dict:
         f"training problems, {args.n_test} held-out ones, byte tokens. The teacher (a Llama, hidden {TEACHER['hidden_size']}, "
         f"{TEACHER['num_layers']} layers) is trained on the references ({args.teacher_epochs} epochs, lr {args.teacher_lr:g}, "
         f"completion-only cross-entropy); every student (hidden {STUDENT['hidden_size']}, "
-        f"{STUDENT['num_layers']} layers) starts from its seed's SFT student ({args.warm_steps} steps on the references: GKD "
-        f"distils SFT students too), then trains {args.steps} more optimizer steps of {args.batch} prompts (AdamW lr {args.lr:g}, "
-        "warm-up then cosine), held-out exact match at greedy decoding. \"equal time\" is each run's exact match at its "
+        f"{STUDENT['num_layers']} layers) starts from one SFT student "
+        f"({args.warm_steps} steps on the references from seed {args.warm_seed}: GKD distils SFT students too; a seed then changes "
+        f"only the data order, the samples and the rows drawn), then trains {args.steps} more optimizer steps of {args.batch} "
+        f"prompts (AdamW lr {args.lr:g}, "
+        "warm-up then cosine), held-out exact match at greedy decoding and digit accuracy (the share of the reference's "
+        "characters the answer has in place). \"equal time\" is each run's exact match at its "
         "last evaluation within the off-policy KD row's mean training time (evaluation off the clock).",
     ]
     columns = [column("student: training", "name"), column("exact match (equal steps)", "em", format="{:.3f}", aggregate="mean_std"),
                column("per seed", "em", format="{:.3f}", aggregate="list"),
+               column("digit accuracy", "digits", format="{:.3f}", aggregate="mean_std", missing=""),
                column("exact match (equal time)", "em_time", format="{:.3f}", aggregate="mean_std", missing=""),
                column("parameters", "params", format="{:,}"), column("train time (s, mean)", "train_s", format="{:.0f}", missing="")]
     result.update(tables=[table(columns, rows)], notes=notes, data={"runs": results, "run_key": run_key(args), "teacher": teacher})
