@@ -248,8 +248,8 @@ class LKDCLI(LightningCLI):
         teacher = getattr(self.model, "frozen_teacher", None)
         if teacher is None:
             raise TeacherCacheError(
-                f"cache-teacher needs a distillation module (DistillModule, GLUEDistillModule, LMDistillModule), got "
-                f"{type(self.model).__name__}"
+                "cache-teacher needs a distillation module (DistillModule, GLUEDistillModule, LMDistillModule, or "
+                f"OnPolicyDistillModule with lmbda 0 and off_policy teacher), got {type(self.model).__name__}"
             )
         path = teacher.cache_path
         if path is None:

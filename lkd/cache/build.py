@@ -59,7 +59,7 @@ def check_cacheable(datamodule) -> CacheableData:
         missing = [m for m in ("cache_stages", "cache_identity", "cache_sample_ids", "cache_batches") if not hasattr(datamodule, m)]
         raise TeacherCacheError(
             f"{type(datamodule).__name__} cannot feed a teacher cache: it lacks {missing} (lkd.cache.store.CacheableData). "
-            "HINT: use MNISTDataModule, GLUEDataModule or TextDataModule, or implement those methods."
+            "HINT: use MNISTDataModule, GLUEDataModule, TextDataModule or PromptDataModule, or implement those methods."
         )
     return datamodule
 
