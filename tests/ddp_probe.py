@@ -56,7 +56,7 @@ class SaveRankState(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.first_batch is None:
-            tensor = batch[0] if isinstance(batch, (tuple, list)) else batch["input_ids"]
+            tensor = batch[0] if isinstance(batch, (tuple, list)) else batch.get("input_ids", batch.get("prompt_ids"))
             self.first_batch = float(tensor.float().sum())
 
     def on_validation_epoch_start(self, trainer, pl_module):
@@ -65,7 +65,7 @@ class SaveRankState(Callback):
             self.val_at_steps.append(trainer.global_step)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if trainer.sanity_checking or not isinstance(outputs, dict):
+        if trainer.sanity_checking or not isinstance(outputs, dict) or "labels" not in outputs:
             return
         rows = len(outputs["labels"])
         self.val_sum += float(outputs["loss"]) * rows

@@ -230,3 +230,21 @@ def test_more_gpus_than_the_machine_has_is_refused(tmp_path, monkeypatch, tiny_d
                                                     r".*HINT: trainer.accelerator: cpu"):
         LKDCLI(args=["fit", "-c", str(CONFIGS / "mnist" / "student_scratch.yaml"), *tiny_data_args,
                      "--trainer.accelerator=gpu", "--trainer.devices=2", "--trainer.strategy=ddp"])
+
+
+@pytest.mark.slow  # two processes through the `lkd` command: 16-25 s each
+def test_on_policy_distillation_on_two_processes(tmp_path, tiny_wikitext):
+    """On-policy distillation under DDP: each rank samples completions of its own prompts (its own rows, its own
+    sampler seed), the gradients are all-reduced, so both ranks end with one student."""
+    from tests.lm_fixtures import tiny_overrides
+
+    config = CONFIGS / "lm" / "onpolicy_arithmetic.yaml"
+    rank0, rank1 = lkd_two_processes(tmp_path, config, *tiny_overrides(config, tiny_wikitext),
+                                     "--model.init_args.teacher.checkpoint=null", "--trainer.max_steps=3",
+                                     "--trainer.limit_val_batches=0", "--trainer.logger=false", "--best_checkpoint.path=null")
+    assert_same_state(rank0, rank1, "student.")
+    assert_same_state(rank0, rank1, "teacher.model.")
+    assert rank0["first_batch"] != rank1["first_batch"]  # different prompts on each rank
+    a, b = rank0["epoch_rows"][0], rank1["epoch_rows"][0]
+    assert a and b and not set(a) & set(b)
+    assert rank0["metrics"]["train/loss_step"] == rank1["metrics"]["train/loss_step"]  # reduced, so one number

@@ -41,6 +41,24 @@ def test_greedy_completions_match_transformers_generate(model):
         assert torch.equal(alone.tokens[0], out.tokens[row, :alone.tokens.shape[1]])
 
 
+def test_sixteen_bit_sampling_matches_generate_in_the_same_precision(model):
+    """In bfloat16 weights and under bf16 autocast (a 16-bit run's training step) the sampler gives the tokens Hugging
+    Face's ``generate`` gives in the same precision, and draws with a seeded generator in 16 bits too."""
+    ids, mask = left_padded(PROMPTS)
+    half = model.to(torch.bfloat16)
+    out = sample_completions(half, ids, mask, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD, temperature=0)
+    reference = half.eval().generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=EOS,
+                                     pad_token_id=PAD)[:, ids.shape[1]:]
+    assert torch.equal(out.tokens, reference[:, :out.tokens.shape[1]])
+    model.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = sample_completions(model, ids, mask, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD, temperature=1.0,
+                                  generator=torch.Generator().manual_seed(0))
+        again = sample_completions(model, ids, mask, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD, temperature=1.0,
+                                   generator=torch.Generator().manual_seed(0))
+    assert torch.equal(auto.tokens, again.tokens) and int(auto.tokens.max()) < LLAMA["vocab_size"]
+
+
 def test_no_gradient_and_eval_mode_while_sampling_and_the_mode_restored(model):
     model.train()
     modes = []
