@@ -44,6 +44,20 @@ MOE_BUILDERS = ("lkd.models.TinyMoELM", "lkd.models.PretrainedLM")
 MADE_FROM_TEACHER = ("lkd.models.PrunedLM", "lkd.models.RetokenizedLM")
 
 
+def tiny_prompt_files(data_root: Path) -> dict[str, str]:
+    """Train and validation JSONL files beside the tiny corpus with the columns prompt templates read (GLUE SST-2's
+    ``sentence`` and ``label``)."""
+    rows = [{"sentence": f"a {w} film about {n} people", "label": n % 2,
+             "messages": [{"role": "user", "content": f"a {w} film?"}, {"role": "assistant", "content": f"{n} people"}]}
+            for n, w in enumerate(["fine", "dull", "long", "sad", "odd", "warm"])]
+    files = {}
+    for split, part in (("train", rows), ("validation", rows[:4])):
+        path = data_root.parent / f"tiny_prompts_{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+        files[split] = str(path)
+    return files
+
+
 def made_from_tiny_teacher(spec: dict, data_root: Path) -> str:
     """A student made from the tiny Llama teacher the way the config makes it from SmolLM2: half its layers kept (depth),
     narrower layers ranked on the tiny corpus (width), or moved to the tiny BPE (another tokenizer)."""
@@ -72,7 +86,7 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
     text = yaml.safe_load(config.read_text())
     init = text["model"]["init_args"]
     cross = init.get("teacher_tokenizer") is not None
-    prompts = text["data"]["class_path"] == "lkd.data.ArithmeticPromptDataModule"
+    prompts = text["data"]["class_path"] in ("lkd.data.ArithmeticPromptDataModule", "lkd.data.PromptDataModule")
     if cross and prompts:  # two tokenizers on prompt data (nothing to train a BPE on): SmolLM2's, with its chat template, and bytes
         args = ["--model.init_args.teacher_tokenizer=smollm2", "--model.init_args.tokenizer=bytes"]
     elif cross:  # two tokenizers: the teacher reads bytes, the student a byte-level BPE trained on the tiny corpus
@@ -99,6 +113,12 @@ def tiny_overrides(config: Path, data_root: Path) -> list[str]:
             args.append(f"--model.init_args.{target}={made_from_tiny_teacher(spec, data_root)}")
             continue
         args.append(f"--model.init_args.{target}={as_class_arg('lkd.models.' + builder, size)}")
+    if text["data"]["class_path"] == "lkd.data.PromptDataModule":  # prompts over a hub data set's columns: a tiny file of them
+        return args + ["--data.init_args.hub_id=null", f"--data.init_args.data_files={json.dumps(tiny_prompt_files(data_root))}",
+                       "--data.init_args.config=null", "--data.init_args.train_split=train", "--data.init_args.val_split=validation",
+                       "--data.init_args.test_split=validation", "--data.init_args.batch_size=2", "--model.init_args.max_new_tokens=4",
+                       "--data.init_args.max_prompt_tokens=40", "--data.init_args.truncate_prompts=true",
+                       "--data.init_args.max_completion_tokens=8"]
     if prompts:  # prompt data: a small task, written in the run's folder
         return args + ["--data.init_args.n_train=40", "--data.init_args.n_test=8", "--data.init_args.val_size=8",
                        "--data.init_args.batch_size=4", "--data.init_args.digits=[1, 2]"]
