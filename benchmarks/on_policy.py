@@ -91,10 +91,11 @@ def task(args) -> dict[str, Path]:
                                  ops=("+",), seed=0, reversed_answer=True)
 
 
-def data(args, *, batch: int, val_size: int = 200) -> PromptDataModule:
+def data(args, *, batch: int, val_size: int = 200, seed: int = 0) -> PromptDataModule:
+    """The task's prompts; ``seed`` orders the training rows (and carves the 200 validation rows from them)."""
     files = task(args)
     return PromptDataModule(data_files={"train": str(files["train"]), "test": str(files["test"])}, val_split=None,
-                            val_size=val_size, batch_size=batch, eval_batch_size=100, seed=0)
+                            val_size=val_size, batch_size=batch, eval_batch_size=100, seed=seed)
 
 
 def max_new_tokens(args) -> int:
@@ -187,7 +188,7 @@ def run(row: str, seed: int, teacher: TinyLlamaLM, args) -> dict:
     else:
         module = OnPolicyDistillModule(student, Teacher(model=teacher), tokenizer="bytes", max_new_tokens=max_new_tokens(args), seed=seed,
                                        optimizer=optimizer(args.lr), **options)
-    dm, eval_dm = data(args, batch=args.batch), data(args, batch=args.batch)
+    dm, eval_dm = data(args, batch=args.batch, seed=seed), data(args, batch=args.batch)
     module.connect_data(eval_dm)
     curve = Curve(eval_dm, args.eval_every)
     common.quiet_trainer(max_steps=args.steps, max_epochs=-1, gradient_clip_val=1.0, callbacks=[curve]).fit(module, datamodule=dm)

@@ -73,13 +73,14 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def prompts(args, split: str, n: int, *, completions: Path | None = None) -> PromptDataModule:
-    """The SST-2 prompts of ``split`` (its first ``n``), with the teacher's completions as references when kept."""
+def prompts(args, split: str, n: int, *, completions: Path | None = None, seed: int = 0) -> PromptDataModule:
+    """The SST-2 prompts of ``split`` (its first ``n``), with the teacher's completions as references when kept;
+    ``seed`` orders the training rows."""
     if completions is None:
         return PromptDataModule("nyu-mll/glue", "sst2", prompt_template=args.template, completion_column=None,
                                 train_split=f"{split}[:{n}]", test_split=None, batch_size=16, seed=0)
     return PromptDataModule(data_files={"train": str(completions)}, prompt_template=args.template, completion_column="teacher",
-                            train_split="train", test_split=None, batch_size=args.batch, seed=0)
+                            train_split="train", test_split=None, batch_size=args.batch, seed=seed)
 
 
 def teacher_completions(teacher: CausalLM, args, split: str, n: int) -> Path:
@@ -139,7 +140,7 @@ def run(row: str, seed: int, teacher: CausalLM, files: dict[str, Path], args) ->
     module = OnPolicyDistillModule(model, Teacher(model=teacher), tokenizer="smollm2", max_new_tokens=args.max_new_tokens, seed=seed,
                                    optimizer=lambda params: torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01),
                                    **options)
-    train = prompts(args, "train", args.n_train, completions=files["train"])
+    train = prompts(args, "train", args.n_train, completions=files["train"], seed=seed)
     test = prompts(args, "test", args.n_test, completions=files["test"])
     module.connect_data(test)
     test.setup("fit")
