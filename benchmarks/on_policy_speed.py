@@ -235,6 +235,12 @@ def main() -> None:
                            "finished rows dropped); HF `generate` (TRL, the plain loop) runs its generation machinery every token. "
                            "At this model size every forward is dominated by per-operation overhead, so the frameworks can only "
                            "differ by the work they skip."]
+        if "trl_defaults" in seconds and "trl" in seconds:
+            slower = statistics.median(sampling["trl_defaults"]) / statistics.median(sampling["trl"])
+            result["notes"].append(f"TRL's defaults cost {statistics.median(seconds['trl_defaults']) / base:.2f}× its matched step, "
+                                   f"and their sampling alone {slower:.2f}×: with gradient checkpointing on, `GKDTrainer` sets "
+                                   "`use_cache=False` in its generation config (trl/experimental/gkd/gkd_trainer.py), so "
+                                   "`generate` re-reads the whole sequence for every new token.")
         if "lkd_replay2" in seconds:
             result["notes"].append(f"With `replay_steps: 2` (DistiLLM's replay: a rollout every other step) lkd's step is "
                                    f"{statistics.median(seconds['lkd_replay2']) / base:.2f}× TRL's: less work per step, not a faster loop.")
