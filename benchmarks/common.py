@@ -254,17 +254,18 @@ def lm_student(seed: int, vocab_size: int = BYTE_VOCAB, **sizes):
 
 
 # ---- resuming ------------------------------------------------------------------------------------------
-def kept_runs(name: str, workdir: Path, key: str) -> dict[tuple[str, int], dict]:
-    """Finished ``(row, seed)`` runs made with the settings ``key``: those of the committed result file
+def kept_runs(name: str, workdir: Path, key: str, fields: tuple[str, ...] = ("row", "seed")) -> dict[tuple, dict]:
+    """Finished runs made with the settings ``key``, by the values of their ``fields`` (``(row, seed)``; a benchmark
+    whose runs differ in more names more, e.g. ``("row", "order", "seed")``): those of the committed result file
     ``benchmarks/results/NAME.json`` (its ``data.run_key`` and ``data.runs``: another checkout's sessions) and of
     ``workdir/runs.jsonl`` (this checkout's, one line per run with its ``key``)."""
     kept = {}
     committed = report.RESULTS_DIR / f"{name}.json"
     if committed.is_file() and (data := json.loads(committed.read_text()).get("data", {})).get("run_key") == key:
-        kept |= {(r["row"], r["seed"]): r for r in data["runs"]}
+        kept |= {tuple(r[f] for f in fields): r for r in data["runs"]}
     path = workdir / "runs.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:
         entry = json.loads(line)
         if entry.pop("key") == key:
-            kept[(entry["row"], entry["seed"])] = entry
+            kept[tuple(entry[f] for f in fields)] = entry
     return kept

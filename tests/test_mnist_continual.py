@@ -5,11 +5,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lkd.callbacks import ContinualEvaluation
+from lkd.cli import LKDCLI
+from lkd.data import NonStationaryMNISTDataModule, class_pair_orders
 from lkd.figures import accuracy_heatmap
-from lkd.data import NonStationaryMNISTDataModule
 from lkd.metrics import ContinualAccuracyMatrix, average_accuracy, forgetting
 from lkd.modules import ClassifierModule
+from tests.conftest import CONFIGS
 from tests.helpers import tiny_mlp, tiny_trainer
+from tests.mnist_fixtures import mnist_tiny_args
 
 
 def test_accuracy_matrix_and_forgetting_on_a_hand_example():
@@ -127,3 +130,63 @@ def test_a_single_stage_run_gives_a_one_by_one_matrix(tmp_path, tiny_mnist):
     tiny_trainer(tmp_path, max_epochs=1, callbacks=[evaluation]).fit(module, datamodule=data)
     matrix = evaluation.matrix.as_matrix()
     assert matrix.shape == (1, 1) and matrix[0, 0] > 0.5
+
+
+def test_class_pair_orders_start_with_the_original_and_draw_distinct_partitions():
+    orders = class_pair_orders(5, seed=0)
+    assert orders[0] == [[0, 1], [2, 3], [4, 5], [6, 7]] and len(orders) == 6
+    keys = {tuple(map(tuple, order)) for order in orders}
+    assert len(keys) == 6  # distinct, none the original again
+    for order in orders:  # every order: 4 sorted pairs that partition digits 0-7
+        assert [len(g) for g in order] == [2, 2, 2, 2] and all(g == sorted(g) for g in order)
+        assert sorted(c for g in order for c in g) == list(range(8))
+    assert class_pair_orders(2, seed=0) == orders[:3]  # sequential draws: fewer orders are a prefix
+    assert class_pair_orders(5, seed=1) != orders
+    wide = class_pair_orders(3, seed=0, digits=range(10))
+    assert wide[0] == orders[0] and all(len({c for g in o for c in g}) == 8 for o in wide)
+    assert any(c in (8, 9) for o in wide[1:] for g in o for c in g)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_random=-1), "num_random must be >= 0, got -1"),
+    (dict(num_random=1, digits=[0, 1, 1, 2]), r"digits must not repeat a class, got \[0, 1, 1, 2\]"),
+    (dict(num_random=1, digits=range(6)), "4 stages of 2 classes need 8 digits, got 6"),
+    (dict(num_random=6, digits=range(4), num_stages=2), "only 5 orders differ from the original; asked for 6"),
+])
+def test_class_pair_orders_name_bad_requests(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        class_pair_orders(**kwargs)
+
+
+def block_digit(images: torch.Tensor) -> torch.Tensor:
+    """(N,) the digit that tests.mnist_fixtures.make_digits drew into each (N, 1, 28, 28) image: its bright block."""
+    brightness = torch.stack([images[:, 0, 2 + 6 * (c // 4): 6 + 6 * (c // 4), 2 + 6 * (c % 4): 6 + 6 * (c % 4)].mean((1, 2))
+                              for c in range(10)], dim=1)  # (N, 10)
+    return brightness.argmax(1)
+
+
+@pytest.mark.parametrize("stages", [[[5, 2], [7, 0], [1, 6], [3, 4]], [[9, 2], [7, 0], [8, 6], [3, 4]]], ids=["0-7", "with 8 and 9"])
+def test_an_arbitrary_order_from_the_cli_gives_its_groups_and_a_full_matrix(stages, tmp_path, tiny_mnist, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = LKDCLI(args=[
+        "fit", "-c", str(CONFIGS / "mnist" / "continual_mlp.yaml"), *mnist_tiny_args(tiny_mnist),
+        f"--data.init_args.stages={stages}", "--data.init_args.epochs_per_stage=2", "--data.init_args.batch_size=10",
+        "--trainer.max_epochs=8", "--model.init_args.optimizer.init_args.lr=0.01", "--trainer.enable_progress_bar=false",
+    ])
+    data = cli.datamodule
+    assert data.stages == stages and data.classes == [c for g in stages for c in g]
+    assert cli.model.model.net[-1].out_features == 8  # one head over the 8 classes, in stage order
+    for group, digits in enumerate(stages):  # group g's test images are the digits of stages[g], labelled 2g, 2g + 1
+        images, labels = data.group_tensors("test", group)
+        assert set(labels.tolist()) == {2 * group, 2 * group + 1}
+        torch.testing.assert_close(block_digit(images), torch.tensor(digits)[labels - 2 * group])
+    evaluation = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ContinualEvaluation))
+    matrix = evaluation.matrix.as_matrix()
+    assert matrix.shape == (4, 4) and not torch.isnan(matrix).any()
+    assert matrix[0, 0] > 0.8  # the first group is learned in its stage (later ones: this tiny MLP is erratic)
+    assert all((matrix[s, s + 1:] == 0).all() for s in range(3))  # groups not trained yet are never predicted
+    cli.model.eval()
+    with torch.no_grad():  # the last row is the final model's accuracy on each group, computed here by hand
+        final = [(cli.model(images).argmax(-1) == labels).float().mean() for images, labels in
+                 (data.group_tensors("test", g) for g in range(4))]
+    torch.testing.assert_close(matrix[-1], torch.stack(final))

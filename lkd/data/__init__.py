@@ -3,7 +3,7 @@
 
 from lkd.data.alignment import AlignedBlock, AlignmentError, Chunk
 from lkd.data.arithmetic import ArithmeticPromptDataModule
-from lkd.data.continual import NonStationaryMNISTDataModule
+from lkd.data.continual import NonStationaryMNISTDataModule, class_pair_orders
 from lkd.data.glue import GLUEDataModule
 from lkd.data.labels import TextLabels
 from lkd.data.mnist import MNISTDataModule, TensorBatches
@@ -14,4 +14,5 @@ from lkd.data.text_classification import TextClassificationDataModule, TextDataE
 
 __all__ = ["ArithmeticPromptDataModule", "AlignedBlock", "AlignedTokenBlocks", "AlignmentError", "BlockSizeError", "Chunk", "GLUEDataModule", "LengthGroupedSampler",
            "MNISTDataModule", "NonStationaryMNISTDataModule", "PromptDataModule", "SeededRandomSampler", "TensorBatches",
-           "TextClassificationDataModule", "TextColumnError", "TextDataError", "TextDataModule", "TextLabels", "TokenBlocks"]
+           "TextClassificationDataModule", "TextColumnError", "TextDataError", "TextDataModule", "TextLabels", "TokenBlocks",
+           "class_pair_orders"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
+from math import comb
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -11,6 +13,76 @@ from typing_extensions import override
 
 from lkd.data.mnist import MNISTDataModule, TensorBatches
 from lkd.data.transforms import normalize_uint8
+
+
+def class_pair_orders(
+    num_random: int, *, seed: int = 0, digits: Sequence[int] = range(8), num_stages: int = 4, group_size: int = 2
+) -> list[list[list[int]]]:
+    """Stage lists for a continual run: the original order first, then ``num_random`` seeded random ones.
+
+    Order 0 is ``digits`` as given, cut into consecutive groups: ``[[0, 1], [2, 3], [4, 5], [6, 7]]`` by
+    default. Order ``i >= 1`` is a shuffle of ``digits`` (``random.Random(seed)``, drawn one after another)
+    whose first ``num_stages * group_size`` digits are cut into ``num_stages`` groups, each group sorted (the
+    order inside a group only renames labels). A draw whose groups and stage order repeat an earlier order is
+    drawn again, so the ``num_random`` orders are distinct and differ from the original. The draws are
+    sequential, so ``class_pair_orders(2)`` is a prefix of ``class_pair_orders(5)``.
+
+    Why digits 0-7 by default, not a shuffle of all ten: the spread over orders should measure the *order*
+    (which digits share a stage, which come late), not *which* digits are learnt. With 0-7 every order has
+    the same 8-class head and the same test images as the original row and as the joint reference (all 8
+    classes at once), so its final accuracy and forgetting compare with them directly. Drawing from all ten
+    (``digits=range(10)``) also swaps 8 and 9 in and out, the two hardest MNIST digits, which moves the
+    ceiling itself and mixes a task-difficulty spread into the order spread.
+
+    Args:
+        num_random: how many random orders follow the original (0: the original alone).
+        seed: seeds the shuffles.
+        digits: the pool of classes to draw from; at least ``num_stages * group_size``, no repeats.
+        num_stages: groups per order.
+        group_size: classes per group.
+
+    Returns:
+        ``num_random + 1`` orders, each a list of ``num_stages`` groups of ``group_size`` classes, for
+        :class:`NonStationaryMNISTDataModule`'s ``stages``.
+    """
+    digits = list(digits)
+    problems = []
+    if num_random < 0:
+        problems.append(f"num_random must be >= 0, got {num_random}")
+    if num_stages < 1 or group_size < 1:
+        problems.append(f"num_stages and group_size must be >= 1, got {num_stages} and {group_size}")
+    if len(set(digits)) != len(digits):
+        problems.append(f"digits must not repeat a class, got {digits}")
+    if len(digits) < num_stages * group_size:
+        problems.append(f"{num_stages} stages of {group_size} classes need {num_stages * group_size} digits, got {len(digits)}: {digits}")
+    if problems:
+        raise ValueError("class_pair_orders: " + "; ".join(problems))
+    used = num_stages * group_size
+
+    def groups(sequence: list[int]) -> list[list[int]]:
+        return [sequence[i : i + group_size] for i in range(0, used, group_size)]
+
+    orders = [groups(digits)]
+    seen = {tuple(tuple(sorted(g)) for g in orders[0])}
+    if (possible := _count_orders(len(digits), num_stages, group_size)) < num_random + 1:
+        raise ValueError(f"class_pair_orders: only {possible - 1} orders differ from the original; asked for {num_random}")
+    rng = random.Random(seed)
+    while len(orders) < num_random + 1:
+        shuffled = digits[:]
+        rng.shuffle(shuffled)
+        order = [sorted(g) for g in groups(shuffled)]
+        if (key := tuple(tuple(g) for g in order)) not in seen:
+            seen.add(key)
+            orders.append(order)
+    return orders
+
+
+def _count_orders(pool: int, num_stages: int, group_size: int) -> int:
+    """How many distinct orders (sequences of unordered groups) ``pool`` classes give."""
+    count = 1
+    for stage in range(num_stages):
+        count *= comb(pool - stage * group_size, group_size)
+    return count
 
 
 class NonStationaryMNISTDataModule(MNISTDataModule):
@@ -25,7 +97,8 @@ class NonStationaryMNISTDataModule(MNISTDataModule):
     a resumed run continues in the right stage.
 
     Args:
-        stages: class groups in training order, e.g. ``[[0, 1], [2, 3], [4, 5], [6, 7]]``.
+        stages: class groups in training order, e.g. ``[[0, 1], [2, 3], [4, 5], [6, 7]]`` or any other, such as
+            ``[[5, 2], [7, 0], [1, 6], [3, 4]]`` (:func:`class_pair_orders` draws seeded ones).
         epochs_per_stage: epochs of each stage; ``trainer.max_epochs`` must be ``len(stages) * epochs_per_stage``.
         **kwargs: the arguments of :class:`MNISTDataModule` (except ``classes``, which the stages define).
     """
