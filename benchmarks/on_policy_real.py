@@ -14,8 +14,9 @@ Stages:
    optimizer steps of ``--batch`` prompts, scored every ``--eval-every`` steps (off the clock) on the held-out prompts
    by :class:`lkd.callbacks.CompletionEvaluation`: the teacher's mean NLL per token of the student's samples and ROUGE-L
    of its greedy completion against the teacher's. Rows: sequence-level KD on the teacher's completions (forward KL:
-   off-policy); on-policy with β = 0 (forward KL) and β = 0.5 (JSD), λ = 1. Columns at equal optimizer steps and at the
-   off-policy row's training time.
+   off-policy); on-policy with β = 0.5 (JSD), λ = 1 (and β = 0, forward KL, with ``--rows``). Columns at equal optimizer
+   steps and at the off-policy row's training time. One run takes about 10 min on this 2-core CPU (the 135 M teacher's
+   forward dominates), so the defaults are small: 30 steps of 8 prompts, 32 held-out prompts.
 """
 
 from __future__ import annotations
@@ -58,15 +59,15 @@ OFF_POLICY = "seq_kd"
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_seeds_option(p, [0, 1, 2])
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--rows", nargs="+", default=["untrained", "seq_kd", "on_policy_b05"], choices=list(ROWS))
     p.add_argument("--template", default="Continue this movie review with one more sentence: {sentence}")
     p.add_argument("--n-train", type=int, default=400)
-    p.add_argument("--n-test", type=int, default=48)
+    p.add_argument("--n-test", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=15)
     p.add_argument("--skip-missing", action="store_true", help="train nothing: report the runs kept in runs.jsonl")
     p.add_argument("--workdir", type=Path, default=common.ROOT / "runs" / "on_policy_real")
     common.add_output_options(p)
