@@ -258,8 +258,8 @@ def section(results: list[dict], teacher: dict, args) -> dict:
                      "references: the three rows train on the same targets. On-policy rows differ only where the student "
                      "strays from the reference path, and this capacity-limited student (it ends below its start whatever it "
                      "learns from) gains nothing measurable there: every row but the sampled estimator is within 1 std "
-                     "of the others. A task that separates them needs a teacher whose distribution carries more than the answer (several right "
-                     "answers, or graded uncertainty), or a student with the capacity to follow it.")
+                     "of the others. A task that separates them needs a teacher whose distribution carries more "
+                     "than the answer (several right answers, or graded uncertainty), or a student with the capacity to follow it.")
     if "sampled" in by_row and warm and mean("sampled") < min(warm.values()) - 0.1:
         notes.append(f"The sampled-token estimator fell below every seed's start (to {mean('sampled'):.3f}) at lr {args.lr:g}: with a "
                      "teacher this certain, a token it rules out gets an advantage near log p_t ≈ −18, and those pushes swamp "
