@@ -59,6 +59,18 @@ def test_sixteen_bit_sampling_matches_generate_in_the_same_precision(model):
     assert torch.equal(auto.tokens, again.tokens) and int(auto.tokens.max()) < LLAMA["vocab_size"]
 
 
+def test_the_prompt_pass_computes_the_head_on_the_last_position_only(model):
+    """Like ``generate`` (``logits_to_keep=1``): the vocabulary projection of every prompt position is wasted work."""
+    widths = []
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
+    ids, mask = left_padded(PROMPTS)
+    try:
+        sample_completions(model, ids, mask, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD, temperature=0)
+    finally:
+        handle.remove()
+    assert widths and set(widths) == {1}  # the prompt pass included (its input is 5 positions wide)
+
+
 def test_no_gradient_and_eval_mode_while_sampling_and_the_mode_restored(model):
     model.train()
     modes = []

@@ -10,6 +10,7 @@ a ``torch.Generator``, so a step's samples are reproducible from its seed (resum
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -98,8 +99,9 @@ def sample_completions(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
     cache = DynamicCache()
     row_steps = 0
     try:
+        last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         logits = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                       use_cache=True).logits[:, -1]  # (R, V)
+                       use_cache=True, **last_only).logits[:, -1]  # (R, V): the head on the last position only, as generate does
         position = positions[:, -1]  # (R,)
         for t in range(max_new_tokens):
             chosen = next_tokens(logits, temperature=temperature, top_p=top_p, generator=generator)  # (R,)
