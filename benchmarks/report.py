@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 # the order of the sections in BENCHMARKS.md (result files by stem); files not named here follow, sorted
-ORDER = ("mnist_kd", "overhead", "overhead_lm", "continual", "glue", "lm_distill", "cross_tokenizer", "pretrained_students", "on_policy", "on_policy_speed", "teacher_cache", "teacher_cache_lm", "memory", "ddp", "export")
+ORDER = ("mnist_kd", "overhead", "overhead_lm", "continual", "glue", "lm_distill", "cross_tokenizer", "pretrained_students", "on_policy", "on_policy_real", "on_policy_speed", "teacher_cache", "teacher_cache_lm", "memory", "ddp", "export")
 RATIO = "{:.2f}×"
 PERCENT = {"format": "{:.2f}", "scale": 100}  # a fraction shown in % with two decimals: 0.9889 -> 98.89
 HEADER = """\
@@ -349,6 +349,21 @@ SUMMARY = (
             for row, what in (("ce", "cross-entropy only"), ("kd_ce", "distilled + cross-entropy"), ("untrained", "untrained"))},
          "teacher": in_row("pretrained_students", "bpb", name=Prefix("teacher: SmolLM2-135M-Instruct, its own tokenizer (on the pruned"),
                            spec={"aggregate": "seeds", "format": "{:.3f}"})}),
+    SummaryRow(
+        "On-policy distillation", "docs/on_policy.md", "On-policy distillation",
+        "SmolLM2-135M teaching its depth-pruned half on SST-2 prompts ({steps} steps), the teacher's NLL of the student's "
+        "samples: sequence-level KD {seq_nll}, on-policy {op_nll} (the teacher's own {teacher_nll}); arithmetic with a "
+        "capacity-limited student, exact match: off-policy KD {arith_kd}, on-policy {arith_op}; one on-policy step: lkd "
+        "{lkd} TRL's `GKDTrainer` (same work), {replay} with replay 2, TRL's defaults {trl_defaults}",
+        {"steps": in_data("on_policy_real", "steps"),
+         "seq_nll": in_row("on_policy_real", "nll", name=Prefix("sequence-level KD"), spec={"aggregate": "seeds", "format": "{:.2f}"}),
+         "op_nll": in_row("on_policy_real", "nll", name=Prefix("on-policy, β = 0.5"), spec={"aggregate": "seeds", "format": "{:.2f}"}),
+         "teacher_nll": in_row("on_policy_real", "nll", name=Prefix("teacher"), spec={"aggregate": "seeds", "format": "{:.2f}"}),
+         "arith_kd": in_row("on_policy", "em", name="off-policy KD on the references (forward KL)", spec={"aggregate": "seeds", "format": "{:.3f}"}),
+         "arith_op": in_row("on_policy", "em", name="on-policy, β = 0.5 (JSD)", spec={"aggregate": "seeds", "format": "{:.3f}"}),
+         "lkd": in_row("on_policy_speed", "ratio", loop=Prefix("lkd (`OnPolicyDistillModule`"), spec=TIMES),
+         "replay": in_row("on_policy_speed", "ratio", loop=Prefix("lkd, `replay_steps: 2`"), spec=TIMES),
+         "trl_defaults": in_row("on_policy_speed", "ratio", loop=Prefix("TRL `GKDTrainer` with its defaults"), spec=TIMES)}),
     SummaryRow(
         "Export", "docs/export.md", "Export",
         "`lkd export` → onnxruntime int8 vs torch eager fp32, throughput and metric change: MNIST {mnist}, accuracy "

@@ -110,7 +110,7 @@ def test_results_table_has_one_row_per_track_and_the_overhead():
     block = README.read_text().split(report.RESULTS_BEGIN)[1].split(report.RESULTS_END)[0]
     rows = [line for line in block.strip().splitlines()[2:]]
     assert [row.track for row in report.SUMMARY] == ["MNIST", "DKVB, class-incremental MNIST", "GLUE, your own CSV",
-                                                      "Language models, MoE routing", "Cross-tokenizer", "Pretrained students", "Export",
+                                                      "Language models, MoE routing", "Cross-tokenizer", "Pretrained students", "On-policy distillation", "Export",
                                                       "Framework overhead"]
     assert len(rows) == len(report.SUMMARY)
     assert "distilled 98.90 ± 0.12 %" in rows[0] and "distilled 99.12 ± 0.07 %" in rows[0]  # 3 seeds each: mnist_kd_few_labels.json, mnist_kd.json
