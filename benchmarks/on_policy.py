@@ -53,12 +53,14 @@ ROWS = {  # row: module options (None: the student on the references alone)
     "mixed_l05": {"lmbda": 0.5, "beta": 0.5},
     "sampled": {"lmbda": 1.0, "loss": "sampled"},
     "replay": {"lmbda": 1.0, "beta": 0.5, "replay_steps": 2},
+    "sampled_lr1e4": {"lmbda": 1.0, "loss": "sampled", "lr": 1e-4},  # the estimator at a tenth of the learning rate
 }
 LABELS = {"sft": "student on the references alone (CE)", "supervised_kd": "off-policy KD on the references (forward KL)",
           "seq_kd": "sequence-level KD (teacher's greedy completions, forward KL)", "on_policy_b0": "on-policy, β = 0 (forward KL)",
           "on_policy_b05": "on-policy, β = 0.5 (JSD)", "on_policy_b1": "on-policy, β = 1 (reverse KL)",
           "mixed_l05": "λ = 0.5 (half the rows on-policy), β = 0.5", "sampled": "on-policy, sampled-token reverse KL",
-          "replay": "on-policy, β = 0.5, each rollout trained on for 2 steps (replay)"}
+          "replay": "on-policy, β = 0.5, each rollout trained on for 2 steps (replay)",
+          "sampled_lr1e4": "on-policy, sampled-token reverse KL at lr 1e-4"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -182,12 +184,13 @@ def run(row: str, seed: int, teacher: TinyLlamaLM, args) -> dict:
     pl.seed_everything(seed, verbose=False)
     student = TinyLlamaLM(vocab_size=257, max_position_embeddings=64, seed=seed, **STUDENT)
     student.load_state_dict(warm)
-    options = ROWS[row]
+    options = dict(ROWS[row] or {}) or None
+    lr = options.pop("lr", args.lr) if options else args.lr  # a row may set its own learning rate
     if options is None:
         module = CompletionSFTModule(student, tokenizer="bytes", max_new_tokens=max_new_tokens(args), optimizer=optimizer(args.lr))
     else:
         module = OnPolicyDistillModule(student, Teacher(model=teacher), tokenizer="bytes", max_new_tokens=max_new_tokens(args), seed=seed,
-                                       optimizer=optimizer(args.lr), **options)
+                                       optimizer=optimizer(lr), **options)
     dm, eval_dm = data(args, batch=args.batch, seed=seed), data(args, batch=args.batch)
     module.connect_data(eval_dm)
     curve = Curve(eval_dm, args.eval_every)
@@ -238,7 +241,8 @@ def section(results: list[dict], teacher: dict, args) -> dict:
     mean = lambda row: statistics.mean(r["exact_match"] for r in by_row[row])  # noqa: E731
     std = lambda row: statistics.stdev([r["exact_match"] for r in by_row[row]]) if len(by_row[row]) > 1 else 0.0  # noqa: E731
     notes = []
-    on_policy = [r for r in ("on_policy_b0", "on_policy_b05", "on_policy_b1", "mixed_l05", "sampled", "replay") if r in by_row]
+    on_policy = [r for r in ("on_policy_b0", "on_policy_b05", "on_policy_b1", "mixed_l05", "sampled", "replay", "sampled_lr1e4")
+                 if r in by_row]
     if on_policy and "supervised_kd" in by_row:
         best = max(on_policy, key=mean)
         margin = (mean(best) - mean("supervised_kd")) / max(std(best), std("supervised_kd"), 1e-9)
