@@ -267,7 +267,9 @@ def section(results: list[dict], teacher: dict, args) -> dict:
     if "sampled" in by_row and warm and mean("sampled") < min(warm.values()) - 0.1:
         notes.append(f"The sampled-token estimator fell below every seed's start (to {mean('sampled'):.3f}) at lr {args.lr:g}: with a "
                      "teacher this certain, a token it rules out gets an advantage near log p_t ≈ −18, and those pushes swamp "
-                     "the rest. A smaller learning rate or clipped advantages is the next thing to try.")
+                     "the rest." + (f" At lr 1e-4 it holds ({mean('sampled_lr1e4'):.3f}, with the other rows): the estimator is "
+                                    "unbiased but noisy, so it wants a smaller step." if "sampled_lr1e4" in by_row else
+                                    " A smaller learning rate or clipped advantages is the next thing to try."))
     result = common.new_result("On-policy distillation", args, seeds=args.seeds, threads=True)
     result["intro"] = [
         f"{args.digits[0]}-to-{args.digits[1]}-digit addition written as prompts (`123+456=`) with reference answers least "
