@@ -5,6 +5,7 @@ files, and every error naming its value and fix."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import datasets
@@ -137,11 +138,13 @@ def test_a_teacher_tokenizer_gets_its_own_rendering_and_fields(tmp_path):
     assert "teacher_prompt_ids" not in next(iter(dm.val_dataloader()))
 
 
-def test_messages_column_final_assistant_message_is_the_reference(tmp_path):
+def test_messages_column_final_assistant_message_is_the_reference(tmp_path, caplog):
     chats = [{"chat": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
              {"chat": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}]}]
     dm = module(tmp_path, chats, messages_column="chat", val_split="train")
-    dm.connect("bytes", teacher_tokenizer=teacher_tokenizer())
+    with caplog.at_level(logging.INFO):
+        dm.connect("bytes", teacher_tokenizer=teacher_tokenizer())
+    assert "the tokenizer 'bytes' has no chat template: its side renders the chat messages as 'role: content'" in caplog.text
     batch = first_batch(dm)
     assert batch["teacher_prompt_text"] == ["<user>hi<assistant>", "<system>S<user>q<assistant>"]
     assert batch["prompt_text"] == ["hi", "system: S\nuser: q\nassistant: "] and batch["completion_text"] == ["yo", ""]

@@ -231,7 +231,10 @@ class PromptDataModule(SplitLoaders, pl.LightningDataModule):
             teacher = None  # the student's own tokenizer: one set of fields
         names = (tokenizer_source(source), None if teacher is None else tokenizer_source(teacher_tokenizer))
         for side, name in [(student, names[0])] + ([(teacher, names[1])] if teacher is not None else []):
-            self._uses_template(side, name)
+            if not self._uses_template(side, name) and self.messages_column and self.chat_template is None:
+                rank_zero_info(f"the tokenizer {name!r} has no chat template: its side renders the chat messages as "
+                               "'role: content' lines ending in 'assistant: ' (set data.init_args.chat_template: true to "
+                               "require a template instead)")
             if getattr(side, "eos_token_id", None) is None:
                 raise PromptDataError(f"tokenizer {name!r} has no EOS token (eos_token_id is None), which ends every reference "
                                       "and pads the batches. HINT: use a tokenizer with an EOS token")
