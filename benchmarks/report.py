@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 # the order of the sections in BENCHMARKS.md (result files by stem); files not named here follow, sorted
-ORDER = ("mnist_kd", "overhead", "overhead_lm", "continual", "glue", "lm_distill", "cross_tokenizer", "pretrained_students", "on_policy", "on_policy_real", "on_policy_speed", "teacher_cache", "teacher_cache_lm", "memory", "ddp", "export")
+ORDER = ("mnist_kd", "overhead", "overhead_lm", "continual", "glue", "lm_distill", "cross_tokenizer", "pretrained_students", "on_policy", "on_policy_real", "on_policy_routing", "on_policy_speed", "teacher_cache", "teacher_cache_lm", "memory", "ddp", "export")
 RATIO = "{:.2f}×"
 PERCENT = {"format": "{:.2f}", "scale": 100}  # a fraction shown in % with two decimals: 0.9889 -> 98.89
 HEADER = """\
