@@ -269,3 +269,20 @@ def kept_runs(name: str, workdir: Path, key: str, fields: tuple[str, ...] = ("ro
         if entry.pop("key") == key:
             kept[tuple(entry[f] for f in fields)] = entry
     return kept
+
+
+def seed_major_runs(name: str, workdir: Path, key: str, seeds: list[int], rows: list[str], run, *,
+                    skip_missing: bool = False) -> list[dict]:
+    """Every ``(row, seed)`` run, seed-major (a stopped benchmark leaves every row with the same seeds): a kept one
+    (:func:`kept_runs`) as it is, a missing one from ``run(row, seed)`` appended to ``workdir/runs.jsonl`` with its
+    ``key`` as soon as it ends, or, with ``skip_missing``, left out."""
+    done, results = kept_runs(name, workdir, key), []
+    for seed in seeds:
+        for row in rows:
+            if (row, seed) in done:
+                results.append(done[(row, seed)])
+            elif not skip_missing:
+                results.append(run(row, seed))
+                with (workdir / "runs.jsonl").open("a") as f:
+                    f.write(json.dumps({"key": key, **results[-1]}) + "\n")
+    return results

@@ -216,9 +216,6 @@ def run_key(args) -> str:
                       | {"teacher": TEACHER, "student": STUDENT}, sort_keys=True)
 
 
-def kept_runs(args) -> dict[tuple[str, int], dict]:
-    return common.kept_runs("on_policy", args.workdir, run_key(args))
-
 
 def section(results: list[dict], teacher: dict, args) -> dict:
     by_row: dict[str, list[dict]] = {}
@@ -301,17 +298,8 @@ def main() -> None:
     model, em, params = teacher_model(args)
     teacher = {"exact_match": em, "params": params}
     print(f"teacher held-out exact match {em:.3f} ({params:,} parameters)", flush=True)
-    results, done = [], kept_runs(args)
-    for seed in args.seeds:
-        for row in args.rows:
-            if (row, seed) in done:
-                results.append(done[(row, seed)])
-                continue
-            if args.skip_missing:
-                continue
-            results.append(run(row, seed, model, args))
-            with (args.workdir / "runs.jsonl").open("a") as f:
-                f.write(json.dumps({"key": run_key(args), **results[-1]}) + "\n")
+    results = common.seed_major_runs("on_policy", args.workdir, run_key(args), args.seeds, args.rows,
+                                     lambda row, seed: run(row, seed, model, args), skip_missing=args.skip_missing)
     common.finish(section(results, teacher, args), "on_policy", args)
 
 

@@ -255,17 +255,8 @@ def main() -> None:
              "test": teacher_completions(teacher, args, "validation", args.n_test)}
     reference = teacher_score(teacher, files, args)
     print(f"teacher NLL of its own samples {reference['teacher_nll']:.3f}", flush=True)
-    results, done = [], common.kept_runs("on_policy_real", args.workdir, run_key(args))
-    for seed in args.seeds:
-        for row in args.rows:
-            if (row, seed) in done:
-                results.append(done[(row, seed)])
-                continue
-            if args.skip_missing:
-                continue
-            results.append(run(row, seed, teacher, files, args))
-            with (args.workdir / "runs.jsonl").open("a") as f:
-                f.write(json.dumps({"key": run_key(args), **results[-1]}) + "\n")
+    results = common.seed_major_runs("on_policy_real", args.workdir, run_key(args), args.seeds, args.rows,
+                                     lambda row, seed: run(row, seed, teacher, files, args), skip_missing=args.skip_missing)
     common.finish(section(results, reference, args), "on_policy_real", args)
 
 

@@ -62,20 +62,20 @@ from benchmarks import common
 
 common.offline_hub()
 
-import lightning.pytorch as pl
-import torch
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
 
-from benchmarks import lm_distill
-from benchmarks.report import column, table
-from lkd.callbacks import RoutingSchedule
-from lkd.callbacks.completions import CompletionEvaluation
-from lkd.data.prompts import PromptDataModule, join_prompt_completion
-from lkd.hub import load_hub_dataset
-from lkd.losses.lm import token_logprobs
-from lkd.models.router import StudentAwareRouter
-from lkd.models.routing import AllExperts, KnowledgeAugmentation, StudentAwareGate, TeacherRouting
-from lkd.modules import CausalLMModule, OnPolicyDistillModule
-from lkd.teacher import Teacher
+from benchmarks import lm_distill  # noqa: E402
+from benchmarks.report import column, table  # noqa: E402
+from lkd.callbacks import RoutingSchedule  # noqa: E402
+from lkd.callbacks.completions import CompletionEvaluation  # noqa: E402
+from lkd.data.prompts import PromptDataModule, join_prompt_completion  # noqa: E402
+from lkd.hub import load_hub_dataset  # noqa: E402
+from lkd.losses.lm import token_logprobs  # noqa: E402
+from lkd.models.router import StudentAwareRouter  # noqa: E402
+from lkd.models.routing import AllExperts, KnowledgeAugmentation, StudentAwareGate, TeacherRouting  # noqa: E402
+from lkd.modules import CausalLMModule, OnPolicyDistillModule  # noqa: E402
+from lkd.teacher import Teacher  # noqa: E402
 
 NAME = "on_policy_routing"
 ROWS = ("plain", "all", "ka", "sar", "student_aware", "teacher")  # "teacher" last: the check, the first to drop when short
@@ -438,17 +438,8 @@ def main(argv=None) -> None:
     reference = {"name": name, "params": sum(p.numel() for p in teacher.parameters()), **teacher_scores(teacher, name, args)}
     print(f"teacher {name}: {json.dumps(reference)}", flush=True)
     key = run_key(args, name)
-    results, done = [], common.kept_runs(NAME, args.workdir, key)
-    for seed in args.seeds:
-        for row in args.rows:
-            if (row, seed) in done:
-                results.append(done[(row, seed)])
-                continue
-            if args.skip_missing:
-                continue
-            results.append(run(row, seed, teacher, name, args))
-            with (args.workdir / "runs.jsonl").open("a") as f:
-                f.write(json.dumps({"key": key, **results[-1]}) + "\n")
+    results = common.seed_major_runs(NAME, args.workdir, key, args.seeds, args.rows,
+                                     lambda row, seed: run(row, seed, teacher, name, args), skip_missing=args.skip_missing)
     common.finish(section(results, reference, args), NAME, args)
 
 

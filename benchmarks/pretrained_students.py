@@ -158,9 +158,6 @@ def run_key(args) -> str:
                       {"depth": DEPTH, "width": WIDTH}, sort_keys=True)
 
 
-def kept_runs(args) -> dict[tuple[str, int], dict]:
-    return common.kept_runs("pretrained_students", args.workdir, run_key(args))
-
 
 def run(row: str, seed: int, students: Students, args) -> dict:
     student_name, weights = ROWS[row]
@@ -323,17 +320,9 @@ def main() -> None:
             ensure_cache(pair, teacher, args)
         teachers[pair] = teacher_test(pair, teacher, args)
         print(f"teacher test bpb ({pair} blocks): {teachers[pair]['bpb']:.4f}", flush=True)
-    students, results, done = Students(teacher), [], kept_runs(args)
-    for seed in args.seeds:
-        for row in args.rows:
-            if (row, seed) in done:
-                results.append(done[(row, seed)])
-                continue
-            if args.skip_missing:
-                continue
-            results.append(run(row, seed, students, args))
-            with (args.workdir / "runs.jsonl").open("a") as f:
-                f.write(json.dumps({"key": run_key(args), **results[-1]}) + "\n")
+    students = Students(teacher)
+    results = common.seed_major_runs("pretrained_students", args.workdir, run_key(args), args.seeds, args.rows,
+                                     lambda row, seed: run(row, seed, students, args), skip_missing=args.skip_missing)
     kept_speed = args.workdir / "speed.json"  # measured once, reused by later invocations (a report of kept runs)
     timed = None
     if kept_speed.is_file():
