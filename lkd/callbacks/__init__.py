@@ -11,10 +11,11 @@ from lkd.callbacks.key_carrying import DiscreteKeyInit, KeyCarrying
 from lkd.callbacks.key_phases import EMAKeyUpdate
 from lkd.callbacks.lm_report import DistillationReport
 from lkd.callbacks.lr_monitor import LearningRateLogger
+from lkd.callbacks.on_policy_schedule import OnPolicySchedule
 from lkd.callbacks.routing import RouterExpertUsage, RoutingSchedule
 
 __all__ = [
     "CompletionEvaluation", "ConfusionMatrixFigure", "ContinualEvaluation", "DiscreteKeyInit", "DistillationReport", "EMAKeyUpdate", "FitSummary",
-    "GLUEPredictionWriter", "HParamsConfigCallback", "KeyCarrying", "LearningRateLogger", "PublishBestCheckpoint", "PublishError",
+    "GLUEPredictionWriter", "HParamsConfigCallback", "KeyCarrying", "LearningRateLogger", "OnPolicySchedule", "PublishBestCheckpoint", "PublishError",
     "RouterExpertUsage", "RoutingSchedule",
 ]
