@@ -154,7 +154,7 @@ def plan(args) -> list[dict]:
     the teachers (and DKVB teachers), then per seed every task's student alone, distilled student and DKVB
     students, then the one-seed ablations, then the other seeds of ``--late-seed-tasks``."""
     dkvb = "dkvb" in args.parts
-    jobs = [{"task": t, "row": r, "seed": 0} for t in args.tasks for r in ("teacher", *(("teacher_dkvb",) if dkvb else ()))]
+    jobs = [{"task": t, "row": r, "seed": 0} for r in ("teacher", *(("teacher_dkvb",) if dkvb else ())) for t in args.tasks]
     late = [t for t in args.tasks if t in (args.late_seed_tasks or [])]
     students = (*SEEDED, *(DKVB_ROWS[1:] if dkvb else ()))
     for i, seed in enumerate(args.seeds):
