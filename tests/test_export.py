@@ -208,6 +208,9 @@ def test_glue_student_becomes_a_sequence_classification_folder_that_pipeline_run
         ours = holder.student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
         torch.testing.assert_close(hf(**batch).logits, ours, rtol=0, atol=1e-5)
     assert result.max_abs_diff["onnx"] < 1e-4
+    loaded = load_student(result.folder)  # the folder's architecture picks the class (not a causal LM head)
+    assert type(loaded).__name__ == type(hf).__name__
+    torch.testing.assert_close(loaded(**batch).logits, ours, rtol=0, atol=1e-5)
     if num_classes == 2:
         assert hf.config.id2label == {0: "negative", 1: "positive"}
         out = pipeline("text-classification", model=str(result.folder), device="cpu")("a fine film")

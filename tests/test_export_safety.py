@@ -215,6 +215,12 @@ def _truncated_causal_lm_weights(c: Ctx):
     return (lambda: load_student(folder)), [folder]
 
 
+def _hf_folder_of_no_student_architecture(c: Ctx):
+    folder = c.folder("encoder_only")
+    (folder / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    return (lambda: load_student(folder)), [folder]
+
+
 NEW = r"HINT: choose an empty or new folder for --to"
 BAD_REQUESTS = [
     # (setup, regex the error's LAST line matches, regex the whole message also matches or None)
@@ -252,6 +258,9 @@ BAD_REQUESTS = [
     (_truncated_student_spec,
      r"^.*exported/lkd_student\.json cannot be read: it is truncated or corrupt \(JSONDecodeError.*HINT: export the student again", None),
     (_truncated_causal_lm_weights, r"^.*exported_lm/model\.safetensors cannot be read: it is truncated or corrupt .*HINT: export", None),
+    (_hf_folder_of_no_student_architecture,
+     r"^.*encoder_only/config\.json names architectures \['BertModel'\]: lkd students are sequence classifiers .*HINT: pass the "
+     r"folder `lkd export --to` wrote$", None),
 ]
 
 

@@ -146,8 +146,25 @@ def check_safetensors(path: Path) -> None:
         raise ExportError(f"{path} cannot be read: it is truncated or corrupt ({why}). {hint}") from None
 
 
+def _transformers_auto_class(config_path: Path, again: str):
+    """The transformers Auto class a Hugging Face student folder loads with, from its config's ``architectures``:
+    a sequence classifier (a GLUE student) or a causal LM; anything else is no lkd student."""
+    import transformers
+
+    try:
+        architectures = json.loads(config_path.read_text()).get("architectures") or []
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise ExportError(f"{config_path} cannot be read: it is truncated or corrupt ({type(err).__name__}). {again}") from None
+    for suffix, auto in (("ForSequenceClassification", "AutoModelForSequenceClassification"), ("ForCausalLM", "AutoModelForCausalLM")):
+        if any(str(a).endswith(suffix) for a in architectures):
+            return getattr(transformers, auto)
+    raise ExportError(f"{config_path} names architectures {architectures}: lkd students are sequence classifiers "
+                      "(…ForSequenceClassification) or causal LMs (…ForCausalLM). HINT: pass the folder `lkd export --to` wrote")
+
+
 def load_student(folder: str | Path) -> nn.Module:
-    """A student folder back as a network in eval mode: a causal LM folder through transformers, an lkd folder
+    """A student folder back as a network in eval mode: a Hugging Face folder (a GLUE student's sequence classifier, or
+    a causal LM, by its config's ``architectures``) through transformers, an lkd folder
     (``lkd_student.json``) by importing its class and loading ``model.safetensors`` (no pickles, no remote code).
 
     Raises:
@@ -161,12 +178,11 @@ def load_student(folder: str | Path) -> nn.Module:
     again = "HINT: export the student again (`lkd export ... --to FOLDER --overwrite`) or copy the folder again"
     if not spec_path.is_file():
         if (folder / "config.json").is_file():
-            from transformers import AutoModelForCausalLM
-
+            auto = _transformers_auto_class(folder / "config.json", again)
             for weights in sorted(folder.glob("*.safetensors")) or [folder / "model.safetensors"]:
                 check_safetensors(weights)
             try:
-                return AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+                return auto.from_pretrained(str(folder)).eval()
             except Exception as err:  # noqa: BLE001 - any transformers failure becomes one message naming the folder
                 reason = (str(err).strip().splitlines() or [""])[0][:200]
                 raise ExportError(f"{folder} cannot be loaded by transformers ({type(err).__name__}: {reason}). {again}") from None
