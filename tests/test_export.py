@@ -280,3 +280,35 @@ def test_an_architecture_without_an_onnx_exporter_names_the_formats_it_supports(
     holder.student = Branchy()
     with pytest.raises(ExportError, match=r"Branchy could not be exported to ONNX .*It exports as --format hf"):
         export_student(holder, tmp_path / "b", formats="onnx", spec={"class_path": "tests.test_export.Branchy", "init_args": {}})
+
+
+@pytest.mark.slow  # two ONNX exports of a BERT and the transformer optimizer: about 15 s each
+@pytest.mark.parametrize("fusable", [True, False])
+def test_a_bert_students_int8_file_runs_fused_int8_attention_in_onnxruntime(tmp_path, monkeypatch, fusable):
+    import onnx
+    import onnxruntime as ort
+    from torch import nn
+
+    import lkd.export.int8 as int8
+    from lkd.models import TransformerClassifier
+    from tests.glue_fixtures import MINILM, TINY_BERT
+
+    if not fusable:
+        monkeypatch.setattr(int8, "FUSABLE", ())
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.student = TransformerClassifier(2, MINILM, pretrained=False, config_overrides=TINY_BERT).eval()
+    result = export_student(holder, tmp_path / "glue", formats="onnx", quantize="int8")
+    assert result.int8_graph == ("fused attention" if fusable else "plain")
+    ops = {n.op_type for n in onnx.load(str(result.files["onnx_int8"])).graph.node}
+    assert ("QAttention" in ops) == fusable and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    assert holder.student.encoder.config._attn_implementation == "sdpa"  # the student's attention is put back
+    ids = torch.randint(5, 1000, (3, 40))  # longer than the export's example: dynamic axes
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    with torch.no_grad():
+        ref = holder.student(ids, mask).logits
+    out = ort.InferenceSession(str(result.files["onnx_int8"]), providers=["CPUExecutionProvider"]).run(
+        None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    assert abs(out - ref.numpy()).max() < 0.1 * max(1.0, float(ref.abs().max()))
+    assert ("QAttention" in (result.folder / "README.md").read_text()) == fusable

@@ -41,7 +41,8 @@ Only the student leaves: for a distillation module its ``student``, for a module
 
 from lkd.export.card import model_card
 from lkd.export.folder import LEGACY_FILES, MANIFEST, check_request, previous_export, read_manifest
-from lkd.export.onnx import LogitsOnly, TextLogits, example_inputs, export_onnx, quantize_int8
+from lkd.export.int8 import quantize_int8
+from lkd.export.onnx import LogitsOnly, TextLogits, example_inputs, export_onnx
 from lkd.export.result import ONNX_TOLERANCE, STUDENT_SPEC, ExportError, ExportResult, Format
 from lkd.export.saving import check_safetensors, hf_sequence_classifier, load_student
 from lkd.export.student import check_student_state, export_student, student_network

@@ -30,6 +30,9 @@ def model_card(network: nn.Module, kind: str, role: str, result: ExportResult, i
             check = result.max_abs_diff.get(role_name)
             lines.append(f"| {path.name} | {path.stat().st_size:,} | "
                          f"{'' if check is None else f'max abs logit difference to torch {check:.2e}'} |")
+    if result.int8_graph == "fused attention":
+        lines += ["", "model.int8.onnx: attention fused by onnxruntime's transformer optimizer and quantized (QAttention); it "
+                  "holds onnxruntime's own ops, so it runs in onnxruntime."]
     lines += ["", "## Loading", ""]
     if kind == "sequence_classifier":
         lines += ["```python", "from transformers import AutoModelForSequenceClassification, pipeline",

@@ -1,4 +1,4 @@
-"""A student as ONNX (torch's dynamo exporter), checked in onnxruntime, and its int8 copy."""
+"""A student as ONNX (torch's dynamo exporter), checked in onnxruntime (its int8 copy: :mod:`lkd.export.int8`)."""
 
 from __future__ import annotations
 
@@ -92,18 +92,3 @@ def onnx_max_diff(session, wrapper: nn.Module, inputs: dict[str, torch.Tensor]) 
         ref = wrapper(*inputs.values()).float().numpy()
     out = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     return float(abs(out - ref).max())
-
-
-INT8_OPS = ("MatMul", "Gemm", "Gather")
-"""The ops --quantize int8 quantizes: onnxruntime's dynamic int8 convolution (ConvInteger) ran at 0.35x the fp32
-convolution on this CPU (BENCHMARKS.md "Export"), so convolutions stay fp32."""
-
-
-def quantize_int8(fp32: Path, int8: Path) -> None:
-    """onnxruntime's dynamic int8 quantization of the matrix products' and embeddings' weights (activations at run
-    time); :data:`INT8_OPS` only."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS))
-
-

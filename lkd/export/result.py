@@ -26,3 +26,4 @@ class ExportResult:
     files: dict[str, Path] = field(default_factory=dict)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     kept: list[Path] = field(default_factory=list)
+    int8_graph: str | None = None  # "fused attention" or "plain" (lkd.export.int8.quantize_int8), None: no int8 file

@@ -10,7 +10,8 @@ from torch import nn
 
 from lkd.export.card import model_card
 from lkd.export.folder import check_request, commit, files_under, staging, write_manifest
-from lkd.export.onnx import example_inputs, export_onnx, logits_wrapper, onnx_max_diff, quantize_int8
+from lkd.export.int8 import quantize_int8
+from lkd.export.onnx import example_inputs, export_onnx, logits_wrapper, onnx_max_diff
 from lkd.export.result import ONNX_TOLERANCE, ExportError, ExportResult, Format
 from lkd.export.saving import hf_sequence_classifier, save_causal_lm, save_lkd_student, save_sequence_classifier
 
@@ -114,7 +115,8 @@ def export_student(module: nn.Module, to: str | Path, *, formats: Format = "hf",
                 import onnxruntime as ort
 
                 result.files["onnx_int8"] = stage / "model.int8.onnx"
-                quantize_int8(result.files["onnx"], result.files["onnx_int8"])
+                result.int8_graph = quantize_int8(result.files["onnx"], result.files["onnx_int8"], example=inputs,
+                                                  text_classifier=network if kind == "sequence_classifier" else None)
                 session = ort.InferenceSession(str(result.files["onnx_int8"]), providers=["CPUExecutionProvider"])
                 result.max_abs_diff["onnx_int8"] = onnx_max_diff(session, logits_wrapper(network, kind, inputs), inputs)
         result.files = {role_name: path for role_name, path in result.files.items() if path.is_file()}
