@@ -7,7 +7,8 @@ lose" ablations on one seed.
 
 Every run is an ordinary ``lkd fit`` of a YAML under configs/glue/ with the overrides of its row (task, epochs,
 paths), run in a subprocess with ``OMP_NUM_THREADS=1``, ``--jobs`` at a time, each kept as one line of
-``WORKDIR/runs.jsonl`` (a rerun skips what is there). A teacher is trained once per task; its logits on train
+``WORKDIR/runs.jsonl`` (a rerun skips what is there; a run interrupted mid-way goes on from its ``latest.ckpt``,
+the state lkd writes every epoch, so its time counts only the last process). A teacher is trained once per task; its logits on train
 and validation are cached (``teacher.cache``, written by the first distilled run of the task) and every
 distilled row with ``cos_weight: 0`` reads the cache instead of running the teacher. Batches are grouped by length (``group_by_length``) and
 the token embeddings frozen (``freeze_embeddings``) in every row, for CPU time. The score is the task's
@@ -121,12 +122,15 @@ def run_job(job: dict, workdir: Path) -> dict:
 
     common.offline_hub()
     common.threads_from_env()
+    runs_dir = workdir / "tb" / f"{job['task']}_{job['row']}_s{job['seed']}"
+    latest = sorted(runs_dir.glob("version_*/checkpoints/latest.ckpt"), key=lambda p: p.stat().st_mtime)
+    resume = [f"--ckpt_path={latest[-1]}"] if latest else []  # an interrupted run goes on from its last epoch
     start = time.perf_counter()
-    cli = LKDCLI(args=job_args(job, workdir))
+    cli = LKDCLI(args=job_args(job, workdir) + resume)
     seconds = time.perf_counter() - start
     m = cli.trainer.callback_metrics
     names = (*glue_metric_names(job["task"], cli.model.num_classes), "score")
-    curve = dev_curve(Path(cli.trainer.logger.log_dir), names)
+    curve = dev_curve(runs_dir, names)
     metrics = {name: round(100 * float(m[f"val/{name}"]), 2) for name in names}
     if job["row"].startswith("teacher") and curve:  # a teacher is the best epoch's checkpoint (what its students read)
         metrics = {name: round(100 * v, 2) for name, v in max(curve, key=lambda e: e["score"]).items() if name in names}
@@ -134,17 +138,18 @@ def run_job(job: dict, workdir: Path) -> dict:
             "params": count_parameters(cli.model.trained_model), "steps": cli.trainer.global_step, "budget": BUDGET[job["task"]]}
 
 
-def dev_curve(log_dir: Path, names: tuple[str, ...]) -> list[dict]:
-    """The dev metrics at every validation of a run, read back from its TensorBoard events: [{"step", "score", ...}]."""
+def dev_curve(runs_dir: Path, names: tuple[str, ...]) -> list[dict]:
+    """The dev metrics at every validation of a run, read back from its TensorBoard events (every version: a resumed
+    run logs into a new one, later versions win a step they share): [{"step", "score", ...}]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = [f"val/{n}" for n in names if f"val/{n}" in events.Tags()["scalars"]]
     by_step: dict[int, dict] = {}
-    for tag in tags:
-        for e in events.Scalars(tag):
-            by_step.setdefault(e.step, {"step": e.step})[tag.removeprefix("val/")] = float(e.value)
+    for log_dir in sorted(runs_dir.glob("version_*"), key=lambda p: int(p.name.split("_")[-1])):
+        events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        for tag in [f"val/{n}" for n in names if f"val/{n}" in events.Tags()["scalars"]]:
+            for e in events.Scalars(tag):
+                by_step.setdefault(e.step, {"step": e.step})[tag.removeprefix("val/")] = float(e.value)
     return [by_step[k] for k in sorted(by_step) if "score" in by_step[k]]
 
 
