@@ -352,12 +352,15 @@ SUMMARY = (
     SummaryRow(
         "On-policy distillation", "docs/on_policy.md", "On-policy distillation",
         "SmolLM2-135M teaching its depth-pruned half on SST-2 prompts ({steps} steps), the teacher's NLL of the student's "
-        "samples: sequence-level KD {seq_nll}, on-policy {op_nll} (the teacher's own {teacher_nll}); arithmetic with a "
+        "samples (lower is better) and ROUGE-L against its completions: sequence-level KD {seq_nll}, {seq_rouge}; on-policy "
+        "{op_nll}, {op_rouge}; half the rows sampled (λ = 0.5) {mix_nll}, {mix_rouge} (the teacher's own NLL {teacher_nll}); arithmetic with a "
         "capacity-limited student, exact match: off-policy KD {arith_kd}, on-policy {arith_op}; one on-policy step: lkd "
         "{lkd} TRL's `GKDTrainer` (same work), {replay} with replay 2, TRL's defaults {trl_defaults}",
         {"steps": in_data("on_policy_real", "steps"),
-         "seq_nll": in_row("on_policy_real", "nll", name=Prefix("sequence-level KD"), spec={"aggregate": "seeds", "format": "{:.2f}"}),
-         "op_nll": in_row("on_policy_real", "nll", name=Prefix("on-policy, β = 0.5"), spec={"aggregate": "seeds", "format": "{:.2f}"}),
+         **{f"{key}_{col}": in_row("on_policy_real", col if col == "nll" else "rouge", name=Prefix(prefix),
+                                   spec={"aggregate": "seeds", "format": "{:.2f}" if col == "nll" else "{:.3f}"})
+            for key, prefix in (("seq", "sequence-level KD on"), ("op", "on-policy, β = 0.5"), ("mix", "λ = 0.5"))
+            for col in ("nll", "rouge")},
          "teacher_nll": in_row("on_policy_real", "nll", name=Prefix("teacher"), spec={"aggregate": "seeds", "format": "{:.2f}"}),
          "arith_kd": in_row("on_policy", "em", name="off-policy KD on the references (forward KL)", spec={"aggregate": "seeds", "format": "{:.3f}"}),
          "arith_op": in_row("on_policy", "em", name="on-policy, β = 0.5 (JSD)", spec={"aggregate": "seeds", "format": "{:.3f}"}),
