@@ -64,6 +64,8 @@ VARIANTS = {
     # the search where the recipe forgets (keys and encoder still never see a label)
     "dkvb_pca_adam_keys2048": ("continual_dkvb_pca.yaml", ["--model.init_args.model.init_args.num_keys=2048"],
                                "as dkvb_pca_adam with 2048 keys per codebook (4x: fewer keys shared by two digits)"),
+    "dkvb_pca_adam_keys4096": ("continual_dkvb_pca.yaml", ["--model.init_args.model.init_args.num_keys=4096"],
+                               "as dkvb_pca_adam with 4096 keys per codebook (8x)"),
     "dkvb_pca_adam_1epoch": ("continual_dkvb_pca.yaml", ["--data.init_args.epochs_per_stage=1", "--trainer.max_epochs=4"],
                              "as dkvb_pca_adam with 1 epoch per stage (fewer updates to the values a new pair shares)"),
 }
