@@ -43,36 +43,35 @@ BUDGET = {"mrpc": (None, 8, 4, 32, 128), "rte": (None, 10, 4, 32, 128), "cola": 
 TEACHER_LR, STUDENT_LR = 1e-4, 2e-4  # the first recipe's 5e-5 left teachers short of their plateau and students under-trained
 # torchdistill's GLUE KD temperatures (BERT-Base <- BERT-Large), with its alpha 0.9; STS-B is a regression (MSE, no T)
 TEMPERATURE = {"sst2": 3, "rte": 5, "cola": 7, "mrpc": 11, "stsb": 1}
-RECIPE = {"alpha": 0.9, "student_init": "teacher", "lr": STUDENT_LR}
+ALPHA = 0.9
 CACHE, TRANSFER_CACHE = "teacher_cache.pt", "teacher_cache_transfer.pt"
-# name: (config, teacher row it reads, what, extra overrides, teacher cache file or None: a live teacher)
+TASK_T = "T"  # in a row's overrides: the task's TEMPERATURE (job_args writes it)
+TEACHER_LR_ARG = f"--model.init_args.optimizer.init_args.lr={TEACHER_LR}"
 LR = f"--model.init_args.optimizer.init_args.lr={STUDENT_LR}"
 KD = ["--model.init_args.cos_weight=0", LR]
+RECIPE_LOSS = [*KD, f"--model.init_args.alpha={ALPHA}", TASK_T]  # the recipe's loss and learning rate
+FROM_TEACHER = "--model.init_args.student_init=teacher"
+# name: (config, teacher row it reads, what, extra overrides, teacher cache file or None: a live teacher)
 ROWS = {
-    "teacher": ("teacher.yaml", None, f"MiniLM-L6 fine-tuned (6 layers), lr {TEACHER_LR:g}, best epoch",
-                [f"--model.init_args.optimizer.init_args.lr={TEACHER_LR}"], None),
+    "teacher": ("teacher.yaml", None, f"MiniLM-L6 fine-tuned (6 layers), lr {TEACHER_LR:g}, best epoch", [TEACHER_LR_ARG], None),
     "student_alone": ("student_alone.yaml", None, f"3-layer student fine-tuned alone, lr {STUDENT_LR:g}", [LR], None),
-    "student_kd": ("student_kd.yaml", "teacher", f"distilled: α·T²·KL + (1−α)·CE, α {RECIPE['alpha']}, T per task (torchdistill's), "
-                   f"student from the teacher's layers 0, 2, 5, lr {STUDENT_LR:g} (cached teacher)",
-                   [*KD, f"--model.init_args.alpha={RECIPE['alpha']}", "--model.init_args.student_init=teacher", "T"], CACHE),
+    "student_kd": ("student_kd.yaml", "teacher", f"distilled: α·T²·KL + (1−α)·CE, α {ALPHA}, T per task (torchdistill's), "
+                   f"student from the teacher's layers 0, 2, 5, lr {STUDENT_LR:g} (cached teacher)", [*RECIPE_LOSS, FROM_TEACHER], CACHE),
     # one-seed ablations of the recipe (every task, the first seed)
     "kd_a05_t2": ("student_kd.yaml", "teacher", "distilled, α 0.5, T 2 (lkd's first recipe), student from the teacher's layers",
-                  [*KD, "--model.init_args.student_init=teacher"], CACHE),
+                  [*KD, FROM_TEACHER], CACHE),
     "kd_pretrained_init": ("student_kd.yaml", "teacher", "distilled as the recipe, student from the pretrained layers 0, 2, 5",
-                           [*KD, f"--model.init_args.alpha={RECIPE['alpha']}", "T"], CACHE),
+                           RECIPE_LOSS, CACHE),
     "kd_transfer": ("student_kd.yaml", "teacher", "distilled as the recipe on a transfer set twice the train split (1 changed copy "
                     "per example, 30 % of words replaced, teacher-labelled)",
-                    [*KD, f"--model.init_args.alpha={RECIPE['alpha']}", "--model.init_args.student_init=teacher", "T",
-                     "--data.init_args.transfer_copies=1"], TRANSFER_CACHE),
-    # the DKVB variants (the first seed, --dkvb-task), the recipe's loss and learning rate
-    "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)",
-                     [f"--model.init_args.optimizer.init_args.lr={TEACHER_LR}"], None),
-    "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features",
-                        [*KD, f"--model.init_args.alpha={RECIPE['alpha']}", "T"], CACHE),
+                    [*RECIPE_LOSS, FROM_TEACHER, "--data.init_args.transfer_copies=1"], TRANSFER_CACHE),
+    # the DKVB variants (every task and seed), the recipe's loss and learning rate
+    "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [TEACHER_LR_ARG], None),
+    "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features", RECIPE_LOSS, CACHE),
     "student_dkvb_keyinit": ("student_dkvb_keyinit.yaml", "teacher", "distilled + DKVB, keys init from teacher embeddings",
-                             [*KD, f"--model.init_args.alpha={RECIPE['alpha']}", "T"], None),
+                             RECIPE_LOSS, None),
     "student_dkvb_carry": ("student_dkvb_carry.yaml", "teacher_dkvb", "distilled + DKVB, keys+values carried from the DKVB teacher every 100 steps",
-                           [*KD, f"--model.init_args.alpha={RECIPE['alpha']}", "T"], None),
+                           RECIPE_LOSS, None),
 }
 SEEDED = ("student_alone", "student_kd")
 ABLATIONS = ("kd_a05_t2", "kd_pretrained_init", "kd_transfer")
@@ -103,7 +102,7 @@ def job_args(job: dict, workdir: Path) -> list[str]:
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={workdir / 'tb'}",
         f"--trainer.logger.init_args.name={task}_{name}_s{seed}", f"--best_checkpoint.path={out}.ckpt",
         f"--model.init_args.{role}.init_args.freeze_embeddings=true", "--data.init_args.group_by_length=true",
-        *(f"--model.init_args.temperature={TEMPERATURE[task]}" if e == "T" else e for e in extra),
+        *(f"--model.init_args.temperature={TEMPERATURE[task]}" if e == TASK_T else e for e in extra),
     ]
     if train_size is not None:
         args.append(f"--data.init_args.train_size={train_size}")
@@ -407,7 +406,7 @@ def write_report(args, workdir: Path) -> None:
         "student = MiniLM-L6's embeddings + 3 layers (0, 2, 5): the student alone starts from the pretrained layers, the "
         "distilled student from the fine-tuned teacher's (DistilBERT-style init; the ablation row starts it from the "
         f"pretrained ones). Students train at lr {STUDENT_LR:g}; the distilled loss is α·T²·KL + (1−α)·CE with "
-        f"torchdistill's GLUE settings (α {RECIPE['alpha']}, T = " + ", ".join(f"{t} {TEMPERATURE[t]}" for t in tasks) + "). "
+        f"torchdistill's GLUE settings (α {ALPHA}, T = " + ", ".join(f"{t} {TEMPERATURE[t]}" for t in tasks) + "). "
         "Token embeddings frozen in every row (`freeze_embeddings: true`, for CPU time). Distilled rows read the teacher's "
         "cached logits (one teacher per task, seed 0) unless the row says live. Student score = GLUE dev score (mean of the "
         "task's metrics, %) of the final weights; retained = student mean / teacher. Speed = teacher CPU inference time / "
