@@ -101,3 +101,11 @@ def test_a_module_that_does_not_sample_is_refused_at_setup():
     model = LMDistillModule(TinyLlamaLM(**LLAMA, seed=1), Teacher(model=TinyLlamaLM(**LLAMA, seed=0)), tokenizer="bytes")
     with pytest.raises(ValueError, match="drives an OnPolicyDistillModule"):
         OnPolicySchedule(off_policy_steps=1).setup(trainer, model, "fit")
+
+
+def test_a_second_fit_keeps_the_modules_own_beta(task):
+    schedule, record = OnPolicySchedule(off_policy_steps=2, off_policy_beta=0.0), Record()
+    model = module(beta=0.5)
+    fit(model, data(task), [schedule], steps=1)  # ends in the off-policy phase: the module's beta is 0 now
+    fit(model, data(task), [schedule, record], steps=3)
+    assert [(s, b) for s, _, b, _ in record.seen] == [(0, 0.0), (1, 0.0), (2, 0.5)]

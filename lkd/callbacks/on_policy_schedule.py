@@ -45,7 +45,7 @@ class OnPolicySchedule(Callback):
         if problems:
             raise ValueError("OnPolicySchedule: " + "; ".join(problems))
         self.off_policy_steps, self.lmbda, self.off_policy_beta, self.ramp_steps = off_policy_steps, lmbda, off_policy_beta, ramp_steps
-        self.beta: float | None = None  # the module's own β, read at setup
+        self.beta: float | None = None  # the module's own β, read at the first setup
 
     def values(self, step: int) -> tuple[float, float]:
         """``(λ, β)`` at optimizer step ``step``."""
@@ -64,7 +64,8 @@ class OnPolicySchedule(Callback):
         if pl_module.teacher.cache_path is not None:
             raise ValueError("OnPolicySchedule: the teacher is a cache, which cannot score the student's samples after "
                              f"{self.off_policy_steps} steps; give the live teacher (model.init_args.teacher.init_args.cache: null)")
-        self.beta = pl_module.beta
+        if self.beta is None:  # the module's own β, before this callback first set it (a second fit must not read ours)
+            self.beta = pl_module.beta
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
