@@ -68,6 +68,11 @@ VARIANTS = {
                                "as dkvb_pca_adam with 4096 keys per codebook (8x)"),
     "dkvb_pca_adam_1epoch": ("continual_dkvb_pca.yaml", ["--data.init_args.epochs_per_stage=1", "--trainer.max_epochs=4"],
                              "as dkvb_pca_adam with 1 epoch per stage (fewer updates to the values a new pair shares)"),
+    "dkvb_pca_adam_batch_classes": ("continual_dkvb_pca.yaml", ["--model.init_args.loss_classes=batch"],
+                                    "as dkvb_pca_adam with the training softmax over the batch's classes (labels trick): "
+                                    "a new pair does not push down the logits of earlier digits"),
+    "mlp_adam_batch_classes": ("continual_mlp.yaml", ["--model.init_args.loss_classes=batch"],
+                               "MLP with the training softmax over the batch's classes (labels trick)"),
 }
 # the rows README.md's results table reads, and the joint ceiling beside them
 DEFAULT_ROWS = ["mlp_adam", "dkvb_pca_adam", "dkvb_pca_adam_no_deskew", "dkvb_pca_adam_joint"]

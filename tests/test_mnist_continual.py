@@ -190,3 +190,21 @@ def test_an_arbitrary_order_from_the_cli_gives_its_groups_and_a_full_matrix(stag
         final = [(cli.model(images).argmax(-1) == labels).float().mean() for images, labels in
                  (data.group_tensors("test", g) for g in range(4))]
     torch.testing.assert_close(matrix[-1], torch.stack(final))
+
+
+def test_batch_classes_loss_keeps_the_earlier_pairs(tmp_path, tiny_mnist):
+    """The labels trick (softmax over the batch's classes): later pairs never push the first pair's logits down, so the
+    same MLP that forgets the first pair with the ordinary cross-entropy keeps it."""
+    results = {}
+    for loss_classes in ("all", "batch"):
+        trainer, module, data, evaluation, _ = continual_run(tmp_path / loss_classes, tiny_mnist)
+        module.loss_classes = loss_classes
+        trainer.fit(module, datamodule=data)
+        results[loss_classes] = evaluation.matrix.compute()
+    assert results["all"][2, 0] < 0.5 < results["batch"][2, 0]
+    assert (results["batch"].diagonal() > 0.5).all()
+
+
+def test_bad_loss_classes_is_named():
+    with pytest.raises(ValueError, match=r"loss_classes must be 'all' or 'batch' .*got 'present'"):
+        ClassifierModule(tiny_mlp, num_classes=4, loss_classes="present")

@@ -4,6 +4,7 @@ knowledge distillation of a student from a frozen teacher (Hinton et al. 2015)."
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lkd.losses import hinton_kd_loss, labelled_rows
+from lkd.losses import hinton_kd_loss, labelled_rows, present_class_cross_entropy
 from lkd.losses.kd import kd_problems
 from lkd.modules.base import LKDModule, StepOutput
 from lkd.schedules import ScheduleName
@@ -89,16 +90,24 @@ class ClassifierModule(MNISTModule):
         model: network factory (YAML ``class_path`` + ``init_args``; ``num_classes`` comes from the data).
         num_classes, optimizer, lr_schedule: see :class:`MNISTModule`.
         label_smoothing: cross-entropy label smoothing in [0, 1).
+        loss_classes: which classes the training softmax spans: ``all`` (the ordinary cross-entropy) or ``batch``,
+            the classes present in the batch (:func:`lkd.losses.present_class_cross_entropy`, the "labels trick"
+            for class-incremental streams: a new stage does not push down the logits of earlier classes).
+            Validation and test always score over all classes.
     """
 
     def __init__(self, model: ModelFactory, num_classes: int = 10, optimizer: OptimizerCallable = torch.optim.Adam,
-                 lr_schedule: ScheduleName = "onecycle", label_smoothing: float = 0.0):
+                 lr_schedule: ScheduleName = "onecycle", label_smoothing: float = 0.0,
+                 loss_classes: Literal["all", "batch"] = "all"):
         super().__init__(num_classes, optimizer, lr_schedule)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if loss_classes not in ("all", "batch"):
+            raise ValueError(f"loss_classes must be 'all' or 'batch' (the classes present in the batch), got {loss_classes!r}")
         self.save_hyperparameters(ignore=["model", "optimizer"])
         self.model = model(num_classes)
         self.label_smoothing = label_smoothing
+        self.loss_classes = loss_classes
 
     @property
     @override
@@ -107,8 +116,11 @@ class ClassifierModule(MNISTModule):
 
     @override
     def loss(self, batch, logits, stage):
-        smoothing = self.label_smoothing if stage == "train" else 0.0
-        return F.cross_entropy(logits.float(), batch[1], label_smoothing=smoothing), {}
+        if stage != "train":
+            return F.cross_entropy(logits.float(), batch[1]), {}
+        if self.loss_classes == "batch":
+            return present_class_cross_entropy(logits, batch[1], label_smoothing=self.label_smoothing), {}
+        return F.cross_entropy(logits.float(), batch[1], label_smoothing=self.label_smoothing), {}
 
 
 class DistillModule(MNISTModule):
