@@ -158,3 +158,19 @@ def tiny_wikitext(tmp_path_factory) -> Path:
     splits = {"validation": datasets.Dataset.from_dict({"text": make_lines(300, 0)}),
               "test": datasets.Dataset.from_dict({"text": make_lines(100, 1)})}
     return write_hub_dataset(root, WIKITEXT_CONFIG, splits)
+
+
+@pytest.fixture(scope="module")
+def arithmetic_task(tmp_path_factory) -> dict[str, Path]:
+    """The on-policy tests' prompt task: 24 training and 8 test sums of 1- and 2-digit numbers (JSON-lines files)."""
+    from lkd.data.arithmetic import write_arithmetic_task
+
+    return write_arithmetic_task(tmp_path_factory.mktemp("arith"), n_train=24, n_test=8, digits=(1, 2), seed=0)
+
+
+def arithmetic_prompts(task: dict[str, Path], **kw):
+    """A PromptDataModule over ``task`` (no validation split: 8 rows of train held out), batches of 4; ``kw`` override."""
+    from lkd.data.prompts import PromptDataModule
+
+    settings = {"val_split": None, "val_size": 8, "batch_size": 4}
+    return PromptDataModule(data_files={"train": str(task["train"]), "test": str(task["test"])}, **{**settings, **kw})

@@ -7,23 +7,13 @@ import pytest
 import torch
 
 from lkd.data.arithmetic import write_arithmetic_task
-from lkd.data.prompts import PromptDataModule
 from lkd.models import TinyLlamaLM
 from lkd.modules.on_policy import OnPolicyDistillModule
 from lkd.teacher import Teacher
+from tests.lm_fixtures import arithmetic_prompts
 
 LLAMA = {"vocab_size": 257, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 48,
          "max_position_embeddings": 64}
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_arithmetic_task(tmp_path_factory.mktemp("arith"), n_train=24, n_test=8, digits=(1, 2), seed=0)
-
-
-def data(task, **kw) -> PromptDataModule:
-    return PromptDataModule(data_files={"train": str(task["train"]), "test": str(task["test"])}, val_split=None, val_size=8,
-                            batch_size=4, **kw)
 
 
 def module(**kw) -> OnPolicyDistillModule:
@@ -45,11 +35,11 @@ def fit(model, dm, steps: int = 2) -> pl.Trainer:
     {"loss": "jsd", "beta": 0.0, "lmbda": 0.0, "off_policy": "teacher"},
     {"loss": "jsd", "beta": 0.0, "lmbda": 0.0, "off_policy": "reference", "ce_weight": 1.0},
 ])
-def test_every_mode_trains_the_student_and_leaves_the_teacher(task, options):
+def test_every_mode_trains_the_student_and_leaves_the_teacher(arithmetic_task, options):
     model = module(**options)
     before = [p.detach().clone() for p in model.student.parameters()]
     teacher_before = [p.detach().clone() for p in model.teacher.parameters()]
-    trainer = fit(model, data(task))
+    trainer = fit(model, arithmetic_prompts(arithmetic_task))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.student.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, model.teacher.parameters(), strict=True))
     metrics = trainer.callback_metrics
@@ -57,10 +47,10 @@ def test_every_mode_trains_the_student_and_leaves_the_teacher(task, options):
     assert float(metrics["train/on_policy_rows"]) == pytest.approx(options["lmbda"], abs=0.5)
 
 
-def test_prompt_tokens_never_enter_the_loss(task):
+def test_prompt_tokens_never_enter_the_loss(arithmetic_task):
     """The divergence over a batch is unchanged when the teacher's logits at prompt positions are garbage."""
     model = module(lmbda=0.0, beta=0.5)
-    dm = data(task)
+    dm = arithmetic_prompts(arithmetic_task)
     model.connect_data(dm)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -104,7 +94,7 @@ def test_a_teacher_cache_is_refused(tmp_path):
         OnPolicyDistillModule(TinyLlamaLM(**LLAMA, seed=1), teacher, tokenizer="bytes")
 
 
-def test_completion_evaluation_scores_what_the_student_writes_and_shows_it_in_tensorboard(task, tmp_path):
+def test_completion_evaluation_scores_what_the_student_writes_and_shows_it_in_tensorboard(arithmetic_task, tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -114,7 +104,7 @@ def test_completion_evaluation_scores_what_the_student_writes_and_shows_it_in_te
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, logger=TensorBoardLogger(str(tmp_path), name="run"),
                          callbacks=[CompletionEvaluation(checker="exact_match", show=2)])
-    trainer.fit(model, datamodule=data(task))
+    trainer.fit(model, datamodule=arithmetic_prompts(arithmetic_task))
     metrics = trainer.callback_metrics
     assert 0 <= float(metrics["val/exact_match"]) <= 1 and 0 <= float(metrics["val/rougeL_reference"]) <= 1
     assert 0 <= float(metrics["val/rougeL_teacher"]) <= 1 and float(metrics["val/teacher_nll"]) > 0
@@ -130,12 +120,12 @@ def test_an_unknown_checker_is_refused_with_the_choices():
         CompletionEvaluation(checker="exact")
 
 
-def test_completion_sft_trains_on_completion_tokens_only_and_is_scored_without_a_teacher(task):
+def test_completion_sft_trains_on_completion_tokens_only_and_is_scored_without_a_teacher(arithmetic_task):
     from lkd.callbacks import CompletionEvaluation
     from lkd.modules import CompletionSFTModule
 
     model = CompletionSFTModule(TinyLlamaLM(**LLAMA, seed=1), tokenizer="bytes", max_new_tokens=4)
-    dm = data(task)
+    dm = arithmetic_prompts(arithmetic_task)
     model.connect_data(dm)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -160,12 +150,12 @@ def test_arithmetic_answers_can_be_written_least_significant_digit_first(tmp_pat
         assert row["completion"] == ("-" if value < 0 else "") + str(abs(value))[::-1]
 
 
-def test_replay_reuses_a_rollout_for_the_next_steps(task):
+def test_replay_reuses_a_rollout_for_the_next_steps(arithmetic_task):
     model = module(lmbda=1.0, replay_steps=2)
     calls = []
     original = model.sample
     model.sample = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
-    fit(model, data(task), steps=4)
+    fit(model, arithmetic_prompts(arithmetic_task), steps=4)
     assert len(calls) == 2  # steps 0 and 2 roll out; 1 and 3 train on the stored rollout (validation samples nothing)
     with pytest.raises(ValueError, match="replay_steps must be >= 1"):
         module(replay_steps=0)

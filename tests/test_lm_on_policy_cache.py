@@ -12,7 +12,6 @@ from lightning.pytorch.callbacks import Callback
 
 from lkd.cache import StaleTeacherCacheError, TeacherCache
 from lkd.cache.store import CacheableData
-from lkd.data.arithmetic import write_arithmetic_task
 from lkd.data.prompts import PromptDataModule, join_prompt_completion
 from lkd.losses.kd import teacher_topk
 from lkd.models import TinyLlamaLM
@@ -21,22 +20,13 @@ from lkd.teacher import Teacher
 from lkd.tokenizers import ByteTokenizer
 from tests.conftest import CONFIGS
 from tests.helpers import tiny_trainer
+from tests.lm_fixtures import arithmetic_prompts
 
 LLAMA = {"vocab_size": 257, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 48,
          "max_position_embeddings": 64}
 K, NEW = 8, 4  # top_k, max_new_tokens
 
 trainer = partial(tiny_trainer, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0)
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_arithmetic_task(tmp_path_factory.mktemp("arith"), n_train=24, n_test=8, digits=(1, 2), seed=0)
-
-
-def data(task, **kw) -> PromptDataModule:
-    settings = {"val_split": None, "val_size": 8, "batch_size": 4}
-    return PromptDataModule(data_files={"train": str(task["train"]), "test": str(task["test"])}, **{**settings, **kw})
 
 
 def teacher_net(seed: int) -> TinyLlamaLM:
@@ -58,8 +48,8 @@ def module(cache=None, *, teacher_seed: int = 0, cache_top_k: int = 32, **kw) ->
     return OnPolicyDistillModule(TinyLlamaLM(**LLAMA, seed=1), teacher, tokenizer="bytes", **{**settings, **kw})
 
 
-def build(path, task, dtype: str = "float16", **kw) -> TeacherCache:
-    return module(path, **kw).write_teacher_cache(data(task), path, dtype=dtype)
+def build(path, arithmetic_task, dtype: str = "float16", **kw) -> TeacherCache:
+    return module(path, **kw).write_teacher_cache(arithmetic_prompts(arithmetic_task), path, dtype=dtype)
 
 
 def ready(model: OnPolicyDistillModule, dm: PromptDataModule) -> PromptDataModule:
@@ -76,12 +66,12 @@ def refuse_teacher(model: OnPolicyDistillModule) -> None:
 
 
 # ---- what the cache holds -----------------------------------------------------------------------------------
-def test_the_cache_holds_the_teachers_greedy_completions_and_its_top_k_along_them(tmp_path, task):
-    cache = build(tmp_path / "c.pt", task, dtype="float32")
+def test_the_cache_holds_the_teachers_greedy_completions_and_its_top_k_along_them(tmp_path, arithmetic_task):
+    cache = build(tmp_path / "c.pt", arithmetic_task, dtype="float32")
     assert cache.targets == {"kind": "lm_completions", "k": K, "temperature": 2.0, "vocab": 257, "max_new_tokens": NEW}
     assert cache.stages == ["train", "val"]
     live = module()
-    dm = ready(live, data(task))
+    dm = ready(live, arithmetic_prompts(arithmetic_task))
     assert isinstance(dm, CacheableData) and dm.cache_identity("val").rows == 8
     for stage in ("train", "val"):
         batches = list(dm.cache_batches(stage))
@@ -105,13 +95,13 @@ def test_the_cache_holds_the_teachers_greedy_completions_and_its_top_k_along_the
 
 # ---- the loss -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-5), ("float16", 2e-3)])
-def test_a_cached_step_equals_the_live_sequence_level_kd_step(tmp_path, task, dtype, tolerance):
+def test_a_cached_step_equals_the_live_sequence_level_kd_step(tmp_path, arithmetic_task, dtype, tolerance):
     path = tmp_path / "c.pt"
-    build(path, task, dtype=dtype)
+    build(path, arithmetic_task, dtype=dtype)
     live, cached = module(loss="jsd_topk"), module(path)
     assert cached.loss_name == "jsd_topk"  # the default with a cache
-    dm = ready(live, data(task))
-    ready(cached, data(task))
+    dm = ready(live, arithmetic_prompts(arithmetic_task))
+    ready(cached, arithmetic_prompts(arithmetic_task))
     cached.teacher.attach_cache(dm, cached.cache_description())
     refuse_teacher(cached)
     lengths = []
@@ -137,19 +127,19 @@ class Losses(Callback):
         self.values.append(float(outputs["loss"]))
 
 
-def test_the_first_fit_writes_the_cache_and_a_cached_fit_never_runs_the_teacher(tmp_path, task):
+def test_the_first_fit_writes_the_cache_and_a_cached_fit_never_runs_the_teacher(tmp_path, arithmetic_task):
     from lkd.callbacks import CompletionEvaluation
 
     path = tmp_path / "c.pt"
     first = module(path)
-    trainer(tmp_path, max_steps=1).fit(first, datamodule=data(task))
+    trainer(tmp_path, max_steps=1).fit(first, datamodule=arithmetic_prompts(arithmetic_task))
     assert path.is_file() and first.teacher.store is not None and first.teacher.store.stages == ["train", "val"]
     model = module(path)
     refuse_teacher(model)
     before = [p.detach().clone() for p in model.student.parameters()]
     evaluation = CompletionEvaluation(checker="exact_match", compare_teacher=False, teacher_nll=False)
     fit = trainer(tmp_path, num_sanity_val_steps=1, callbacks=[evaluation])
-    fit.fit(model, datamodule=data(task))
+    fit.fit(model, datamodule=arithmetic_prompts(arithmetic_task))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.student.parameters(), strict=True))
     metrics = fit.callback_metrics
     assert float(metrics["train/on_policy_rows"]) == 0 and torch.isfinite(metrics["train/divergence"])
@@ -157,23 +147,23 @@ def test_the_first_fit_writes_the_cache_and_a_cached_fit_never_runs_the_teacher(
     # CompletionEvaluation's teacher columns run the teacher, which a cached fit still holds
     model = module(path)
     fit = trainer(tmp_path, limit_train_batches=1, callbacks=[CompletionEvaluation()])
-    fit.fit(model, datamodule=data(task))
+    fit.fit(model, datamodule=arithmetic_prompts(arithmetic_task))
     assert float(fit.callback_metrics["val/teacher_nll"]) > 0 and "val/rougeL_teacher" in fit.callback_metrics
 
 
-def test_a_cached_fit_resumes_like_an_uninterrupted_one(tmp_path, task):
+def test_a_cached_fit_resumes_like_an_uninterrupted_one(tmp_path, arithmetic_task):
     """Two epochs straight, or resumed from the first epoch's checkpoint (the teacher refusing to run): the same losses
     and student."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     path = tmp_path / "c.pt"
-    build(path, task)
+    build(path, arithmetic_task)
 
     def run(ckpt_path=None, callbacks=()):
         model, losses = module(path), Losses()
         refuse_teacher(model)
         trainer(tmp_path, max_epochs=2, callbacks=[losses, *callbacks], enable_checkpointing=bool(callbacks)).fit(
-            model, datamodule=data(task), ckpt_path=ckpt_path)
+            model, datamodule=arithmetic_prompts(arithmetic_task), ckpt_path=ckpt_path)
         return model, losses.values
 
     straight, straight_losses = run(callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)])
@@ -214,10 +204,10 @@ def test_what_a_cache_cannot_serve_is_refused_naming_the_fix(tmp_path, options, 
     ({"teacher_seed": 5}, r"teacher\.sha256"),
     ({"val_size": 6}, r"train\.rows: cache 16 vs this run 18"),
 ])
-def test_a_cache_written_with_other_settings_is_refused_before_any_step(tmp_path, task, change, message):
+def test_a_cache_written_with_other_settings_is_refused_before_any_step(tmp_path, arithmetic_task, change, message):
     path = tmp_path / "c.pt"
-    build(path, task)
-    dm = data(task, val_size=change.pop("val_size")) if "val_size" in change else data(task)
+    build(path, arithmetic_task)
+    dm = arithmetic_prompts(arithmetic_task, **({"val_size": change.pop("val_size")} if "val_size" in change else {}))
     model = module(path, **change)
     steps = []
     model.training_step = lambda *a: steps.append(1)  # noqa: ARG005

@@ -9,27 +9,15 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lkd.callbacks import RouterExpertUsage, RoutingSchedule
-from lkd.data.arithmetic import write_arithmetic_task
-from lkd.data.prompts import PromptDataModule
 from lkd.models.router import StudentAwareRouter
 from lkd.models.routing import AllExperts, KnowledgeAugmentation, NoMoELayersError, StudentAwareGate, TeacherRouting
 from lkd.modules.on_policy import OnPolicyDistillModule
 from lkd.modules.on_policy_routing import real_text_mask, routed_scores
 from lkd.teacher import Teacher
-from tests.lm_fixtures import tiny_student, tiny_teacher
+from tests.lm_fixtures import arithmetic_prompts, tiny_student, tiny_teacher
 
 ROUTINGS = {"teacher": TeacherRouting, "all": AllExperts, "ka": lambda: KnowledgeAugmentation(repeats=2), "sar": StudentAwareGate,
             "student_aware": StudentAwareRouter}
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_arithmetic_task(tmp_path_factory.mktemp("arith"), n_train=24, n_test=4, digits=(1, 2), seed=0)
-
-
-def data(task) -> PromptDataModule:
-    return PromptDataModule(data_files={"train": str(task["train"]), "test": str(task["test"])}, val_split=None, val_size=8,
-                            batch_size=4)
 
 
 def module(router=None, **kw) -> OnPolicyDistillModule:
@@ -43,9 +31,9 @@ def trainer(**kw) -> pl.Trainer:
                          "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0, **kw})
 
 
-def first_batch(task, *models) -> dict:
+def first_batch(arithmetic_task, *models) -> dict:
     """The first training batch, the models connected to the data (its end-of-sequence and pad ids)."""
-    dm = data(task)
+    dm = arithmetic_prompts(arithmetic_task)
     for model in models:
         model.connect_data(dm)
     dm.setup("fit")
@@ -53,14 +41,14 @@ def first_batch(task, *models) -> dict:
 
 
 @pytest.mark.parametrize("mode", list(ROUTINGS))
-def test_every_routing_mode_distils_on_the_students_samples(task, mode):
+def test_every_routing_mode_distils_on_the_students_samples(arithmetic_task, mode):
     model = module(ROUTINGS[mode](), lmbda=1.0)
     teacher_before = [p.detach().clone() for p in model.teacher.parameters()]
     student_before = [p.detach().clone() for p in model.student.parameters()]
     router_before = [p.detach().clone() for p in model.router.parameters()]
     callbacks = [RoutingSchedule(start_top_k=1, end_top_k=4, figure_every_n_steps=None)] if mode == "student_aware" else []
     fit = trainer(callbacks=[*callbacks, RouterExpertUsage(log_every_n_steps=1)])
-    fit.fit(model, datamodule=data(task))
+    fit.fit(model, datamodule=arithmetic_prompts(arithmetic_task))
     metrics = fit.callback_metrics
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, model.teacher.parameters(), strict=True))  # frozen
     assert any(not torch.equal(a, b) for a, b in zip(student_before, model.student.parameters(), strict=True))
@@ -80,19 +68,19 @@ def test_every_routing_mode_distils_on_the_students_samples(task, mode):
         assert "router/top_k" in metrics and model.routed_teacher.top_k == 3
 
 
-def test_teacher_routing_gives_the_loss_of_no_router(task):
+def test_teacher_routing_gives_the_loss_of_no_router(arithmetic_task):
     plain, routed, mixed = module(None), module(TeacherRouting()), module(AllExperts())
-    batch = first_batch(task, plain, routed, mixed)
+    batch = first_batch(arithmetic_task, plain, routed, mixed)
     a, b = plain.step(batch, "train"), routed.step(batch, "train")
     assert torch.equal(a.loss, b.loss) and torch.equal(a.terms["divergence"], b.terms["divergence"])
-    assert not torch.equal(mixed.step(batch, "train").loss, a.loss)  # a routing that mixes more experts moves it  # a routing that mixes more experts moves it
+    assert not torch.equal(mixed.step(batch, "train").loss, a.loss)  # a routing that mixes more experts moves it
 
 
-def test_the_routed_teacher_scores_padded_rows_like_the_teacher_itself(task):
+def test_the_routed_teacher_scores_padded_rows_like_the_teacher_itself(arithmetic_task):
     """The routed passes get the attention mask and positions of the left-padded prompts: the teacher's own routing
     through them reproduces its plain forward, which differs from a forward that ignores the padding."""
     model = module(TeacherRouting(), lmbda=0.0)
-    batch = first_batch(task, model)
+    batch = first_batch(arithmetic_task, model)
     ids, mask = batch["prompt_ids"], batch["prompt_mask"]
     assert (mask == 0).any()  # some rows are padded
     inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
@@ -105,11 +93,11 @@ def test_the_routed_teacher_scores_padded_rows_like_the_teacher_itself(task):
     assert (unpadded[real] - own[real]).abs().max() > 1e-3
 
 
-def test_knowledge_augmentation_averages_its_passes(task, monkeypatch):
+def test_knowledge_augmentation_averages_its_passes(arithmetic_task, monkeypatch):
     """With no sampled expert sets every pass is the same: the average of three passes is one pass's loss, and the
     teacher runs three times."""
     plain, single, model = module(), module(KnowledgeAugmentation(sampling_prob=0.0, repeats=1)), module(KnowledgeAugmentation(sampling_prob=0.0, repeats=3))
-    batch = first_batch(task, plain, single, model)
+    batch = first_batch(arithmetic_task, plain, single, model)
     one = single.step(batch, "train")
     calls = []
     forward = model.teacher.model.forward
@@ -120,9 +108,9 @@ def test_knowledge_augmentation_averages_its_passes(task, monkeypatch):
     assert not torch.equal(one.loss, plain.step(batch, "train").loss)  # E − 1 experts are not the teacher's top-2
 
 
-def test_student_aware_router_reads_the_students_hidden_states_and_learns_only_through_the_teacher(task):
+def test_student_aware_router_reads_the_students_hidden_states_and_learns_only_through_the_teacher(arithmetic_task):
     model = module(StudentAwareRouter(), lmbda=1.0, router_balance_weight=0.01)
-    batch = first_batch(task, model)
+    batch = first_batch(arithmetic_task, model)
     out = model.step(batch, "train")
     assert model.reads_student and out.terms["router_balance"] > 0
     grads = torch.autograd.grad(out.terms["router_loss"], list(model.router.parameters()), allow_unused=True, retain_graph=True)
@@ -140,12 +128,12 @@ def test_the_routed_teachers_lm_loss_reads_real_text_only():
     assert torch.equal(got, want)
 
 
-def test_resume_keeps_the_router_state(task, tmp_path):
+def test_resume_keeps_the_router_state(arithmetic_task, tmp_path):
     """Two epochs straight, or resumed from the first epoch's checkpoint: the same router and student."""
     def run(ckpt_path=None, callbacks=()):
         model = module(StudentAwareGate(), lmbda=1.0)
         trainer(max_epochs=2, limit_val_batches=0, callbacks=list(callbacks), enable_checkpointing=bool(callbacks)).fit(
-            model, datamodule=data(task), ckpt_path=ckpt_path)
+            model, datamodule=arithmetic_prompts(arithmetic_task), ckpt_path=ckpt_path)
         return model
 
     straight = run(callbacks=[ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)])

@@ -7,25 +7,14 @@ import pytest
 import torch
 
 from lkd.callbacks import OnPolicySchedule
-from lkd.data.arithmetic import write_arithmetic_task
-from lkd.data.prompts import PromptDataModule
 from lkd.models import TinyLlamaLM
 from lkd.modules import LMDistillModule
 from lkd.modules.on_policy import OnPolicyDistillModule
 from lkd.teacher import Teacher
+from tests.lm_fixtures import arithmetic_prompts
 
 LLAMA = {"vocab_size": 257, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 48,
          "max_position_embeddings": 64}
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_arithmetic_task(tmp_path_factory.mktemp("arith"), n_train=32, n_test=8, digits=(1, 2), seed=0)
-
-
-def data(task) -> PromptDataModule:
-    return PromptDataModule(data_files={"train": str(task["train"]), "test": str(task["test"])}, val_split=None, val_size=8,
-                            batch_size=4)
 
 
 def module(**kw) -> OnPolicyDistillModule:
@@ -51,13 +40,13 @@ def fit(model, dm, callbacks, steps: int, **kw) -> pl.Trainer:
     return trainer
 
 
-def test_the_student_samples_only_after_the_off_policy_steps_with_the_modules_beta(task):
+def test_the_student_samples_only_after_the_off_policy_steps_with_the_modules_beta(arithmetic_task):
     record = Record()
     model = module()
     calls = []
     original = model.sample
     model.sample = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
-    fit(model, data(task), [OnPolicySchedule(off_policy_steps=3, lmbda=1.0, off_policy_beta=0.0), record], steps=5)
+    fit(model, arithmetic_prompts(arithmetic_task), [OnPolicySchedule(off_policy_steps=3, lmbda=1.0, off_policy_beta=0.0), record], steps=5)
     assert [(s, lam, b) for s, lam, b, _ in record.seen] == [(0, 0.0, 0.0), (1, 0.0, 0.0), (2, 0.0, 0.0), (3, 1.0, 0.5), (4, 1.0, 0.5)]
     assert [rows for *_, rows in record.seen] == [0.0, 0.0, 0.0, 1.0, 1.0]
     assert len(calls) == 2  # the student generated at steps 3 and 4 only
@@ -70,17 +59,18 @@ def test_the_ramp_reaches_lmbda_linearly():
         (0.0, 0.5), (0.0, 0.5), (pytest.approx(0.2), 0.5), (pytest.approx(0.4), 0.5), (pytest.approx(0.8), 0.5), (pytest.approx(0.8), 0.5)]
 
 
-def test_a_resumed_run_is_in_the_same_phase(task, tmp_path):
+def test_a_resumed_run_is_in_the_same_phase(arithmetic_task, tmp_path):
     straight = Record()
     torch.manual_seed(0)
-    fit(module(), data(task), [OnPolicySchedule(off_policy_steps=2), straight], steps=4)
+    fit(module(), arithmetic_prompts(arithmetic_task), [OnPolicySchedule(off_policy_steps=2), straight], steps=4)
     first = module()
-    fit(first, data(task), [OnPolicySchedule(off_policy_steps=2), pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    fit(first, arithmetic_prompts(arithmetic_task), [OnPolicySchedule(off_policy_steps=2), checkpoint],
         steps=2, enable_checkpointing=True)
     resumed = Record()
     trainer = pl.Trainer(max_steps=4, logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          num_sanity_val_steps=0, callbacks=[OnPolicySchedule(off_policy_steps=2), resumed], enable_checkpointing=False)
-    trainer.fit(module(), datamodule=data(task), ckpt_path=tmp_path / "last.ckpt")
+    trainer.fit(module(), datamodule=arithmetic_prompts(arithmetic_task), ckpt_path=tmp_path / "last.ckpt")
     assert [(s, lam) for s, lam, *_ in resumed.seen] == [(s, lam) for s, lam, *_ in straight.seen[2:]] == [(2, 1.0), (3, 1.0)]
 
 
@@ -103,9 +93,9 @@ def test_a_module_that_does_not_sample_is_refused_at_setup():
         OnPolicySchedule(off_policy_steps=1).setup(trainer, model, "fit")
 
 
-def test_a_second_fit_keeps_the_modules_own_beta(task):
+def test_a_second_fit_keeps_the_modules_own_beta(arithmetic_task):
     schedule, record = OnPolicySchedule(off_policy_steps=2, off_policy_beta=0.0), Record()
     model = module(beta=0.5)
-    fit(model, data(task), [schedule], steps=1)  # ends in the off-policy phase: the module's beta is 0 now
-    fit(model, data(task), [schedule, record], steps=3)
+    fit(model, arithmetic_prompts(arithmetic_task), [schedule], steps=1)  # ends in the off-policy phase: the module's beta is 0 now
+    fit(model, arithmetic_prompts(arithmetic_task), [schedule, record], steps=3)
     assert [(s, b) for s, _, b, _ in record.seen] == [(0, 0.0), (1, 0.0), (2, 0.5)]

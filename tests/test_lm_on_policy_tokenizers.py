@@ -10,23 +10,18 @@ import pytest
 import torch
 
 from lkd.data.alignment import align_completion, spell_tokens
-from lkd.data.arithmetic import write_arithmetic_task
-from lkd.data.prompts import PromptDataModule, join_prompt_completion
+from lkd.data.prompts import join_prompt_completion
 from lkd.losses.cross_tokenizer import binary_kl
 from lkd.losses.lm import token_logprobs
 from lkd.models import TinyLlamaLM
 from lkd.modules.on_policy import OnPolicyDistillModule
 from lkd.teacher import Teacher
 from lkd.tokenizers import ByteTokenizer, byte_tokenizer_fast, token_bytes, train_byte_level_bpe
+from tests.lm_fixtures import arithmetic_prompts
 
 LLAMA = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 48, "max_position_embeddings": 96}
 TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return write_arithmetic_task(tmp_path_factory.mktemp("arith"), n_train=24, n_test=8, digits=(1, 2), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +39,6 @@ def templated_bytes():
     tok = byte_tokenizer_fast()
     tok.chat_template = TEMPLATE
     return tok
-
-
-def data(task, **kw) -> PromptDataModule:
-    return PromptDataModule(data_files={"train": str(task["train"]), "test": str(task["test"])}, val_split=None, val_size=8,
-                            batch_size=4, **kw)
 
 
 def module(tokenizer="bytes", teacher_tokenizer=None, *, student_vocab=257, teacher_vocab=257, teacher=None, **kw):
@@ -94,12 +84,12 @@ def test_a_completion_aligns_with_the_teachers_reading_and_ends_with_its_eos(bpe
 
 
 # ---- the loss --------------------------------------------------------------------------------------------------------
-def test_alm_across_an_identity_pair_is_the_binary_kl_of_each_token_and_zero_for_the_same_model(task):
+def test_alm_across_an_identity_pair_is_the_binary_kl_of_each_token_and_zero_for_the_same_model(arithmetic_task):
     """Student "bytes", teacher the same ids through another tokenizer object: every completion byte (and the EOS) is a
     chunk of its own, so ALM is the mean binary KL of the two models' token probabilities, computed here directly on
     the one-tokenizer sequences; and zero when the teacher is the student."""
     model = module(teacher_tokenizer=byte_tokenizer_fast(), lmbda=0.0, loss="alm")
-    batch = first_batch(model, data(task))
+    batch = first_batch(model, arithmetic_prompts(arithmetic_task))
     assert model.cross_tokenizer and torch.equal(batch["teacher_prompt_ids"], batch["prompt_ids"])
     divergence = model.step(batch, "train").terms["divergence"]
     ids, attention, loss_mask = join_prompt_completion(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
@@ -114,17 +104,17 @@ def test_alm_across_an_identity_pair_is_the_binary_kl_of_each_token_and_zero_for
     for loss in ("alm", "shared_kl"):
         same = module(teacher_tokenizer=byte_tokenizer_fast(), lmbda=0.0, loss=loss)
         same.teacher.model.load_state_dict(same.student.state_dict())
-        same.connect_data(data(task))
+        same.connect_data(arithmetic_prompts(arithmetic_task))
         assert abs(float(same.step(batch, "train").terms["divergence"].detach())) < 1e-9, loss
 
 
 @pytest.mark.parametrize("loss", ["alm", "shared_kl"])
-def test_prompt_tokens_never_enter_the_loss_across_tokenizers(task, bpe, loss):
+def test_prompt_tokens_never_enter_the_loss_across_tokenizers(arithmetic_task, bpe, loss):
     """BPE student, byte teacher with its own chat template, sampled and reference rows: garbage teacher logits at its
     prompt positions (all but the last, which predicts the completion's first token) leave the loss as it is; garbage
     from there on changes it. Every predicted chunk lies in both sides' completions."""
     model = module(bpe, templated_bytes(), student_vocab=300, lmbda=0.5, loss=loss, seed=2)
-    batch = first_batch(model, data(task))
+    batch = first_batch(model, arithmetic_prompts(arithmetic_task))
     assert batch["teacher_prompt_text"][0].startswith("<user>") and not batch["prompt_text"][0].startswith("<user>")
     honest = model.step(batch, "train").terms["divergence"]
     (prompt_ids, _, completion_ids, completion_mask, on), _ = model.rollout_and_batch(batch, "train")
@@ -153,7 +143,7 @@ def test_prompt_tokens_never_enter_the_loss_across_tokenizers(task, bpe, loss):
     {"loss": "alm", "lmbda": 0.5, "off_policy": "teacher", "ce_weight": 0.5},
     {"loss": "shared_kl", "lmbda": 1.0, "replay_steps": 2},
 ])
-def test_a_short_fit_trains_the_student_and_scores_across_tokenizers(task, bpe, options):
+def test_a_short_fit_trains_the_student_and_scores_across_tokenizers(arithmetic_task, bpe, options):
     from lkd.callbacks import CompletionEvaluation
 
     model = module(bpe, templated_bytes(), student_vocab=300, **options)
@@ -162,7 +152,7 @@ def test_a_short_fit_trains_the_student_and_scores_across_tokenizers(task, bpe, 
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[CompletionEvaluation(checker="exact_match")])
-    trainer.fit(model, datamodule=data(task))
+    trainer.fit(model, datamodule=arithmetic_prompts(arithmetic_task))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.student.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, model.teacher.parameters(), strict=True))
     metrics = trainer.callback_metrics
