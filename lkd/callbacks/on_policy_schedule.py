@@ -25,7 +25,8 @@ class OnPolicySchedule(Callback):
     and β is ``off_policy_beta`` during the off-policy steps (0 = forward KL, the usual sequence-level KD) and the
     module's own β after. The values are set before every training batch, so a run resumed with ``ckpt_path=`` is in
     the same phase (nothing to save: they are a function of the step). Logged as ``on_policy/lmbda`` and
-    ``on_policy/beta``.
+    ``on_policy/beta``. Validation scores the divergence at the β in force: with ``off_policy_beta`` unlike the
+    module's β, ``val/divergence`` changes meaning at the switch (compare within a phase, or the completion metrics).
 
     Args:
         off_policy_steps: optimizer steps with λ = 0 (> 0).
