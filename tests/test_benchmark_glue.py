@@ -1,0 +1,50 @@
+"""benchmarks/glue.py's plan and resuming (no training): the order jobs start in, and which kept runs count."""
+
+import argparse
+import json
+
+import pytest
+
+from benchmarks import glue
+
+
+def plan_args(**kw) -> argparse.Namespace:
+    defaults = {"tasks": ["mrpc", "rte"], "seeds": [0, 1, 2], "parts": ["ablations", "dkvb"], "ablation_tasks": ["mrpc"],
+                "late_seed_tasks": []}
+    return argparse.Namespace(**{**defaults, **kw})
+
+
+def test_plan_starts_teachers_then_first_seed_and_every_job_after_what_it_reads():
+    jobs = [glue.key(j) for j in glue.plan(plan_args())]
+    assert len(jobs) == len(set(jobs))
+    assert jobs[:2] == [("mrpc", "teacher", 0), ("rte", "teacher", 0)]
+    position = {k: i for i, k in enumerate(jobs)}
+    for k in jobs:
+        for dep in glue.depends_on(glue.job_of(k)):
+            assert position[dep] < position[k], (dep, k)
+    # the plain students of every seed come before the DKVB teachers; every DKVB row runs on every seed
+    assert max(position[(t, r, s)] for t in ("mrpc", "rte") for r in glue.SEEDED for s in (0, 1, 2)) < position[("mrpc", "teacher_dkvb", 0)]
+    assert {(t, r, s) for t in ("mrpc", "rte") for r in glue.DKVB_ROWS[1:] for s in (0, 1, 2)} <= set(jobs)
+    assert {k for k in jobs if k[1] in glue.ABLATIONS} == {("mrpc", r, 0) for r in glue.ABLATIONS}
+
+
+def test_recipe_ignores_paths_and_follows_the_budget(monkeypatch, tmp_path):
+    job = {"task": "mrpc", "row": "student_kd", "seed": 1}
+    first = glue.recipe(job)
+    assert glue.recipe({**job, "metrics": {}, "score": 1.0}) == first  # a finished record fingerprints as its job
+    assert glue.recipe({**job, "seed": 2}) != first
+    monkeypatch.setitem(glue.BUDGET, "mrpc", (None, 5, 3, 32, 128))  # one student epoch fewer
+    assert glue.recipe(job) != first
+
+
+def test_load_runs_keeps_current_recipes_only(monkeypatch, tmp_path):
+    monkeypatch.setattr(glue.common.report, "RESULTS_DIR", tmp_path / "results")  # no committed runs
+    current = {"task": "rte", "row": "teacher", "seed": 0}
+    stale = {"task": "rte", "row": "student_alone", "seed": 0}
+    lines = [{"key": glue.RUN_KEY, "recipe": glue.recipe(current), **current, "score": 60.0},
+             {"key": glue.RUN_KEY, "recipe": "0" * 12, **stale, "score": 55.0},
+             {"key": "glue-v1", "recipe": glue.recipe(stale), **stale, "score": 50.0}]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    runs = glue.load_runs(tmp_path)
+    assert list(runs) == [("rte", "teacher", 0)]
+    assert runs[("rte", "teacher", 0)]["score"] == pytest.approx(60.0)
