@@ -3,7 +3,7 @@ in the original order (0,1) → (2,3) → (4,5) → (6,7) and in seeded random o
 
     python benchmarks/continual.py                  # 5 random orders + the original; resumes from runs/continual/runs.jsonl
     python benchmarks/continual.py --skip-missing   # train nothing: report the runs kept
-    python benchmarks/continual.py --orders 2 --only mlp_adam dkvb_pca_adam --workdir /tmp/cont_trial/runs \\
+    python benchmarks/continual.py --orders 2 --only mlp_adam dkvb_pca_adagrad --workdir /tmp/cont_trial/runs \\
         --results-dir /tmp/cont_trial --data.init_args.train_size=2000 --trainer.limit_train_batches=5   # a trial
 
 Orders: :func:`lkd.data.class_pair_orders` (``--orders K`` random ones after the original, drawn from ``--order-seed``;
@@ -16,7 +16,7 @@ once, at the original order and the first seed. Any ``--data.*``, ``--model.*`` 
 to every fit (a tiny trial) and is part of each run's recipe fingerprint.
 
 Resuming: each finished run is appended to ``WORKDIR/runs.jsonl`` under its row, order, seed and recipe (a hash of
-the parsed YAML and every override, so a changed recipe trains again); a run found there, or in the committed
+the parsed YAML with every override applied, so a changed recipe trains again); a run found there, or in the committed
 ``benchmarks/results/continual.json``, is not trained again. Writes ``continual.json`` and the "Continual class
 pairs" section of BENCHMARKS.md after every order.
 """
@@ -48,34 +48,49 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "mnist"
 RUN_KEY = "continual-orders-v1"  # the protocol: metrics as below, test split; recipes are fingerprinted per run
 RUN_FIELDS = ("row", "order", "seed", "recipe")
 PASSED_ON = ("--data.", "--model.", "--trainer.")  # overrides given to every fit
-SGD = ['--model.init_args.optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 1.0}}']
+def optimizer(name: str, lr: float) -> list[str]:
+    """The override that trains the values with ``torch.optim.<name>(lr=lr)``."""
+    return [f'--model.init_args.optimizer={{"class_path": "torch.optim.{name}", "init_args": {{"lr": {lr}}}}}']
+
+
+SGD, ADAM = optimizer("SGD", 1.0), optimizer("Adam", 0.001)  # ADAM: the recipe before Adagrad
 JOINT = ["--data.init_args.stages=[[0, 1, 2, 3, 4, 5, 6, 7]]", "--data.init_args.epochs_per_stage=3", "--trainer.max_epochs=3"]
 NO_DESKEW = ["--model.init_args.model.init_args.encoder.init_args.deskew=false"]
+PCA_KEYS = "deskew + PCA encoder + keys: fitted on all unlabelled train images, then frozen"
 VARIANTS = {
-    # name: (config, overrides, what keys / encoder saw)
+    # name: (config, overrides, what keys / encoder saw, and what differs)
     "mlp_adam": ("continual_mlp.yaml", [], "no keys; MLP trained on the stages"),
     "dkvb_adam": ("continual_dkvb.yaml", [], "the original notebook's sizes; keys: EMA on all unlabelled train images, then frozen"),
     "dkvb_sgd": ("continual_dkvb.yaml", SGD, "keys: EMA on all unlabelled train images, then frozen"),
     "dkvb_paper_sgd": ("continual_dkvb_paper.yaml", [], "keys: EMA on all unlabelled train images, then frozen"),
-    "dkvb_pca_adam": ("continual_dkvb_pca.yaml", [], "deskew + PCA encoder + keys: fitted on all unlabelled train images, then frozen"),
-    "dkvb_pca_adam_no_deskew": ("continual_dkvb_pca.yaml", NO_DESKEW, "PCA encoder + keys: fitted on all unlabelled train images, then frozen"),
-    "dkvb_pca_sgd": ("continual_dkvb_pca.yaml", SGD, "deskew + PCA encoder + keys: fitted on all unlabelled train images, then frozen"),
-    "dkvb_pca_adam_joint": ("continual_dkvb_pca.yaml", JOINT, "reference: all 8 classes at once, 3 epochs (one order)"),
-    # the search where the recipe forgets (keys and encoder still never see a label)
-    "dkvb_pca_adam_keys2048": ("continual_dkvb_pca.yaml", ["--model.init_args.model.init_args.num_keys=2048"],
+    # lkd's recipe (configs/mnist/continual_dkvb_pca.yaml): values trained with Adagrad lr 0.1
+    "dkvb_pca_adagrad": ("continual_dkvb_pca.yaml", [], f"{PCA_KEYS}; values: Adagrad lr 0.1"),
+    "dkvb_pca_adagrad_no_deskew": ("continual_dkvb_pca.yaml", NO_DESKEW, "PCA encoder + keys: fitted on all unlabelled train images, "
+                                   "then frozen; values: Adagrad lr 0.1"),
+    "dkvb_pca_adagrad_joint": ("continual_dkvb_pca.yaml", JOINT, "reference: all 8 classes at once, 3 epochs (one order)"),
+    # the previous recipe (values with Adam) and the search where it forgets (keys and encoder never see a label)
+    "dkvb_pca_adam": ("continual_dkvb_pca.yaml", ADAM, f"{PCA_KEYS}; values: Adam lr 1e-3 (the recipe before Adagrad)"),
+    "dkvb_pca_adam_no_deskew": ("continual_dkvb_pca.yaml", [*ADAM, *NO_DESKEW], "as dkvb_pca_adam without deskew"),
+    "dkvb_pca_sgd": ("continual_dkvb_pca.yaml", SGD, f"{PCA_KEYS}; values: SGD lr 1"),
+    "dkvb_pca_adam_joint": ("continual_dkvb_pca.yaml", [*ADAM, *JOINT], "reference for dkvb_pca_adam: all 8 classes at once, 3 epochs"),
+    "dkvb_pca_adam_keys2048": ("continual_dkvb_pca.yaml", [*ADAM, "--model.init_args.model.init_args.num_keys=2048"],
                                "as dkvb_pca_adam with 2048 keys per codebook (4x: fewer keys shared by two digits)"),
-    "dkvb_pca_adam_keys4096": ("continual_dkvb_pca.yaml", ["--model.init_args.model.init_args.num_keys=4096"],
+    "dkvb_pca_adam_keys4096": ("continual_dkvb_pca.yaml", [*ADAM, "--model.init_args.model.init_args.num_keys=4096"],
                                "as dkvb_pca_adam with 4096 keys per codebook (8x)"),
-    "dkvb_pca_adam_1epoch": ("continual_dkvb_pca.yaml", ["--data.init_args.epochs_per_stage=1", "--trainer.max_epochs=4"],
+    "dkvb_pca_adam_1epoch": ("continual_dkvb_pca.yaml", [*ADAM, "--data.init_args.epochs_per_stage=1", "--trainer.max_epochs=4"],
                              "as dkvb_pca_adam with 1 epoch per stage (fewer updates to the values a new pair shares)"),
-    "dkvb_pca_adam_batch_classes": ("continual_dkvb_pca.yaml", ["--model.init_args.loss_classes=batch"],
+    "dkvb_pca_adam_batch_classes": ("continual_dkvb_pca.yaml", [*ADAM, "--model.init_args.loss_classes=batch"],
                                     "as dkvb_pca_adam with the training softmax over the batch's classes (labels trick): "
                                     "a new pair does not push down the logits of earlier digits"),
+    "dkvb_pca_adagrad_lr003": ("continual_dkvb_pca.yaml", optimizer("Adagrad", 0.03),
+                               "as dkvb_pca_adagrad with lr 0.03: a value's steps shrink with the gradient it has had, so the "
+                               "values of keys used in earlier stages move less"),
+    "dkvb_pca_adagrad_lr03": ("continual_dkvb_pca.yaml", optimizer("Adagrad", 0.3), "as dkvb_pca_adagrad with lr 0.3"),
     "mlp_adam_batch_classes": ("continual_mlp.yaml", ["--model.init_args.loss_classes=batch"],
                                "MLP with the training softmax over the batch's classes (labels trick)"),
 }
-# the rows README.md's results table reads, and the joint ceiling beside them
-DEFAULT_ROWS = ["mlp_adam", "dkvb_pca_adam", "dkvb_pca_adam_no_deskew", "dkvb_pca_adam_joint"]
+# the rows README.md's results table reads, the previous recipe and the joint ceiling beside them
+DEFAULT_ROWS = ["mlp_adam", "dkvb_pca_adagrad", "dkvb_pca_adam", "dkvb_pca_adagrad_no_deskew", "dkvb_pca_adagrad_joint"]
 
 
 def per_order(name: str) -> bool:
@@ -88,12 +103,25 @@ def order_label(stages: list[list[int]]) -> str:
     return " → ".join("(" + ",".join(map(str, g)) + ")" for g in stages)
 
 
-def recipe(name: str, extra: list[str]) -> str:
-    """A fingerprint of what ``name`` trains: the parsed YAML (comments do not count), its overrides and ``extra``."""
+def effective_config(name: str, extra: list[str]) -> dict:
+    """What ``name`` trains: its parsed YAML with its overrides and ``extra`` applied (``--a.b=value`` sets
+    ``settings[a][b]`` to ``value`` parsed as YAML, as the CLI reads it)."""
     config, overrides, _ = VARIANTS[name]
     settings = yaml.safe_load((CONFIGS / config).read_text())
-    text = json.dumps({"config": settings, "overrides": overrides, "extra": extra}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    for arg in [*overrides, *extra]:
+        dotted, _, value = arg.removeprefix("--").partition("=")
+        *parents, leaf = dotted.split(".")
+        node = settings
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = yaml.safe_load(value)
+    return settings
+
+
+def recipe(name: str, extra: list[str]) -> str:
+    """A fingerprint of what ``name`` trains (:func:`effective_config`; comments and spelling do not count: a YAML
+    holding an override's value gives the same fingerprint as the override)."""
+    return hashlib.sha256(json.dumps(effective_config(name, extra), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def matrix_values(matrix: torch.Tensor) -> list[list[float | None]]:
@@ -259,7 +287,9 @@ def pearson(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sx * sy) if sx and sy else float("nan")
 
 
-def section(results: list[dict], orders: list[list[list[int]]], args) -> dict:
+def section(results: list[dict], orders: list[list[list[int]]], args, others: list[dict] = ()) -> dict:
+    """The report of ``results`` (the rows and orders asked for); ``others``, kept runs of the current recipes that were
+    not asked for this time, stay in its data so that a run of a few rows never drops the rest."""
     original = order_label(orders[0])
     rows, tables_after, by_row = [], [], {}
     for r in results:
@@ -299,7 +329,7 @@ def section(results: list[dict], orders: list[list[list[int]]], args) -> dict:
     ]
     result["tables"] = [table(COLUMNS, rows), *tables_after]
     result["notes"] = notes(by_row, original, len(random_labels), args)
-    result["data"] = {"run_key": RUN_KEY, "runs": results, "orders": orders}
+    result["data"] = {"run_key": RUN_KEY, "runs": [*results, *others], "orders": orders}
     return result
 
 
@@ -363,7 +393,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--digits", type=int, nargs="+", default=list(range(8)),
                         help="the digits the random orders are drawn from (4 pairs; see lkd.data.class_pair_orders)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=DEFAULT_ROWS)
-    parser.add_argument("--target", choices=list(VARIANTS), default="dkvb_pca_adam", help="the recipe the notes judge")
+    parser.add_argument("--target", choices=list(VARIANTS), default="dkvb_pca_adagrad", help="the recipe the notes judge")
     parser.add_argument("--skip-missing", action="store_true", help="train nothing: report the runs kept")
     parser.add_argument("--workdir", type=Path, default=common.ROOT / "runs" / "continual",
                         help="runs.jsonl and the TensorBoard logs")
@@ -382,6 +412,8 @@ def main() -> None:
     orders = class_pair_orders(args.orders, seed=args.order_seed, digits=args.digits)
     recipes = {name: recipe(name, args.extra) for name in args.only}
     kept = common.kept_runs("continual", args.workdir, RUN_KEY, RUN_FIELDS)
+    asked = {(name, order_label(stages), seed) for name in args.only for stages in orders for seed in args.seeds}
+    others = [r for k, r in kept.items() if k[0] in VARIANTS and k[3] == recipe(k[0], args.extra) and k[:3] not in asked]
     results = []
     for seed in args.seeds:
         for i, stages in enumerate(orders):
@@ -402,8 +434,8 @@ def main() -> None:
                 print(f"seed {seed} order {i} {label} {name}: final {100 * r['final']:.2f} forgetting {forgot} "
                       f"({r['seconds']:.0f} s)", flush=True)
             if not args.skip_missing:  # after every order, so a stopped run still reports the orders it finished
-                common.finish(section(results, orders, args), "continual", args, echo=False)
-    common.finish(section(results, orders, args), "continual", args)
+                common.finish(section(results, orders, args, others), "continual", args, echo=False)
+    common.finish(section(results, orders, args, others), "continual", args)
 
 
 if __name__ == "__main__":

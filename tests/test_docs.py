@@ -142,6 +142,18 @@ def test_a_summary_value_that_moved_is_named_with_what_is_there(value, message):
     assert "README results row 'T', value 'v'" in str(info.value) and "HINT: point SUMMARY" in str(info.value)
 
 
+def test_a_pending_value_is_written_only_while_no_row_matches():
+    results = {"r": {"tables": [{"rows": [{"name": "teacher", "acc": [0.99]}, {"name": "twice", "acc": [0.5]},
+                                          {"name": "twice", "acc": [0.6]}]}]}}
+    pending = {**report.SEEDS_PERCENT, "pending": "–"}
+    row = report.SummaryRow("T", None, "S", "kd {kd}, teacher {teacher}", {
+        "kd": report.in_row("r", "acc", name="student_kd", spec=pending), "teacher": report.in_row("r", "acc", name="teacher", spec=pending)})
+    assert report.summary_row_text(results, row) == "kd –, teacher 99.00"
+    ambiguous = report.SummaryRow("T", None, "S", "{v}", {"v": report.in_row("r", "acc", name="twice", spec=pending)})
+    with pytest.raises(report.SummaryError, match="2 items match"):  # only a row not there yet is pending
+        report.summary_row_text(results, ambiguous)
+
+
 def test_a_stale_or_missing_results_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{report.RESULTS_BEGIN}\nold table\n{report.RESULTS_END}\n\nafter\n")
