@@ -66,6 +66,9 @@ ROWS = {
     "student_kd": ("student_kd.yaml", "teacher", f"distilled: α·T²·KL + (1−α)·CE, α {ALPHA}, T per task (torchdistill's), "
                    f"student from the teacher's layers 0, 2, 5, lr {STUDENT_LR:g} (cached teacher)", [*RECIPE_LOSS, FROM_TEACHER], CACHE),
     # one-seed ablations of the recipe (every task, the first seed)
+    "teacher_mean_pool": ("teacher.yaml", None, ("the teacher with its head on the mean of the last states (`pooling: mean`, how "
+                                                 "all-MiniLM-L6-v2 was trained to summarise a sentence) instead of [CLS], best epoch"),
+                          [TEACHER_LR_ARG, "--model.init_args.model.init_args.pooling=mean"], None),
     "kd_a05_t2": ("student_kd.yaml", "teacher", "distilled, α 0.5, T 2 (lkd's first recipe), student from the teacher's layers",
                   [*KD, FROM_TEACHER], CACHE),
     "kd_pretrained_init": ("student_kd.yaml", "teacher", "distilled as the recipe, student from the pretrained layers 0, 2, 5",
@@ -82,7 +85,7 @@ ROWS = {
                            RECIPE_LOSS, None),
 }
 SEEDED = ("student_alone", "student_kd")
-ABLATIONS = ("kd_a05_t2", "kd_pretrained_init", "kd_transfer")
+ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "kd_transfer")
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [
     column("task", "task"), column("model", "model"), column("seeds", "seeds"),
@@ -182,7 +185,7 @@ def plan(args) -> list[dict]:
     if "ablations" in args.parts:
         jobs += [{"task": t, "row": r, "seed": first} for t in args.tasks if t in args.ablation_tasks for r in ABLATIONS]
     jobs += [{"task": t, "row": r, "seed": seed} for seed in rest for t in late for r in (*SEEDED, *own_teacher, *carried)]
-    return jobs
+    return [j for j in jobs if j["row"] in args.rows] if getattr(args, "rows", None) else jobs
 
 
 def key(job: dict) -> tuple:
@@ -472,7 +475,7 @@ def write_report(args, workdir: Path, echo: bool = True) -> None:
     ]
     result["tables"] = [table(COLUMNS, rows)]
     curves = [{"task": t, "row": name, "curve": [round(100 * e["score"], 2) for e in runs[(t, name, 0)]["curve"]]}
-              for t in tasks for name in ("teacher", "teacher_dkvb") if runs.get((t, name, 0), {}).get("curve")]
+              for t in tasks for name in ("teacher", "teacher_dkvb", "teacher_mean_pool") if runs.get((t, name, 0), {}).get("curve")]
     if curves:
         for c in curves:
             c["best"] = 1 + max(range(len(c["curve"])), key=c["curve"].__getitem__)
@@ -503,6 +506,8 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["ablations", "dkvb"], choices=["ablations", "dkvb"],
                         help="extra rows beside teacher / student alone / distilled")
     parser.add_argument("--ablation-tasks", nargs="*", default=list(BUDGET), help="tasks of the one-seed ablations of the recipe")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=None,
+                        help="run only these rows of the plan (the rows they read must be kept or run by another driver)")
     parser.add_argument("--late-seed-tasks", nargs="*", default=[], help="tasks whose seeds after the first run last")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "glue_benchmark")

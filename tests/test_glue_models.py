@@ -39,6 +39,31 @@ def teacher(**kwargs) -> Teacher:
     return Teacher(tiny(**kwargs))
 
 
+# ---- pooling ---------------------------------------------------------------------------------------
+def pooled(pooling: str) -> TransformerClassifier:
+    return TransformerClassifier(2, MINILM, pretrained=False, dkvb=DKVB, config_overrides=TINY_BERT, pooling=pooling)
+
+
+def test_mean_pooling_reads_the_masked_mean_and_ignores_padding():
+    torch.manual_seed(0)
+    model = pooled("mean").eval()
+    ids, mask = torch.tensor([[101, 7, 8, 102]]), torch.ones(1, 4, dtype=torch.long)
+    padded_ids, padded_mask = torch.tensor([[101, 7, 8, 102, 0, 0]]), torch.tensor([[1, 1, 1, 1, 0, 0]])
+    out, padded = model(ids, mask), model(padded_ids, padded_mask)
+    torch.testing.assert_close(padded.logits, out.logits, atol=1e-5, rtol=1e-5)  # pads change neither head nor DKVB
+    states = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (1, 4, H)
+    torch.testing.assert_close(out.dkvb_input, states.mean(1))  # the DKVB reads the vector the head reads
+    cls = pooled("cls").eval()
+    cls.load_state_dict(model.state_dict())
+    assert not torch.allclose(cls(ids, mask).logits, out.logits)
+    torch.testing.assert_close(cls(ids, mask).dkvb_input, states[:, 0])
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match=r"pooling must be 'cls' .* or 'mean' .*, got 'max'"):
+        pooled("max")
+
+
 # ---- weight transfer -------------------------------------------------------------------------------
 def test_evenly_spaced_layers():
     assert evenly_spaced_layers(12, 6) == [0, 2, 4, 7, 9, 11]  # DistilBERT's choice

@@ -133,8 +133,8 @@ class DiscreteKeyInit(Callback):
     same callback initialises a teacher's own DKVB from its pretrained encoder before fine-tuning
     (``source="model"``, ``dkvb="model.dkvb"``).
 
-    Embeddings: the ``source`` network's last-layer [CLS] states (one per training example; every unmasked
-    token's state when the DKVB is ``on: tokens``) on the first ``num_batches`` training batches, mapped
+    Embeddings: the ``source`` network's sequence vectors (its ``pool``: the last-layer [CLS] state or the masked
+    mean; one per training example; every unmasked token's state when the DKVB is ``on: tokens``) on the first ``num_batches`` training batches, mapped
     into the DKVB's key space by its fixed random projection; they must have the DKVB's input width.
     Then :func:`lkd.models.key_init.init_keys_from_embeddings`: every key starts at a distinct embedding drawn
     at random and moves to the softmax(−squared Euclidean distance / ``temperature``)-weighted mean of its
@@ -201,7 +201,8 @@ class DiscreteKeyInit(Callback):
                 batch = {k: v.to(pl_module.device) for k, v in batch.items()}
                 inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
                 states = network(**inputs, output_hidden_states=True).hidden_states[-1]  # (B, T, H)
-                out.append(states[batch["attention_mask"].bool()] if tokens else states[:, 0])
+                pool = getattr(network, "pool", lambda s, m: s[:, 0])  # a TransformerClassifier's [CLS] or mean
+                out.append(states[batch["attention_mask"].bool()] if tokens else pool(states, batch["attention_mask"]))
         finally:
             network.train(was_training)
         return torch.cat(out).float()

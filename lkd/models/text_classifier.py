@@ -28,8 +28,9 @@ class DKVBSettings:
         threshold_ema_dead_code: re-draw keys used less than this (0 = off).
         projection_seed: seed of the fixed random projection into key space. Teacher and student need the
             same projection (same seed and input width) for carried keys to mean the same thing.
-        on: ``"cls"``: one query per sequence from the [CLS] representation; ``"tokens"``: one query per
-            token, the per-token outputs averaged over the attention mask.
+        on: ``"cls"``: one query per sequence from the sequence vector the head reads (the [CLS] state, or
+            the masked mean with ``pooling="mean"``); ``"tokens"``: one query per token, the per-token outputs
+            averaged over the attention mask.
         input_dim: width of the DKVB input. None: the encoder's hidden size. Otherwise a learned
             ``Linear(hidden, input_dim)`` maps the encoder's states into it, which lets a student of another
             width carry a teacher's keys (set it to the teacher's DKVB input width).
@@ -67,7 +68,8 @@ class TextClassifierOutput:
 
 
 class TransformerClassifier(nn.Module):
-    """``AutoModel`` encoder → [CLS] → (head, + DKVB) → logits. Without ``dkvb`` it is plain fine-tuning.
+    """``AutoModel`` encoder → sequence vector ([CLS] or mean) → (head, + DKVB) → logits. Without ``dkvb`` it is
+    plain fine-tuning.
 
     Args:
         num_classes: output width (linked from the data module; 1 = regression).
@@ -81,6 +83,9 @@ class TransformerClassifier(nn.Module):
         dkvb: the bottleneck, or None.
         freeze_embeddings: keep the token embeddings fixed (half of MiniLM-L6's weights): no gradient and no
             optimizer update for them each step.
+        pooling: the sequence vector the head reads: ``"cls"``, the first token's last state (BERT's
+            fine-tuning), or ``"mean"``, the mean of the last states over the attention mask (what
+            sentence-transformers encoders such as all-MiniLM-L6-v2 were trained to summarise a sentence with).
         trust_remote_code: never implied; only models that need it should turn it on.
     """
 
@@ -95,9 +100,14 @@ class TransformerClassifier(nn.Module):
         dropout: float | None = None,
         dkvb: DKVBSettings | None = None,
         freeze_embeddings: bool = False,
+        pooling: Literal["cls", "mean"] = "cls",
         trust_remote_code: bool = False,
     ):
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' (the first token's state) or 'mean' (the mean over the attention "
+                             f"mask), got {pooling!r}")
+        self.pooling = pooling
         from transformers import AutoConfig, AutoModel
 
         if num_classes < 1:
@@ -182,8 +192,8 @@ class TransformerClassifier(nn.Module):
         kwargs = {"token_type_ids": token_type_ids} if self._takes_token_types and token_type_ids is not None else {}
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **kwargs)
         states = out.last_hidden_state  # (B, T, H)
-        cls = states[:, 0]  # (B, H)
-        logits = self.classifier(self.dropout(torch.tanh(self.pre_classifier(cls))))
+        pooled = self.pool(states, attention_mask)  # (B, H)
+        logits = self.classifier(self.dropout(torch.tanh(self.pre_classifier(pooled))))
         dkvb_input = None
         if self.dkvb is not None:
             dkvb_logits, dkvb_input = self._dkvb_logits(states, attention_mask)
@@ -191,9 +201,18 @@ class TransformerClassifier(nn.Module):
         return TextClassifierOutput(logits=logits, hidden_states=out.hidden_states if output_hidden_states else None,
                                     dkvb_input=dkvb_input)
 
+    def pool(self, states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """states: (B, T, H), attention_mask: (B, T) or None (every token) → the sequence vector (B, H) the head
+        reads (``pooling``)."""
+        if self.pooling == "cls":
+            return states[:, 0]
+        mask = torch.ones(states.shape[:2], device=states.device) if attention_mask is None else attention_mask
+        weights = rearrange(mask.to(states.dtype), "b t -> b t 1")
+        return (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
     def _dkvb_logits(self, states: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.dkvb_settings.on == "cls":
-            queries = self.dkvb_in(states[:, 0])  # (B, D)
+            queries = self.dkvb_in(self.pool(states, attention_mask))  # (B, D)
             return self.dkvb(queries), queries
         B = states.shape[0]
         queries = self.dkvb_in(rearrange(states, "b t h -> (b t) h"))  # (B·T, D)
