@@ -399,7 +399,7 @@ def table_rows(runs: dict[tuple, dict], speed: dict, tasks: list[str]) -> list[d
             rows.append({
                 "task": task, "name": name, "model": what, "seeds": len(mine), "params": mine[0]["params"], "scores": scores,
                 "score": statistics.mean(scores), "metrics": {m: statistics.mean(r["metrics"][m] for r in mine) for m in metric_names},
-                "retained_pct": 100 * statistics.mean(scores) / teacher if teacher else None,
+                "retained_pct": 100 * statistics.mean(scores) / teacher if teacher and not name.startswith("teacher") else None,
                 "speedup": t["teacher"] / t[speed_key(name)] if t and name != "teacher_dkvb" else None,
                 "seconds": statistics.mean(r["seconds"] for r in mine),
             })
