@@ -4,6 +4,8 @@ lose" ablations on one seed.
 
     python benchmarks/glue.py [--tasks mrpc rte cola stsb] [--seeds 0 1 2] [--jobs 2] [--workdir runs/glue_benchmark]
     python benchmarks/glue.py --render-only            # the table from WORKDIR/runs.jsonl, training nothing
+    python benchmarks/glue.py --rows teacher_mean_pool --tasks rte --jobs 2   # chosen rows only (--jobs counts every
+                                                       # driver's runs: beside a running driver, give it the same)
 
 Every run is an ordinary ``lkd fit`` of a YAML under configs/glue/ with the overrides of its row (task, epochs,
 paths), run in a subprocess with ``OMP_NUM_THREADS=1``, ``--jobs`` at a time, each kept as one line of
