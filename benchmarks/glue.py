@@ -25,6 +25,7 @@ measured alone after training. Writes benchmarks/results/glue.json and the "GLUE
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -104,9 +105,7 @@ def job_args(job: dict, workdir: Path) -> list[str]:
     task, name, seed = job["task"], job["row"], job["seed"]
     config, teacher, _, extra, cache = ROWS[name]
     train_size, teacher_epochs, student_epochs, batch, max_length = BUDGET[task]
-    import yaml
-
-    role = "model" if "model" in yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"] else "student"
+    role = "model" if "model" in row_config(config)["model"]["init_args"] else "student"
     out = workdir / task / f"{name}_s{seed}"
     args = [
         "fit", "-c", str(CONFIGS / config), f"--seed_everything={seed}", f"--data.init_args.task={task}",
@@ -210,11 +209,22 @@ RUN_KEY = "glue-v2"  # the protocol: dev score of the final weights (a teacher: 
 def recipe(job: dict) -> str:
     """A fingerprint of what a job trains: its YAML (parsed: comments do not count) and its command line with the
     checkout's and the work folder's paths taken out, so a changed budget, learning rate or config trains again."""
+    text = " ".join(job_args(job, Path("WORKDIR"))).replace(str(ROOT), "ROOT")
+    return hashlib.sha256(json.dumps([row_config(ROWS[job["row"]][0]), text]).encode()).hexdigest()[:12]
+
+
+def row_config(name: str) -> dict:
+    """A YAML of configs/glue/, parsed (read again only when the file changes: the driver fingerprints every kept
+    run on each poll)."""
+    path = CONFIGS / name
+    return _parsed_yaml(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_yaml(path: Path, mtime_ns: int) -> dict:
     import yaml
 
-    config = ROWS[job["row"]][0]
-    text = " ".join(job_args(job, Path("WORKDIR"))).replace(str(ROOT), "ROOT")
-    return hashlib.sha256(json.dumps([yaml.safe_load((CONFIGS / config).read_text()), text]).encode()).hexdigest()[:12]
+    return yaml.safe_load(path.read_text())
 
 
 def load_runs(workdir: Path) -> dict[tuple, dict]:
