@@ -48,3 +48,18 @@ def test_load_runs_keeps_current_recipes_only(monkeypatch, tmp_path):
     runs = glue.load_runs(tmp_path)
     assert list(runs) == [("rte", "teacher", 0)]
     assert runs[("rte", "teacher", 0)]["score"] == pytest.approx(60.0)
+
+
+def test_dkvb_target_compares_the_better_dkvb_student_and_names_the_start():
+    def row(name, score, seeds=3):
+        return {"name": name, "score": score, "seeds": seeds}
+
+    by = {("mrpc", "student_kd"): row("student_kd", 79.5), ("mrpc", "student_dkvb_kd"): row("student_dkvb_kd", 74.8),
+          ("mrpc", "student_dkvb_carry"): row("student_dkvb_carry", 78.9, 1),
+          ("mrpc", "kd_pretrained_init"): row("kd_pretrained_init", 74.9, 1),
+          ("rte", "student_kd"): row("student_kd", 52.5), ("rte", "student_dkvb_kd"): row("student_dkvb_kd", 50.0)}
+    [line] = glue.dkvb_target(by, ["mrpc", "rte", "cola"])
+    assert "within 1 point on 1 of 2 tasks — **not met**" in line
+    assert "mrpc `student_dkvb_carry` 78.90 (1 seed) vs distilled 79.50 (3 seeds): gap +0.60 [kd_pretrained_init 74.90, 1 seed]" in line
+    assert "rte `student_dkvb_kd` 50.00 (3 seeds) vs distilled 52.50 (3 seeds): gap +2.50;" in line.replace(". The", "; The")
+    assert glue.dkvb_target({("mrpc", "student_kd"): row("student_kd", 79.5)}, ["mrpc"]) == []

@@ -256,6 +256,17 @@ def test_student_init_from_teacher_copies_the_teacher(tmp_path, tiny_glue):
     assert terms["cos"] < 0.5  # copied layers already point where the teacher's do (random net: not 0)
 
 
+def test_dkvb_student_from_a_plain_teacher_copies_the_encoder_and_keeps_its_dkvb():
+    """The GLUE benchmark's DKVB student started from the teacher's layers: the teacher has no DKVB to copy."""
+    module = GLUEDistillModule(factory(layers=[0, 2, 5], dkvb=DKVB), teacher(), task="sst2", student_init="teacher")
+    keys = module.student.dkvb.keys.clone()
+    module.setup("fit")
+    torch.testing.assert_close(module.student.encoder.encoder.layer[2].output.dense.weight,
+                               module.teacher.model.encoder.encoder.layer[5].output.dense.weight)
+    torch.testing.assert_close(module.student.classifier.weight, module.teacher.model.classifier.weight)
+    torch.testing.assert_close(module.student.dkvb.keys, keys)  # its own keys, untouched
+
+
 def test_teacher_checkpoint_is_loaded_before_the_student_copies_it(tmp_path):
     torch.manual_seed(3)
     trained = tiny()  # stands in for a fine-tuned GLUEClassifierModule: its weights under `model.`

@@ -160,7 +160,8 @@ class GLUEDistillModule(GLUEModule):
         teacher: the frozen teacher (its ``model`` gets ``num_classes`` from the data through the CLI).
         student_init: ``"model"``: the student as its factory built it (e.g. pretrained layers picked by
             ``keep_layers``); ``"teacher"``: copy the loaded teacher into the student the DistilBERT way
-            (embeddings, the layers of ``layer_map``, head, DKVB), shape-checked; needs equal widths.
+            (embeddings, the layers of ``layer_map``, head, and the DKVB when the teacher has one: a student's
+            DKVB under a plain teacher keeps its own keys and values), shape-checked; needs equal widths.
         layer_map: teacher layer (0-based) for each student layer (for ``"teacher"`` init and ``L_cos``);
             default evenly spaced (6 → 3: [0, 2, 5]).
         temperature, alpha: the KD loss (T > 0, α in [0, 1]).
@@ -244,7 +245,8 @@ class GLUEDistillModule(GLUEModule):
     @override
     def before_teacher_hold(self, stage: str) -> None:
         if stage == "fit" and self.student_init == "teacher":
-            copy_transformer_weights(self.teacher.model, self.student, self.layer_map)  # from the fp32 weights
+            own_dkvb = ("dkvb.", "dkvb_in.") if self.teacher.model.dkvb is None else ()  # a DKVB the teacher lacks stays as built
+            copy_transformer_weights(self.teacher.model, self.student, self.layer_map, skip=own_dkvb)  # from the fp32 weights
 
     @override
     def cache_targets(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
