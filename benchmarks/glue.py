@@ -76,22 +76,28 @@ ROWS = {
                   [*KD, FROM_TEACHER], CACHE),
     "kd_pretrained_init": ("student_kd.yaml", "teacher", "distilled as the recipe, student from the pretrained layers 0, 2, 5",
                            RECIPE_LOSS, CACHE),
-    "dkvb_kd_teacher_init": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features (student_dkvb_kd), "
-                             "student from the teacher's layers 0, 2, 5 like the plain distilled one (its DKVB as built)",
-                             [*RECIPE_LOSS, FROM_TEACHER], CACHE),
+    # the DKVB students started as the DKVB rows first were: from the pretrained layers (one seed, every task)
+    "dkvb_kd_pretrained_init": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys, student from the pretrained layers",
+                                RECIPE_LOSS, CACHE),
+    "dkvb_keyinit_pretrained_init": ("student_dkvb_keyinit.yaml", "teacher", "distilled + DKVB, keys from teacher embeddings, "
+                                     "student from the pretrained layers", RECIPE_LOSS, None),
+    "dkvb_carry_pretrained_init": ("student_dkvb_carry.yaml", "teacher_dkvb", "distilled + DKVB, keys+values carried, student "
+                                   "from the pretrained layers", RECIPE_LOSS, None),
     "kd_transfer": ("student_kd.yaml", "teacher", "distilled as the recipe on a transfer set twice the train split (1 changed copy "
                     "per example, 30 % of words replaced, teacher-labelled)",
                     [*RECIPE_LOSS, FROM_TEACHER, "--data.init_args.transfer_copies=1"], TRANSFER_CACHE),
     # the DKVB variants (every task and seed), the recipe's loss and learning rate
     "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [TEACHER_LR_ARG], None),
-    "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features", RECIPE_LOSS, CACHE),
-    "student_dkvb_keyinit": ("student_dkvb_keyinit.yaml", "teacher", "distilled + DKVB, keys init from teacher embeddings",
-                             RECIPE_LOSS, None),
-    "student_dkvb_carry": ("student_dkvb_carry.yaml", "teacher_dkvb", "distilled + DKVB, keys+values carried from the DKVB teacher every 100 steps",
-                           RECIPE_LOSS, None),
+    "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features, student from the teacher's "
+                        "layers (its DKVB as built)", [*RECIPE_LOSS, FROM_TEACHER], CACHE),
+    "student_dkvb_keyinit": ("student_dkvb_keyinit.yaml", "teacher", "distilled + DKVB, keys init from teacher embeddings, student "
+                             "from the teacher's layers", [*RECIPE_LOSS, FROM_TEACHER], None),
+    "student_dkvb_carry": ("student_dkvb_carry.yaml", "teacher_dkvb", "distilled + DKVB, student from the DKVB teacher's layers and "
+                           "DKVB, keys+values carried from it every 100 steps", [*RECIPE_LOSS, FROM_TEACHER], None),
 }
 SEEDED = ("student_alone", "student_kd")
-ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "dkvb_kd_teacher_init", "kd_transfer")
+ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "dkvb_kd_pretrained_init", "dkvb_keyinit_pretrained_init",
+             "dkvb_carry_pretrained_init", "kd_transfer")
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [
     column("task", "task"), column("model", "model"), column("seeds", "seeds"),
@@ -129,7 +135,9 @@ def job_args(job: dict, workdir: Path) -> list[str]:
 
 
 def run_job(job: dict, workdir: Path) -> dict:
-    """Train one row in this process; the row's dev metrics, time, parameters and steps."""
+    """Train one row in this process; the row's dev metrics, time, parameters and steps. An interrupted run of the
+    same recipe (``recipe.txt`` in its log folder) goes on from its ``latest.ckpt``; a log folder of another recipe
+    is moved aside (``NAME.stale-TIME``), never resumed."""
     from lkd.cli import LKDCLI
     from lkd.memory import count_parameters
     from lkd.metrics import glue_metric_names
@@ -137,6 +145,11 @@ def run_job(job: dict, workdir: Path) -> dict:
     common.offline_hub()
     common.threads_from_env()
     runs_dir = workdir / "tb" / f"{job['task']}_{job['row']}_s{job['seed']}"
+    stamp, fingerprint = runs_dir / "recipe.txt", recipe(job)
+    if runs_dir.is_dir() and not (stamp.is_file() and stamp.read_text().strip() == fingerprint):
+        runs_dir.rename(runs_dir.with_name(f"{runs_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"))  # another recipe's logs
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
     latest = sorted(runs_dir.glob("version_*/checkpoints/latest.ckpt"), key=lambda p: p.stat().st_mtime)
     resume = [f"--ckpt_path={latest[-1]}"] if latest else []  # an interrupted run goes on from its last epoch
     start = time.perf_counter()
@@ -467,25 +480,25 @@ def targets(rows: list[dict], tasks: list[str]) -> list[str]:
 
 def dkvb_target(by: dict[tuple, dict], tasks: list[str]) -> list[str]:
     """The DKVB target's line: per task the better DKVB student (mean of its seeds) against the plain distilled one,
-    and beside it what the starting weights explain (the plain student from the pretrained layers, as the DKVB rows
-    start; the DKVB student from the teacher's, as the plain one starts), where those rows ran."""
-    dkvb_rows = list(DKVB_ROWS[1:])
+    with what the starting weights do beside it (the plain and the DKVB students from the pretrained layers instead
+    of the teacher's), where those rows ran."""
     parts, within = [], 0
-    for t in [t for t in tasks if (t, "student_kd") in by and any((t, r) in by for r in dkvb_rows)]:
-        best = max((by[(t, r)] for r in dkvb_rows if (t, r) in by), key=lambda r: r["score"])
+    for t in [t for t in tasks if (t, "student_kd") in by and any((t, r) in by for r in DKVB_ROWS[1:])]:
+        best = max((by[(t, r)] for r in DKVB_ROWS[1:] if (t, r) in by), key=lambda r: r["score"])
         kd = by[(t, "student_kd")]
         gap = kd["score"] - best["score"]
         within += gap <= 1
-        init = [f"{name} {by[(t, name)]['score']:.2f}" for name in ("kd_pretrained_init", "dkvb_kd_teacher_init") if (t, name) in by]
+        start = [f"`{name}` {by[(t, name)]['score']:.2f}" for name in PRETRAINED_START if (t, name) in by]
         parts.append(f"{t} `{best['name']}` {best['score']:.2f} ({plural(best['seeds'], 'seed')}) vs distilled {kd['score']:.2f} "
-                     f"({plural(kd['seeds'], 'seed')}): gap {gap:+.2f}" + (f" [{', '.join(init)}, 1 seed]" if init else ""))
+                     f"({plural(kd['seeds'], 'seed')}): gap {gap:+.2f}" + (f" [from the pretrained layers, 1 seed: {', '.join(start)}]" if start else ""))
     if not parts:
         return []
     met = "met" if within == len(parts) else "not met"
     return [f"Target (the better DKVB student within 1 point of the plain distilled student, or the gap explained): within 1 point "
-            f"on {within} of {len(parts)} tasks — **{met}** as measured; " + "; ".join(parts) + ". The DKVB rows start from the "
-            "pretrained layers and the distilled row from the teacher's: `kd_pretrained_init` (plain, pretrained start) and "
-            "`dkvb_kd_teacher_init` (DKVB, teacher start) separate the start from the bottleneck."]
+            f"on {within} of {len(parts)} tasks — **{met}**; " + "; ".join(parts) + "."]
+
+
+PRETRAINED_START = ("kd_pretrained_init", "dkvb_kd_pretrained_init", "dkvb_keyinit_pretrained_init", "dkvb_carry_pretrained_init")
 
 
 def plural(n: int, word: str) -> str:

@@ -50,16 +50,47 @@ def test_load_runs_keeps_current_recipes_only(monkeypatch, tmp_path):
     assert runs[("rte", "teacher", 0)]["score"] == pytest.approx(60.0)
 
 
-def test_dkvb_target_compares_the_better_dkvb_student_and_names_the_start():
+def test_dkvb_target_compares_the_better_dkvb_student_with_the_pretrained_start_beside_it():
     def row(name, score, seeds=3):
         return {"name": name, "score": score, "seeds": seeds}
 
     by = {("mrpc", "student_kd"): row("student_kd", 79.5), ("mrpc", "student_dkvb_kd"): row("student_dkvb_kd", 74.8),
           ("mrpc", "student_dkvb_carry"): row("student_dkvb_carry", 78.9, 1),
           ("mrpc", "kd_pretrained_init"): row("kd_pretrained_init", 74.9, 1),
+          ("mrpc", "dkvb_carry_pretrained_init"): row("dkvb_carry_pretrained_init", 77.7, 1),
           ("rte", "student_kd"): row("student_kd", 52.5), ("rte", "student_dkvb_kd"): row("student_dkvb_kd", 50.0)}
     [line] = glue.dkvb_target(by, ["mrpc", "rte", "cola"])
     assert "within 1 point on 1 of 2 tasks — **not met**" in line
-    assert "mrpc `student_dkvb_carry` 78.90 (1 seed) vs distilled 79.50 (3 seeds): gap +0.60 [kd_pretrained_init 74.90, 1 seed]" in line
-    assert "rte `student_dkvb_kd` 50.00 (3 seeds) vs distilled 52.50 (3 seeds): gap +2.50;" in line.replace(". The", "; The")
+    assert "mrpc `student_dkvb_carry` 78.90 (1 seed) vs distilled 79.50 (3 seeds): gap +0.60 [from the pretrained layers, 1 seed: `kd_pretrained_init` 74.90, `dkvb_carry_pretrained_init` 77.70]" in line
+    assert line.endswith("rte `student_dkvb_kd` 50.00 (3 seeds) vs distilled 52.50 (3 seeds): gap +2.50.")
     assert glue.dkvb_target({("mrpc", "student_kd"): row("student_kd", 79.5)}, ["mrpc"]) == []
+
+
+def test_a_log_folder_of_another_recipe_is_moved_aside_not_resumed(monkeypatch, tmp_path):
+    job = {"task": "mrpc", "row": "student_kd", "seed": 1}
+    runs_dir = tmp_path / "tb" / "mrpc_student_kd_s1"
+    (runs_dir / "version_0" / "checkpoints").mkdir(parents=True)
+    (runs_dir / "version_0" / "checkpoints" / "latest.ckpt").write_text("an earlier recipe's state")
+    (runs_dir / "recipe.txt").write_text("0" * 12)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def cli(args):
+        seen["args"] = args
+        raise Stop
+
+    monkeypatch.setattr("lkd.cli.LKDCLI", cli)
+    with pytest.raises(Stop):
+        glue.run_job(job, tmp_path)
+    assert not any(a.startswith("--ckpt_path") for a in seen["args"])
+    [stale] = (tmp_path / "tb").glob("mrpc_student_kd_s1.stale-*")
+    assert (stale / "version_0" / "checkpoints" / "latest.ckpt").is_file()
+    assert (runs_dir / "recipe.txt").read_text() == glue.recipe(job)
+    # the same recipe interrupted: resumed from its latest state
+    (runs_dir / "version_0" / "checkpoints").mkdir(parents=True)
+    (runs_dir / "version_0" / "checkpoints" / "latest.ckpt").write_text("this recipe's state")
+    with pytest.raises(Stop):
+        glue.run_job(job, tmp_path)
+    assert f"--ckpt_path={runs_dir / 'version_0' / 'checkpoints' / 'latest.ckpt'}" in seen["args"]
