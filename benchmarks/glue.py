@@ -62,6 +62,7 @@ LR = f"--model.init_args.optimizer.init_args.lr={STUDENT_LR}"
 KD = ["--model.init_args.cos_weight=0", LR]
 RECIPE_LOSS = [*KD, f"--model.init_args.alpha={ALPHA}", TASK_T]  # the recipe's loss and learning rate
 FROM_TEACHER = "--model.init_args.student_init=teacher"
+FROM_PRETRAINED = "--model.init_args.student_init=model"
 # name: (config, teacher row it reads, what, extra overrides, teacher cache file or None: a live teacher)
 ROWS = {
     "teacher": ("teacher.yaml", None, f"MiniLM-L6 fine-tuned (6 layers), lr {TEACHER_LR:g}, best epoch", [TEACHER_LR_ARG], None),
@@ -73,16 +74,16 @@ ROWS = {
                                                  "all-MiniLM-L6-v2 was trained to summarise a sentence) instead of [CLS], best epoch"),
                           [TEACHER_LR_ARG, "--model.init_args.model.init_args.pooling=mean"], None),
     "kd_a05_t2": ("student_kd.yaml", "teacher", "distilled, α 0.5, T 2 (lkd's first recipe), student from the teacher's layers",
-                  [*KD, FROM_TEACHER], CACHE),
+                  [*KD, FROM_TEACHER, "--model.init_args.alpha=0.5", "--model.init_args.temperature=2.0"], CACHE),
     "kd_pretrained_init": ("student_kd.yaml", "teacher", "distilled as the recipe, student from the pretrained layers 0, 2, 5",
-                           RECIPE_LOSS, CACHE),
+                           [*RECIPE_LOSS, FROM_PRETRAINED], CACHE),
     # the DKVB students started as the DKVB rows first were: from the pretrained layers (one seed, every task)
     "dkvb_kd_pretrained_init": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys, student from the pretrained layers",
-                                RECIPE_LOSS, CACHE),
+                                [*RECIPE_LOSS, FROM_PRETRAINED], CACHE),
     "dkvb_keyinit_pretrained_init": ("student_dkvb_keyinit.yaml", "teacher", "distilled + DKVB, keys from teacher embeddings, "
-                                     "student from the pretrained layers", RECIPE_LOSS, None),
+                                     "student from the pretrained layers", [*RECIPE_LOSS, FROM_PRETRAINED], None),
     "dkvb_carry_pretrained_init": ("student_dkvb_carry.yaml", "teacher_dkvb", "distilled + DKVB, keys+values carried, student "
-                                   "from the pretrained layers", RECIPE_LOSS, None),
+                                   "from the pretrained layers", [*RECIPE_LOSS, FROM_PRETRAINED], None),
     "kd_transfer": ("student_kd.yaml", "teacher", "distilled as the recipe on a transfer set twice the train split (1 changed copy "
                     "per example, 30 % of words replaced, teacher-labelled)",
                     [*RECIPE_LOSS, FROM_TEACHER, "--data.init_args.transfer_copies=1"], TRANSFER_CACHE),
@@ -223,10 +224,46 @@ RUN_KEY = "glue-v2"  # the protocol: dev score of the final weights (a teacher: 
 
 
 def recipe(job: dict) -> str:
-    """A fingerprint of what a job trains: its YAML (parsed: comments do not count) and its command line with the
-    checkout's and the work folder's paths taken out, so a changed budget, learning rate or config trains again."""
-    text = " ".join(job_args(job, Path("WORKDIR"))).replace(str(ROOT), "ROOT")
-    return hashlib.sha256(json.dumps([row_config(ROWS[job["row"]][0]), text]).encode()).hexdigest()[:12]
+    """A fingerprint of what a job trains: :func:`effective_config`, so a changed budget, learning rate or config
+    trains again, while a setting moved between the YAML and the command line, or a row renamed, does not."""
+    return hashlib.sha256(json.dumps(_plain_numbers(effective_config(job)), sort_keys=True).encode()).hexdigest()[:12]
+
+
+OWN_PATHS = ("trainer.default_root_dir", "trainer.logger.init_args.save_dir", "trainer.logger.init_args.name", "best_checkpoint.path")
+
+
+def effective_config(job: dict) -> dict:
+    """The row's YAML (parsed: comments do not count) with the job's command-line overrides written in
+    (``--a.b=v`` sets ``config["a"]["b"] = yaml(v)``, as LightningCLI reads them), less where the run writes its own
+    files (:data:`OWN_PATHS`). The teacher's checkpoint and cache stay: which teacher a row reads is its recipe."""
+    import copy
+
+    import yaml
+
+    config = copy.deepcopy(row_config(ROWS[job["row"]][0]))
+    for arg in job_args(job, Path("WORKDIR"))[3:]:  # after `fit -c CONFIG`
+        dotted, value = arg.removeprefix("--").split("=", 1)
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
+    for dotted in OWN_PATHS:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node.get(name, {})
+        node.pop(leaf, None)
+    return config
+
+
+def _plain_numbers(value):
+    """Whole floats as ints (``11`` on the command line is ``11.0`` in a YAML), recursively."""
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_numbers(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def row_config(name: str) -> dict:

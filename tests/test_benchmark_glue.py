@@ -94,3 +94,17 @@ def test_a_log_folder_of_another_recipe_is_moved_aside_not_resumed(monkeypatch, 
     with pytest.raises(Stop):
         glue.run_job(job, tmp_path)
     assert f"--ckpt_path={runs_dir / 'version_0' / 'checkpoints' / 'latest.ckpt'}" in seen["args"]
+
+
+def test_recipe_is_the_effective_config_not_where_a_setting_is_written(monkeypatch):
+    job = {"task": "mrpc", "row": "student_kd", "seed": 0}
+    pretrained = glue.effective_config({**job, "row": "kd_pretrained_init"})
+    distilled = glue.effective_config(job)
+    assert distilled["model"]["init_args"].pop("student_init") == "teacher"
+    assert pretrained["model"]["init_args"].pop("student_init") == "model"
+    assert pretrained == distilled  # the row's own name (in its log and checkpoint paths) is not part of it
+    config, teacher, what, extra, cache = glue.ROWS["student_kd"]
+    monkeypatch.setitem(glue.ROWS, "explicit", (config, teacher, what, [*extra, "--model.init_args.optimizer.init_args.weight_decay=0.01"], cache))
+    assert glue.recipe({**job, "row": "explicit"}) == glue.recipe(job)  # the YAML's value, written again on the line
+    monkeypatch.setitem(glue.ROWS, "changed", (config, teacher, what, [*extra, "--model.init_args.optimizer.init_args.weight_decay=0.1"], cache))
+    assert glue.recipe({**job, "row": "changed"}) != glue.recipe(job)
