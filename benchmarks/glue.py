@@ -163,7 +163,8 @@ def run_job(job: dict, workdir: Path) -> dict:
     if job["row"].startswith("teacher") and curve:  # a teacher is the best epoch's checkpoint (what its students read)
         metrics = {name: round(100 * v, 2) for name, v in max(curve, key=lambda e: e["score"]).items() if name in names}
     return {**job, "metrics": metrics, "score": metrics["score"], "seconds": round(seconds), "curve": curve,
-            "params": count_parameters(cli.model.trained_model), "steps": cli.trainer.global_step, "budget": BUDGET[job["task"]], "precision": PRECISION}
+            "params": count_parameters(cli.model.trained_model), "steps": cli.trainer.global_step, "budget": BUDGET[job["task"]], "precision": PRECISION,
+            "recipe": fingerprint}
 
 
 def dev_curve(runs_dir: Path, names: tuple[str, ...]) -> list[dict]:
@@ -240,19 +241,19 @@ def effective_config(job: dict) -> dict:
 
     import yaml
 
+    def parent(config: dict, dotted: str) -> tuple[dict, str]:  # the dict that holds a dotted key, and its last name
+        *names, leaf = dotted.split(".")
+        for name in names:
+            config = config.setdefault(name, {})
+        return config, leaf
+
     config = copy.deepcopy(row_config(ROWS[job["row"]][0]))
     for arg in job_args(job, Path("WORKDIR"))[3:]:  # after `fit -c CONFIG`
         dotted, value = arg.removeprefix("--").split("=", 1)
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node.setdefault(name, {})
+        node, leaf = parent(config, dotted)
         node[leaf] = yaml.safe_load(value)
     for dotted in OWN_PATHS:
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node.get(name, {})
+        node, leaf = parent(config, dotted)
         node.pop(leaf, None)
     return config
 
@@ -535,7 +536,7 @@ def dkvb_target(by: dict[tuple, dict], tasks: list[str]) -> list[str]:
             f"on {within} of {len(parts)} tasks — **{met}**; " + "; ".join(parts) + "."]
 
 
-PRETRAINED_START = ("kd_pretrained_init", "dkvb_kd_pretrained_init", "dkvb_keyinit_pretrained_init", "dkvb_carry_pretrained_init")
+PRETRAINED_START = tuple(name for name, row in ROWS.items() if FROM_PRETRAINED in row[3])  # students from the pretrained layers
 
 
 def plural(n: int, word: str) -> str:
@@ -618,7 +619,7 @@ def main() -> None:
     if args.run_job:
         row = run_job(json.loads(args.run_job), args.workdir)
         with (args.workdir / "runs.jsonl").open("a") as f:
-            f.write(json.dumps({"key": RUN_KEY, "recipe": recipe(row), **row}) + "\n")
+            f.write(json.dumps({"key": RUN_KEY, **row}) + "\n")  # row["recipe"]: the fingerprint it trained under
         return
     if not args.render_only:
         run_all(args, args.workdir)
