@@ -96,12 +96,25 @@ def clear_unfinished(workdir: Path, seed: int, tag: str, done: set[str], *, teac
             cache.unlink()
 
 
+def teacher_augmentation(args: argparse.Namespace) -> str:
+    """How the teacher's training images were changed beyond the configs' shifts, for the intro ('' if not)."""
+    if not args.teacher_rotation and not args.teacher_scale:
+        return ""
+    return (f", trained on images also rotated up to {args.teacher_rotation:g}° and scaled by up to ±{args.teacher_scale:.0%} "
+            f"(`--teacher-rotation {args.teacher_rotation:g} --teacher-scale {args.teacher_scale:g}`; the students keep "
+            "the configs' shifts)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_seeds_option(parser, [0, 1, 2])
     parser.add_argument("--teacher-epochs", type=int, default=None)
     parser.add_argument("--student-epochs", type=int, default=None)
     parser.add_argument("--shared-teacher", action="store_true", help="train one teacher (first seed) for all seeds")
+    parser.add_argument("--teacher-rotation", type=float, default=0.0,
+                        help="the teacher trains on images also rotated up to this many degrees (default 0: shifts only)")
+    parser.add_argument("--teacher-scale", type=float, default=0.0,
+                        help="the teacher trains on images also scaled by up to this fraction (default 0)")
     parser.add_argument("--workdir", type=Path, default=None)
     common.add_output_options(parser)
     parser.add_argument("--reuse", action="store_true", help="test checkpoints an earlier run left in --workdir")
@@ -133,6 +146,7 @@ def main() -> None:
             if getattr(args, key) is None:
                 setattr(args, key, DEMO[key])
     tag = setting_tag(labelled_size)
+    teacher_extra = [f"--data.init_args.max_rotation={args.teacher_rotation}", f"--data.init_args.max_scale={args.teacher_scale}"]
     progress = Progress(workdir, setting=tag or "all labels")
 
     rows: dict[str, list[RunResult]] = {}
@@ -143,7 +157,7 @@ def main() -> None:
             clear_unfinished(workdir, seed, tag, progress.done(seed), teacher_done="teacher" in progress.done(seed),
                              shared_teacher=True)
         teacher = train_and_test("teacher", CONFIG_DIR / "teacher.yaml", workdir, seed, args.teacher_epochs,
-                                 reuse=args.reuse or args.resume)
+                                 teacher_extra, reuse=args.reuse or args.resume)
         progress.record(seed, teacher)
         rows["teacher"] = [teacher]
         teacher_ckpt = str(workdir / "checkpoints" / f"teacher-seed{seed}.ckpt")
@@ -155,7 +169,7 @@ def main() -> None:
                          with_dkvb=not args.no_dkvb, reuse=args.reuse or args.resume, dkvb_epochs=args.dkvb_epochs,
                          pixel_dkvb=args.pixel_dkvb, teacher_cache=args.teacher_cache, labelled_size=labelled_size,
                          labelled_epochs=args.labelled_epochs, baselines=args.few_labels,
-                         on_result=lambda r, seed=seed: progress.record(seed, r)):
+                         on_result=lambda r, seed=seed: progress.record(seed, r), teacher_extra=teacher_extra):
             rows.setdefault(model.name, []).append(model)
     time_models([r for results in rows.values() for r in results])
 
@@ -173,7 +187,7 @@ def main() -> None:
         })
     teacher_note = (
         f"one teacher (seed {args.seeds[0]}) shared by all student seeds" if args.shared_teacher else "a teacher per seed"
-    )
+    ) + teacher_augmentation(args)
     timing = ("Accuracy on the 10,000 MNIST test images, each model on its best validation checkpoint. Inference: eval "
               "mode, batches of 1,000, every model of the table taking turns, median of 7 passes per model.")
     if args.few_labels:

@@ -3,7 +3,7 @@ import torch
 
 from lkd.data import MNISTDataModule
 from lkd.data.mnist import balanced_labelled_rows
-from lkd.data.transforms import random_shift
+from lkd.data.transforms import random_affine, random_shift
 from lkd.losses import UNLABELLED
 from tests.conftest import SHARED_DATA
 
@@ -75,9 +75,48 @@ def test_random_shift_moves_pixels_within_bounds():
     assert seen <= {(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3)} and len(seen) > 5
 
 
+def test_random_affine_rotates_and_scales_about_the_centre():
+    bar = torch.zeros(1, 1, 28, 28)
+    bar[0, 0, 13:15, 4:24] = 255.0  # a horizontal bar through the centre
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    assert torch.equal(random_affine(bar, 0, 0), bar)  # no augmentation: unchanged
+    for seed in range(10):
+        out = random_affine(bar, 30, 0.2, torch.Generator().manual_seed(seed))[0, 0]
+        mass = out.sum()
+        centre = ((out * rows).sum() / mass, (out * cols).sum() / mass)
+        assert abs(centre[0] - 13.5) < 0.6 and abs(centre[1] - 13.5) < 0.6  # about the image centre
+        assert 0.6 < mass / bar.sum() < 1.5  # area grows or shrinks with the scale squared (0.8² .. 1.2²)
+        dy, dx = rows - centre[0], cols - centre[1]  # the bar's angle from its second moments
+        angle = 0.5 * torch.atan2(2 * (out * dy * dx).sum(), (out * (dx * dx - dy * dy)).sum())
+        assert abs(torch.rad2deg(angle)) <= 31
+    angles = {round(float(torch.rad2deg(0.5 * torch.atan2(
+        2 * (o * (rows - 13.5) * (cols - 13.5)).sum(), (o * ((cols - 13.5) ** 2 - (rows - 13.5) ** 2)).sum()))))
+        for o in (random_affine(bar, 30, 0, torch.Generator().manual_seed(s))[0, 0] for s in range(10))}
+    assert len(angles) > 5  # each seed its own angle
+
+
+def test_augmentation_changes_training_batches_only_and_resumes_the_same(tiny_mnist):
+    data = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=50, max_rotation=15, max_scale=0.1)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    plain = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=50)
+    plain.setup("fit")
+    data.trainer = plain.trainer = type("T", (), {"training": True, "precision_plugin": type(
+        "P", (), {"convert_input": staticmethod(lambda x: x)})()})()
+    augmented, reference = data.on_after_batch_transfer(batch, 0)[0], plain.on_after_batch_transfer(batch, 0)[0]
+    assert augmented.shape == reference.shape == (50, 1, 28, 28) and not torch.allclose(augmented, reference)
+    again = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=50, max_rotation=15, max_scale=0.1)
+    again.setup("fit")
+    again.trainer = data.trainer
+    again.load_state_dict({"augmented_batches": 0})
+    assert torch.equal(again.on_after_batch_transfer(batch, 0)[0], augmented)  # seeded by the batch count
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        ({"max_rotation": -5}, r"max_rotation must be in 0..180 degrees, got -5"),
+        ({"max_scale": 1.0}, r"max_scale must be in \[0, 1\) .*, got 1.0"),
         ({"batch_size": 0}, "batch_size must be > 0, got 0"),
         ({"val_size": -1}, r"val_size must be >= 0, got -1"),
         ({"classes": []}, "at least one class"),

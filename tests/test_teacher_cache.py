@@ -162,7 +162,7 @@ def test_missing_rows_and_bad_files_are_clear_errors(tmp_path, tiny_mnist, teach
 
 
 def test_augmentation_is_refused_with_a_cache(tmp_path, tiny_mnist, teacher):
-    with pytest.raises(TeacherCacheError, match=r"max_shift=2 .*HINT: set data.init_args.max_shift=0"):
+    with pytest.raises(TeacherCacheError, match=r"max_shift=2, max_rotation=0.0.*HINT: set data.init_args.max_shift=0"):
         fit_with_cache(tmp_path, teacher, mnist(tiny_mnist, max_shift=2), tmp_path / "c.pt")
     assert not (tmp_path / "c.pt").exists()
 

@@ -17,7 +17,7 @@ from typing_extensions import override
 from lkd.cache.store import SplitIdentity, TeacherCacheError, sha256_tensors
 from lkd.data.loaders import SplitLoaders
 from lkd.data.samplers import SeededRandomSampler
-from lkd.data.transforms import normalize_uint8, random_shift
+from lkd.data.transforms import normalize_uint8, random_affine, random_shift
 from lkd.hub import load_hub_dataset
 from lkd.losses import UNLABELLED
 
@@ -114,8 +114,8 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
     Batches are ``(images, labels, sample_ids)``: images normalised float (B, 1, 28, 28), labels long (B,),
     ``sample_ids`` (B,) long: each image's row in the hub split it came from (train/val: the hub train
     split, test: the hub test split), the key of :mod:`lkd.cache`. Training batches are augmented on the
-    device (random shifts of up to ``max_shift`` pixels) after transfer, so a teacher and a student see the
-    same augmented batch. The teacher-cache contract (:class:`lkd.cache.store.CacheableData`): the
+    device (random shifts of up to ``max_shift`` pixels, then random rotations and scalings with
+    ``max_rotation`` / ``max_scale``) after transfer, so a teacher and a student see the same augmented batch. The teacher-cache contract (:class:`lkd.cache.store.CacheableData`): the
     ``cache_*`` methods.
 
     Args:
@@ -128,6 +128,8 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: batch size for val / test / predict.
         max_shift: random translation in pixels for training batches (0 = no augmentation).
+        max_rotation: random rotation of training images, up to this many degrees either way (0 = none).
+        max_scale: random scaling of training images by a factor in [1 - max_scale, 1 + max_scale] (0 = none).
         num_workers: DataLoader workers (the data is in memory, 0 is usually fastest).
         labelled_size: training rows that keep their label (None: all of them).
         unlabelled: what becomes of the other training rows with ``labelled_size``: ``"transfer"`` keeps them
@@ -147,6 +149,8 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 1000,
         max_shift: int = 0,
+        max_rotation: float = 0.0,
+        max_scale: float = 0.0,
         num_workers: int = 0,
         labelled_size: int | None = None,
         unlabelled: Literal["transfer", "drop"] = "transfer",
@@ -160,6 +164,10 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
             problems.append(f"val_size must be >= 0, got {val_size}")
         if max_shift < 0:
             problems.append(f"max_shift must be >= 0 pixels, got {max_shift}")
+        if not 0 <= max_rotation <= 180:
+            problems.append(f"max_rotation must be in 0..180 degrees, got {max_rotation}")
+        if not 0 <= max_scale < 1:
+            problems.append(f"max_scale must be in [0, 1) (a factor in [1 - max_scale, 1 + max_scale]), got {max_scale}")
         if labelled_size is not None and not 0 < labelled_size <= train_size:
             problems.append(f"labelled_size must be in 1..train_size={train_size} or null (every row labelled), got {labelled_size}")
         if unlabelled not in ("transfer", "drop"):
@@ -176,12 +184,18 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
         self.train_size, self.val_size, self.seed = train_size, val_size, seed
         self.classes = list(classes) if classes is not None else None
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.max_shift, self.num_workers = max_shift, num_workers
+        self.max_shift, self.max_rotation, self.max_scale = max_shift, max_rotation, max_scale
+        self.num_workers = num_workers
         self.labelled_size, self.unlabelled = labelled_size, unlabelled
         self.class_names: list[str] = []
         self.datasets: dict[str, TensorBatches] = {}
         self.augmented_batches = 0  # drives the augmentation seed; saved in checkpoints for exact resume
         self.save_hyperparameters()
+
+    @property
+    def augments(self) -> bool:
+        """Whether training batches are changed randomly (shift, rotation or scale)."""
+        return self.max_shift > 0 or self.max_rotation > 0 or self.max_scale > 0
 
     @property
     def num_classes(self) -> int:
@@ -275,13 +289,14 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
 
     def cache_identity(self, stage: str) -> SplitIdentity:
         """What identifies a split's cached rows: ids, content (images and labels), data set."""
-        if self.max_shift > 0:
+        if self.augments:
             raise TeacherCacheError(
                 f"a teacher cache holds the teacher's logits for unaugmented images, but data.max_shift="
-                f"{self.max_shift} shifts every training batch randomly, so cached and live targets would differ "
+                f"{self.max_shift}, max_rotation={self.max_rotation}, max_scale={self.max_scale} change every "
+                "training batch randomly, so cached and live targets would differ "
                 "(a student should see the teacher's output on the very view it is trained on; Beyer et al. 2022, "
                 "'Knowledge distillation: a good teacher is patient and consistent'). HINT: set "
-                "data.init_args.max_shift=0 for cached distillation, or drop model.init_args.teacher.cache to run the "
+                "data.init_args.max_shift=0 (and max_rotation, max_scale 0) for cached distillation, or drop model.init_args.teacher.cache to run the "
                 "teacher live on the augmented batches."
             )
         ds = self.datasets[stage]
@@ -302,9 +317,11 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels, *sample_ids = batch  # (B, 28, 28) uint8, (B,), (B,)
         images = rearrange(images, "b h w -> b 1 h w")
-        if self.trainer is not None and self.trainer.training and self.max_shift > 0:
+        if self.trainer is not None and self.trainer.training and self.augments:
             generator = torch.Generator(images.device).manual_seed(self.seed * 1_000_003 + self.augmented_batches)
             images = random_shift(images, self.max_shift, generator)  # on raw pixels: the fill is background
+            if self.max_rotation > 0 or self.max_scale > 0:
+                images = random_affine(images, self.max_rotation, self.max_scale, generator)
             self.augmented_batches += 1
         images = normalize_uint8(images)  # (B, 1, 28, 28) float32
         if self.trainer is not None:

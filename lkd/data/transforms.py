@@ -29,6 +29,31 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return rearrange(shifted, "b h w c -> b c h w")
 
 
+def random_affine(images: torch.Tensor, max_rotation: float, max_scale: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate each image by its own random angle in [-max_rotation, max_rotation] degrees and scale it by a
+    random factor in [1 - max_scale, 1 + max_scale] about its centre (bilinear, zero fill: the background of
+    raw pixels). The classic MNIST "distortions" of Simard et al. 2003 without the elastic part.
+
+    Args:
+        images: (B, C, H, W) raw pixels (uint8 or float; zero is the background).
+    Returns:
+        (B, C, H, W) float32 (bilinear values are not integers).
+    """
+    x = images.float()
+    if max_rotation <= 0 and max_scale <= 0:
+        return x
+    b = x.shape[0]
+    u = torch.rand(2, b, device=x.device, generator=generator) * 2 - 1  # (2, B) in [-1, 1]
+    angle = torch.deg2rad(u[0] * max_rotation)  # (B,)
+    inverse_scale = 1.0 / (1.0 + u[1] * max_scale)  # the grid reads the input: its scale is the inverse
+    cos, sin = torch.cos(angle) * inverse_scale, torch.sin(angle) * inverse_scale
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
 def normalize_uint8(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
     """uint8 (B, H, W) or (B, C, H, W) pixels -> normalised float (B, C, H, W)."""
     if images.ndim == 3:

@@ -137,7 +137,7 @@ def run(seed: int = 42, workdir: Path = Path("."), teacher_epochs: int | None = 
         reuse: bool = False, extra: list[str] = (), dkvb_epochs: int | None = None,
         pixel_dkvb: bool = False, teacher_cache: bool = False, labelled_size: int | None = None,
         labelled_epochs: int | None = None, baselines: bool = False,
-        on_result: Callable[[RunResult], None] | None = None) -> list[RunResult]:
+        on_result: Callable[[RunResult], None] | None = None, teacher_extra: list[str] = ()) -> list[RunResult]:
     """Teacher (or a given teacher checkpoint), student alone, student distilled, and the DKVB student: a DKVB on
     the distilled student's frozen features (``student_dkvb_encoder.yaml``), its values distilled from the
     teacher. ``pixel_dkvb`` adds the DKVB on raw pixels (``student_dkvb_kd.yaml``). One seed.
@@ -155,7 +155,8 @@ def run(seed: int = 42, workdir: Path = Path("."), teacher_epochs: int | None = 
     step; the cache holds unaugmented images, so every student (the one trained alone too, for a fair comparison)
     trains without shifts and the distilled one uses ``student_kd_cached.yaml``. DKVB students train for
     ``dkvb_epochs`` (default: their configs'). ``extra``: CLI overrides for every run (e.g. the notebook's
-    ``--trainer.precision=16-mixed`` or a smaller ``--data.init_args.train_size``). ``on_result`` is called with
+    ``--trainer.precision=16-mixed`` or a smaller ``--data.init_args.train_size``); ``teacher_extra``: more for the
+    teacher's own training only (e.g. its augmentation, ``--data.init_args.max_rotation=12``). ``on_result`` is called with
     each model's result as soon as it is tested (a benchmark writes it down, so an interruption loses little)."""
     results = []
 
@@ -165,7 +166,8 @@ def run(seed: int = 42, workdir: Path = Path("."), teacher_epochs: int | None = 
             on_result(result)
 
     if teacher_ckpt is None:
-        done(train_and_test("teacher", CONFIG_DIR / "teacher.yaml", workdir, seed, teacher_epochs, list(extra), reuse=reuse))
+        done(train_and_test("teacher", CONFIG_DIR / "teacher.yaml", workdir, seed, teacher_epochs, [*extra, *teacher_extra],
+                            reuse=reuse))
         teacher_ckpt = str(workdir / "checkpoints" / f"teacher-seed{seed}.ckpt")
     few_labels = labelled_size is not None
     tag = setting_tag(labelled_size)
