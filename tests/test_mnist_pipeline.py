@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lkd.checkpoint import load_checkpoint
 from lkd.cli import LKDCLI
 from lkd.losses import UNLABELLED, kd_kl_div
 from lkd.memory import count_parameters
@@ -25,9 +26,12 @@ def quiet(tiny_data_args: list[str]) -> list[str]:
 @pytest.mark.slow  # `make demo`'s runs one after another: 5-8 s
 def test_demo_pipeline_with_teacher_cache(tmp_path, tiny_data_args):
     results = run(seed=3, workdir=tmp_path, teacher_epochs=1, student_epochs=1, dkvb_epochs=1, teacher_cache=True,
-                  extra=quiet(tiny_data_args))
+                  extra=quiet(tiny_data_args), teacher_extra=["--data.init_args.max_rotation=10"])
     by_name = {r.name: r for r in results}
     assert list(by_name) == ["teacher", "student_scratch", "student_kd", "student_dkvb_encoder"]
+    rotation = {name: load_checkpoint(tmp_path / "checkpoints" / f"{name}-seed3.ckpt")
+                ["datamodule_hyper_parameters"]["max_rotation"] for name in ("teacher", "student_kd")}
+    assert rotation == {"teacher": 10, "student_kd": 0}  # teacher_extra: the teacher's own training only
     assert by_name["student_kd"].config == "configs/mnist/student_kd_cached.yaml"
     assert (tmp_path / "checkpoints" / "teacher_logits-seed3.pt").is_file()  # written once, read by both students
     assert all((r.labelled, r.unlabelled) == (500, 0) for r in results)  # every label
