@@ -2,6 +2,7 @@
 
     python benchmarks/mnist_kd.py                       # 3 seeds, a teacher per seed, config epochs
     python benchmarks/mnist_kd.py --shared-teacher --teacher-epochs 15 --student-epochs 20
+    python benchmarks/mnist_kd.py --shared-teacher --teacher-epochs 15 --student-epochs 20 --teacher-rotation 12 --teacher-scale 0.12
     python benchmarks/mnist_kd.py --shared-teacher --teacher-epochs 4 --student-epochs 6 --teacher-cache --pixel-dkvb
     python benchmarks/mnist_kd.py --few-labels --teacher-cache --workdir /tmp/bench_few   # the demo's setting and epochs, 3 seeds
 
