@@ -115,8 +115,8 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
     ``sample_ids`` (B,) long: each image's row in the hub split it came from (train/val: the hub train
     split, test: the hub test split), the key of :mod:`lkd.cache`. Training batches are augmented on the
     device (random shifts of up to ``max_shift`` pixels, then random rotations and scalings with
-    ``max_rotation`` / ``max_scale``) after transfer, so a teacher and a student see the same augmented batch. The teacher-cache contract (:class:`lkd.cache.store.CacheableData`): the
-    ``cache_*`` methods.
+    ``max_rotation`` / ``max_scale``) after transfer, so a teacher and a student see the same augmented batch.
+    The teacher-cache contract (:class:`lkd.cache.store.CacheableData`): the ``cache_*`` methods.
 
     Args:
         hub_id: hub id or local folder in hub layout (resolved to ``$LKD_DATA_DIR`` mirrors).
