@@ -88,6 +88,9 @@ ROWS = {
     "kd_transfer": ("student_kd.yaml", "teacher", "distilled as the recipe on a transfer set twice the train split (1 changed copy "
                     "per example, 30 % of words replaced, teacher-labelled)",
                     [*RECIPE_LOSS, FROM_TEACHER, "--data.init_args.transfer_copies=1"], TRANSFER_CACHE),
+    "dkvb_kd_mean_pool": ("student_dkvb_kd.yaml", "teacher_mean_pool", "distilled + DKVB (EMA keys) from the mean-pooling "
+                          "teacher, the student pooling the mean too", [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD],
+                          "teacher_mean_pool_cache.pt"),
     "alone_mean_pool": ("student_alone.yaml", None, "3-layer student fine-tuned alone as `student_alone`, pooling the mean",
                         [LR, "--model.init_args.model.init_args.pooling=mean"], None),
     "kd_mean_pool": ("student_kd.yaml", "teacher_mean_pool", "distilled as the recipe from the mean-pooling teacher "
@@ -105,7 +108,7 @@ ROWS = {
 SEEDED = ("student_alone", "student_kd")
 ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "dkvb_kd_pretrained_init", "dkvb_keyinit_pretrained_init",
              "dkvb_carry_pretrained_init", "kd_transfer", "kd_mean_pool",
-             "alone_mean_pool")
+             "alone_mean_pool", "dkvb_kd_mean_pool")
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [
     column("task", "task"), column("model", "model"), column("seeds", "seeds"),
