@@ -55,7 +55,7 @@ TEACHER_LR, STUDENT_LR = 1e-4, 2e-4  # the first recipe's 5e-5 left teachers sho
 # torchdistill's GLUE KD temperatures (BERT-Base <- BERT-Large), with its alpha 0.9; STS-B is a regression (MSE, no T)
 TEMPERATURE = {"sst2": 3, "rte": 5, "cola": 7, "mrpc": 11, "stsb": 1}
 ALPHA = 0.9
-CACHE, TRANSFER_CACHE = "teacher_cache.pt", "teacher_cache_transfer.pt"
+CACHE, TRANSFER_CACHE, MEAN_POOL_CACHE = "teacher_cache.pt", "teacher_cache_transfer.pt", "teacher_mean_pool_cache.pt"
 TASK_T = "T"  # in a row's overrides: the task's TEMPERATURE (job_args writes it)
 TEACHER_LR_ARG = f"--model.init_args.optimizer.init_args.lr={TEACHER_LR}"
 LR = f"--model.init_args.optimizer.init_args.lr={STUDENT_LR}"
@@ -90,12 +90,12 @@ ROWS = {
                     [*RECIPE_LOSS, FROM_TEACHER, "--data.init_args.transfer_copies=1"], TRANSFER_CACHE),
     "dkvb_kd_mean_pool": ("student_dkvb_kd.yaml", "teacher_mean_pool", "distilled + DKVB (EMA keys) from the mean-pooling "
                           "teacher, the student pooling the mean too", [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD],
-                          "teacher_mean_pool_cache.pt"),
+                          MEAN_POOL_CACHE),
     "alone_mean_pool": ("student_alone.yaml", None, "3-layer student fine-tuned alone as `student_alone`, pooling the mean",
                         [LR, "--model.init_args.model.init_args.pooling=mean"], None),
     "kd_mean_pool": ("student_kd.yaml", "teacher_mean_pool", "distilled as the recipe from the mean-pooling teacher "
                      "(`teacher_mean_pool`), the student pooling the mean too", [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD],
-                     "teacher_mean_pool_cache.pt"),
+                     MEAN_POOL_CACHE),
     # the DKVB variants (every task and seed), the recipe's loss and learning rate
     "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [TEACHER_LR_ARG], None),
     "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features, student from the teacher's "
@@ -592,7 +592,8 @@ def write_report(args, workdir: Path, echo: bool = True) -> None:
         f"Token embeddings frozen in every row (`freeze_embeddings: true`) and training in `{PRECISION}` (CPU autocast), "
         "for CPU time. Distilled rows read the teacher's "
         "cached logits (one teacher per task, seed 0) unless the row says live. Student score = GLUE dev score (mean of the "
-        "task's metrics, %) of the final weights; retained = student mean / the teacher it was distilled from (a student alone: the task's teacher). Speed = teacher CPU inference time / "
+        "task's metrics, %) of the final weights; retained = student mean / the teacher it was distilled from (a student "
+        "alone: the task's teacher). Speed = teacher CPU inference time / "
         "model time on 512 dev examples (architectures taking turns, batch 64, measured alone after training). Train s: "
         "runs shared the 2 cores, one thread each."
     ]

@@ -132,7 +132,8 @@ def test_target_lines_for_the_teachers_and_for_distilled_against_alone():
     assert glue.teacher_verdict({"metrics": {"f1": 86.4}}, "mrpc") == "mrpc f1 86.40 (≥ 86: met)"
     assert glue.teacher_verdict({"metrics": {"mcc": 28.77}}, "cola") == "cola mcc 28.77 (≥ 35: not met)"
     by = {("mrpc", "kd"): {"score": 81.0, "seeds": 3}, ("mrpc", "alone"): {"score": 76.0, "seeds": 3},
-          ("rte", "kd"): {"score": 52.0, "seeds": 1}, ("rte", "alone"): {"score": 53.0, "seeds": 3}, ("cola", "kd"): {"score": 1, "seeds": 3}}
+          ("rte", "kd"): {"score": 52.0, "seeds": 1}, ("rte", "alone"): {"score": 53.0, "seeds": 3},
+          ("cola", "kd"): {"score": 1, "seeds": 3}}
     assert glue.wins_line(by, ["mrpc", "rte", "cola"], "kd", "alone") == (
         "1 of 2 (mrpc 81.00 vs 76.00 (3 seeds), rte 52.00 vs 53.00 (1 seeds)) — **not met**.")
     assert glue.wins_line(by, ["cola"], "kd", "alone") is None

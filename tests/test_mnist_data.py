@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -79,19 +81,22 @@ def test_random_affine_rotates_and_scales_about_the_centre():
     bar = torch.zeros(1, 1, 28, 28)
     bar[0, 0, 13:15, 4:24] = 255.0  # a horizontal bar through the centre
     rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+
+    def centre_and_angle(image):  # (28, 28) -> centre of mass (row, col), the ink's main axis in degrees
+        mass = image.sum()
+        cy, cx = (image * rows).sum() / mass, (image * cols).sum() / mass
+        dy, dx = rows - cy, cols - cx
+        return (cy, cx), float(torch.rad2deg(0.5 * torch.atan2(2 * (image * dy * dx).sum(), (image * (dx * dx - dy * dy)).sum())))
+
     assert torch.equal(random_affine(bar, 0, 0), bar)  # no augmentation: unchanged
+    angles = set()
     for seed in range(10):
         out = random_affine(bar, 30, 0.2, torch.Generator().manual_seed(seed))[0, 0]
-        mass = out.sum()
-        centre = ((out * rows).sum() / mass, (out * cols).sum() / mass)
-        assert abs(centre[0] - 13.5) < 0.6 and abs(centre[1] - 13.5) < 0.6  # about the image centre
-        assert 0.6 < mass / bar.sum() < 1.5  # area grows or shrinks with the scale squared (0.8² .. 1.2²)
-        dy, dx = rows - centre[0], cols - centre[1]  # the bar's angle from its second moments
-        angle = 0.5 * torch.atan2(2 * (out * dy * dx).sum(), (out * (dx * dx - dy * dy)).sum())
-        assert abs(torch.rad2deg(angle)) <= 31
-    angles = {round(float(torch.rad2deg(0.5 * torch.atan2(
-        2 * (o * (rows - 13.5) * (cols - 13.5)).sum(), (o * ((cols - 13.5) ** 2 - (rows - 13.5) ** 2)).sum()))))
-        for o in (random_affine(bar, 30, 0, torch.Generator().manual_seed(s))[0, 0] for s in range(10))}
+        (cy, cx), angle = centre_and_angle(out)
+        assert abs(cy - 13.5) < 0.6 and abs(cx - 13.5) < 0.6  # about the image centre
+        assert 0.6 < out.sum() / bar.sum() < 1.5  # area grows or shrinks with the scale squared (0.8² .. 1.2²)
+        assert abs(angle) <= 31
+        angles.add(round(angle))
     assert len(angles) > 5  # each seed its own angle
 
 
@@ -101,10 +106,12 @@ def test_augmentation_changes_training_batches_only_and_resumes_the_same(tiny_mn
     batch = next(iter(data.train_dataloader()))
     plain = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=50)
     plain.setup("fit")
-    data.trainer = plain.trainer = type("T", (), {"training": True, "precision_plugin": type(
-        "P", (), {"convert_input": staticmethod(lambda x: x)})()})()
+    data.trainer = plain.trainer = SimpleNamespace(training=True, precision_plugin=SimpleNamespace(convert_input=lambda x: x))
     augmented, reference = data.on_after_batch_transfer(batch, 0)[0], plain.on_after_batch_transfer(batch, 0)[0]
     assert augmented.shape == reference.shape == (50, 1, 28, 28) and not torch.allclose(augmented, reference)
+    data.trainer.training = False  # validation, test: as they are
+    assert torch.equal(data.on_after_batch_transfer(batch, 0)[0], plain.on_after_batch_transfer(batch, 0)[0])
+    data.trainer.training = True
     again = MNISTDataModule(str(tiny_mnist), train_size=500, val_size=100, batch_size=50, max_rotation=15, max_scale=0.1)
     again.setup("fit")
     again.trainer = data.trainer

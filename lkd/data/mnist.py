@@ -296,8 +296,8 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
                 "training batch randomly, so cached and live targets would differ "
                 "(a student should see the teacher's output on the very view it is trained on; Beyer et al. 2022, "
                 "'Knowledge distillation: a good teacher is patient and consistent'). HINT: set "
-                "data.init_args.max_shift=0 (and max_rotation, max_scale 0) for cached distillation, or drop model.init_args.teacher.cache to run the "
-                "teacher live on the augmented batches."
+                "data.init_args.max_shift=0 (and max_rotation, max_scale 0) for cached distillation, or drop "
+                "model.init_args.teacher.cache to run the teacher live on the augmented batches."
             )
         ds = self.datasets[stage]
         return SplitIdentity(dataset=f"MNISTDataModule {self.hub_id}/{self.config}", split=stage, rows=len(ds),
@@ -320,8 +320,7 @@ class MNISTDataModule(SplitLoaders, pl.LightningDataModule):
         if self.trainer is not None and self.trainer.training and self.augments:
             generator = torch.Generator(images.device).manual_seed(self.seed * 1_000_003 + self.augmented_batches)
             images = random_shift(images, self.max_shift, generator)  # on raw pixels: the fill is background
-            if self.max_rotation > 0 or self.max_scale > 0:
-                images = random_affine(images, self.max_rotation, self.max_scale, generator)
+            images = random_affine(images, self.max_rotation, self.max_scale, generator)  # as float; none at 0, 0
             self.augmented_batches += 1
         images = normalize_uint8(images)  # (B, 1, 28, 28) float32
         if self.trainer is not None:
