@@ -96,6 +96,25 @@ def test_a_log_folder_of_another_recipe_is_moved_aside_not_resumed(monkeypatch, 
     assert f"--ckpt_path={runs_dir / 'version_0' / 'checkpoints' / 'latest.ckpt'}" in seen["args"]
 
 
+def test_a_finished_run_keeps_its_weights_and_events_but_not_its_training_state(tmp_path):
+    finished, other = ("mrpc", "student_kd", 1), ("mrpc", "student_kd", 2)
+    for k in (finished, other):
+        state = glue.log_dir(tmp_path, *k) / "version_0" / "checkpoints"
+        state.mkdir(parents=True)
+        (state / "latest.ckpt").write_bytes(b"x" * 10)
+        (state / "ep1-score0.8.ckpt").write_bytes(b"x" * 5)
+        (state.parent / "events.out.tfevents.1").write_text("curve")
+    glue.checkpoint(tmp_path, *finished).parent.mkdir(parents=True)
+    glue.checkpoint(tmp_path, *finished).write_text("final weights")
+
+    assert glue.drop_training_state(tmp_path, [finished]) == 15
+    assert not list(glue.log_dir(tmp_path, *finished).rglob("*.ckpt"))
+    assert (glue.log_dir(tmp_path, *finished) / "version_0" / "events.out.tfevents.1").is_file()
+    assert glue.checkpoint(tmp_path, *finished).is_file()
+    assert len(list(glue.log_dir(tmp_path, *other).rglob("*.ckpt"))) == 2  # not finished: still resumable
+    assert glue.drop_training_state(tmp_path, [finished]) == 0
+
+
 def test_recipe_is_the_effective_config_not_where_a_setting_is_written(monkeypatch):
     job = {"task": "mrpc", "row": "student_kd", "seed": 0}
     pretrained = glue.effective_config({**job, "row": "kd_pretrained_init"})
