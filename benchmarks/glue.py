@@ -96,6 +96,10 @@ ROWS = {
     "kd_mean_pool": ("student_kd.yaml", "teacher_mean_pool", "distilled as the recipe from the mean-pooling teacher "
                      "(`teacher_mean_pool`), the student pooling the mean too", [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD],
                      MEAN_POOL_CACHE),
+    "kd_hidden_mean_pool": ("student_kd.yaml", "teacher_mean_pool", "distilled as `kd_mean_pool` + DistilBERT's L_cos "
+                            "(weight 1): each student layer's states toward its teacher layer's (0, 2, 5; live teacher)",
+                            [LR, f"--model.init_args.alpha={ALPHA}", TASK_T, FROM_TEACHER, *MEAN_POOL_KD,
+                             "--model.init_args.cos_weight=1"], None),
     # the DKVB variants (every task and seed), the recipe's loss and learning rate
     "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [TEACHER_LR_ARG], None),
     "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features, student from the teacher's "
@@ -108,7 +112,7 @@ ROWS = {
 SEEDED = ("student_alone", "student_kd")
 ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "dkvb_kd_pretrained_init", "dkvb_keyinit_pretrained_init",
              "dkvb_carry_pretrained_init", "kd_transfer", "kd_mean_pool",
-             "alone_mean_pool", "dkvb_kd_mean_pool")
+             "alone_mean_pool", "dkvb_kd_mean_pool", "kd_hidden_mean_pool")
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [
     column("task", "task"), column("model", "model"), column("seeds", "seeds"),
@@ -549,20 +553,28 @@ def targets(rows: list[dict], tasks: list[str], seeds: int = 3) -> list[str]:
     students = [n for n in ROWS if n.startswith(("student_kd", "kd_", "student_dkvb", "dkvb_"))]  # distilled rows
     run_tasks = [t for t in tasks if (t, "teacher") in by]
     if run_tasks:
-        best, best_avg = None, -1.0
-        for n in students:
-            if all((t, n) in by and by[(t, n)]["seeds"] >= seeds for t in run_tasks):
-                avg = statistics.mean(by[(t, n)]["retained_pct"] for t in run_tasks)
-                if avg > best_avg:
-                    best, best_avg = n, avg
-        if best:
+        kept = {n: retention(by, n, run_tasks) for n in students
+                if all((t, n) in by and by[(t, n)]["seeds"] >= seeds and (t, ROWS[n][1]) in by for t in run_tasks)}
+        if kept:
+            best = max(kept, key=lambda n: kept[n][0])
+            pct, mine, theirs = kept[best]
             speeds = [by[(t, best)]["speedup"] for t in run_tasks if by[(t, best)]["speedup"]]
             speed = min(speeds) if speeds else None
-            met = "met" if best_avg >= 97 and speed and speed >= 1.8 else "not met"
+            met = "met" if pct >= 97 and speed and speed >= 1.8 else "not met"
+            per_task = ", ".join(f"{t} {by[(t, best)]['retained_pct']:.1f} %" for t in run_tasks)
             lines.append(f"Target (best distilled student run on every task with {seeds} seeds keeps ≥ 97 % of its teacher's "
-                         f"average at ≥ 1.8× its CPU speed): `{best}` keeps {best_avg:.1f} % on average over {', '.join(run_tasks)} at "
-                         f"{speed:.2f}× (slowest task) — **{met}**." if speed else f"`{best}` keeps {best_avg:.1f} %.")
+                         f"average score at ≥ 1.8× its CPU speed): `{best}` averages {mine:.2f} over {', '.join(run_tasks)} against "
+                         f"its teacher's (`{ROWS[best][1]}`) {theirs:.2f}: keeps {pct:.1f} % (per task: {per_task})"
+                         + (f" at {speed:.2f}× (slowest task) — **{met}**." if speed else " (speed not measured)."))
     return lines
+
+
+def retention(by: dict[tuple, dict], name: str, tasks: list[str]) -> tuple[float, float, float]:
+    """``(percent kept, the row's average score, its teacher's)`` over ``tasks``: the ratio of the averages, how
+    DistilBERT's "97 % of BERT's performance" is measured (GLUE macro-scores), so a task's share follows its score."""
+    mine = statistics.mean(by[(t, name)]["score"] for t in tasks)
+    theirs = statistics.mean(by[(t, ROWS[name][1])]["score"] for t in tasks)
+    return 100 * mine / theirs, mine, theirs
 
 
 def dkvb_target(by: dict[tuple, dict], tasks: list[str]) -> list[str]:
