@@ -100,6 +100,8 @@ ROWS = {
                             "(weight 1): each student layer's states toward its teacher layer's (0, 2, 5; live teacher)",
                             [LR, f"--model.init_args.alpha={ALPHA}", TASK_T, FROM_TEACHER, *MEAN_POOL_KD,
                              "--model.init_args.cos_weight=1"], None),
+    "kd_8_epochs": ("student_kd.yaml", "teacher", "distilled as the recipe, 8 epochs instead of 4",
+                    [*RECIPE_LOSS, FROM_TEACHER, "--trainer.max_epochs=8"], CACHE),
     # the DKVB variants (every task and seed), the recipe's loss and learning rate
     "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [TEACHER_LR_ARG], None),
     "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features, student from the teacher's "
@@ -112,7 +114,8 @@ ROWS = {
 SEEDED = ("student_alone", "student_kd")
 ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "dkvb_kd_pretrained_init", "dkvb_keyinit_pretrained_init",
              "dkvb_carry_pretrained_init", "kd_transfer", "kd_mean_pool",
-             "alone_mean_pool", "dkvb_kd_mean_pool", "kd_hidden_mean_pool")
+             "alone_mean_pool", "dkvb_kd_mean_pool", "kd_hidden_mean_pool",
+             "kd_8_epochs")
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [
     column("task", "task"), column("model", "model"), column("seeds", "seeds"),
