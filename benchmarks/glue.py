@@ -56,6 +56,7 @@ TEACHER_LR, STUDENT_LR = 1e-4, 2e-4  # the first recipe's 5e-5 left teachers sho
 TEMPERATURE = {"sst2": 3, "rte": 5, "cola": 7, "mrpc": 11, "stsb": 1}
 ALPHA = 0.9
 CACHE, TRANSFER_CACHE, MEAN_POOL_CACHE = "teacher_cache.pt", "teacher_cache_transfer.pt", "teacher_mean_pool_cache.pt"
+UNLABELLED_CACHE = "teacher_mean_pool_cache_unlabelled.pt"  # the mean-pooling teacher on every SST-2 training sentence
 TASK_T = "T"  # in a row's overrides: the task's TEMPERATURE (job_args writes it)
 TEACHER_LR_ARG = f"--model.init_args.optimizer.init_args.lr={TEACHER_LR}"
 LR = f"--model.init_args.optimizer.init_args.lr={STUDENT_LR}"
@@ -102,6 +103,11 @@ ROWS = {
                              "--model.init_args.cos_weight=1"], None),
     "kd_8_epochs": ("student_kd.yaml", "teacher", "distilled as the recipe, 8 epochs instead of 4",
                     [*RECIPE_LOSS, FROM_TEACHER, "--trainer.max_epochs=8"], CACHE),
+    "kd_mean_pool_unlabelled": ("student_kd.yaml", "teacher_mean_pool", "distilled as `kd_mean_pool` on all 67,349 SST-2 "
+                                "training sentences, 2 epochs: the teacher's 8,000 with their labels, the others without "
+                                "(Hinton's transfer set: the teacher's soft targets only)",
+                                [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD, "--data.init_args.train_size=null",
+                                 "--data.init_args.labelled_size=8000", "--trainer.max_epochs=2"], UNLABELLED_CACHE),
     # the DKVB variants (every task and seed), the recipe's loss and learning rate
     "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [TEACHER_LR_ARG], None),
     "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features, student from the teacher's "
@@ -115,7 +121,8 @@ SEEDED = ("student_alone", "student_kd")
 ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "dkvb_kd_pretrained_init", "dkvb_keyinit_pretrained_init",
              "dkvb_carry_pretrained_init", "kd_transfer", "kd_mean_pool",
              "alone_mean_pool", "dkvb_kd_mean_pool", "kd_hidden_mean_pool",
-             "kd_8_epochs")
+             "kd_8_epochs", "kd_mean_pool_unlabelled")
+ONLY_ON = {"kd_mean_pool_unlabelled": ("sst2",)}  # rows that make sense on some tasks only (SST-2: the one trained on a subset)
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [
     column("task", "task"), column("model", "model"), column("seeds", "seeds"),
@@ -141,10 +148,9 @@ def job_args(job: dict, workdir: Path) -> list[str]:
         "--trainer.enable_progress_bar=false", f"--trainer.precision={PRECISION}", f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={workdir / 'tb'}",
         f"--trainer.logger.init_args.name={task}_{name}_s{seed}", f"--best_checkpoint.path={checkpoint(workdir, task, name, seed)}",
         f"--model.init_args.{role}.init_args.freeze_embeddings=true", "--data.init_args.group_by_length=true",
+        *([f"--data.init_args.train_size={train_size}"] if train_size is not None else []),  # before the row's own
         *(f"--model.init_args.temperature={TEMPERATURE[task]}" if e == TASK_T else e for e in extra),
     ]
-    if train_size is not None:
-        args.append(f"--data.init_args.train_size={train_size}")
     if teacher:
         args.append(f"--model.init_args.teacher.checkpoint={checkpoint(workdir, task, teacher)}")
         if cache:
@@ -221,6 +227,7 @@ def plan(args) -> list[dict]:
     if "ablations" in args.parts:
         jobs += [{"task": t, "row": r, "seed": first} for t in args.tasks if t in args.ablation_tasks for r in ABLATIONS]
     jobs += [{"task": t, "row": r, "seed": seed} for seed in rest for t in late for r in (*SEEDED, *own_teacher, *carried)]
+    jobs = [j for j in jobs if j["task"] in ONLY_ON.get(j["row"], (j["task"],))]
     return [j for j in jobs if j["row"] in args.rows] if getattr(args, "rows", None) else jobs
 
 

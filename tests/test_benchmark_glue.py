@@ -25,7 +25,9 @@ def test_plan_starts_teachers_then_first_seed_and_every_job_after_what_it_reads(
     # the plain students of every seed come before the DKVB teachers; every DKVB row runs on every seed
     assert max(position[(t, r, s)] for t in ("mrpc", "rte") for r in glue.SEEDED for s in (0, 1, 2)) < position[("mrpc", "teacher_dkvb", 0)]
     assert {(t, r, s) for t in ("mrpc", "rte") for r in glue.DKVB_ROWS[1:] for s in (0, 1, 2)} <= set(jobs)
-    assert {k for k in jobs if k[1] in glue.ABLATIONS} == {("mrpc", r, 0) for r in glue.ABLATIONS}
+    assert {k for k in jobs if k[1] in glue.ABLATIONS} == {("mrpc", r, 0) for r in glue.ABLATIONS if r not in glue.ONLY_ON}
+    sst2 = plan_args(tasks=["mrpc", "sst2"], ablation_tasks=["mrpc", "sst2"])
+    assert {k for k in map(glue.key, glue.plan(sst2)) if k[1] == "kd_mean_pool_unlabelled"} == {("sst2", "kd_mean_pool_unlabelled", 0)}
 
 
 def test_recipe_ignores_paths_and_follows_the_budget(monkeypatch, tmp_path):

@@ -208,6 +208,36 @@ def test_transfer_set_adds_changed_unlabelled_copies(reviews):
     assert [again.split("train")[30 + i]["input_ids"].tolist() for i in range(5)] == [train[30 + i]["input_ids"].tolist() for i in range(5)]
 
 
+def test_labelled_size_labels_the_rows_train_size_would_keep_and_unlabels_the_rest(reviews):
+    subset = _ready(data_files=reviews, text_columns=["review"], label_column="stars", train_size=10, seed=3).split("train")
+    data = _ready(data_files=reviews, text_columns=["review"], label_column="stars", labelled_size=10, seed=3)
+    train = data.split("train")
+    assert len(train) == 30  # every row stays, with its text
+    labels = dict(zip(train["idx"][:].tolist(), train["labels"][:].tolist(), strict=True))
+    kept = {i for i, y in labels.items() if y >= 0}
+    assert kept == set(subset["idx"][:].tolist())  # the same rows, with the same labels
+    assert all(labels[i] == y for i, y in zip(subset["idx"][:].tolist(), subset["labels"][:].tolist(), strict=True))
+    assert sorted(y for y in labels.values() if y < 0) == [-1] * 20
+    both = _ready(data_files=reviews, text_columns=["review"], label_column="stars", train_size=20, labelled_size=10, seed=3)
+    assert len(both.split("train")) == 20 and {i for i, y in zip(both.split("train")["idx"][:].tolist(),
+                                                                  both.split("train")["labels"][:].tolist(), strict=True) if y >= 0} == kept
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"labelled_size": 0}, r"labelled_size must be > 0 and below train_size \(None\) or null, got 0"),
+    ({"labelled_size": 12, "train_size": 10}, r"labelled_size must be > 0 and below train_size \(10\) or null, got 12"),
+])
+def test_a_bad_labelled_size_is_named(reviews, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TextClassificationDataModule(data_files=reviews, text_columns=["review"], label_column="stars", **kwargs)
+
+
+def test_a_labelled_size_over_the_split_says_so(reviews):
+    data = _ready(data_files=reviews, text_columns=["review"], label_column="stars", labelled_size=30)
+    with pytest.raises(ValueError, match=r"labelled_size=30 leaves no row unlabelled: .* has 30 rows. HINT"):
+        data.split("train")
+
+
 def test_a_transfer_set_is_distilled_and_refused_without_a_teacher(tiny_glue, tmp_path):
     import lightning.pytorch as pl
 

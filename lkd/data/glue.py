@@ -51,6 +51,7 @@ class GLUEDataModule(TextClassificationDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         train_size: int | None = None,
+        labelled_size: int | None = None,
         test_split: str = "validation",
         predict_split: str = "test",
         text_columns: list[str] | None = None,
@@ -72,7 +73,7 @@ class GLUEDataModule(TextClassificationDataModule):
                          problem_type=problem_type, test_split=test_split, predict_split=predict_split,
                          validation_size=validation_size, test_size=test_size,
                          max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size, train_size=train_size,
-                         transfer_copies=transfer_copies, transfer_word_prob=transfer_word_prob,
+                         labelled_size=labelled_size, transfer_copies=transfer_copies, transfer_word_prob=transfer_word_prob,
                          group_by_length=group_by_length, seed=seed, num_workers=num_workers)
         self.hub_id = hub_id if data_files is None else None
         if data_files is None:

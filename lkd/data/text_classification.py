@@ -82,6 +82,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
             must leave one token per text column after the tokenizer's special tokens (3 for a BERT single text).
         batch_size: training batch size. ``eval_batch_size``: validation/test/predict batch size.
         train_size: a seeded random subset of this many training examples (None = all).
+        labelled_size: only this many training rows keep their label, the first of the same seeded shuffle that
+            ``train_size`` draws from (so ``labelled_size: 8000`` labels exactly the rows ``train_size: 8000`` keeps);
+            the others keep their text and get :data:`lkd.losses.UNLABELLED` (NaN for regression): Hinton et al.'s
+            transfer set of real unlabelled text, which a distillation module labels with the teacher's soft
+            targets. None (default): every row keeps its label.
         transfer_copies: add this many changed copies of every training example without their labels
             (:func:`lkd.data.transfer.replace_words`, ``transfer_word_prob`` of the words replaced): a larger transfer set that the
             teacher labels (TinyBERT); their ``labels`` are :data:`lkd.losses.UNLABELLED` (NaN for regression), so
@@ -115,6 +120,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         train_size: int | None = None,
+        labelled_size: int | None = None,
         transfer_copies: int = 0,
         transfer_word_prob: float = 0.3,
         group_by_length: bool = False,
@@ -126,6 +132,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
                     ("eval_batch_size", eval_batch_size)) if v <= 0]
         if train_size is not None and train_size <= 0:
             problems.append(f"train_size must be > 0 or null, got {train_size}")
+        if labelled_size is not None and not 0 < labelled_size < (train_size or float("inf")):
+            problems.append(f"labelled_size must be > 0 and below train_size ({train_size}) or null, got {labelled_size}")
         for name, size in (("validation_size", validation_size), ("test_size", test_size)):
             if size is not None and not (0 < size < 1 or (float(size).is_integer() and size >= 1)):
                 problems.append(f"{name} must be a fraction in (0, 1) or a count >= 1, got {size}")
@@ -157,7 +165,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.train_split, self.validation_split, self._test_split, self.predict_split = train_split, validation_split, test_split, predict_split
         self.validation_size, self.test_size = validation_size, test_size
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
-        self.train_size, self.seed, self.num_workers = train_size, seed, num_workers
+        self.train_size, self.labelled_size, self.seed, self.num_workers = train_size, labelled_size, seed, num_workers
         self.transfer_copies, self.transfer_word_prob = transfer_copies, transfer_word_prob
         self.group_by_length = group_by_length
         self.splits: dict[str, datasets.Dataset] = {}
@@ -332,12 +340,30 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if split == self.predict_split:
             labelled = self.text_labels.fully_labelled(split)  # predicting needs no labels: kept only when every row has one
         labels = list(self.encode_labels(split, data[label][:])) if labelled else None  # checked before the (cached) map
+        if split == self.train_split and self.labelled_size is not None and labels is not None:
+            labels = self.unlabel(data, labels)
         if split == self.train_split and self.transfer_copies:
             extra = self.transfer_set(data)
             data = datasets.concatenate_datasets([data, extra])
             labels = labels + [float("nan") if self.is_regression else UNLABELLED] * len(extra)
         return tokenise(data, columns, self.tokenizer, self.max_length, labels, regression=labelled and self.is_regression,
                         desc=f"tokenise {self.task}/{split}")
+
+    def unlabel(self, data: datasets.Dataset, labels: list) -> list:
+        """``labels`` with every row but the first ``labelled_size`` of the seeded shuffle set to UNLABELLED (the
+        rows keep their text: a transfer set). The shuffle is ``train_size``'s, so the labelled rows are the ones
+        a ``train_size: labelled_size`` run trains on, whatever ``train_size`` is here."""
+        full = self.raw[self.train_split]
+        if self.labelled_size >= len(full):
+            raise ValueError(f"labelled_size={self.labelled_size} leaves no row unlabelled: {self.task}'s "
+                             f"{self.train_split} split has {len(full)} rows. HINT: lower labelled_size, or leave it out")
+        keep = set(full.shuffle(seed=self.seed).select(range(self.labelled_size))["idx"][:])  # raw splits all have idx
+        rows = data["idx"][:]
+        blank = float("nan") if self.is_regression else UNLABELLED
+        out = [y if row in keep else blank for y, row in zip(labels, rows, strict=True)]
+        rank_zero_info(f"{self.task}: {sum(row in keep for row in rows)} of {len(data)} training rows keep their label, "
+                       "the others are a transfer set the teacher labels")
+        return out
 
     def transfer_set(self, data: datasets.Dataset) -> datasets.Dataset:
         """``transfer_copies`` changed copies of ``data`` (:func:`lkd.data.transfer.transfer_set`), seeded, with new
