@@ -4,6 +4,7 @@ lose" ablations on one seed.
 
     python benchmarks/glue.py [--tasks mrpc rte cola stsb] [--seeds 0 1 2] [--jobs 2] [--workdir runs/glue_benchmark]
     python benchmarks/glue.py --render-only            # the table from WORKDIR/runs.jsonl, training nothing
+    python benchmarks/glue.py --timing-only            # the speed pass alone (on an idle machine), then the table
     python benchmarks/glue.py --rows teacher_mean_pool --tasks rte --jobs 2   # chosen rows only (--jobs counts every
                                                        # driver's runs: beside a running driver, give it the same)
 
@@ -13,7 +14,7 @@ paths), run in a subprocess with ``OMP_NUM_THREADS=1``, ``--jobs`` at a time, ea
 every run, keeps them too, so a rerun on any checkout skips every run of the current recipes there is (a teacher
 kept without its checkpoint in this work folder trains again, same seed, before the rows that read it), and a run
 interrupted mid-way goes on from its ``latest.ckpt``, the state lkd writes every epoch, so its time counts only the
-last process. A teacher is trained once per task; its logits on train
+last process (a finished run keeps its weights and events, not that state). A teacher is trained once per task; its logits on train
 and validation are cached (``teacher.cache``, written by the first distilled run of the task) and every
 distilled row with ``cos_weight: 0`` reads the cache instead of running the teacher. Batches are grouped by length (``group_by_length``) and
 the token embeddings frozen (``freeze_embeddings``) in every row, for CPU time. The score is the task's
@@ -679,6 +680,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "glue_benchmark")
     parser.add_argument("--render-only", action="store_true", help="render WORKDIR/runs.jsonl (and timing.json); train nothing")
     parser.add_argument("--no-timing", action="store_true", help="skip the speed pass")
+    parser.add_argument("--timing-only", action="store_true", help="run the speed pass (on an idle machine), train nothing, render")
     parser.add_argument("--note", action="append", help="a paragraph for the section's notes")
     parser.add_argument("--train-size", type=int, default=None, help="override every task's training examples (quick checks)")
     parser.add_argument("--epochs", type=int, default=None, help="override every run's epochs (quick checks)")
@@ -695,7 +697,8 @@ def main() -> None:
         drop_training_state(args.workdir, [key(row)])  # recorded: nothing left to resume
         return
     if not args.render_only:
-        run_all(args, args.workdir)
+        if not args.timing_only:
+            run_all(args, args.workdir)
         if not args.no_timing:
             timing(args.tasks, args.workdir)
     write_report(args, args.workdir)
