@@ -98,10 +98,10 @@ ROWS = {
     "kd_mean_pool": ("student_kd.yaml", "teacher_mean_pool", "distilled as the recipe from the mean-pooling teacher "
                      "(`teacher_mean_pool`), the student pooling the mean too", [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD],
                      MEAN_POOL_CACHE),
-    "kd_hidden_mean_pool": ("student_kd.yaml", "teacher_mean_pool", "distilled as `kd_mean_pool` + DistilBERT's L_cos "
+    # configs/glue/student_kd_mean_pool.yaml: kd_mean_pool's settings (student_kd.yaml, both pooling the mean) + L_cos
+    "kd_hidden_mean_pool": ("student_kd_mean_pool.yaml", "teacher_mean_pool", "distilled as `kd_mean_pool` + DistilBERT's L_cos "
                             "(weight 1): each student layer's states toward its teacher layer's (0, 2, 5; live teacher)",
-                            [LR, f"--model.init_args.alpha={ALPHA}", TASK_T, FROM_TEACHER, *MEAN_POOL_KD,
-                             "--model.init_args.cos_weight=1"], None),
+                            [LR, f"--model.init_args.alpha={ALPHA}", TASK_T], None),
     "kd_8_epochs": ("student_kd.yaml", "teacher", "distilled as the recipe, 8 epochs instead of 4",
                     [*RECIPE_LOSS, FROM_TEACHER, "--trainer.max_epochs=8"], CACHE),
     "kd_mean_pool_unlabelled": ("student_kd.yaml", "teacher_mean_pool", "distilled as `kd_mean_pool` on all 67,349 SST-2 "

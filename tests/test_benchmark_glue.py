@@ -166,3 +166,13 @@ def test_target_lines_for_the_teachers_and_for_distilled_against_alone():
     assert glue.wins_line(by, ["mrpc", "rte", "cola"], "kd", "alone") == (
         "1 of 2 (mrpc 81.00 vs 76.00 (3 seeds), rte 52.00 vs 53.00 (1 seeds)) — **not met**.")
     assert glue.wins_line(by, ["cola"], "kd", "alone") is None
+
+
+def test_the_shipped_mean_pool_configs_train_what_their_rows_measured(monkeypatch):
+    """configs/glue/student_kd_mean_pool.yaml is row kd_hidden_mean_pool's own config; teacher_mean_pool.yaml trains
+    what row teacher_mean_pool (teacher.yaml + pooling: mean) measured, its predictions written to a folder of its own."""
+    assert glue.ROWS["kd_hidden_mean_pool"][0] == "student_kd_mean_pool.yaml"
+    monkeypatch.setitem(glue.ROWS, "teacher_shipped", ("teacher_mean_pool.yaml", None, "", [glue.TEACHER_LR_ARG], None))
+    measured, shipped = (glue.effective_config({"task": "rte", "row": row, "seed": 0}) for row in ("teacher_mean_pool", "teacher_shipped"))
+    writers = [c["init_args"]["output_dir"] for c in (measured["trainer"].pop("callbacks")[1], shipped["trainer"].pop("callbacks")[1])]
+    assert measured == shipped and writers == ["predictions/glue/teacher", "predictions/glue/teacher_mean_pool"]
