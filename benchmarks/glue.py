@@ -561,23 +561,32 @@ def targets(rows: list[dict], tasks: list[str], seeds: int = 3) -> list[str]:
         if line := wins_line(by, tasks, distilled, alone):
             lines.append(f"{label}: {line}")
     lines += dkvb_target(by, tasks)
+    if best := best_retention(by, tasks, seeds):
+        met = "met" if best["pct"] >= 97 and best["speed"] and best["speed"] >= 1.8 else "not met"
+        per_task = ", ".join(f"{t} {by[(t, best['row'])]['retained_pct']:.1f} %" for t in best["tasks"])
+        lines.append(f"Target (best distilled student run on every task with {seeds} seeds keeps ≥ 97 % of its teacher's "
+                     f"average score at ≥ 1.8× its CPU speed): `{best['row']}` averages {best['score']:.2f} over "
+                     f"{', '.join(best['tasks'])} against its teacher's (`{best['teacher']}`) {best['teacher_score']:.2f}: keeps "
+                     f"{best['pct']:.1f} % (per task: {per_task})"
+                     + (f" at {best['speed']:.2f}× (slowest task) — **{met}**." if best["speed"] else " (speed not measured)."))
+    return lines
+
+
+def best_retention(by: dict[tuple, dict], tasks: list[str], seeds: int = 3) -> dict | None:
+    """The distilled row run with ``seeds`` seeds on every task that keeps the most of its teacher's average
+    (:func:`retention`): ``{"row", "teacher", "tasks", "pct", "score", "teacher_score", "speed"}`` (speed: the
+    slowest task's ratio, None if not measured); None if no row qualifies."""
     students = [n for n in ROWS if n.startswith(("student_kd", "kd_", "student_dkvb", "dkvb_"))]  # distilled rows
     run_tasks = [t for t in tasks if (t, "teacher") in by]
-    if run_tasks:
-        kept = {n: retention(by, n, run_tasks) for n in students
-                if all((t, n) in by and by[(t, n)]["seeds"] >= seeds and (t, ROWS[n][1]) in by for t in run_tasks)}
-        if kept:
-            best = max(kept, key=lambda n: kept[n][0])
-            pct, mine, theirs = kept[best]
-            speeds = [by[(t, best)]["speedup"] for t in run_tasks if by[(t, best)]["speedup"]]
-            speed = min(speeds) if speeds else None
-            met = "met" if pct >= 97 and speed and speed >= 1.8 else "not met"
-            per_task = ", ".join(f"{t} {by[(t, best)]['retained_pct']:.1f} %" for t in run_tasks)
-            lines.append(f"Target (best distilled student run on every task with {seeds} seeds keeps ≥ 97 % of its teacher's "
-                         f"average score at ≥ 1.8× its CPU speed): `{best}` averages {mine:.2f} over {', '.join(run_tasks)} against "
-                         f"its teacher's (`{ROWS[best][1]}`) {theirs:.2f}: keeps {pct:.1f} % (per task: {per_task})"
-                         + (f" at {speed:.2f}× (slowest task) — **{met}**." if speed else " (speed not measured)."))
-    return lines
+    kept = {n: retention(by, n, run_tasks) for n in students if run_tasks and
+            all((t, n) in by and by[(t, n)]["seeds"] >= seeds and (t, ROWS[n][1]) in by for t in run_tasks)}
+    if not kept:
+        return None
+    best = max(kept, key=lambda n: kept[n][0])
+    speeds = [by[(t, best)]["speedup"] for t in run_tasks if by[(t, best)]["speedup"]]
+    pct, mine, theirs = kept[best]
+    return {"row": best, "teacher": ROWS[best][1], "tasks": run_tasks, "pct": round(pct, 2), "score": mine,
+            "teacher_score": theirs, "speed": min(speeds) if speeds else None}
 
 
 def retention(by: dict[tuple, dict], name: str, tasks: list[str]) -> tuple[float, float, float]:
@@ -662,6 +671,8 @@ def write_report(args, workdir: Path, echo: bool = True) -> None:
     result["notes"] = targets(rows, tasks, len(args.seeds)) + list(args.note or [])
     result["data"] = {"runs": [runs[k] for k in sorted(runs, key=str)], "timing": speed, "teacher_signal": signal}
     result["data"]["run_key"] = RUN_KEY
+    by = {(r["task"], r.get("name")): r for r in rows if r.get("name")}
+    result["data"]["best_retention"] = best_retention(by, tasks, len(args.seeds))  # README's headline
     common.finish(result, "glue", args, echo=echo)
 
 
