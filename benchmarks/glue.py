@@ -552,14 +552,20 @@ def targets(rows: list[dict], tasks: list[str], seeds: int = 3) -> list[str]:
     if teachers:
         lines.append("Target (teachers, dev, best epoch): " + ", ".join(teacher_verdict(by[(t, "teacher")], t) for t in teachers) + ".")
         if pooled := [t for t in teachers if (t, "teacher_mean_pool") in by]:
-            lines.append("The same targets for the mean-pooling teacher (`teacher_mean_pool`, 1 seed, not yet the recipe): "
+            lines.append("The same targets for the mean-pooling teacher (`teacher_mean_pool`, 1 seed, `configs/glue/teacher_mean_pool.yaml`): "
                          + ", ".join(teacher_verdict(by[(t, "teacher_mean_pool")], t) for t in pooled) + ".")
     for distilled, alone, label in (("student_kd", "student_alone", "Target (distilled student beats the student alone, mean "
                                      "of the seeds, on ≥ 3 of the 4 tasks)"),
                                     ("kd_mean_pool", "alone_mean_pool", "The same with mean pooling (`kd_mean_pool` vs "
-                                     "`alone_mean_pool`, not yet the recipe)")):
+                                     "`alone_mean_pool`, the students of `configs/glue/teacher_mean_pool.yaml`)")):
         if line := wins_line(by, tasks, distilled, alone):
             lines.append(f"{label}: {line}")
+    if ("sst2", "kd_mean_pool_unlabelled") in by and ("sst2", "kd_mean_pool") in by:
+        u, kd = by[("sst2", "kd_mean_pool_unlabelled")], by[("sst2", "kd_mean_pool")]
+        alone = f", alone {by[('sst2', 'alone_mean_pool')]['score']:.2f}" if ("sst2", "alone_mean_pool") in by else ""
+        lines.append(f"SST-2 with its other 59,349 training sentences as an unlabelled transfer set (`kd_mean_pool_unlabelled`, "
+                     f"{plural(u['seeds'], 'seed')}): {u['score']:.2f} against `kd_mean_pool`'s {kd['score']:.2f}{alone}; it keeps "
+                     f"{u['retained_pct']:.1f} % of its teacher (`kd_mean_pool`: {kd['retained_pct']:.1f} %).")
     lines += dkvb_target(by, tasks)
     if best := best_retention(by, tasks, seeds):
         met = "met" if best["pct"] >= 97 and best["speed"] and best["speed"] >= 1.8 else "not met"

@@ -176,3 +176,12 @@ def test_the_shipped_mean_pool_configs_train_what_their_rows_measured(monkeypatc
     measured, shipped = (glue.effective_config({"task": "rte", "row": row, "seed": 0}) for row in ("teacher_mean_pool", "teacher_shipped"))
     writers = [c["init_args"]["output_dir"] for c in (measured["trainer"].pop("callbacks")[1], shipped["trainer"].pop("callbacks")[1])]
     assert measured == shipped and writers == ["predictions/glue/teacher", "predictions/glue/teacher_mean_pool"]
+
+
+def test_the_sst2_transfer_set_line_sets_it_beside_the_rows_on_the_labelled_subset():
+    def row(name, score, kept):
+        return {"task": "sst2", "name": name, "score": score, "seeds": 3, "retained_pct": kept}
+
+    rows = [row("kd_mean_pool_unlabelled", 86.55, 97.9), row("kd_mean_pool", 85.02, 96.2), row("alone_mean_pool", 84.18, 95.2)]
+    [line] = [t for t in glue.targets(rows, ["sst2"]) if t.startswith("SST-2 with")]
+    assert "(`kd_mean_pool_unlabelled`, 3 seeds): 86.55 against `kd_mean_pool`'s 85.02, alone 84.18; it keeps 97.9 %" in line
