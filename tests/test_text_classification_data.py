@@ -284,3 +284,51 @@ def test_length_grouped_batches_pad_less_and_keep_every_example():
     assert list(LengthGroupedSampler(lengths, 32, seed=3, group_batches=10)) == order  # seeded
     sampler.set_epoch(1)
     assert list(sampler) != order  # a fresh order every epoch (resumable: it depends on seed + epoch only)
+
+
+def test_transfer_texts_from_another_data_set_join_without_labels(tiny_glue):
+    from lkd.data.transfer import TransferTexts
+
+    source = TransferTexts(dataset=str(tiny_glue), config="mrpc", split="train", column="sentence2")
+    data = GLUEDataModule("sst2", hub_id=str(tiny_glue), max_length=32, labelled_size=20, transfer_texts=source)
+    data.connect(MINILM, 32)
+    data.setup("fit")
+    train, own = data.split("train"), 64
+    assert len(train) == own + 64  # every mrpc sentence2 after sst2's 64 rows
+    labels, ids = train["labels"][:].tolist(), train["idx"][:].tolist()
+    assert labels[own:] == [-1] * 64 and sum(y >= 0 for y in labels[:own]) == 20  # labelled_size still labels its 20
+    assert ids[own:] == list(range(own, own + 64))  # keys of the teacher cache, after the split's own
+    mrpc = GLUEDataModule("mrpc", hub_id=str(tiny_glue)).raw["train"]["sentence2"][:]
+    decoded = data.tokenizer.decode(train[own + 3]["input_ids"], skip_special_tokens=True)
+    assert decoded == data.tokenizer.decode(data.tokenizer(mrpc[3])["input_ids"], skip_special_tokens=True)
+    some = GLUEDataModule("sst2", hub_id=str(tiny_glue), max_length=32, seed=1,
+                          transfer_texts=TransferTexts(dataset=str(tiny_glue), config="mrpc", column="sentence1", size=10))
+    some.connect(MINILM, 32)
+    assert len(some.split("train")) == own + 10
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ({"config": "mrpc", "column": "text"}, r"transfer_texts: .*mrpc split 'train' column 'text' is not a column; its columns: "
+                                           r"\['sentence1', 'sentence2', 'label', 'idx'\]\. HINT"),
+    ({"config": "mrpc", "column": "sentence1", "split": "dev"}, r"transfer_texts: .*mrpc has no split 'dev'. HINT: one of "
+                                                                 r"\['test', 'train', 'validation'\]"),
+    ({"config": "mrpc", "column": "label"}, r"column 'label' holds ClassLabel.*not text. HINT: name a string column"),
+])
+def test_bad_transfer_texts_are_named(tiny_glue, source, message):
+    from lkd.data.transfer import TransferTexts
+
+    data = GLUEDataModule("sst2", hub_id=str(tiny_glue), max_length=32, transfer_texts=TransferTexts(dataset=str(tiny_glue), **source))
+    data.connect(MINILM, 32)
+    with pytest.raises(ValueError, match=message):
+        data.split("train")
+
+
+def test_transfer_texts_refuse_a_pair_task_and_a_bad_size(tiny_glue):
+    from lkd.data.transfer import TransferTexts
+
+    pair = GLUEDataModule("mrpc", hub_id=str(tiny_glue), transfer_texts=TransferTexts(dataset=str(tiny_glue), config="sst2"))
+    pair.connect(MINILM, 128)
+    with pytest.raises(ValueError, match=r"transfer_texts fills one text column, but mrpc has 2: \['sentence1', 'sentence2'\]"):
+        pair.split("train")
+    with pytest.raises(ValueError, match=r"transfer_texts.size must be > 0 or null \(every text\), got 0"):
+        TransferTexts(dataset="nyu-mll/glue", config="sst2", size=0)

@@ -37,7 +37,7 @@ from lkd.data.samplers import LengthGroupedSampler, SeededRandomSampler
 from lkd.data.split_identity import tokenised_split_identity
 from lkd.data.splits import carve_splits, check_split
 from lkd.data.tokenise import check_max_length, collate, min_max_length, tokenise
-from lkd.data.transfer import transfer_set
+from lkd.data.transfer import TransferTexts, texts_from, transfer_set
 from lkd.hub import load_hub_dataset
 from lkd.losses import UNLABELLED
 from lkd.tokenizers import load_tokenizer
@@ -91,6 +91,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
             (:func:`lkd.data.transfer.replace_words`, ``transfer_word_prob`` of the words replaced): a larger transfer set that the
             teacher labels (TinyBERT); their ``labels`` are :data:`lkd.losses.UNLABELLED` (NaN for regression), so
             they need a distillation module. 0 (default): none.
+        transfer_texts: real text from another data set added to the training split without labels
+            (:class:`lkd.data.transfer.TransferTexts`, e.g. ``{dataset: nyu-mll/glue, config: sst2, column: sentence}``):
+            a transfer set that the teacher labels, as with ``labelled_size``; single-text tasks only. None (default): none.
         group_by_length: training batches of examples of about the same length 
             (:class:`lkd.data.samplers.LengthGroupedSampler`):
             less padding, so faster epochs on short-text data; False (default): a plain seeded shuffle.
@@ -123,6 +126,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         labelled_size: int | None = None,
         transfer_copies: int = 0,
         transfer_word_prob: float = 0.3,
+        transfer_texts: TransferTexts | None = None,
         group_by_length: bool = False,
         seed: int = 0,
         num_workers: int = 0,
@@ -139,6 +143,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 problems.append(f"{name} must be a fraction in (0, 1) or a count >= 1, got {size}")
         if transfer_copies < 0 or not 0 < transfer_word_prob <= 1:
             problems.append(f"transfer_copies must be >= 0 and transfer_word_prob in (0, 1], got {transfer_copies}, {transfer_word_prob}")
+        if text_columns is not None and len(text_columns) != 1 and transfer_texts is not None:
+            problems.append(f"transfer_texts fills one text column, but text_columns is {text_columns} (a pair task needs pairs). "
+                            "HINT: leave transfer_texts out, or use transfer_copies")
         if (dataset is None) == (data_files is None):
             problems.append("give exactly one of dataset (a hub id or folder) and data_files (local csv/json/parquet files), "
                             f"got dataset={dataset!r}, data_files={data_files!r}")
@@ -166,7 +173,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.validation_size, self.test_size = validation_size, test_size
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.train_size, self.labelled_size, self.seed, self.num_workers = train_size, labelled_size, seed, num_workers
-        self.transfer_copies, self.transfer_word_prob = transfer_copies, transfer_word_prob
+        self.transfer_copies, self.transfer_word_prob, self.transfer_texts = transfer_copies, transfer_word_prob, transfer_texts
         self.group_by_length = group_by_length
         self.splits: dict[str, datasets.Dataset] = {}
 
@@ -346,6 +353,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
             extra = self.transfer_set(data)
             data = datasets.concatenate_datasets([data, extra])
             labels = labels + [float("nan") if self.is_regression else UNLABELLED] * len(extra)
+        if split == self.train_split and self.transfer_texts is not None:
+            extra = self.texts_from_elsewhere(data)
+            data = datasets.concatenate_datasets([data.select_columns([*columns, "idx"]), extra])
+            labels = None if labels is None else labels + [float("nan") if self.is_regression else UNLABELLED] * len(extra)
         return tokenise(data, columns, self.tokenizer, self.max_length, labels, regression=labelled and self.is_regression,
                         desc=f"tokenise {self.task}/{split}")
 
@@ -371,6 +382,16 @@ class TextClassificationDataModule(pl.LightningDataModule):
         extra = transfer_set(data, self.text_columns, copies=self.transfer_copies, word_prob=self.transfer_word_prob, seed=self.seed)
         rank_zero_info(f"{self.task}: transfer set of {self.transfer_copies} x {len(data)} changed training examples without labels "
                        f"({self.transfer_word_prob:.0%} of the words replaced)")
+        return extra
+
+    def texts_from_elsewhere(self, data: datasets.Dataset) -> datasets.Dataset:
+        """The texts of ``transfer_texts`` as rows of ``data``'s one text column (:func:`lkd.data.transfer.texts_from`),
+        ``idx`` after ``data``'s own."""
+        if len(self.text_columns) != 1:
+            raise ValueError(f"transfer_texts fills one text column, but {self.task} has {len(self.text_columns)}: "
+                             f"{self.text_columns} (a pair task needs pairs). HINT: leave transfer_texts out, or use transfer_copies")
+        extra = texts_from(self.transfer_texts, data, self.text_columns[0], seed=self.seed)
+        rank_zero_info(f"{self.task}: transfer set of {len(extra)} texts without labels from {self.transfer_texts.source}")
         return extra
 
     def _collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
