@@ -17,6 +17,12 @@ from tests.conftest import CONFIGS
 from tests.lm_fixtures import VOCAB, tiny_student, tiny_teacher
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own folder: the export's test pass logs to runs/ there, never into the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def lm_module() -> LMDistillModule:
     torch.manual_seed(0)
     return LMDistillModule(tiny_student(), Teacher(tiny_teacher()), tokenizer="bytes", loss_weights={"kl": 1.0})
