@@ -185,3 +185,22 @@ def test_the_sst2_transfer_set_line_sets_it_beside_the_rows_on_the_labelled_subs
     rows = [row("kd_mean_pool_unlabelled", 86.55, 97.9), row("kd_mean_pool", 85.02, 96.2), row("alone_mean_pool", 84.18, 95.2)]
     [line] = [t for t in glue.targets(rows, ["sst2"]) if t.startswith("SST-2 with")]
     assert "(`kd_mean_pool_unlabelled`, 3 seeds): 86.55 against `kd_mean_pool`'s 85.02, alone 84.18; it keeps 97.9 %" in line
+
+
+def test_transfer_sets_replace_kd_mean_pool_where_a_task_has_one_in_the_retention_line():
+    def row(task, name, score, seeds=3):
+        return {"task": task, "name": name, "score": score, "seeds": seeds, "retained_pct": 0.0, "speedup": 2.0,
+                "metrics": {"f1": score, "mcc": score}}
+
+    rows = [row(t, "teacher", 60.0) for t in ("mrpc", "cola")] + [row("mrpc", "teacher_mean_pool", 80.0, 1),
+                                                                   row("cola", "teacher_mean_pool", 20.0, 1)]
+    rows += [row("mrpc", "kd_mean_pool", 78.0), row("cola", "kd_mean_pool", 14.0), row("cola", "kd_mean_pool_sst2_texts", 18.0)]
+    by = {(r["task"], r["name"]): r for r in rows}
+    kept = glue.transfer_set_retention(by, ["mrpc", "cola"])
+    assert kept["rows"] == {"mrpc": "kd_mean_pool", "cola": "kd_mean_pool_sst2_texts"}
+    assert kept["pct"] == 96.0 and kept["score"] == 48.0 and kept["teacher_score"] == 50.0  # (78 + 18) / (80 + 20)
+    by[("cola", "kd_mean_pool_sst2_texts")]["seeds"] = 1  # a transfer set with fewer seeds does not stand in
+    assert glue.transfer_set_retention(by, ["mrpc", "cola"]) is None
+    by[("cola", "kd_mean_pool_sst2_texts")]["seeds"] = 3
+    [line] = [t for t in glue.targets(rows, ["mrpc", "cola"]) if t.startswith("The same target for `kd_mean_pool` with")]
+    assert "cola `kd_mean_pool_sst2_texts` 18.00" in line and "keeps 96.0 % at 2.00× (slowest task) — **not met**." in line
