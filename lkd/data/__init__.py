@@ -11,8 +11,9 @@ from lkd.data.prompts import PromptDataModule
 from lkd.data.samplers import LengthGroupedSampler, SeededRandomSampler
 from lkd.data.text import AlignedTokenBlocks, BlockSizeError, TextColumnError, TextDataModule, TokenBlocks
 from lkd.data.text_classification import TextClassificationDataModule, TextDataError
+from lkd.data.transfer import TransferTexts
 
 __all__ = ["ArithmeticPromptDataModule", "AlignedBlock", "AlignedTokenBlocks", "AlignmentError", "BlockSizeError", "Chunk", "GLUEDataModule", "LengthGroupedSampler",
            "MNISTDataModule", "NonStationaryMNISTDataModule", "PromptDataModule", "SeededRandomSampler", "TensorBatches",
            "TextClassificationDataModule", "TextColumnError", "TextDataError", "TextDataModule", "TextLabels", "TokenBlocks",
-           "class_pair_orders"]
+           "TransferTexts", "class_pair_orders"]
