@@ -332,3 +332,17 @@ def test_transfer_texts_refuse_a_pair_task_and_a_bad_size(tiny_glue):
         pair.split("train")
     with pytest.raises(ValueError, match=r"transfer_texts.size must be > 0 or null \(every text\), got 0"):
         TransferTexts(dataset="nyu-mll/glue", config="sst2", size=0)
+
+
+@pytest.mark.parametrize(("split", "message"), [
+    ("validation", r"this task's own 'validation' split: its texts would train the student that is scored on them\. HINT"),
+    ("train", r"this task's own training split: its rows are in training already\. HINT: labelled_size"),
+])
+def test_transfer_texts_refuse_the_tasks_own_splits(tiny_glue, split, message):
+    from lkd.data.transfer import TransferTexts
+
+    data = GLUEDataModule("sst2", hub_id=str(tiny_glue), max_length=32,
+                          transfer_texts=TransferTexts(dataset=str(tiny_glue), config="sst2", split=split))
+    data.connect(MINILM, 32)
+    with pytest.raises(ValueError, match=message):
+        data.split("train")

@@ -390,6 +390,13 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if len(self.text_columns) != 1:
             raise ValueError(f"transfer_texts fills one text column, but {self.task} has {len(self.text_columns)}: "
                              f"{self.text_columns} (a pair task needs pairs). HINT: leave transfer_texts out, or use transfer_copies")
+        source = self.transfer_texts
+        if self.dataset is not None and (source.dataset, source.config) == (self.dataset, self.config):
+            if source.split != self.train_split:  # the rows the score is measured on, teacher-labelled, in training
+                raise ValueError(f"transfer_texts reads {source.source}, this task's own {source.split!r} split: its texts would "
+                                 "train the student that is scored on them. HINT: name another data set's texts, or leave transfer_texts out")
+            raise ValueError(f"transfer_texts reads {source.source}, this task's own training split: its rows are in training "
+                             "already. HINT: labelled_size keeps some of them labelled and the rest as a transfer set")
         extra = texts_from(self.transfer_texts, data, self.text_columns[0], seed=self.seed)
         rank_zero_info(f"{self.task}: transfer set of {len(extra)} texts without labels from {self.transfer_texts.source}")
         return extra
