@@ -587,32 +587,39 @@ def targets(rows: list[dict], tasks: list[str], seeds: int = 3) -> list[str]:
                          f"of its teacher (`kd_mean_pool`: {kd['retained_pct']:.1f} %).")
     lines += dkvb_target(by, tasks)
     if best := best_retention(by, tasks, seeds):
-        met = "met" if best["pct"] >= 97 and best["speed"] and best["speed"] >= 1.8 else "not met"
         per_task = ", ".join(f"{t} {by[(t, best['row'])]['retained_pct']:.1f} %" for t in best["tasks"])
         lines.append(f"Target (best distilled student run on every task with {seeds} seeds keeps ≥ 97 % of its teacher's "
                      f"average score at ≥ 1.8× its CPU speed): `{best['row']}` averages {best['score']:.2f} over "
                      f"{', '.join(best['tasks'])} against its teacher's (`{best['teacher']}`) {best['teacher_score']:.2f}: keeps "
-                     f"{best['pct']:.1f} % (per task: {per_task})"
-                     + (f" at {best['speed']:.2f}× (slowest task) — **{met}**." if best["speed"] else " (speed not measured)."))
+                     f"{best['pct']:.1f} % (per task: {per_task})" + retention_verdict(best))
     if kept := transfer_set_retention(by, tasks, seeds):
-        met = "met" if kept["pct"] >= 97 and kept["speed"] and kept["speed"] >= 1.8 else "not met"
         rows = ", ".join(f"{t} `{kept['rows'][t]}` {by[(t, kept['rows'][t])]['score']:.2f}" for t in kept["tasks"])
         lines.append(f"The same target for `kd_mean_pool` with a transfer set where the task has one (per task: {rows}; "
                      "the transfer sets are single sentences, and MRPC and RTE take pairs, which no other data set here holds): averages "
                      f"{kept['score']:.2f} against `teacher_mean_pool`'s {kept['teacher_score']:.2f}: keeps {kept['pct']:.1f} %"
-                     + (f" at {kept['speed']:.2f}× (slowest task) — **{met}**." if kept["speed"] else " (speed not measured)."))
+                     + retention_verdict(kept))
     return lines
+
+
+def retention_verdict(kept: dict) -> str:
+    """The end of a retention line: the speed and whether ≥ 97 % at ≥ 1.8× is met."""
+    if not kept["speed"]:
+        return " (speed not measured)."
+    met = kept["pct"] >= 97 and kept["speed"] >= 1.8
+    return f" at {kept['speed']:.2f}× (slowest task) — **{'met' if met else 'not met'}**."
 
 
 def transfer_set_retention(by: dict[tuple, dict], tasks: list[str], seeds: int = 3) -> dict | None:
     """:func:`retention` of `kd_mean_pool` with each task's :data:`TRANSFER_SETS` row in its place where that ran
     with ``seeds`` seeds (the same student, teacher and loss; more text): ``{"rows", "tasks", "pct", "score",
     "teacher_score", "speed"}``; None unless a transfer-set row and every task's `kd_mean_pool` ran."""
+    def ran(t: str, row: str) -> bool:
+        return (t, row) in by and by[(t, row)]["seeds"] >= seeds
+
     run_tasks = [t for t in tasks if (t, "teacher") in by]
-    rows = {t: TRANSFER_SETS[t][0] if (t, TRANSFER_SETS.get(t, ("",))[0]) in by and by[(t, TRANSFER_SETS[t][0])]["seeds"] >= seeds
-            else "kd_mean_pool" for t in run_tasks}
+    rows = {t: name if (name := TRANSFER_SETS.get(t, ("",))[0]) and ran(t, name) else "kd_mean_pool" for t in run_tasks}
     if not run_tasks or set(rows.values()) == {"kd_mean_pool"} or not all(
-            (t, r) in by and by[(t, r)]["seeds"] >= seeds and (t, "teacher_mean_pool") in by for t, r in rows.items()):
+            ran(t, r) and (t, "teacher_mean_pool") in by for t, r in rows.items()):
         return None
     mine = statistics.mean(by[(t, r)]["score"] for t, r in rows.items())
     theirs = statistics.mean(by[(t, "teacher_mean_pool")]["score"] for t in run_tasks)

@@ -45,6 +45,12 @@ from lkd.tokenizers import load_tokenizer
 __all__ = ["LengthGroupedSampler", "ProblemType", "TextClassificationDataModule", "TextDataError"]
 
 
+def one_text_column_only(columns: list[str], task: str | None = None) -> str:
+    """Why ``transfer_texts`` is refused for a task with ``columns`` (not one text column), and what to do instead."""
+    return (f"transfer_texts fills one text column, but {task or 'text_columns'} has {len(columns)}: {columns} (a pair task "
+            "needs pairs). HINT: leave transfer_texts out, or use transfer_copies")
+
+
 class TextClassificationDataModule(pl.LightningDataModule):
     """Tokenised text-classification splits with dynamic padding.
 
@@ -144,8 +150,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if transfer_copies < 0 or not 0 < transfer_word_prob <= 1:
             problems.append(f"transfer_copies must be >= 0 and transfer_word_prob in (0, 1], got {transfer_copies}, {transfer_word_prob}")
         if text_columns is not None and len(text_columns) != 1 and transfer_texts is not None:
-            problems.append(f"transfer_texts fills one text column, but text_columns is {text_columns} (a pair task needs pairs). "
-                            "HINT: leave transfer_texts out, or use transfer_copies")
+            problems.append(one_text_column_only(text_columns))
         if (dataset is None) == (data_files is None):
             problems.append("give exactly one of dataset (a hub id or folder) and data_files (local csv/json/parquet files), "
                             f"got dataset={dataset!r}, data_files={data_files!r}")
@@ -350,15 +355,20 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if split == self.train_split and self.labelled_size is not None and labels is not None:
             labels = self.unlabel(data, labels)
         if split == self.train_split and self.transfer_copies:
-            extra = self.transfer_set(data)
-            data = datasets.concatenate_datasets([data, extra])
-            labels = labels + [float("nan") if self.is_regression else UNLABELLED] * len(extra)
+            data, labels = self.with_unlabelled(data, labels, self.transfer_set(data))
         if split == self.train_split and self.transfer_texts is not None:
-            extra = self.texts_from_elsewhere(data)
-            data = datasets.concatenate_datasets([data.select_columns([*columns, "idx"]), extra])
-            labels = None if labels is None else labels + [float("nan") if self.is_regression else UNLABELLED] * len(extra)
+            data, labels = self.with_unlabelled(data.select_columns([*columns, "idx"]), labels, self.texts_from_elsewhere(data))
         return tokenise(data, columns, self.tokenizer, self.max_length, labels, regression=labelled and self.is_regression,
                         desc=f"tokenise {self.task}/{split}")
+
+    @property
+    def unlabelled_value(self) -> float | int:
+        """The label of a row without one: NaN for a regression, :data:`lkd.losses.UNLABELLED` for classes."""
+        return float("nan") if self.is_regression else UNLABELLED
+
+    def with_unlabelled(self, data: datasets.Dataset, labels: list, extra: datasets.Dataset) -> tuple[datasets.Dataset, list]:
+        """``data`` and its ``labels`` with the ``extra`` rows (a transfer set, same features) after them, unlabelled."""
+        return datasets.concatenate_datasets([data, extra]), labels + [self.unlabelled_value] * len(extra)
 
     def unlabel(self, data: datasets.Dataset, labels: list) -> list:
         """``labels`` with every row but the first ``labelled_size`` of the seeded shuffle set to UNLABELLED (the
@@ -370,8 +380,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
                              f"{self.train_split} split has {len(full)} rows. HINT: lower labelled_size, or leave it out")
         keep = set(full.shuffle(seed=self.seed).select(range(self.labelled_size))["idx"][:])  # raw splits all have idx
         rows = data["idx"][:]
-        blank = float("nan") if self.is_regression else UNLABELLED
-        out = [y if row in keep else blank for y, row in zip(labels, rows, strict=True)]
+        out = [y if row in keep else self.unlabelled_value for y, row in zip(labels, rows, strict=True)]
         rank_zero_info(f"{self.task}: {sum(row in keep for row in rows)} of {len(data)} training rows keep their label, "
                        "the others are a transfer set the teacher labels")
         return out
@@ -388,8 +397,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         """The texts of ``transfer_texts`` as rows of ``data``'s one text column (:func:`lkd.data.transfer.texts_from`),
         ``idx`` after ``data``'s own."""
         if len(self.text_columns) != 1:
-            raise ValueError(f"transfer_texts fills one text column, but {self.task} has {len(self.text_columns)}: "
-                             f"{self.text_columns} (a pair task needs pairs). HINT: leave transfer_texts out, or use transfer_copies")
+            raise ValueError(one_text_column_only(self.text_columns, self.task))
         source = self.transfer_texts
         if self.dataset is not None and (source.dataset, source.config) == (self.dataset, self.config):
             if source.split != self.train_split:  # the rows the score is measured on, teacher-labelled, in training

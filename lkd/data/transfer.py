@@ -77,8 +77,14 @@ class TransferTexts:
             raise ValueError(f"transfer_texts.size must be > 0 or null (every text), got {self.size}")
 
     @property
+    def name(self) -> str:
+        """``dataset/config``, for messages."""
+        return f"{self.dataset}/{self.config}" if self.config else self.dataset
+
+    @property
     def source(self) -> str:
-        return f"{self.dataset}{'/' + self.config if self.config else ''} split {self.split!r} column {self.column!r}"
+        """The data set, split and column, for messages."""
+        return f"{self.name} split {self.split!r} column {self.column!r}"
 
 
 def texts_from(source: TransferTexts, like: datasets.Dataset, column: str, *, seed: int) -> datasets.Dataset:
@@ -92,8 +98,7 @@ def texts_from(source: TransferTexts, like: datasets.Dataset, column: str, *, se
 
     splits = load_hub_dataset(source.dataset, source.config)
     if source.split not in splits:
-        raise ValueError(f"transfer_texts: {source.dataset}{'/' + source.config if source.config else ''} has no split "
-                         f"{source.split!r}. HINT: one of {sorted(splits)}")
+        raise ValueError(f"transfer_texts: {source.name} has no split {source.split!r}. HINT: one of {sorted(splits)}")
     data = splits[source.split]
     if source.column not in data.column_names:
         raise ValueError(f"transfer_texts: {source.source} is not a column; its columns: {data.column_names}. HINT: set "

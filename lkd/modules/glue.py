@@ -49,8 +49,8 @@ class GLUEModule(LKDModule):
         warmup_ratio: fraction of the optimizer steps spent warming up.
     """
 
-    transfer_set_option = "data.init_args.transfer_copies > 0 or labelled_size"
-    unlabelled_hint = "use GLUEDistillModule, or set transfer_copies: 0 and leave labelled_size out"
+    transfer_set_option = "data.init_args.transfer_copies > 0, labelled_size or transfer_texts"
+    unlabelled_hint = "use GLUEDistillModule, or set transfer_copies: 0 and leave labelled_size and transfer_texts out"
 
     def __init__(self, num_classes: int = 2, task: str = "sst2", optimizer: OptimizerCallable = torch.optim.AdamW,
                  lr_schedule: ScheduleName = "linear", warmup_ratio: float = 0.1):
