@@ -59,6 +59,8 @@ ALPHA = 0.9
 CACHE, TRANSFER_CACHE, MEAN_POOL_CACHE = "teacher_cache.pt", "teacher_cache_transfer.pt", "teacher_mean_pool_cache.pt"
 UNLABELLED_CACHE = "teacher_mean_pool_cache_unlabelled.pt"  # the mean-pooling teacher on every SST-2 training sentence
 SST2_TEXTS_CACHE = "teacher_mean_pool_cache_sst2_texts.pt"  # the mean-pooling teacher on CoLA's rows + SST-2's sentences
+# the mean-pooling teacher on the task's rows + changed copies of them; the copies are drawn per data seed, so one file a seed
+NEIGHBOURS_CACHE = "teacher_mean_pool_cache_neighbours_{p}_s{seed}.pt"
 SST2_TEXTS = '{"dataset": "nyu-mll/glue", "config": "sst2", "split": "train", "column": "sentence"}'
 TASK_T = "T"  # in a row's overrides: the task's TEMPERATURE (job_args writes it)
 TEACHER_LR_ARG = f"--model.init_args.optimizer.init_args.lr={TEACHER_LR}"
@@ -120,6 +122,13 @@ ROWS = {
                                          "instead of 2", [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD,
                                                           f"--data.init_args.transfer_texts={SST2_TEXTS}", "--trainer.max_epochs=4"],
                                          SST2_TEXTS_CACHE),
+    **{f"kd_mean_pool_neighbours_{p}": (
+        "student_kd.yaml", "teacher_mean_pool", f"distilled as `kd_mean_pool` on the task's rows plus 8 changed copies of each without "
+        f"labels (TinyBERT's augmentation: {p} % of the words replaced by one of their 15 nearest words in the encoder's word "
+        "embeddings, `transfer_words: neighbours`; the teacher's soft targets only), 2 epochs",
+        [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD, "--data.init_args.transfer_copies=8", f"--data.init_args.transfer_word_prob={p / 100:g}",
+         "--data.init_args.transfer_words=neighbours", "--trainer.max_epochs=2"], NEIGHBOURS_CACHE.replace("{p}", str(p)))
+       for p in (15, 30)},
     # the DKVB variants (every task and seed), the recipe's loss and learning rate
     "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [TEACHER_LR_ARG], None),
     "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features, student from the teacher's "
@@ -133,7 +142,8 @@ SEEDED = ("student_alone", "student_kd")
 ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "dkvb_kd_pretrained_init", "dkvb_keyinit_pretrained_init",
              "dkvb_carry_pretrained_init", "kd_transfer", "kd_mean_pool",
              "alone_mean_pool", "dkvb_kd_mean_pool", "kd_hidden_mean_pool",
-             "kd_8_epochs", "kd_mean_pool_unlabelled", "kd_mean_pool_sst2_texts", "kd_mean_pool_sst2_texts_4_epochs")
+             "kd_8_epochs", "kd_mean_pool_unlabelled", "kd_mean_pool_sst2_texts", "kd_mean_pool_sst2_texts_4_epochs",
+             "kd_mean_pool_neighbours_15", "kd_mean_pool_neighbours_30")
 # rows that make sense on some tasks only: SST-2 is the one trained on a subset; SST-2's sentences fill a single-text
 # task's one column (CoLA's; MRPC and RTE take pairs)
 ONLY_ON = {"kd_mean_pool_unlabelled": ("sst2",), "kd_mean_pool_sst2_texts": ("cola",),
@@ -173,7 +183,7 @@ def job_args(job: dict, workdir: Path) -> list[str]:
     if teacher:
         args.append(f"--model.init_args.teacher.checkpoint={checkpoint(workdir, task, teacher)}")
         if cache:
-            args.append(f"--model.init_args.teacher.cache={workdir / task / cache}")
+            args.append(f"--model.init_args.teacher.cache={workdir / task / cache.format(seed=seed)}")
     return args
 
 

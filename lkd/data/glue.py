@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 
 from lkd.data.text_classification import ProblemType, TextClassificationDataModule
-from lkd.data.transfer import TransferTexts
+from lkd.data.transfer import TransferTexts, TransferWords
 from lkd.hub import resolve_dataset_path
 
 __all__ = ["GLUEDataModule"]
@@ -63,6 +63,7 @@ class GLUEDataModule(TextClassificationDataModule):
         test_size: float | int | None = None,
         transfer_copies: int = 0,
         transfer_word_prob: float = 0.3,
+        transfer_words: TransferWords = "frequency",
         transfer_texts: TransferTexts | None = None,
         group_by_length: bool = False,
         seed: int = 0,
@@ -76,7 +77,7 @@ class GLUEDataModule(TextClassificationDataModule):
                          validation_size=validation_size, test_size=test_size,
                          max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size, train_size=train_size,
                          labelled_size=labelled_size, transfer_copies=transfer_copies, transfer_word_prob=transfer_word_prob,
-                         transfer_texts=transfer_texts,
+                         transfer_words=transfer_words, transfer_texts=transfer_texts,
                          group_by_length=group_by_length, seed=seed, num_workers=num_workers)
         self.hub_id = hub_id if data_files is None else None
         if data_files is None:

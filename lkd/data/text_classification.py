@@ -37,7 +37,7 @@ from lkd.data.samplers import LengthGroupedSampler, SeededRandomSampler
 from lkd.data.split_identity import tokenised_split_identity
 from lkd.data.splits import carve_splits, check_split
 from lkd.data.tokenise import check_max_length, collate, min_max_length, tokenise
-from lkd.data.transfer import TransferTexts, texts_from, transfer_set
+from lkd.data.transfer import TRANSFER_WORDS, TransferTexts, TransferWords, embedding_neighbours, encoder_word_embeddings, texts_from, transfer_set
 from lkd.hub import load_hub_dataset
 from lkd.losses import UNLABELLED
 from lkd.tokenizers import load_tokenizer
@@ -94,9 +94,13 @@ class TextClassificationDataModule(pl.LightningDataModule):
             transfer set of real unlabelled text, which a distillation module labels with the teacher's soft
             targets. None (default): every row keeps its label.
         transfer_copies: add this many changed copies of every training example without their labels
-            (:func:`lkd.data.transfer.replace_words`, ``transfer_word_prob`` of the words replaced): a larger transfer set that the
-            teacher labels (TinyBERT); their ``labels`` are :data:`lkd.losses.UNLABELLED` (NaN for regression), so
-            they need a distillation module. 0 (default): none.
+            (``transfer_word_prob`` of the words replaced): a larger transfer set that the teacher labels (TinyBERT);
+            their ``labels`` are :data:`lkd.losses.UNLABELLED` (NaN for regression), so they need a distillation
+            module. 0 (default): none.
+        transfer_words: what replaces a word in a changed copy: ``frequency`` (default), a word drawn by its frequency
+            in the training text (:func:`lkd.data.transfer.replace_words`); ``neighbours``, one of the word's 15 nearest
+            words in the tokenizer's encoder's word embeddings (:func:`lkd.data.transfer.embedding_neighbours`:
+            TinyBERT's GloVe candidates; often another form of the same word).
         transfer_texts: real text from another data set added to the training split without labels
             (:class:`lkd.data.transfer.TransferTexts`, e.g. ``{dataset: nyu-mll/glue, config: sst2, column: sentence}``):
             a transfer set that the teacher labels, as with ``labelled_size``; single-text tasks only. None (default): none.
@@ -132,6 +136,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         labelled_size: int | None = None,
         transfer_copies: int = 0,
         transfer_word_prob: float = 0.3,
+        transfer_words: TransferWords = "frequency",
         transfer_texts: TransferTexts | None = None,
         group_by_length: bool = False,
         seed: int = 0,
@@ -149,6 +154,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 problems.append(f"{name} must be a fraction in (0, 1) or a count >= 1, got {size}")
         if transfer_copies < 0 or not 0 < transfer_word_prob <= 1:
             problems.append(f"transfer_copies must be >= 0 and transfer_word_prob in (0, 1], got {transfer_copies}, {transfer_word_prob}")
+        if transfer_words not in TRANSFER_WORDS:
+            problems.append(f"transfer_words must be one of {list(TRANSFER_WORDS)}, got {transfer_words!r}")
         if text_columns is not None and len(text_columns) != 1 and transfer_texts is not None:
             problems.append(one_text_column_only(text_columns))
         if (dataset is None) == (data_files is None):
@@ -179,6 +186,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
         self.train_size, self.labelled_size, self.seed, self.num_workers = train_size, labelled_size, seed, num_workers
         self.transfer_copies, self.transfer_word_prob, self.transfer_texts = transfer_copies, transfer_word_prob, transfer_texts
+        self.transfer_words = transfer_words
         self.group_by_length = group_by_length
         self.splits: dict[str, datasets.Dataset] = {}
 
@@ -388,9 +396,17 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def transfer_set(self, data: datasets.Dataset) -> datasets.Dataset:
         """``transfer_copies`` changed copies of ``data`` (:func:`lkd.data.transfer.transfer_set`), seeded, with new
         ``idx`` values after the split's own."""
-        extra = transfer_set(data, self.text_columns, copies=self.transfer_copies, word_prob=self.transfer_word_prob, seed=self.seed)
+        neighbours = None
+        if self.transfer_words == "neighbours":
+            embeddings = encoder_word_embeddings(self.tokenizer_name)  # first: it names a tokenizer without an encoder
+            words = (w for c in self.text_columns for text in data[c] for w in (text or "").split())
+            neighbours = embedding_neighbours(words, self.tokenizer.get_vocab(), embeddings)
+        extra = transfer_set(data, self.text_columns, copies=self.transfer_copies, word_prob=self.transfer_word_prob, seed=self.seed,
+                             neighbours=neighbours)
+        by = f"by one of its nearest words in {self.tokenizer_name}'s word embeddings ({len(neighbours):,} words have some)" \
+            if neighbours is not None else "by a word drawn by its frequency"
         rank_zero_info(f"{self.task}: transfer set of {self.transfer_copies} x {len(data)} changed training examples without labels "
-                       f"({self.transfer_word_prob:.0%} of the words replaced)")
+                       f"({self.transfer_word_prob:.0%} of the words replaced, each {by})")
         return extra
 
     def texts_from_elsewhere(self, data: datasets.Dataset) -> datasets.Dataset:

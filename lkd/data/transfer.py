@@ -1,13 +1,23 @@
 """The transfer set: texts without labels for a teacher to label. Either changed copies of the training texts
-(TinyBERT's augmentation, with words drawn by their frequency in the training text instead of predicted by a masked
-LM), or real text from another data set (:class:`TransferTexts`: Hinton et al.'s transfer set of unlabelled data)."""
+(TinyBERT's augmentation: each word replaced, with some probability, by a word drawn by its frequency in the training
+text, or by one of its nearest words in the encoder's word embeddings), or real text from another data set
+(:class:`TransferTexts`: Hinton et al.'s transfer set of unlabelled data)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import datasets
 import numpy as np
+import torch
+
+TransferWords = Literal["frequency", "neighbours"]
+TRANSFER_WORDS: tuple[str, ...] = ("frequency", "neighbours")
+NEIGHBOURS = 15  # candidates per word: TinyBERT's K
+_WORD = re.compile(r"(\W*)(.*?)(\W*)", re.DOTALL)  # leading punctuation, the word, trailing punctuation
 
 
 def replace_words(text: str, words: np.ndarray, weights: np.ndarray, prob: float, rng: np.random.Generator) -> str:
@@ -26,10 +36,73 @@ def replace_words(text: str, words: np.ndarray, weights: np.ndarray, prob: float
     return " ".join(tokens)
 
 
-def transfer_set(data: datasets.Dataset, columns: list[str], *, copies: int, word_prob: float, seed: int) -> datasets.Dataset:
-    """``copies`` changed copies of ``data`` (:func:`replace_words` on every text column in ``columns``, a
-    ``word_prob`` of the words replaced by words drawn from ``data``'s own word frequencies), seeded by
-    ``(seed, copy)``, with new ``idx`` values after the split's own; every other column as in ``data``."""
+def split_word(word: str) -> tuple[str, str, str]:
+    """``word`` as (leading punctuation, the word itself, trailing punctuation): ``'"Hello,'`` → ``('"', 'Hello', ',')``."""
+    return _WORD.fullmatch(word).groups()
+
+
+def embedding_neighbours(words: Iterable[str], vocab: dict[str, int], embeddings: torch.Tensor, k: int = NEIGHBOURS,
+                         chunk: int = 2048) -> dict[str, list[str]]:
+    """Each of ``words`` (lower-cased, punctuation stripped) that is one alphabetic token of ``vocab``, mapped to the
+    ``k`` other such words nearest to it by the cosine of its row of ``embeddings`` (V, d), nearest first.
+
+    TinyBERT (Jiao et al. 2020, "TinyBERT: Distilling BERT for Natural Language Understanding", sec. 3.1) replaces a
+    word by one of its K = 15 nearest words in GloVe when its masked-LM candidates are not available; here the
+    encoder's own input word embeddings play GloVe's part, and the candidates are limited to ``words`` (the data's own
+    words: no word pieces or rare tokens). Their neighbours are mostly other forms of the word and words of its kind
+    (ran → run, running, runs; himself → herself, themselves), so a changed copy is often one a grammar task labels
+    differently. Computed ``chunk`` words at a time (a (chunk, n) similarity block).
+    """
+    known = sorted({core.lower() for w in words if (core := split_word(w)[1]).isalpha() and core.lower() in vocab})
+    if len(known) < 2:
+        return {}
+    unit = torch.nn.functional.normalize(embeddings[torch.tensor([vocab[w] for w in known])].float(), dim=1)  # (n, d)
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(known), chunk):
+        sims = unit[start:start + chunk] @ unit.T  # (chunk, n)
+        sims[torch.arange(len(sims)), torch.arange(start, start + len(sims))] = -torch.inf  # not the word itself
+        nearest = sims.topk(min(k, len(known) - 1), dim=1).indices
+        out.update({known[start + i]: [known[j] for j in row] for i, row in enumerate(nearest.tolist())})
+    return out
+
+
+def encoder_word_embeddings(name: str) -> torch.Tensor:
+    """The input word embeddings (V, d) of the pretrained encoder ``name`` (a hub id, packaged model or folder,
+    :func:`lkd.hub.resolve_pretrained`), for :func:`embedding_neighbours`.
+
+    Raises:
+        ValueError: ``name`` is not a model with word embeddings (e.g. the ``bytes`` tokenizer).
+    """
+    from transformers import AutoModel
+
+    from lkd.hub import resolve_pretrained
+
+    if name in ("bytes", "smollm2"):
+        raise ValueError(f"transfer_words: neighbours needs an encoder's word embeddings, and tokenizer {name!r} has none here. "
+                         "HINT: use transfer_words: frequency, or a tokenizer named by a pretrained encoder "
+                         "(sentence-transformers/all-MiniLM-L6-v2)")
+    with torch.no_grad():
+        return AutoModel.from_pretrained(resolve_pretrained(name)).get_input_embeddings().weight.detach().clone()
+
+
+def replace_with_neighbours(text: str, neighbours: dict[str, list[str]], prob: float, rng: np.random.Generator) -> str:
+    """``text`` with each whitespace-separated word replaced, with probability ``prob``, by one of its ``neighbours``
+    drawn uniformly (punctuation and a leading capital kept); a word without neighbours stays."""
+    tokens = text.split()
+    for i in np.flatnonzero(rng.random(len(tokens)) < prob):
+        lead, core, trail = split_word(tokens[i])
+        if options := neighbours.get(core.lower()):
+            new = options[rng.integers(len(options))]
+            tokens[i] = lead + (new[:1].upper() + new[1:] if core[:1].isupper() else new) + trail
+    return " ".join(tokens)
+
+
+def transfer_set(data: datasets.Dataset, columns: list[str], *, copies: int, word_prob: float, seed: int,
+                 neighbours: dict[str, list[str]] | None = None) -> datasets.Dataset:
+    """``copies`` changed copies of ``data`` (every text column in ``columns``, a ``word_prob`` of the words replaced:
+    by one of their ``neighbours`` (:func:`replace_with_neighbours`) when given, else by words drawn from ``data``'s own
+    word frequencies (:func:`replace_words`)), seeded by ``(seed, copy)``, with new ``idx`` values after the split's
+    own; every other column as in ``data``."""
     n, offset = len(data), int(max(data["idx"])) + 1
     counts: dict[str, int] = {}
     for c in columns:
@@ -42,7 +115,10 @@ def transfer_set(data: datasets.Dataset, columns: list[str], *, copies: int, wor
     changed = []
     for copy in range(copies):
         rng = np.random.default_rng([seed, copy])
-        texts = {c: [replace_words(t or "", words, weights, word_prob, rng) for t in data[c]] for c in columns}
+        if neighbours is not None:
+            texts = {c: [replace_with_neighbours(t or "", neighbours, word_prob, rng) for t in data[c]] for c in columns}
+        else:
+            texts = {c: [replace_words(t or "", words, weights, word_prob, rng) for t in data[c]] for c in columns}
         ids = np.arange(n) + offset + copy * n
         changed.append(data.remove_columns([*columns, "idx"]).add_column("idx", ids.tolist())
                        .map(lambda _, i: {c: texts[c][i] for c in columns}, with_indices=True, desc="transfer set")
