@@ -750,6 +750,7 @@ def write_report(args, workdir: Path, echo: bool = True) -> None:
     result["data"]["run_key"] = RUN_KEY
     by = {(r["task"], r.get("name")): r for r in rows if r.get("name")}
     result["data"]["best_retention"] = best_retention(by, tasks, len(args.seeds))  # README's headline
+    result["data"]["transfer_retention"] = transfer_set_retention(by, tasks, len(args.seeds))  # and beside it
     common.finish(result, "glue", args, echo=echo)
 
 

@@ -308,14 +308,16 @@ SUMMARY = (
         "MRPC {mrpc_kd} vs {mrpc_alone} (teacher {mrpc_teacher}), RTE {rte_kd} vs {rte_alone} (teacher {rte_teacher}), "
         "CoLA MCC {cola_kd} vs {cola_alone} (teacher {cola_teacher}), SST-2 {sst2_kd} vs {sst2_alone} (teacher "
         "{sst2_teacher}); the student runs at {speed} the teacher's CPU speed (SST-2). Best student (`{best}`, 3 seeds) keeps "
-        "{best_pct} % of its teacher's average score (target 97 %) at {best_speed} its speed (slowest task)",
+        "{best_pct} % of its teacher's average score (target 97 %) at {best_speed} its speed (slowest task); `kd_mean_pool` with "
+        "a transfer set per task (more text the teacher labels) keeps {transfer_pct} %",
         {**{f"{task}_{who}": in_row("glue", "scores", task=task, name=name, spec=GLUE_SCORE)
             for task in ("mrpc", "rte", "cola", "sst2")
             for who, name in (("kd", "student_kd"), ("alone", "student_alone"), ("teacher", "teacher"))},
          "speed": in_row("glue", "speedup", task="sst2", name="student_kd", spec={**TIMES, "pending": "–"}),
          "best": in_data("glue", "best_retention", "row"),
          "best_pct": in_data("glue", "best_retention", "pct", spec={"format": "{:.1f}"}),
-         "best_speed": in_data("glue", "best_retention", "speed", spec=TIMES)}),
+         "best_speed": in_data("glue", "best_retention", "speed", spec=TIMES),
+         "transfer_pct": in_data("glue", "transfer_retention", "pct", spec={"format": "{:.1f}"})}),
     SummaryRow(
         "Language models, MoE routing", "docs/language_models.md", "Language models",
         "byte-level WikiText-2, test perplexity per byte: MoE teacher {teacher}; students alone {scratch}, plain KD "
