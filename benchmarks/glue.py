@@ -129,6 +129,11 @@ ROWS = {
         [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD, "--data.init_args.transfer_copies=8", f"--data.init_args.transfer_word_prob={p / 100:g}",
          "--data.init_args.transfer_words=neighbours", "--trainer.max_epochs=2"], NEIGHBOURS_CACHE.replace("{p}", str(p)))
        for p in (15, 30)},
+    "kd_mean_pool_frequency_15": (
+        "student_kd.yaml", "teacher_mean_pool", "distilled as `kd_mean_pool_neighbours_15` with each replaced word drawn by its "
+        "frequency in the training text instead (`transfer_words: frequency`): the same amount of text, other words",
+        [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD, "--data.init_args.transfer_copies=8", "--data.init_args.transfer_word_prob=0.15",
+         "--data.init_args.transfer_words=frequency", "--trainer.max_epochs=2"], "teacher_mean_pool_cache_frequency_15_s{seed}.pt"),
     # the DKVB variants (every task and seed), the recipe's loss and learning rate
     "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [TEACHER_LR_ARG], None),
     "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features, student from the teacher's "
@@ -143,7 +148,7 @@ ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "dkvb_kd_pr
              "dkvb_carry_pretrained_init", "kd_transfer", "kd_mean_pool",
              "alone_mean_pool", "dkvb_kd_mean_pool", "kd_hidden_mean_pool",
              "kd_8_epochs", "kd_mean_pool_unlabelled", "kd_mean_pool_sst2_texts", "kd_mean_pool_sst2_texts_4_epochs",
-             "kd_mean_pool_neighbours_15", "kd_mean_pool_neighbours_30")
+             "kd_mean_pool_neighbours_15", "kd_mean_pool_neighbours_30", "kd_mean_pool_frequency_15")
 # rows that make sense on some tasks only: SST-2 is the one trained on a subset; SST-2's sentences fill a single-text
 # task's one column (CoLA's; MRPC and RTE take pairs)
 ONLY_ON = {"kd_mean_pool_unlabelled": ("sst2",), "kd_mean_pool_sst2_texts": ("cola",),
@@ -157,7 +162,8 @@ TRANSFER_SETS = {"sst2": ("kd_mean_pool_unlabelled", "its other 59,349 training 
                  "rte": ("kd_mean_pool_neighbours_15", COPIES)}
 # the other transfer sets measured (a line each beside the recipe's)
 OTHER_TRANSFER_SETS = [("cola", "kd_mean_pool_sst2_texts", "SST-2's 67,349 training sentences"),
-                       ("cola", "kd_mean_pool_neighbours_30", COPIES.replace("15 %", "30 %"))]
+                       ("cola", "kd_mean_pool_neighbours_30", COPIES.replace("15 %", "30 %")),
+                       ("cola", "kd_mean_pool_frequency_15", COPIES.replace("by embedding neighbours", "by frequency-drawn words"))]
 TASK_NAMES = {"sst2": "SST-2", "cola": "CoLA", "mrpc": "MRPC", "rte": "RTE"}
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [
