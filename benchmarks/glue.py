@@ -152,7 +152,8 @@ ABLATIONS = ("teacher_mean_pool", "kd_a05_t2", "kd_pretrained_init", "dkvb_kd_pr
 # rows that make sense on some tasks only: SST-2 is the one trained on a subset; SST-2's sentences fill a single-text
 # task's one column (CoLA's; MRPC and RTE take pairs)
 ONLY_ON = {"kd_mean_pool_unlabelled": ("sst2",), "kd_mean_pool_sst2_texts": ("cola",),
-           "kd_mean_pool_sst2_texts_4_epochs": ("cola",)}
+           "kd_mean_pool_sst2_texts_4_epochs": ("cola",), "kd_mean_pool_neighbours_30": ("cola",),
+           "kd_mean_pool_frequency_15": ("cola",)}
 # the recipe's transfer set (kd_mean_pool's student, teacher and loss, more text without labels) per task, and what that
 # text is: the task's own unlabelled text where it has some (SST-2's sentences past the 8,000), else changed copies of its
 # rows with words replaced by their embedding neighbours (TinyBERT's augmentation)
