@@ -623,7 +623,8 @@ def targets(rows: list[dict], tasks: list[str], seeds: int = 3) -> list[str]:
                      f"changed copies of the rows elsewhere; per task: {rows}"
                      + (f"; {', '.join(missing)}: `kd_mean_pool`, the transfer-set row not run with {seeds} seeds" if missing else "")
                      + f"): averages {kept['score']:.2f} against `teacher_mean_pool`'s {kept['teacher_score']:.2f}: keeps "
-                     f"{kept['pct']:.1f} %" + retention_verdict(kept))
+                     f"{kept['pct']:.1f} %" + (f" (seed by seed, every task's seed i averaged: {', '.join(f'{v:.1f}' for v in kept['per_seed'])} %)"
+                                               if len(kept["per_seed"]) > 1 else "") + retention_verdict(kept))
     return lines
 
 
@@ -650,8 +651,10 @@ def transfer_set_retention(by: dict[tuple, dict], tasks: list[str], seeds: int =
     mine = statistics.mean(by[(t, r)]["score"] for t, r in rows.items())
     theirs = statistics.mean(by[(t, "teacher_mean_pool")]["score"] for t in run_tasks)
     speeds = [by[(t, r)]["speedup"] for t, r in rows.items() if by[(t, r)]["speedup"]]
+    per_seed = [round(100 * statistics.mean(by[(t, r)]["scores"][i] for t, r in rows.items()) / theirs, 2)
+                for i in range(min(len(by[(t, r)].get("scores", [])) for t, r in rows.items()))]  # seed i of every task
     return {"rows": rows, "tasks": run_tasks, "pct": round(100 * mine / theirs, 2), "score": mine, "teacher_score": theirs,
-            "speed": min(speeds) if speeds else None}
+            "speed": min(speeds) if speeds else None, "per_seed": per_seed}
 
 
 def best_retention(by: dict[tuple, dict], tasks: list[str], seeds: int = 3) -> dict | None:
