@@ -59,8 +59,6 @@ ALPHA = 0.9
 CACHE, TRANSFER_CACHE, MEAN_POOL_CACHE = "teacher_cache.pt", "teacher_cache_transfer.pt", "teacher_mean_pool_cache.pt"
 UNLABELLED_CACHE = "teacher_mean_pool_cache_unlabelled.pt"  # the mean-pooling teacher on every SST-2 training sentence
 SST2_TEXTS_CACHE = "teacher_mean_pool_cache_sst2_texts.pt"  # the mean-pooling teacher on CoLA's rows + SST-2's sentences
-# the mean-pooling teacher on the task's rows + changed copies of them; the copies are drawn per data seed, so one file a seed
-NEIGHBOURS_CACHE = "teacher_mean_pool_cache_neighbours_{p}_s{seed}.pt"
 SST2_TEXTS = '{"dataset": "nyu-mll/glue", "config": "sst2", "split": "train", "column": "sentence"}'
 TASK_T = "T"  # in a row's overrides: the task's TEMPERATURE (job_args writes it)
 TEACHER_LR_ARG = f"--model.init_args.optimizer.init_args.lr={TEACHER_LR}"
@@ -70,6 +68,27 @@ RECIPE_LOSS = [*KD, f"--model.init_args.alpha={ALPHA}", TASK_T]  # the recipe's 
 FROM_TEACHER = "--model.init_args.student_init=teacher"
 FROM_PRETRAINED = "--model.init_args.student_init=model"
 MEAN_POOL_KD = ["--model.init_args.teacher.model.init_args.pooling=mean", "--model.init_args.student.init_args.pooling=mean"]
+
+
+def copies_overrides(percent: int, words: str) -> list[str]:
+    """`kd_mean_pool`'s overrides on the task's rows + 8 changed copies of each without labels (``percent`` % of the words
+    replaced, ``transfer_words: words``), 2 epochs."""
+    return [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD, "--data.init_args.transfer_copies=8",
+            f"--data.init_args.transfer_word_prob={percent / 100:g}", f"--data.init_args.transfer_words={words}", "--trainer.max_epochs=2"]
+
+
+def copies_cache(percent: int, words: str) -> str:
+    """The mean-pooling teacher's cache on the rows + their copies: the copies are drawn per data seed, so a file a seed
+    (``{seed}``, filled in by :func:`job_args`)."""
+    return f"teacher_mean_pool_cache_{words}_{percent}_s{{seed}}.pt"
+
+
+def copies_text(percent: int, words: str) -> str:
+    """What a copies row adds, for its target line."""
+    by = "embedding neighbours" if words == "neighbours" else "frequency-drawn words"
+    return f"8 changed copies of its rows ({percent} % of the words replaced by {by})"
+
+
 # name: (config, teacher row it reads, what, extra overrides, teacher cache file or None: a live teacher)
 ROWS = {
     "teacher": ("teacher.yaml", None, f"MiniLM-L6 fine-tuned (6 layers), lr {TEACHER_LR:g}, best epoch", [TEACHER_LR_ARG], None),
@@ -126,14 +145,11 @@ ROWS = {
         "student_kd.yaml", "teacher_mean_pool", f"distilled as `kd_mean_pool` on the task's rows plus 8 changed copies of each without "
         f"labels (TinyBERT's augmentation: {p} % of the words replaced by one of their 15 nearest words in the encoder's word "
         "embeddings, `transfer_words: neighbours`; the teacher's soft targets only), 2 epochs",
-        [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD, "--data.init_args.transfer_copies=8", f"--data.init_args.transfer_word_prob={p / 100:g}",
-         "--data.init_args.transfer_words=neighbours", "--trainer.max_epochs=2"], NEIGHBOURS_CACHE.replace("{p}", str(p)))
-       for p in (15, 30)},
+        copies_overrides(p, "neighbours"), copies_cache(p, "neighbours")) for p in (15, 30)},
     "kd_mean_pool_frequency_15": (
         "student_kd.yaml", "teacher_mean_pool", "distilled as `kd_mean_pool_neighbours_15` with each replaced word drawn by its "
         "frequency in the training text instead (`transfer_words: frequency`): the same amount of text, other words",
-        [*RECIPE_LOSS, FROM_TEACHER, *MEAN_POOL_KD, "--data.init_args.transfer_copies=8", "--data.init_args.transfer_word_prob=0.15",
-         "--data.init_args.transfer_words=frequency", "--trainer.max_epochs=2"], "teacher_mean_pool_cache_frequency_15_s{seed}.pt"),
+        copies_overrides(15, "frequency"), copies_cache(15, "frequency")),
     # the DKVB variants (every task and seed), the recipe's loss and learning rate
     "teacher_dkvb": ("teacher_dkvb.yaml", None, "MiniLM-L6 + DKVB (keys from own embeddings, EMA)", [TEACHER_LR_ARG], None),
     "student_dkvb_kd": ("student_dkvb_kd.yaml", "teacher", "distilled + DKVB, EMA keys on own features, student from the teacher's "
@@ -157,14 +173,12 @@ ONLY_ON = {"kd_mean_pool_unlabelled": ("sst2",), "kd_mean_pool_sst2_texts": ("co
 # the recipe's transfer set (kd_mean_pool's student, teacher and loss, more text without labels) per task, and what that
 # text is: the task's own unlabelled text where it has some (SST-2's sentences past the 8,000), else changed copies of its
 # rows with words replaced by their embedding neighbours (TinyBERT's augmentation)
-COPIES = "8 changed copies of its rows (15 % of the words replaced by embedding neighbours)"
 TRANSFER_SETS = {"sst2": ("kd_mean_pool_unlabelled", "its other 59,349 training sentences"),
-                 "cola": ("kd_mean_pool_neighbours_15", COPIES), "mrpc": ("kd_mean_pool_neighbours_15", COPIES),
-                 "rte": ("kd_mean_pool_neighbours_15", COPIES)}
+                 **{t: ("kd_mean_pool_neighbours_15", copies_text(15, "neighbours")) for t in ("cola", "mrpc", "rte")}}
 # the other transfer sets measured (a line each beside the recipe's)
 OTHER_TRANSFER_SETS = [("cola", "kd_mean_pool_sst2_texts", "SST-2's 67,349 training sentences"),
-                       ("cola", "kd_mean_pool_neighbours_30", COPIES.replace("15 %", "30 %")),
-                       ("cola", "kd_mean_pool_frequency_15", COPIES.replace("by embedding neighbours", "by frequency-drawn words"))]
+                       ("cola", "kd_mean_pool_neighbours_30", copies_text(30, "neighbours")),
+                       ("cola", "kd_mean_pool_frequency_15", copies_text(15, "frequency"))]
 TASK_NAMES = {"sst2": "SST-2", "cola": "CoLA", "mrpc": "MRPC", "rte": "RTE"}
 DKVB_ROWS = ("teacher_dkvb", "student_dkvb_kd", "student_dkvb_keyinit", "student_dkvb_carry")
 COLUMNS = [

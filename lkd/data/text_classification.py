@@ -37,7 +37,7 @@ from lkd.data.samplers import LengthGroupedSampler, SeededRandomSampler
 from lkd.data.split_identity import tokenised_split_identity
 from lkd.data.splits import carve_splits, check_split
 from lkd.data.tokenise import check_max_length, collate, min_max_length, tokenise
-from lkd.data.transfer import TRANSFER_WORDS, TransferTexts, TransferWords, embedding_neighbours, encoder_word_embeddings, texts_from, transfer_set
+from lkd.data.transfer import TRANSFER_WORDS, TransferTexts, TransferWords, data_words, embedding_neighbours, encoder_word_embeddings, texts_from, transfer_set
 from lkd.hub import load_hub_dataset
 from lkd.losses import UNLABELLED
 from lkd.tokenizers import load_tokenizer
@@ -399,8 +399,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         neighbours = None
         if self.transfer_words == "neighbours":
             embeddings = encoder_word_embeddings(self.tokenizer_name)  # first: it names a tokenizer without an encoder
-            words = (w for c in self.text_columns for text in data[c] for w in (text or "").split())
-            neighbours = embedding_neighbours(words, self.tokenizer.get_vocab(), embeddings)
+            neighbours = embedding_neighbours(data_words(data, self.text_columns), self.tokenizer.get_vocab(), embeddings)
         extra = transfer_set(data, self.text_columns, copies=self.transfer_copies, word_prob=self.transfer_word_prob, seed=self.seed,
                              neighbours=neighbours)
         by = f"by one of its nearest words in {self.tokenizer_name}'s word embeddings ({len(neighbours):,} words have some)" \

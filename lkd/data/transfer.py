@@ -6,7 +6,8 @@ text, or by one of its nearest words in the encoder's word embeddings), or real 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,11 @@ def replace_words(text: str, words: np.ndarray, weights: np.ndarray, prob: float
         for i, w in zip(np.flatnonzero(swap), drawn):
             tokens[i] = str(w)
     return " ".join(tokens)
+
+
+def data_words(data: datasets.Dataset, columns: list[str]) -> Iterator[str]:
+    """Every whitespace-separated word of ``data``'s text ``columns``, in order (an empty text has none)."""
+    return (w for c in columns for text in data[c] for w in (text or "").split())
 
 
 def split_word(word: str) -> tuple[str, str, str]:
@@ -104,21 +110,20 @@ def transfer_set(data: datasets.Dataset, columns: list[str], *, copies: int, wor
     word frequencies (:func:`replace_words`)), seeded by ``(seed, copy)``, with new ``idx`` values after the split's
     own; every other column as in ``data``."""
     n, offset = len(data), int(max(data["idx"])) + 1
-    counts: dict[str, int] = {}
-    for c in columns:
-        for text in data[c]:
-            for w in (text or "").split():
-                counts[w] = counts.get(w, 0) + 1
-    words = np.array(list(counts))
-    weights = np.array(list(counts.values()), dtype=float)
-    weights /= weights.sum()
+    if neighbours is not None:
+        def replace(text: str, rng: np.random.Generator) -> str:
+            return replace_with_neighbours(text, neighbours, word_prob, rng)
+    else:
+        counts = Counter(data_words(data, columns))
+        words, weights = np.array(list(counts)), np.array(list(counts.values()), dtype=float)
+        weights /= weights.sum()
+
+        def replace(text: str, rng: np.random.Generator) -> str:
+            return replace_words(text, words, weights, word_prob, rng)
     changed = []
     for copy in range(copies):
         rng = np.random.default_rng([seed, copy])
-        if neighbours is not None:
-            texts = {c: [replace_with_neighbours(t or "", neighbours, word_prob, rng) for t in data[c]] for c in columns}
-        else:
-            texts = {c: [replace_words(t or "", words, weights, word_prob, rng) for t in data[c]] for c in columns}
+        texts = {c: [replace(t or "", rng) for t in data[c]] for c in columns}
         ids = np.arange(n) + offset + copy * n
         changed.append(data.remove_columns([*columns, "idx"]).add_column("idx", ids.tolist())
                        .map(lambda _, i: {c: texts[c][i] for c in columns}, with_indices=True, desc="transfer set")
